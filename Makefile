@@ -1,0 +1,27 @@
+# Both entry points create their own virtual environment: CPU torch first (a wheel of that
+# version lies on disk; a torch range would make pip fetch a multi-GB CUDA build), then hfgen.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-slow bench
+
+$(BIN)/hfgen: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(BIN)/hfgen
+
+install: $(BIN)/hfgen
+
+demo: install
+	$(BIN)/hfgen demo
+
+test: install
+	$(BIN)/python -m pytest -n 2 -q
+
+test-slow: install
+	$(BIN)/python -m pytest -n 2 -q -m slow
+
+bench: install
+	$(BIN)/python benchmarks/decoder.py
