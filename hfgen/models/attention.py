@@ -1,0 +1,287 @@
+"""The shared attention layer: projections, scoring, and the kernels that compute every softmax variant.
+
+The math lives in the config (``attention_scoring``, ``softmax_variant``, ``position_embedding``, ...); the kernel
+is chosen with ``attn_implementation``:
+
+* ``eager``: scores, probabilities and output materialised (returns attention weights), straight from the formulas.
+* ``sdpa``: the fast path. Every variant that is mathematically a dot-product softmax runs in
+  ``torch.nn.functional.scaled_dot_product_attention``: temperature is SDPA's ``scale``, general scoring a
+  transformed query, off-by-one a prepended zero key and zero value (its logit is exactly 0). Adaptive temperature
+  takes two passes: the row entropies chunked over queries (memory O(n * chunk), never n x n), then SDPA on
+  queries scaled by each row's beta. Additive scoring and clipped softmax need the probabilities themselves:
+  eager, chunked over queries.
+* any other name registered with ``transformers.AttentionInterface`` (flash attention, user kernels) for the
+  variants that are a plain ``softmax(scale * QK^T + mask) V``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .positions import apply_rotary
+from .softmax import SOFTMAX_FUNCTIONS, adaptive_temperature_beta, standard_softmax
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[B, H_kv, S, D]`` -> ``[B, H_kv * groups, S, D]``: each key/value head serves ``groups`` query heads."""
+    if groups == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
+
+
+def allowed_positions(attention_mask: torch.Tensor | None, q_len: int, k_len: int, is_causal: bool,
+                      device) -> torch.Tensor | None:
+    """Normalise whatever mask transformers built (``None``, boolean, or additive float) to a boolean
+    ``[B|1, 1|H, Q, K]`` mask of allowed positions, or ``None`` when everything is allowed.
+
+    Rows with no allowed key (queries at padding positions) are opened entirely: their outputs are never used,
+    and a row of -inf would turn into NaN that leaks into gradients.
+    """
+    if attention_mask is None:
+        if not is_causal or q_len == 1:
+            return None
+        # Bottom-right aligned: the last query sees every key (queries are the newest k_len - q_len ... tokens).
+        q_idx = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+        allowed = (torch.arange(k_len, device=device)[None, :] <= q_idx)[None, None]
+    elif attention_mask.dtype == torch.bool:
+        allowed = attention_mask
+    else:
+        allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    if allowed.shape[-1] != k_len or allowed.shape[-2] not in (1, q_len):
+        raise ValueError(f"Attention mask of shape {tuple(allowed.shape)} does not fit {q_len} queries and {k_len} keys.")
+    return allowed | ~allowed.any(dim=-1, keepdim=True)
+
+
+def attention_probabilities(module: HfGenAttention, query: torch.Tensor, key: torch.Tensor,
+                            allowed: torch.Tensor | None, position_bias: torch.Tensor | None,
+                            scaling: float) -> torch.Tensor:
+    """``[B, H, Q, K]`` probabilities of the configured scoring and softmax variant (keys already repeated)."""
+    if module.config.attention_scoring == "additive":
+        # Bahdanau: score_ij = v^T tanh(W_q q_i + W_k k_j); W_q, W_k are q_proj / k_proj. [B,H,Q,K,D] in fp32
+        # would be huge, so callers chunk queries before they get here.
+        hidden = torch.tanh(query.unsqueeze(3) + key.unsqueeze(2))
+        scores = torch.einsum("bhqkd,hd->bhqk", hidden, module.score_vector.to(hidden.dtype))
+    else:
+        scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if position_bias is not None:
+        scores = scores + position_bias.to(scores.dtype)
+    return SOFTMAX_FUNCTIONS[module.config.softmax_variant](scores, allowed, module.config)
+
+
+def _rows(t: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
+    """Query rows ``start:end`` of a mask or bias that may broadcast over queries."""
+    if t is None or t.shape[-2] == 1:
+        return t
+    return t[..., start:end, :]
+
+
+def chunked_attention(module: HfGenAttention, query, key, value, allowed, position_bias, scaling: float,
+                      dropout: float, chunk_size: int, return_weights: bool):
+    """Probabilities then output, ``chunk_size`` query rows at a time: memory O(chunk * K) per head."""
+    outputs, weights = [], []
+    for start in range(0, query.shape[2], chunk_size):
+        end = start + chunk_size
+        probs = attention_probabilities(module, query[:, :, start:end], key, _rows(allowed, start, end),
+                                        _rows(position_bias, start, end), scaling)
+        if return_weights:
+            weights.append(probs)
+        probs = F.dropout(probs, p=dropout, training=module.training)
+        outputs.append(torch.matmul(probs.to(value.dtype), value))
+    return torch.cat(outputs, dim=2), (torch.cat(weights, dim=2) if return_weights else None)
+
+
+def eager_attention(module: HfGenAttention, query, key, value, attention_mask, dropout: float = 0.0,
+                    scaling: float | None = None, position_bias=None, **kwargs):
+    """Reference kernel: every variant, weights returned. Output ``[B, S, H, D]``."""
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    q_len, k_len = query.shape[2], key.shape[2]
+    allowed = allowed_positions(attention_mask, q_len, k_len, module.is_causal, query.device)
+    # Additive scoring builds a [Q, K, D] tanh per head: chunk it even here.
+    chunk = module.config.attention_chunk_size if module.config.attention_scoring == "additive" else q_len
+    out, weights = chunked_attention(module, query, key, value, allowed, position_bias, scaling, dropout,
+                                     max(chunk, 1), return_weights=True)
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def _sdpa(query, key, value, allowed, position_bias, scaling, dropout, causal: bool, groups: int):
+    """One SDPA call. ``causal`` asks for causal masking when ``allowed`` is ``None``: SDPA's own causal flag
+    when nothing else is needed, otherwise a built mask combined with the additive ``position_bias``."""
+    q_len, k_len = query.shape[2], key.shape[2]
+    if allowed is None and causal and q_len > 1 and (position_bias is not None or q_len != k_len):
+        allowed = allowed_positions(None, q_len, k_len, True, query.device)
+    attn_mask, is_causal = allowed, allowed is None and causal and q_len > 1
+    if position_bias is not None:
+        bias = position_bias.to(query.dtype)
+        attn_mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout,
+                                          is_causal=is_causal, scale=scaling, enable_gqa=groups > 1)
+
+
+def sdpa_attention(module: HfGenAttention, query, key, value, attention_mask, dropout: float = 0.0,
+                   scaling: float | None = None, position_bias=None, **kwargs):
+    """Fast kernel: SDPA wherever the variant allows it, chunked eager elsewhere. Output ``[B, S, H, D]``."""
+    config = module.config
+    variant, groups = config.softmax_variant, module.num_key_value_groups
+    dropout = dropout if module.training else 0.0
+    q_len, k_len = query.shape[2], key.shape[2]
+    plain_causal = attention_mask is None and module.is_causal and q_len == k_len
+    allowed = None if plain_causal else allowed_positions(attention_mask, q_len, k_len, module.is_causal,
+                                                          query.device)
+    chunk = config.attention_chunk_size
+
+    if config.attention_scoring == "additive" or variant == "clipped":
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        if plain_causal:
+            allowed = allowed_positions(None, q_len, k_len, True, query.device)
+        out, _ = chunked_attention(module, query, key, value, allowed, position_bias, scaling, dropout, chunk,
+                                   return_weights=False)
+    elif variant == "off_by_one":
+        out = _off_by_one_sdpa(query, key, value, allowed, position_bias, scaling, dropout, plain_causal, groups)
+    elif variant == "adaptive_temperature":
+        if plain_causal and q_len > 1:
+            allowed_for_entropy = allowed_positions(None, q_len, k_len, True, query.device)
+        else:
+            allowed_for_entropy = allowed
+        beta = _adaptive_beta(module, query, repeat_kv(key, groups), allowed_for_entropy, position_bias, scaling,
+                              chunk)
+        if position_bias is not None:
+            position_bias = position_bias * beta  # beta * (s q.k + b) = s (beta q).k + beta b
+        out = _sdpa(query * beta.to(query.dtype), key, value, allowed, position_bias, scaling, dropout,
+                    plain_causal, groups)
+    else:
+        if variant == "temperature":
+            scaling = scaling / config.softmax_temperature
+        out = _sdpa(query, key, value, allowed, position_bias, scaling, dropout, plain_causal, groups)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _off_by_one_sdpa(query, key, value, allowed, position_bias, scaling, dropout, plain_causal, groups):
+    """``exp(z_i) / (1 + sum_j exp(z_j))`` = standard softmax over the keys plus one extra key whose logit is
+    exactly 0 (a zero key, whatever the scale) and whose value is zero (it adds nothing to the output)."""
+    b, h_kv, _, d = key.shape
+    zeros = key.new_zeros(b, h_kv, 1, d)
+    key, value = torch.cat((zeros, key), dim=2), torch.cat((zeros, value), dim=2)
+    if plain_causal and position_bias is None and query.shape[2] > 1:
+        # Keep SDPA's causal fast path: with one dummy query in front, "query i sees keys 0..i" covers exactly
+        # the zero key plus real keys 0..i-1 of the real query i-1.
+        query = torch.cat((query.new_zeros(query.shape[0], query.shape[1], 1, d), query), dim=2)
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=True, scale=scaling,
+                                             enable_gqa=groups > 1)
+        return out[:, :, 1:]
+    q_len, k_len = query.shape[2], key.shape[2] - 1
+    if plain_causal and q_len > 1:
+        allowed = allowed_positions(None, q_len, k_len, True, query.device)
+    if allowed is not None:
+        allowed = F.pad(allowed, (1, 0), value=True)
+    if position_bias is not None:
+        position_bias = F.pad(position_bias, (1, 0), value=0.0)
+    return _sdpa(query, key, value, allowed, position_bias, scaling, dropout, False, groups)
+
+
+def _adaptive_beta(module, query, key, allowed, position_bias, scaling, chunk_size: int) -> torch.Tensor:
+    """First pass of adaptive temperature: beta per query row (``[B, H, Q, 1]``), ``chunk_size`` rows at a time."""
+    betas = []
+    for start in range(0, query.shape[2], chunk_size):
+        end = start + chunk_size
+        scores = torch.matmul(query[:, :, start:end], key.transpose(-1, -2)) * scaling
+        bias = _rows(position_bias, start, end)
+        if bias is not None:
+            scores = scores + bias.to(scores.dtype)
+        betas.append(adaptive_temperature_beta(standard_softmax(scores, _rows(allowed, start, end))))
+    return torch.cat(betas, dim=2)
+
+
+ATTENTION_KERNELS: dict[str, Callable] = {"eager": eager_attention, "sdpa": sdpa_attention}
+
+
+class HfGenAttention(nn.Module):
+    """Multi-head / grouped-query / multi-query attention, self or cross, with every scoring and softmax variant.
+
+    Parameter names follow Llama (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``). Variant parameters:
+    ``score_weight`` (general scoring, ``softmax(Q W_k K^T) V``: one ``W_k`` per head, initialised to the identity),
+    ``score_vector`` (additive scoring's ``v``), ``head_gate`` (gated attention: Bondarenko et al. 2023, each head's
+    output multiplied by ``sigmoid(G(x))`` of the token, so a head can switch itself off instead of growing outliers).
+    """
+
+    def __init__(self, config, layer_idx: int, is_causal: bool = True, is_cross_attention: bool = False):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_causal = is_causal
+        self.is_cross_attention = is_cross_attention
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        # Seed 003: "QK^T is divided by sqrt(d_k)" for scaled dot product; plain and general scoring are unscaled.
+        self.scaling = self.head_dim**-0.5 if config.attention_scoring == "scaled_dot_product" else 1.0
+        self.attention_dropout = config.attention_dropout
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        if config.attention_scoring == "general":
+            self.score_weight = nn.Parameter(torch.empty(self.num_heads, self.head_dim, self.head_dim))
+        if config.attention_scoring == "additive":
+            self.score_vector = nn.Parameter(torch.empty(self.num_heads, self.head_dim))
+        if config.attention_gate:
+            self.head_gate = nn.Linear(config.hidden_size, self.num_heads, bias=True)
+
+    @property
+    def is_plain_softmax(self) -> bool:
+        """True when the math is ``softmax(scale * QK^T + mask) V``, which any attention backend can compute."""
+        c = self.config
+        return (c.softmax_variant in ("standard", "temperature") and c.attention_scoring != "additive"
+                and c.position_embedding not in ("relative_bias", "alibi"))
+
+    def _kernel(self) -> Callable:
+        implementation = self.config._attn_implementation or "sdpa"
+        if implementation in ATTENTION_KERNELS:
+            return ATTENTION_KERNELS[implementation]
+        if not self.is_plain_softmax:
+            raise ValueError(
+                f"attn_implementation={implementation!r} computes only plain softmax attention; this model uses "
+                f"attention_scoring={self.config.attention_scoring!r}, softmax_variant="
+                f"{self.config.softmax_variant!r}, position_embedding={self.config.position_embedding!r}. "
+                f"Use one of {sorted(ATTENTION_KERNELS)}."
+            )
+        return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                position_bias: Callable[[int, int], torch.Tensor] | None = None, past_key_values=None,
+                key_value_states: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``position_bias(q_len, k_len)`` returns the additive ``[1, H, Q, K]`` bias once the key length is known
+        (after the cache update)."""
+        batch, q_len, _ = hidden_states.shape
+        query = self.q_proj(hidden_states).view(batch, q_len, -1, self.head_dim).transpose(1, 2)
+        source = hidden_states if key_value_states is None else key_value_states
+        key = self.k_proj(source).view(batch, source.shape[1], -1, self.head_dim).transpose(1, 2)
+        value = self.v_proj(source).view(batch, source.shape[1], -1, self.head_dim).transpose(1, 2)
+
+        if position_embeddings is not None and not self.is_cross_attention:
+            cos, sin = position_embeddings
+            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+        if self.config.attention_scoring == "general":
+            query = torch.einsum("bhqd,hde->bhqe", query, self.score_weight.to(query.dtype))
+
+        bias = position_bias(q_len, key.shape[2]) if position_bias is not None else None
+        kernel = self._kernel()
+        kernel_kwargs = {"position_bias": bias} if kernel in ATTENTION_KERNELS.values() else {}
+        out, weights = kernel(self, query, key, value, attention_mask,
+                              dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling,
+                              **kernel_kwargs, **kwargs)
+        if self.config.attention_gate:
+            gate = torch.sigmoid(self.head_gate(hidden_states)).unsqueeze(-1)  # [B, S, H, 1]
+            out = out * gate.to(out.dtype)
+        out = self.o_proj(out.reshape(batch, q_len, -1))
+        return out, weights

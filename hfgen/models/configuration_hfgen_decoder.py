@@ -1,0 +1,131 @@
+"""Configuration of the decoder-only family (``hfgen_decoder``)."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+from .variants import validate_attention_config
+
+DECODER_AUTO_MAP = {
+    "AutoConfig": "configuration_hfgen_decoder.HfGenDecoderConfig",
+    "AutoModel": "modeling_hfgen_decoder.HfGenDecoderModel",
+    "AutoModelForCausalLM": "modeling_hfgen_decoder.HfGenDecoderForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_hfgen_decoder.HfGenDecoderForSequenceClassification",
+}
+
+
+class HfGenDecoderConfig(PreTrainedConfig):
+    r"""Configuration of :class:`HfGenDecoderModel` and its heads.
+
+    With the default variant keys the model is Llama: the Llama keys below have Llama's names and meaning, so a
+    Llama ``config.json`` loads into this class unchanged and a Llama checkpoint into the model. The defaults
+    describe a small model (6 layers, hidden 256) that trains on a CPU.
+
+    Variant keys (shared by every hfgen family):
+        attention_scoring (`str`, "scaled_dot_product"): ``scaled_dot_product`` ``softmax(QK^T/sqrt(d_k))V``,
+            ``dot_product`` ``softmax(QK^T)V``, ``general`` ``softmax(Q W_k K^T)V``, ``additive``
+            ``softmax(v^T tanh(W_q Q + W_k K))V`` (seed 003, "Attention Scores").
+        softmax_variant (`str`, "standard"): ``standard``, ``temperature`` (``exp(z_i/theta)/sum_j exp(z_j/theta)``,
+            theta = ``softmax_temperature``), ``adaptive_temperature`` (seed 000's polynomial in the entropy),
+            ``off_by_one`` (``exp(z_i)/(1 + sum_j exp(z_j))``), ``clipped`` (``clip((zeta-gamma) softmax + gamma,
+            0, 1)`` with ``clipped_softmax_zeta`` / ``clipped_softmax_gamma``).
+        attention_gate (`bool`, False): per-head output gate ``sigmoid(G(x))`` (Bondarenko et al. 2023).
+        num_key_value_heads (`int`): 1 = multi-query, ``num_attention_heads`` = multi-head, between = grouped-query.
+        position_embedding (`str`, "rotary"): ``rotary``, ``sinusoidal``, ``learned``, ``relative_bias`` (T5
+            buckets: ``relative_attention_num_buckets``, ``relative_attention_max_distance``), ``alibi``, ``none``.
+        norm_type (`str`, "rmsnorm") / norm_position (`str`, "pre"): ``rmsnorm`` | ``layernorm``; ``pre`` | ``post``.
+        mlp_type (`str`, "gated"): ``gated`` (SwiGLU with silu) | ``standard``.
+        attention_chunk_size (`int`, 1024): query rows per chunk on the paths that need the probabilities.
+    """
+
+    model_type = "hfgen_decoder"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        hidden_size: int = 256,
+        intermediate_size: int = 688,
+        num_hidden_layers: int = 6,
+        num_attention_heads: int = 8,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        hidden_act: str = "silu",
+        max_position_embeddings: int = 2048,
+        initializer_range: float = 0.02,
+        rms_norm_eps: float = 1e-6,
+        use_cache: bool = True,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+        tie_word_embeddings: bool = False,
+        rope_parameters: dict | None = None,
+        attention_bias: bool = False,
+        attention_dropout: float = 0.0,
+        mlp_bias: bool = False,
+        attention_scoring: str = "scaled_dot_product",
+        softmax_variant: str = "standard",
+        softmax_temperature: float = 1.0,
+        clipped_softmax_gamma: float = -0.03,
+        clipped_softmax_zeta: float = 1.0,
+        attention_gate: bool = False,
+        position_embedding: str = "rotary",
+        relative_attention_num_buckets: int = 32,
+        relative_attention_max_distance: int = 128,
+        norm_type: str = "rmsnorm",
+        norm_position: str = "pre",
+        mlp_type: str = "gated",
+        attention_chunk_size: int = 1024,
+        **kwargs,
+    ):
+        rope_theta = kwargs.pop("rope_theta", None)  # Llama configs written before rope_parameters existed
+        kwargs.pop("pretraining_tp", None)  # Llama-1 era key with no effect here
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
+        if head_dim is None:
+            if num_attention_heads <= 0 or hidden_size % num_attention_heads != 0:
+                raise ValueError(
+                    f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}) "
+                    f"(or give head_dim explicitly)."
+                )
+            head_dim = hidden_size // num_attention_heads
+        self.head_dim = head_dim
+        self.hidden_act = hidden_act
+        self.max_position_embeddings = max_position_embeddings
+        self.initializer_range = initializer_range
+        self.rms_norm_eps = rms_norm_eps
+        self.use_cache = use_cache
+        self.tie_word_embeddings = tie_word_embeddings
+        rope_parameters = dict(rope_parameters or {})
+        rope_parameters.setdefault("rope_type", "default")
+        rope_parameters.setdefault("rope_theta", float(rope_theta) if rope_theta is not None else 10000.0)
+        if rope_parameters["rope_type"] != "default":
+            raise ValueError(
+                f"Unsupported rope_parameters['rope_type']={rope_parameters['rope_type']!r}; valid choices: 'default'."
+            )
+        self.rope_parameters = rope_parameters
+        self.attention_bias = attention_bias
+        self.attention_dropout = attention_dropout
+        self.mlp_bias = mlp_bias
+        self.attention_scoring = attention_scoring
+        self.softmax_variant = softmax_variant
+        self.softmax_temperature = softmax_temperature
+        self.clipped_softmax_gamma = clipped_softmax_gamma
+        self.clipped_softmax_zeta = clipped_softmax_zeta
+        self.attention_gate = attention_gate
+        self.position_embedding = position_embedding
+        self.relative_attention_num_buckets = relative_attention_num_buckets
+        self.relative_attention_max_distance = relative_attention_max_distance
+        self.norm_type = norm_type
+        self.norm_position = norm_position
+        self.mlp_type = mlp_type
+        self.attention_chunk_size = attention_chunk_size
+        validate_attention_config(self)
+        # Every Auto class this folder serves, so a saved checkpoint loads through any of them with
+        # trust_remote_code (save_pretrained alone would list only the class that was saved).
+        kwargs["auto_map"] = {**DECODER_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)

@@ -1,0 +1,48 @@
+"""Registration with transformers' Auto classes, in process and for code on the Hub.
+
+In process: ``AutoConfig.register`` / ``AutoModel*.register`` so ``AutoModelForCausalLM.from_config(cfg)`` and
+``from_pretrained`` work with hfgen imported. For code on the Hub: ``register_for_auto_class`` makes
+``save_pretrained`` copy the defining files next to the weights; the configs preset ``auto_map`` with every Auto
+class so the folder loads through any of them with ``trust_remote_code=True`` where hfgen is not installed.
+"""
+
+from __future__ import annotations
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+)
+
+from .configuration_hfgen_decoder import HfGenDecoderConfig
+from .modeling_hfgen_decoder import (
+    HfGenDecoderForCausalLM,
+    HfGenDecoderForSequenceClassification,
+    HfGenDecoderModel,
+)
+
+# (config class, [(Auto class, model class), ...]) per family.
+FAMILIES = [
+    (HfGenDecoderConfig, [
+        (AutoModel, HfGenDecoderModel),
+        (AutoModelForCausalLM, HfGenDecoderForCausalLM),
+        (AutoModelForSequenceClassification, HfGenDecoderForSequenceClassification),
+    ]),
+]
+
+_registered = False
+
+
+def register_auto_classes() -> None:
+    """Idempotent: registers every family once per process."""
+    global _registered
+    if _registered:
+        return
+    for config_class, models in FAMILIES:
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        config_class.register_for_auto_class()
+        for auto_class, model_class in models:
+            auto_class.register(config_class, model_class, exist_ok=True)
+            model_class.register_for_auto_class(auto_class.__name__)
+    _registered = True
