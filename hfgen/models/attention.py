@@ -155,8 +155,10 @@ def sdpa_attention(module: HfGenAttention, query, key, value, attention_mask, dr
         out = _sdpa(query * beta.to(query.dtype), key, value, allowed, position_bias, scaling, dropout,
                     plain_causal, groups)
     else:
-        if variant == "temperature":
+        if variant == "temperature":  # exp(z / theta), z = scale * q.k + bias
             scaling = scaling / config.softmax_temperature
+            if position_bias is not None:
+                position_bias = position_bias / config.softmax_temperature
         out = _sdpa(query, key, value, allowed, position_bias, scaling, dropout, plain_causal, groups)
     return out.transpose(1, 2).contiguous(), None
 

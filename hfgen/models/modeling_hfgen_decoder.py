@@ -138,7 +138,9 @@ class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
         hidden_states = inputs_embeds
         kind = self.config.position_embedding
         if kind == "sinusoidal":
-            hidden_states = hidden_states + sinusoidal_position_embedding(
+            # Vaswani et al.: "we multiply those [embedding] weights by sqrt(d_model)" -- otherwise unit-amplitude
+            # sinusoids drown token embeddings initialised at std 0.02.
+            hidden_states = hidden_states * self.config.hidden_size**0.5 + sinusoidal_position_embedding(
                 position_ids, self.config.hidden_size, hidden_states.dtype)
         elif kind == "learned":
             hidden_states = hidden_states + self.embed_positions(position_ids)
