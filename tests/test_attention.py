@@ -79,10 +79,12 @@ def ref_attention(q, k, v, allowed, cfg, bias=None, score_weight=None, score_vec
     return out
 
 
-def causal_allowed(batch, q_len, k_len, padding=None):
+def causal_allowed(batch, q_len, k_len, padding=None, top_left=False):
+    """Query i is the token at slot k_len - q_len + i (the newest tokens; a cache holds the rest), or at slot i
+    with ``top_left`` (prefill into a static cache whose later slots are empty)."""
     allowed = torch.ones(batch, q_len, k_len, dtype=torch.bool)
     for i in range(q_len):
-        allowed[:, i, k_len - q_len + i + 1:] = False
+        allowed[:, i, (i if top_left else k_len - q_len + i) + 1:] = False
     if padding is not None:
         allowed &= padding[:, None, :]
     return allowed
@@ -144,7 +146,7 @@ VARIANTS = [(s, "scaled_dot_product") for s in SOFTMAXES] + [("standard", c) for
 @pytest.mark.parametrize("kernel", [eager_attention, sdpa_attention], ids=["eager", "sdpa"])
 @pytest.mark.parametrize("softmax,scoring", VARIANTS)
 @pytest.mark.parametrize("case", ["causal", "causal_left_padding", "bidirectional_padding", "decode_step",
-                                  "decode_no_padding", "chunked_prefill"])
+                                  "decode_no_padding", "chunked_prefill", "static_cache_prefill"])
 def test_kernels_match_reference(kernel, softmax, scoring, case):
     cfg = make_config(softmax_variant=softmax, attention_scoring=scoring)
     is_causal = case != "bidirectional_padding"
@@ -152,15 +154,17 @@ def test_kernels_match_reference(kernel, softmax, scoring, case):
     batch, q_len, k_len = 2, 7, 7
     if case.startswith("decode"):
         q_len = 1
-    if case == "chunked_prefill":
+    if case in ("chunked_prefill", "static_cache_prefill"):
         q_len = 4
     q, k, v = random_qkv(cfg, batch, q_len, k_len, scale=1.5)
     padding = torch.ones(batch, k_len, dtype=torch.bool)
     if case in ("causal_left_padding", "bidirectional_padding", "decode_step"):
         padding[0, :3] = False
-    allowed = causal_allowed(batch, q_len, k_len, padding) if is_causal else padding[:, None, :].expand(
+    # transformers passes mask=None for a plain causal mask aligned top-left (SDPA's is_causal convention).
+    top_left = case == "static_cache_prefill"
+    allowed = causal_allowed(batch, q_len, k_len, padding, top_left) if is_causal else padding[:, None, :].expand(
         batch, q_len, k_len)
-    mask = None if case in ("causal", "chunked_prefill", "decode_no_padding") else allowed[:, None]
+    mask = None if case in ("causal", "static_cache_prefill", "decode_no_padding") else allowed[:, None]
     qe = effective_query(module, q)
     with torch.no_grad():
         out, _ = kernel(module, qe, k, v, mask, scaling=scaling_of(module))

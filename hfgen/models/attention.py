@@ -40,15 +40,17 @@ def allowed_positions(attention_mask: torch.Tensor | None, q_len: int, k_len: in
     """Normalise whatever mask transformers built (``None``, boolean, or additive float) to a boolean
     ``[B|1, 1|H, Q, K]`` mask of allowed positions, or ``None`` when everything is allowed.
 
+    ``None`` from ``create_causal_mask`` means "plain causal, aligned top-left" (query i sees keys 0..i): it is
+    returned when keys and queries coincide, or at prefill into a static cache whose later slots are still empty.
+    That is also SDPA's ``is_causal`` convention, which the fast path relies on.
+
     Rows with no allowed key (queries at padding positions) are opened entirely: their outputs are never used,
     and a row of -inf would turn into NaN that leaks into gradients.
     """
     if attention_mask is None:
         if not is_causal or q_len == 1:
             return None
-        # Bottom-right aligned: the last query sees every key (queries are the newest k_len - q_len ... tokens).
-        q_idx = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-        allowed = (torch.arange(k_len, device=device)[None, :] <= q_idx)[None, None]
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()[None, None]
     elif attention_mask.dtype == torch.bool:
         allowed = attention_mask
     else:
@@ -113,7 +115,7 @@ def _sdpa(query, key, value, allowed, position_bias, scaling, dropout, causal: b
     """One SDPA call. ``causal`` asks for causal masking when ``allowed`` is ``None``: SDPA's own causal flag
     when nothing else is needed, otherwise a built mask combined with the additive ``position_bias``."""
     q_len, k_len = query.shape[2], key.shape[2]
-    if allowed is None and causal and q_len > 1 and (position_bias is not None or q_len != k_len):
+    if allowed is None and causal and q_len > 1 and position_bias is not None:
         allowed = allowed_positions(None, q_len, k_len, True, query.device)
     attn_mask, is_causal = allowed, allowed is None and causal and q_len > 1
     if position_bias is not None:
@@ -130,7 +132,7 @@ def sdpa_attention(module: HfGenAttention, query, key, value, attention_mask, dr
     variant, groups = config.softmax_variant, module.num_key_value_groups
     dropout = dropout if module.training else 0.0
     q_len, k_len = query.shape[2], key.shape[2]
-    plain_causal = attention_mask is None and module.is_causal and q_len == k_len
+    plain_causal = attention_mask is None and module.is_causal
     allowed = None if plain_causal else allowed_positions(attention_mask, q_len, k_len, module.is_causal,
                                                           query.device)
     chunk = config.attention_chunk_size

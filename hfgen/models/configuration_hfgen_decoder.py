@@ -80,6 +80,9 @@ class HfGenDecoderConfig(PreTrainedConfig):
     ):
         rope_theta = kwargs.pop("rope_theta", None)  # Llama configs written before rope_parameters existed
         kwargs.pop("pretraining_tp", None)  # Llama-1 era key with no effect here
+        # A Llama config.json carries model_type="llama"; kept, it would shadow the class attribute and the loaded
+        # model would report itself as Llama in memory (config.json is written from the class attribute anyway).
+        kwargs.pop("model_type", None)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
