@@ -1,0 +1,35 @@
+"""Data that ships with hfgen: the embedded corpus, the trained tokenizer, and language-modelling preprocessing.
+
+Names are resolved lazily so that `python -m hfgen.data.tokenizer` does not find its own module already imported
+(runpy warns about that), and so that importing the package does not load `datasets` before it is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .corpus import load_corpus
+    from .lm import tokenize_for_causal_lm
+    from .tokenizer import TOKENIZER_DIR, load_tokenizer, train_tokenizer
+
+_EXPORTS = {
+    "load_corpus": "corpus",
+    "train_tokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer",
+    "TOKENIZER_DIR": "tokenizer",
+    "tokenize_for_causal_lm": "lm",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
