@@ -265,6 +265,7 @@ class HfGenAttention(nn.Module):
         """``position_bias(q_len, k_len)`` returns the additive ``[1, H, Q, K]`` bias once the key length is known
         (after the cache update)."""
         batch, q_len, _ = hidden_states.shape
+        kernel = self._kernel()  # before the cache update: a backend that cannot run this variant changes nothing
         query = self.q_proj(hidden_states).view(batch, q_len, -1, self.head_dim).transpose(1, 2)
         source = hidden_states if key_value_states is None else key_value_states
         key = self.k_proj(source).view(batch, source.shape[1], -1, self.head_dim).transpose(1, 2)
@@ -279,11 +280,12 @@ class HfGenAttention(nn.Module):
             query = torch.einsum("bhqd,hde->bhqe", query, self.score_weight.to(query.dtype))
 
         bias = position_bias(q_len, key.shape[2]) if position_bias is not None else None
-        kernel = self._kernel()
-        kernel_kwargs = {"position_bias": bias} if kernel in ATTENTION_KERNELS.values() else {}
+        if kernel in ATTENTION_KERNELS.values():
+            kernel_kwargs = {"position_bias": bias, "scaling": self.scaling}
+        else:  # other backends know no temperature: exp(s q.k / theta) is softmax with scale s / theta
+            kernel_kwargs = {"scaling": self.scaling / self.config.softmax_temperature}
         out, weights = kernel(self, query, key, value, attention_mask,
-                              dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling,
-                              **kernel_kwargs, **kwargs)
+                              dropout=self.attention_dropout if self.training else 0.0, **kernel_kwargs, **kwargs)
         if self.config.attention_gate:
             gate = torch.sigmoid(self.head_gate(hidden_states)).unsqueeze(-1)  # [B, S, H, 1]
             out = out * gate.to(out.dtype)

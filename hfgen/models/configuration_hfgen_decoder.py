@@ -103,14 +103,16 @@ class HfGenDecoderConfig(PreTrainedConfig):
         self.rms_norm_eps = rms_norm_eps
         self.use_cache = use_cache
         self.tie_word_embeddings = tie_word_embeddings
-        rope_parameters = dict(rope_parameters or {})
-        rope_parameters.setdefault("rope_type", "default")
-        rope_parameters.setdefault("rope_theta", float(rope_theta) if rope_theta is not None else 10000.0)
-        if rope_parameters["rope_type"] != "default":
-            raise ValueError(
-                f"Unsupported rope_parameters['rope_type']={rope_parameters['rope_type']!r}; valid choices: 'default'."
-            )
-        self.rope_parameters = rope_parameters
+        if rope_parameters is not None or rope_theta is not None or position_embedding == "rotary":
+            rope_parameters = dict(rope_parameters or {})
+            rope_parameters.setdefault("rope_type", "default")
+            rope_parameters.setdefault("rope_theta", float(rope_theta) if rope_theta is not None else 10000.0)
+            if rope_parameters["rope_type"] != "default":
+                raise ValueError(f"Unsupported rope_parameters['rope_type']={rope_parameters['rope_type']!r}; "
+                                 f"valid choices: 'default'.")
+            self.rope_parameters = rope_parameters
+        # Without rotary positions the attribute stays unset: transformers validates rope_parameters on every
+        # config and would reject an odd head_dim that ALiBi or relative bias handle fine.
         self.attention_bias = attention_bias
         self.attention_dropout = attention_dropout
         self.mlp_bias = mlp_bias
@@ -132,3 +134,4 @@ class HfGenDecoderConfig(PreTrainedConfig):
         # trust_remote_code (save_pretrained alone would list only the class that was saved).
         kwargs["auto_map"] = {**DECODER_AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+

@@ -14,6 +14,7 @@ from transformers import initialization as init
 
 from .attention import HfGenAttention
 from .positions import RotaryEmbedding
+from .variants import validate_attention_config
 
 
 def check_inputs(config, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
@@ -106,6 +107,12 @@ class HfGenPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False  # the token-id range check syncs with the device outside torch.compile
+
+    def __init__(self, config, *inputs, **kwargs):
+        # from_pretrained(path, softmax_variant=...) sets config attributes after the config's own checks ran:
+        # check again before any layer is built, or a misspelt variant would silently run the default math.
+        validate_attention_config(config)
+        super().__init__(config, *inputs, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

@@ -26,7 +26,8 @@ def sinusoidal_position_embedding(position_ids: torch.Tensor, dim: int, dtype: t
 
 def default_rope_inv_freq(config, device=None) -> torch.Tensor:
     """RoFormer / Llama inverse frequencies ``1 / theta^(2i/d)`` for the rotated channel pairs."""
-    theta = config.rope_parameters["rope_theta"]
+    # No rope_parameters: rotary was switched on after the config was built (e.g. from_pretrained(..., kwargs)).
+    theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
     dim = config.head_dim
     return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
 
