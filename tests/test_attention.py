@@ -291,25 +291,34 @@ def test_adaptive_temperature_sharpens_only_high_entropy_rows():
 
 
 def test_adaptive_temperature_fast_path_never_builds_full_score_matrix(monkeypatch):
-    """The fast path computes row entropies in query chunks: no [Q, K] score matrix larger than chunk x K."""
+    """The first pass (row entropies) takes one fused kernel call; with an additive position bias it falls back
+    to query chunks of at most ``attention_chunk_size`` rows -- never a [Q, K] score matrix."""
     import hfgen.models.attention as attention
 
     cfg = make_config(softmax_variant="adaptive_temperature", attention_chunk_size=4)
     module = make_attention(cfg, "sdpa")
-    q, k, v = random_qkv(cfg, 1, 16, 16)
-    seen = []
-    original = attention.standard_softmax
+    q, k, v = random_qkv(cfg, 1, 16, 16, scale=1.5)
+    allowed = causal_allowed(1, 16, 16)
+    fused = attention._fused_entropy(q, attention.repeat_kv(k, 2), None, module.scaling, causal=True)
+    chunked = attention._chunked_entropy(module, q, attention.repeat_kv(k, 2), None, None, module.scaling, True)
+    assert fused is not None  # CPU and CUDA have a fused kernel that returns the log-sum-exp
+    torch.testing.assert_close(fused, chunked, atol=1e-5, rtol=1e-5)
 
-    def spy(scores, allowed, config=None):
-        seen.append(scores.shape[-2])
-        return original(scores, allowed, config)
+    rows_seen = []
+    original = attention.query_chunks
 
-    monkeypatch.setattr(attention, "standard_softmax", spy)
+    def spy(*args, **kwargs):
+        for chunk in original(*args, **kwargs):
+            rows_seen.append(chunk[1] - chunk[0])
+            yield chunk
+
+    monkeypatch.setattr(attention, "query_chunks", spy)
+    bias = torch.randn(1, cfg.num_attention_heads, 16, 16, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        out, _ = sdpa_attention(module, q, k, v, None, scaling=module.scaling)
-    assert seen and max(seen) <= 4
-    expected = ref_attention(q, k, v, causal_allowed(1, 16, 16), cfg)
-    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)
+        out, _ = sdpa_attention(module, q, k, v, None, scaling=module.scaling, position_bias=bias)
+    assert rows_seen and max(rows_seen) <= 4
+    torch.testing.assert_close(out.double(), ref_attention(q, k, v, allowed, cfg, bias=bias[0]), atol=2e-5,
+                               rtol=1e-4)
 
 
 def test_cross_attention_reads_keys_from_the_other_sequence():

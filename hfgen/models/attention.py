@@ -21,10 +21,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .positions import apply_rotary
-from .softmax import SOFTMAX_FUNCTIONS, adaptive_temperature_beta, standard_softmax
+from .softmax import SOFTMAX_FUNCTIONS, beta_from_entropy
 
 
 def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -83,18 +84,54 @@ def _rows(t: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
     return t[..., start:end, :]
 
 
+# Scores held at once by the chunked paths (16 MiB in fp32): bounds their memory whatever the batch and length.
+CHUNK_ELEMENTS = 2**22
+
+
+def query_chunk_rows(config, query: torch.Tensor, k_len: int, per_score: int = 1) -> int:
+    """Query rows per chunk: ``attention_chunk_size`` at most, fewer when one chunk would exceed CHUNK_ELEMENTS."""
+    per_row = query.shape[0] * query.shape[1] * k_len * per_score
+    return max(1, min(config.attention_chunk_size, CHUNK_ELEMENTS // per_row))
+
+
+def _recomputed_in_backward(fn, *args):
+    """Run ``fn`` so that autograd keeps only its inputs and recomputes the rest in backward: the chunked paths
+    then train in O(n * chunk) memory instead of keeping every chunk's n x chunk probabilities."""
+    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def query_chunks(q_len: int, k_len: int, chunk_size: int, allowed, position_bias, causal: bool, device):
+    """``(start, end, key_end, allowed_rows, bias_rows)`` per chunk of query rows. With ``causal`` (and no mask:
+    top-left causal) a chunk needs only keys ``[:end]`` and a triangular mask of its own, never a [Q, K] one."""
+    for start in range(0, q_len, chunk_size):
+        end = min(start + chunk_size, q_len)
+        key_end = min(end, k_len) if causal else k_len
+        if causal:
+            rows = torch.ones(end - start, key_end, dtype=torch.bool, device=device).tril(diagonal=start)[None, None]
+        else:
+            rows = _rows(allowed, start, end)
+        bias = _rows(position_bias, start, end)
+        yield start, end, key_end, rows, (bias[..., :key_end] if bias is not None else None)
+
+
 def chunked_attention(module: HfGenAttention, query, key, value, allowed, position_bias, scaling: float,
-                      dropout: float, chunk_size: int, return_weights: bool):
+                      dropout: float, chunk_size: int, return_weights: bool, causal: bool = False):
     """Probabilities then output, ``chunk_size`` query rows at a time: memory O(chunk * K) per head."""
     outputs, weights = [], []
-    for start in range(0, query.shape[2], chunk_size):
-        end = start + chunk_size
-        probs = attention_probabilities(module, query[:, :, start:end], key, _rows(allowed, start, end),
-                                        _rows(position_bias, start, end), scaling)
+
+    def chunk_output(q, k, v, allowed_rows, bias_rows):
+        probs = attention_probabilities(module, q, k, allowed_rows, bias_rows, scaling)
         if return_weights:
             weights.append(probs)
         probs = F.dropout(probs, p=dropout, training=module.training)
-        outputs.append(torch.matmul(probs.to(value.dtype), value))
+        return torch.matmul(probs.to(v.dtype), v)
+
+    for start, end, key_end, allowed_rows, bias_rows in query_chunks(
+            query.shape[2], key.shape[2], chunk_size, allowed, position_bias, causal, query.device):
+        rows = (query[:, :, start:end], key[:, :, :key_end], value[:, :, :key_end], allowed_rows, bias_rows)
+        outputs.append(chunk_output(*rows) if return_weights else _recomputed_in_backward(chunk_output, *rows))
     return torch.cat(outputs, dim=2), (torch.cat(weights, dim=2) if return_weights else None)
 
 
@@ -105,9 +142,10 @@ def eager_attention(module: HfGenAttention, query, key, value, attention_mask, d
     q_len, k_len = query.shape[2], key.shape[2]
     allowed = allowed_positions(attention_mask, q_len, k_len, module.is_causal, query.device)
     # Additive scoring builds a [Q, K, D] tanh per head: chunk it even here.
-    chunk = module.config.attention_chunk_size if module.config.attention_scoring == "additive" else q_len
-    out, weights = chunked_attention(module, query, key, value, allowed, position_bias, scaling, dropout,
-                                     max(chunk, 1), return_weights=True)
+    additive = module.config.attention_scoring == "additive"
+    chunk = query_chunk_rows(module.config, query, k_len, per_score=query.shape[-1]) if additive else q_len
+    out, weights = chunked_attention(module, query, key, value, allowed, position_bias, scaling, dropout, chunk,
+                                     return_weights=True)
     return out.transpose(1, 2).contiguous(), weights
 
 
@@ -135,23 +173,18 @@ def sdpa_attention(module: HfGenAttention, query, key, value, attention_mask, dr
     plain_causal = attention_mask is None and module.is_causal
     allowed = None if plain_causal else allowed_positions(attention_mask, q_len, k_len, module.is_causal,
                                                           query.device)
-    chunk = config.attention_chunk_size
 
     if config.attention_scoring == "additive" or variant == "clipped":
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-        if plain_causal:
-            allowed = allowed_positions(None, q_len, k_len, True, query.device)
+        per_score = query.shape[-1] if config.attention_scoring == "additive" else 1
+        chunk = query_chunk_rows(config, query, k_len, per_score)
         out, _ = chunked_attention(module, query, key, value, allowed, position_bias, scaling, dropout, chunk,
-                                   return_weights=False)
+                                   return_weights=False, causal=plain_causal and q_len > 1)
     elif variant == "off_by_one":
         out = _off_by_one_sdpa(query, key, value, allowed, position_bias, scaling, dropout, plain_causal, groups)
     elif variant == "adaptive_temperature":
-        if plain_causal and q_len > 1:
-            allowed_for_entropy = allowed_positions(None, q_len, k_len, True, query.device)
-        else:
-            allowed_for_entropy = allowed
-        beta = _adaptive_beta(module, query, repeat_kv(key, groups), allowed_for_entropy, position_bias, scaling,
-                              chunk)
+        beta = _adaptive_beta(module, query, repeat_kv(key, groups), allowed, position_bias, scaling,
+                              causal=plain_causal and q_len > 1)
         if position_bias is not None:
             position_bias = position_bias * beta  # beta * (s q.k + b) = s (beta q).k + beta b
         out = _sdpa(query * beta.to(query.dtype), key, value, allowed, position_bias, scaling, dropout,
@@ -188,17 +221,68 @@ def _off_by_one_sdpa(query, key, value, allowed, position_bias, scaling, dropout
     return _sdpa(query, key, value, allowed, position_bias, scaling, dropout, False, groups)
 
 
-def _adaptive_beta(module, query, key, allowed, position_bias, scaling, chunk_size: int) -> torch.Tensor:
-    """First pass of adaptive temperature: beta per query row (``[B, H, Q, 1]``), ``chunk_size`` rows at a time."""
-    betas = []
-    for start in range(0, query.shape[2], chunk_size):
-        end = start + chunk_size
-        scores = torch.matmul(query[:, :, start:end], key.transpose(-1, -2)) * scaling
-        bias = _rows(position_bias, start, end)
-        if bias is not None:
-            scores = scores + bias.to(scores.dtype)
-        betas.append(adaptive_temperature_beta(standard_softmax(scores, _rows(allowed, start, end))))
-    return torch.cat(betas, dim=2)
+def _fused_entropy(query, key, allowed, scaling, causal: bool) -> torch.Tensor | None:
+    """Row entropies from ONE fused attention call whose values are the keys themselves:
+    ``H = logsumexp(z) - sum_j p_j z_j`` and ``sum_j p_j z_j = scale * q . (sum_j p_j k_j)``. The fused kernels
+    return the log-sum-exp beside the output, so nothing of size n x n is ever built. Returns ``None`` where no
+    such kernel is available (other devices, unsupported shapes): the caller then takes the chunked pass.
+
+    Differs from the seed's ``-sum p log(p + 1e-9)`` by less than ``K * 1e-9`` nats, far below what moves beta.
+    """
+    q, k = query.float(), key.float()  # entropy in fp32 whatever the model dtype
+    mask = None
+    if allowed is not None:
+        mask = torch.zeros(allowed.shape, dtype=torch.float32, device=q.device).masked_fill(~allowed, float("-inf"))
+    try:
+        if q.device.type == "cpu":
+            expected_key, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, k, 0.0, causal, attn_mask=mask, scale=scaling)
+        elif q.device.type == "cuda":
+            if mask is not None:
+                mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+            expected_key, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+                q, k, k, mask, True, 0.0, causal, scale=scaling)[:2]
+        else:
+            return None
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return None
+    lse = lse[:, :, : q.shape[2]].unsqueeze(-1)  # some kernels pad the query dimension of lse
+    return lse - scaling * (q * expected_key).sum(dim=-1, keepdim=True)
+
+
+def _chunked_entropy(module, query, key, allowed, position_bias, scaling, causal: bool) -> torch.Tensor:
+    """Row entropies a chunk of query rows at a time (memory O(n * chunk)), for position biases and devices
+    without a fused kernel that returns the log-sum-exp."""
+
+    def chunk_entropy(q, k, allowed_rows, bias_rows):
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * scaling
+        if bias_rows is not None:
+            scores = scores + bias_rows.float()
+        if allowed_rows is not None:  # large but finite: exp() gives 0, and 0 times it stays 0
+            scores = scores.masked_fill(~allowed_rows, -1e9)
+        peak = scores.amax(dim=-1, keepdim=True)
+        weights = torch.exp(scores - peak)
+        total = weights.sum(dim=-1, keepdim=True)
+        weighted = torch.matmul(weights.unsqueeze(-2), scores.unsqueeze(-1)).squeeze(-1)  # sum_j e_j z_j
+        return torch.log(total) + peak - weighted / total
+
+    chunk_size = query_chunk_rows(module.config, query, key.shape[2])
+    entropies = [chunk_entropy(query[:, :, start:end], key[:, :, :key_end], allowed_rows, bias_rows)
+                 for start, end, key_end, allowed_rows, bias_rows in query_chunks(
+                     query.shape[2], key.shape[2], chunk_size, allowed, position_bias, causal, query.device)]
+    return torch.cat(entropies, dim=2)
+
+
+@torch.no_grad()
+def _adaptive_beta(module, query, key, allowed, position_bias, scaling, causal: bool) -> torch.Tensor:
+    """First pass of adaptive temperature: beta per query row (``[B, H, Q, 1]``). A constant in backward, as in
+    the eager kernel (see ``adaptive_temperature_softmax``)."""
+    entropy = None
+    if position_bias is None:
+        entropy = _fused_entropy(query, key, allowed, scaling, causal)
+    if entropy is None:
+        entropy = _chunked_entropy(module, query, key, allowed, position_bias, scaling, causal)
+    return beta_from_entropy(entropy)
 
 
 ATTENTION_KERNELS: dict[str, Callable] = {"eager": eager_attention, "sdpa": sdpa_attention}
@@ -258,6 +342,23 @@ class HfGenAttention(nn.Module):
             )
         return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
 
+    def _key_value(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (source.shape[0], source.shape[1], -1, self.head_dim)
+        return (self.k_proj(source).view(shape).transpose(1, 2), self.v_proj(source).view(shape).transpose(1, 2))
+
+    def _cached_cross_key_value(self, encoder_states: torch.Tensor | None,
+                                cache: EncoderDecoderCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of the encoder output: projected once, at the first decoding step, then
+        read back from ``cache.cross_attention_cache`` (transformers' convention, which ``generate`` relies on)."""
+        if cache.is_updated.get(self.layer_idx):
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            return layer.keys, layer.values
+        if encoder_states is None:
+            raise ValueError("Cross-attention needs key_value_states (the encoder output) until its cache is filled.")
+        key, value = cache.cross_attention_cache.update(*self._key_value(encoder_states), self.layer_idx)
+        cache.is_updated[self.layer_idx] = True
+        return key, value
+
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
                 position_bias: Callable[[int, int], torch.Tensor] | None = None, past_key_values=None,
@@ -267,15 +368,17 @@ class HfGenAttention(nn.Module):
         batch, q_len, _ = hidden_states.shape
         kernel = self._kernel()  # before the cache update: a backend that cannot run this variant changes nothing
         query = self.q_proj(hidden_states).view(batch, q_len, -1, self.head_dim).transpose(1, 2)
-        source = hidden_states if key_value_states is None else key_value_states
-        key = self.k_proj(source).view(batch, source.shape[1], -1, self.head_dim).transpose(1, 2)
-        value = self.v_proj(source).view(batch, source.shape[1], -1, self.head_dim).transpose(1, 2)
-
-        if position_embeddings is not None and not self.is_cross_attention:
-            cos, sin = position_embeddings
-            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if self.is_cross_attention and isinstance(past_key_values, EncoderDecoderCache):
+            key, value = self._cached_cross_key_value(key_value_states, past_key_values)
+        else:
+            if isinstance(past_key_values, EncoderDecoderCache):
+                past_key_values = past_key_values.self_attention_cache
+            key, value = self._key_value(hidden_states if key_value_states is None else key_value_states)
+            if position_embeddings is not None and not self.is_cross_attention:
+                cos, sin = position_embeddings
+                query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+            if past_key_values is not None:
+                key, value = past_key_values.update(key, value, self.layer_idx)
         if self.config.attention_scoring == "general":
             query = torch.einsum("bhqd,hde->bhqe", query, self.score_weight.to(query.dtype))
 

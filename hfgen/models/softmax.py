@@ -36,7 +36,11 @@ def adaptive_temperature_beta(probs: torch.Tensor) -> torch.Tensor:
     else 1 ("never increase entropy", "don't overcorrect low-entropy heads").
     """
     probs = probs.float()
-    entropy = torch.sum(-probs * torch.log(probs + 1e-9), dim=-1, keepdim=True)
+    return beta_from_entropy(torch.sum(-probs * torch.log(probs + 1e-9), dim=-1, keepdim=True))
+
+
+def beta_from_entropy(entropy: torch.Tensor) -> torch.Tensor:
+    """``beta = max(polyval(poly_fit, H), 1)`` where ``H > 0.5``, else 1 (seed 000)."""
     poly = torch.zeros_like(entropy)
     for coefficient in ADAPTIVE_TEMPERATURE_POLY:  # Horner's rule, like jnp.polyval
         poly = poly * entropy + coefficient
@@ -44,8 +48,13 @@ def adaptive_temperature_beta(probs: torch.Tensor) -> torch.Tensor:
 
 
 def adaptive_temperature_softmax(scores: torch.Tensor, allowed: torch.Tensor | None, config=None) -> torch.Tensor:
-    """Seed 000: ``softmax(logits * beta)`` with ``beta`` from the entropy of ``softmax(logits)``."""
-    beta = adaptive_temperature_beta(standard_softmax(scores, allowed))
+    """Seed 000: ``softmax(logits * beta)`` with ``beta`` from the entropy of ``softmax(logits)``.
+
+    ``beta`` is a constant in backward (stop-gradient): it corrects the sharpness of an attention row from that
+    row's own entropy, as Velickovic et al. apply it, and the gradient flows through ``logits * beta``. The fast
+    path then needs no n x n tensor kept for backward, and both kernels train alike.
+    """
+    beta = adaptive_temperature_beta(standard_softmax(scores, allowed).detach())
     return standard_softmax(scores.float() * beta, allowed).to(scores.dtype)
 
 
