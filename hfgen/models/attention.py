@@ -229,15 +229,21 @@ def _fused_entropy(query, key, allowed, scaling, causal: bool) -> torch.Tensor |
 
     Differs from the seed's ``-sum p log(p + 1e-9)`` by less than ``K * 1e-9`` nats, far below what moves beta.
     """
-    q, k = query.float(), key.float()  # entropy in fp32 whatever the model dtype
+    cuda = query.device.type == "cuda"
+    # On a CPU in fp32; on a GPU in the model's dtype (the kernels accumulate and return lse in fp32; the dot
+    # product below is taken in fp32).
+    q, k = (query, key) if cuda else (query.float(), key.float())
     mask = None
     if allowed is not None:
-        mask = torch.zeros(allowed.shape, dtype=torch.float32, device=q.device).masked_fill(~allowed, float("-inf"))
+        mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
     try:
         if q.device.type == "cpu":
             expected_key, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 q, k, k, 0.0, causal, attn_mask=mask, scale=scaling)
-        elif q.device.type == "cuda":
+        elif cuda and mask is None and q.dtype in (torch.float16, torch.bfloat16):
+            expected_key, lse = torch.ops.aten._scaled_dot_product_flash_attention(
+                q, k, k, 0.0, causal, scale=scaling)[:2]
+        elif cuda:
             if mask is not None:
                 mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
             expected_key, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
@@ -246,8 +252,8 @@ def _fused_entropy(query, key, allowed, scaling, causal: bool) -> torch.Tensor |
             return None
     except (RuntimeError, NotImplementedError, AttributeError):
         return None
-    lse = lse[:, :, : q.shape[2]].unsqueeze(-1)  # some kernels pad the query dimension of lse
-    return lse - scaling * (q * expected_key).sum(dim=-1, keepdim=True)
+    lse = lse[:, :, : q.shape[2]].unsqueeze(-1).float()  # some kernels pad the query dimension of lse
+    return lse - scaling * (q.float() * expected_key.float()).sum(dim=-1, keepdim=True)
 
 
 def _chunked_entropy(module, query, key, allowed, position_bias, scaling, causal: bool) -> torch.Tensor:

@@ -25,7 +25,7 @@ def check_inputs(config, input_ids: torch.Tensor | None, inputs_embeds: torch.Te
         if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
         if input_ids.numel() and not torch.compiler.is_compiling():
-            low, high = int(input_ids.min()), int(input_ids.max())
+            low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one kernel, one device sync
             if low < 0 or high >= config.vocab_size:
                 raise ValueError(
                     f"Token ids must lie in [0, {config.vocab_size}) (vocab_size); got ids from {low} to {high}. "
