@@ -6,6 +6,9 @@ from .models import (
     HfGenDecoderForCausalLM,
     HfGenDecoderForSequenceClassification,
     HfGenDecoderModel,
+    HfGenSeq2SeqConfig,
+    HfGenSeq2SeqForConditionalGeneration,
+    HfGenSeq2SeqModel,
     register_auto_classes,
 )
 
@@ -18,5 +21,8 @@ __all__ = [
     "HfGenDecoderForCausalLM",
     "HfGenDecoderForSequenceClassification",
     "HfGenDecoderModel",
+    "HfGenSeq2SeqConfig",
+    "HfGenSeq2SeqForConditionalGeneration",
+    "HfGenSeq2SeqModel",
     "__version__",
 ]

@@ -95,7 +95,7 @@ def causal_allowed(batch, q_len, k_len, padding=None, top_left=False):
 
 def make_config(**overrides) -> HfGenDecoderConfig:
     base = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                num_key_value_heads=2, position_embedding="none", attention_chunk_size=3)
+                num_key_value_heads=2, position_embedding="none", query_chunk_size=3)
     base.update(overrides)
     if base.get("softmax_variant") == "temperature":
         base.setdefault("softmax_temperature", 0.7)
@@ -292,10 +292,10 @@ def test_adaptive_temperature_sharpens_only_high_entropy_rows():
 
 def test_adaptive_temperature_fast_path_never_builds_full_score_matrix(monkeypatch):
     """The first pass (row entropies) takes one fused kernel call; with an additive position bias it falls back
-    to query chunks of at most ``attention_chunk_size`` rows -- never a [Q, K] score matrix."""
+    to query chunks of at most ``query_chunk_size`` rows -- never a [Q, K] score matrix."""
     import hfgen.models.attention as attention
 
-    cfg = make_config(softmax_variant="adaptive_temperature", attention_chunk_size=4)
+    cfg = make_config(softmax_variant="adaptive_temperature", query_chunk_size=4)
     module = make_attention(cfg, "sdpa")
     q, k, v = random_qkv(cfg, 1, 16, 16, scale=1.5)
     allowed = causal_allowed(1, 16, 16)

@@ -63,9 +63,10 @@ def test_bad_keys_through_from_pretrained(tmp_path, overrides, pattern):
     (dict(softmax_variant="off_by_one", softmax_temperature=0.5), r"softmax_temperature=0.5.*'off_by_one'"),
     (dict(num_hidden_layers=0), r"num_hidden_layers must be a positive integer, got 0"),
     (dict(num_key_value_heads=-2), r"num_key_value_heads must be a positive integer, got -2"),
+    (dict(attention_chunk_size=64), r"attention_chunk_size=64 is Llama 4's chunked attention.*query_chunk_size"),
 ], ids=["hidden-heads", "heads-kv", "odd-rotary-derived", "odd-rotary-explicit", "zero-temperature",
         "negative-temperature", "temperature-with-standard", "temperature-with-off_by_one", "zero-layers",
-        "negative-kv-heads"])
+        "negative-kv-heads", "llama4-chunked-attention"])
 def test_inconsistent_sizes_and_temperatures(overrides, pattern):
     with pytest.raises(ValueError, match=pattern):
         tiny_config(**overrides)
@@ -92,17 +93,17 @@ def test_token_ids_outside_the_vocabulary_fail_before_touching_the_cache(model, 
     ids[1, 3] = bad_id
     cache = DynamicCache(config=model.config)
     with pytest.raises(ValueError, match=rf"\[0, {TINY['vocab_size']}\).*{bad_id}"):
-        model(ids, past_key_values=cache, use_cache=True)
+        model(ids, cache=cache, use_cache=True)
     assert cache.get_seq_length() == 0
 
     # A cache that already holds tokens keeps exactly what it had.
     good = random_ids(2, 4)
     with torch.no_grad():
-        model(good, past_key_values=cache, use_cache=True)
+        model(good, cache=cache, use_cache=True)
     assert cache.get_seq_length() == 4
     before = [layer.keys.clone() for layer in cache.layers]
     with pytest.raises(ValueError, match="vocab_size"):
-        model(ids[:, 3:4], past_key_values=cache, use_cache=True)  # holds the bad id
+        model(ids[:, 3:4], cache=cache, use_cache=True)  # holds the bad id
     assert cache.get_seq_length() == 4
     for layer, keys in zip(cache.layers, before):
         assert torch.equal(layer.keys, keys)
@@ -130,9 +131,9 @@ def test_attention_mask_of_the_wrong_shape(model, mask_shape):
 def test_attention_mask_must_cover_the_cached_tokens(model):
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(random_ids(2, 4), past_key_values=cache, use_cache=True)
+        model(random_ids(2, 4), cache=cache, use_cache=True)
     with pytest.raises(ValueError, match=r"expected \(2, 5\).*4 cached \+ 1 new"):
-        model(random_ids(2, 1), attention_mask=torch.ones(2, 1, dtype=torch.long), past_key_values=cache,
+        model(random_ids(2, 1), attention_mask=torch.ones(2, 1, dtype=torch.long), cache=cache,
               use_cache=True)
     assert cache.get_seq_length() == 4
 
@@ -203,7 +204,7 @@ def test_plain_backend_refuses_a_variant_it_cannot_compute(variant, tmp_path):
     model.set_attn_implementation(BACKEND)
     cache = DynamicCache(config=model.config)
     with pytest.raises(ValueError) as error:
-        model(random_ids(1, 5), past_key_values=cache, use_cache=True)
+        model(random_ids(1, 5), cache=cache, use_cache=True)
     message = str(error.value)
     assert BACKEND in message and str(next(iter(variant.values()))) in message
     assert "'eager'" in message and "'sdpa'" in message

@@ -53,6 +53,18 @@ def test_cached_greedy_equals_uncached(model):
     torch.testing.assert_close(cached_logits, uncached_logits, atol=1e-5, rtol=1e-5)
 
 
+def test_cache_keeps_every_token_beyond_the_query_chunk():
+    """Regression: a config key that transformers reads as chunked attention (Llama 4's ``attention_chunk_size``)
+    made ``generate`` build a sliding-window cache that silently dropped old tokens. With 2-row query chunks and
+    14 tokens, cached generation must still equal generation without a cache."""
+    model = build(HfGenDecoderForCausalLM, tiny_config(query_chunk_size=2, softmax_variant="clipped"))
+    ids = random_ids(2, 6)
+    cached, cached_logits = generate_with_logits(model, ids, use_cache=True)
+    uncached, uncached_logits = generate_with_logits(model, ids, use_cache=False)
+    torch.testing.assert_close(cached, uncached, atol=0, rtol=0)
+    torch.testing.assert_close(cached_logits, uncached_logits, atol=1e-5, rtol=1e-5)
+
+
 def test_cached_generation_equals_one_full_forward(model):
     """Independent of generate's bookkeeping: one forward pass over the final (left-padded) sequences, with the
     positions counted from each row's first real token, gives every step's logits, and greedy picks their argmax."""

@@ -30,7 +30,7 @@ def test_fused_kernels_run_every_dot_product_variant(softmax, backend):
     """With only one fused backend allowed, SDPA raises if a path would need the math fallback; the result must
     still match the float64 reference (bf16 tolerance). head_dim 64, causal, no padding: the training case."""
     cfg = make_config(softmax_variant=softmax, hidden_size=256, num_attention_heads=4, num_key_value_heads=4,
-                      attention_chunk_size=64)
+                      query_chunk_size=64)
     module = make_attention(cfg, "sdpa").cuda().bfloat16()
     q, k, v = random_qkv(cfg, 2, 128, 128)
     with torch.no_grad(), sdpa_kernel([backend]):

@@ -8,6 +8,12 @@ from .modeling_hfgen_decoder import (
     HfGenDecoderModel,
     HfGenDecoderPreTrainedModel,
 )
+from .configuration_hfgen_seq2seq import T5_LIKE_KEYS, HfGenSeq2SeqConfig
+from .modeling_hfgen_seq2seq import (
+    HfGenSeq2SeqForConditionalGeneration,
+    HfGenSeq2SeqModel,
+    HfGenSeq2SeqPreTrainedModel,
+)
 from .registration import register_auto_classes
 from .variants import (
     ATTENTION_SCORINGS,
@@ -25,10 +31,15 @@ __all__ = [
     "HfGenDecoderForSequenceClassification",
     "HfGenDecoderModel",
     "HfGenDecoderPreTrainedModel",
+    "HfGenSeq2SeqConfig",
+    "HfGenSeq2SeqForConditionalGeneration",
+    "HfGenSeq2SeqModel",
+    "HfGenSeq2SeqPreTrainedModel",
     "MLP_TYPES",
     "NORM_POSITIONS",
     "NORM_TYPES",
     "POSITION_EMBEDDINGS",
     "SOFTMAX_VARIANTS",
+    "T5_LIKE_KEYS",
     "register_auto_classes",
 ]

@@ -89,9 +89,9 @@ CHUNK_ELEMENTS = 2**22
 
 
 def query_chunk_rows(config, query: torch.Tensor, k_len: int, per_score: int = 1) -> int:
-    """Query rows per chunk: ``attention_chunk_size`` at most, fewer when one chunk would exceed CHUNK_ELEMENTS."""
+    """Query rows per chunk: ``query_chunk_size`` at most, fewer when one chunk would exceed CHUNK_ELEMENTS."""
     per_row = query.shape[0] * query.shape[1] * k_len * per_score
-    return max(1, min(config.attention_chunk_size, CHUNK_ELEMENTS // per_row))
+    return max(1, min(config.query_chunk_size, CHUNK_ELEMENTS // per_row))
 
 
 def _recomputed_in_backward(fn, *args):
@@ -365,30 +365,37 @@ class HfGenAttention(nn.Module):
         cache.is_updated[self.layer_idx] = True
         return key, value
 
+    def score_bias(self, position_bias: Callable | None, query: torch.Tensor,
+                   key: torch.Tensor) -> torch.Tensor | None:
+        """The additive score bias: ``position_bias(q_len, k_len)``. A subclass whose bias depends on the content
+        too (the encoder's DeBERTa-style disentangled attention) overrides this; it sees the projected queries
+        ``[B, H, Q, D]`` and keys ``[B, H_kv, K, D]``."""
+        return position_bias(query.shape[2], key.shape[2]) if position_bias is not None else None
+
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-                position_bias: Callable[[int, int], torch.Tensor] | None = None, past_key_values=None,
+                position_bias: Callable[[int, int], torch.Tensor] | None = None, cache=None,
                 key_value_states: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``position_bias(q_len, k_len)`` returns the additive ``[1, H, Q, K]`` bias once the key length is known
         (after the cache update)."""
         batch, q_len, _ = hidden_states.shape
         kernel = self._kernel()  # before the cache update: a backend that cannot run this variant changes nothing
         query = self.q_proj(hidden_states).view(batch, q_len, -1, self.head_dim).transpose(1, 2)
-        if self.is_cross_attention and isinstance(past_key_values, EncoderDecoderCache):
-            key, value = self._cached_cross_key_value(key_value_states, past_key_values)
+        if self.is_cross_attention and isinstance(cache, EncoderDecoderCache):
+            key, value = self._cached_cross_key_value(key_value_states, cache)
         else:
-            if isinstance(past_key_values, EncoderDecoderCache):
-                past_key_values = past_key_values.self_attention_cache
+            if isinstance(cache, EncoderDecoderCache):
+                cache = cache.self_attention_cache
             key, value = self._key_value(hidden_states if key_value_states is None else key_value_states)
             if position_embeddings is not None and not self.is_cross_attention:
                 cos, sin = position_embeddings
                 query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
-            if past_key_values is not None:
-                key, value = past_key_values.update(key, value, self.layer_idx)
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
         if self.config.attention_scoring == "general":
             query = torch.einsum("bhqd,hde->bhqe", query, self.score_weight.to(query.dtype))
 
-        bias = position_bias(q_len, key.shape[2]) if position_bias is not None else None
+        bias = self.score_bias(position_bias, query, key)
         if kernel in ATTENTION_KERNELS.values():
             kernel_kwargs = {"position_bias": bias, "scaling": self.scaling}
         else:  # other backends know no temperature: exp(s q.k / theta) is softmax with scale s / theta

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from .variants import validate_attention_config
+from .moe import init_moe_config
+from .variants import check_no_chunked_attention, validate_attention_config
 
 DECODER_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_decoder.HfGenDecoderConfig",
@@ -35,11 +36,14 @@ class HfGenDecoderConfig(PreTrainedConfig):
             buckets: ``relative_attention_num_buckets``, ``relative_attention_max_distance``), ``alibi``, ``none``.
         norm_type (`str`, "rmsnorm") / norm_position (`str`, "pre"): ``rmsnorm`` | ``layernorm``; ``pre`` | ``post``.
         mlp_type (`str`, "gated"): ``gated`` (SwiGLU with silu) | ``standard``.
-        attention_chunk_size (`int`, 1024): query rows per chunk on the paths that need the probabilities.
+        query_chunk_size (`int`, 1024): query rows per chunk on the paths that need the probabilities.
+        num_experts (`int`, 0) / num_experts_per_tok (`int`, 2) / router_aux_loss_coef / router_z_loss_coef /
+            router_jitter_noise: a sparse mixture of experts in place of each MLP (``moe.py``; Mixtral's parameter
+            names and ``num_local_experts`` accepted); 0 experts: the plain MLP, exactly as without these keys.
     """
 
     model_type = "hfgen_decoder"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
 
     def __init__(
         self,
@@ -75,9 +79,10 @@ class HfGenDecoderConfig(PreTrainedConfig):
         norm_type: str = "rmsnorm",
         norm_position: str = "pre",
         mlp_type: str = "gated",
-        attention_chunk_size: int = 1024,
+        query_chunk_size: int = 1024,
         **kwargs,
     ):
+        check_no_chunked_attention(kwargs.get("attention_chunk_size"))
         rope_theta = kwargs.pop("rope_theta", None)  # Llama configs written before rope_parameters existed
         kwargs.pop("pretraining_tp", None)  # Llama-1 era key with no effect here
         # A Llama config.json carries model_type="llama"; kept, it would shadow the class attribute and the loaded
@@ -128,7 +133,8 @@ class HfGenDecoderConfig(PreTrainedConfig):
         self.norm_type = norm_type
         self.norm_position = norm_position
         self.mlp_type = mlp_type
-        self.attention_chunk_size = attention_chunk_size
+        self.query_chunk_size = query_chunk_size
+        init_moe_config(self, kwargs)  # num_experts / num_experts_per_tok / router_*: see moe.py (0: plain MLP)
         validate_attention_config(self)
         # Every Auto class this folder serves, so a saved checkpoint loads through any of them with
         # trust_remote_code (save_pretrained alone would list only the class that was saved).

@@ -103,7 +103,7 @@ class HfGenPreTrainedModel(PreTrainedModel):
 
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False  # the token-id range check syncs with the device outside torch.compile

@@ -20,6 +20,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -27,7 +28,8 @@ from .attention import HfGenAttention
 from .configuration_hfgen_decoder import HfGenDecoderConfig
 from .layers import HfGenMLP, build_norm
 from .modeling_common import HfGenPreTrainedModel, check_inputs, last_token_indices
-from .positions import AlibiBias, RelativePositionBias, RotaryEmbedding, sinusoidal_position_embedding
+from .moe import HfGenSparseMoeBlock, build_feed_forward, moe_causal_lm_output
+from .position_inputs import add_position_modules, position_inputs
 
 
 class HfGenDecoderLayer(GradientCheckpointingLayer):
@@ -37,18 +39,22 @@ class HfGenDecoderLayer(GradientCheckpointingLayer):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
         self.self_attn = HfGenAttention(config, layer_idx, is_causal=True)
-        self.mlp = HfGenMLP(config)
+        feed_forward = build_feed_forward(config, lambda: HfGenMLP(config))  # num_experts > 0: moe.py
+        if isinstance(feed_forward, HfGenSparseMoeBlock):
+            self.block_sparse_moe = feed_forward  # Mixtral's name: Mixtral checkpoints load
+        else:
+            self.mlp = feed_forward
         self.input_layernorm = build_norm(config)
         self.post_attention_layernorm = build_norm(config)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, position_embeddings=None, position_bias=None,
-                past_key_values: Cache | None = None, **kwargs) -> torch.Tensor:
+                cache: Cache | None = None, **kwargs) -> torch.Tensor:
         residual = hidden_states
         if self.pre_norm:
             hidden_states = self.input_layernorm(hidden_states)
         hidden_states, _ = self.self_attn(hidden_states, attention_mask=attention_mask,
                                           position_embeddings=position_embeddings, position_bias=position_bias,
-                                          past_key_values=past_key_values, **kwargs)
+                                          cache=cache, **kwargs)
         hidden_states = residual + hidden_states
         if not self.pre_norm:
             hidden_states = self.input_layernorm(hidden_states)
@@ -56,7 +62,8 @@ class HfGenDecoderLayer(GradientCheckpointingLayer):
         residual = hidden_states
         if self.pre_norm:
             hidden_states = self.post_attention_layernorm(hidden_states)
-        hidden_states = residual + self.mlp(hidden_states)
+        feed_forward = self.block_sparse_moe if hasattr(self, "block_sparse_moe") else self.mlp
+        hidden_states = residual + feed_forward(hidden_states)
         if not self.pre_norm:
             hidden_states = self.post_attention_layernorm(hidden_states)
         return hidden_states
@@ -77,15 +84,7 @@ class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        kind = config.position_embedding
-        if kind == "learned":
-            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        elif kind == "rotary":
-            self.rotary_emb = RotaryEmbedding(config)
-        elif kind == "relative_bias":
-            self.relative_position_bias = RelativePositionBias(config, bidirectional=False)
-        elif kind == "alibi":
-            self.alibi = AlibiBias(config, bidirectional=False)
+        add_position_modules(self, config, bidirectional=False)
         self.layers = nn.ModuleList([HfGenDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         # Post-norm layers end normalised already; a final norm is the pre-norm design's counterpart.
         self.norm = build_norm(config) if config.norm_position == "pre" else nn.Identity()
@@ -98,61 +97,35 @@ class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
-    def _position_bias(self, q_offset: int, device):
-        """The additive position bias as a function of (q_len, k_len), computed once per forward and shared."""
-        kind = self.config.position_embedding
-        if kind not in ("relative_bias", "alibi"):
-            return None
-        memo: dict[tuple[int, int], torch.Tensor] = {}
-
-        def bias(q_len: int, k_len: int) -> torch.Tensor:
-            if (q_len, k_len) not in memo:
-                if kind == "alibi":
-                    memo[q_len, k_len] = self.alibi(q_len, k_len, q_offset, device=device)
-                else:
-                    memo[q_len, k_len] = self.relative_position_bias(q_len, k_len, q_offset)
-            return memo[q_len, k_len]
-
-        return bias
-
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers >= 5.24 calls it cache
     @merge_with_config_defaults
     @capture_outputs
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: Cache | None = None,
+                position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
                 **kwargs) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_length
             position_ids = position_ids.unsqueeze(0)
 
         mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  past_key_values=past_key_values, position_ids=position_ids)
-        hidden_states = inputs_embeds
-        kind = self.config.position_embedding
-        if kind == "sinusoidal":
-            # Vaswani et al.: "we multiply those [embedding] weights by sqrt(d_model)" -- otherwise unit-amplitude
-            # sinusoids drown token embeddings initialised at std 0.02.
-            hidden_states = hidden_states * self.config.hidden_size**0.5 + sinusoidal_position_embedding(
-                position_ids, self.config.hidden_size, hidden_states.dtype)
-        elif kind == "learned":
-            hidden_states = hidden_states + self.embed_positions(position_ids)
-        position_embeddings = self.rotary_emb(hidden_states, position_ids) if kind == "rotary" else None
-        position_bias = self._position_bias(past_length, hidden_states.device)
-
+                                  cache=cache, position_ids=position_ids)
+        hidden_states, position_embeddings, position_bias = position_inputs(self, self.config, inputs_embeds,
+                                                                            position_ids, past_length)
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask=mask, position_embeddings=position_embeddings,
-                                  position_bias=position_bias, past_key_values=past_key_values, **kwargs)
+                                  position_bias=position_bias, cache=cache, **kwargs)
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states,
-                                       past_key_values=past_key_values if use_cache else None)
+                                       cache=cache if use_cache else None)
 
 
 class HfGenDecoderForCausalLM(HfGenDecoderPreTrainedModel, GenerationMixin):
@@ -174,24 +147,26 @@ class HfGenDecoderForCausalLM(HfGenDecoderPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers >= 5.24 calls it cache
     @can_return_tuple
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: Cache | None = None,
+                position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
                 **kwargs) -> CausalLMOutputWithPast:
         """``labels`` are the input ids (shifted inside the loss); -100 marks positions to ignore."""
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+            cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        # With num_experts: HfGenMoeCausalLMOutputWithPast, router losses added to the loss (moe.py).
+        return moe_causal_lm_output(self.config, self.model, attention_mask, loss, logits=logits, cache=outputs.cache,
+                                    hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class HfGenDecoderForSequenceClassification(HfGenDecoderPreTrainedModel):
@@ -208,14 +183,15 @@ class HfGenDecoderForSequenceClassification(HfGenDecoderPreTrainedModel):
         self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers >= 5.24 calls it cache
     @can_return_tuple
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: Cache | None = None,
+                position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, **kwargs) -> SequenceClassifierOutputWithPast:
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+            cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
         logits = self.score(outputs.last_hidden_state)
         rows = torch.arange(logits.shape[0], device=logits.device)
         pooled_logits = logits[rows, last_token_indices(self.config, input_ids, attention_mask, logits)]
@@ -223,5 +199,5 @@ class HfGenDecoderForSequenceClassification(HfGenDecoderPreTrainedModel):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
         return SequenceClassifierOutputWithPast(loss=loss, logits=pooled_logits,
-                                                past_key_values=outputs.past_key_values,
+                                                cache=outputs.cache,
                                                 hidden_states=outputs.hidden_states, attentions=outputs.attentions)

@@ -12,6 +12,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
 )
 
@@ -21,6 +22,8 @@ from .modeling_hfgen_decoder import (
     HfGenDecoderForSequenceClassification,
     HfGenDecoderModel,
 )
+from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig
+from .modeling_hfgen_seq2seq import HfGenSeq2SeqForConditionalGeneration, HfGenSeq2SeqModel
 
 # (config class, [(Auto class, model class), ...]) per family.
 FAMILIES = [
@@ -28,6 +31,10 @@ FAMILIES = [
         (AutoModel, HfGenDecoderModel),
         (AutoModelForCausalLM, HfGenDecoderForCausalLM),
         (AutoModelForSequenceClassification, HfGenDecoderForSequenceClassification),
+    ]),
+    (HfGenSeq2SeqConfig, [
+        (AutoModel, HfGenSeq2SeqModel),
+        (AutoModelForSeq2SeqLM, HfGenSeq2SeqForConditionalGeneration),
     ]),
 ]
 

@@ -1,0 +1,120 @@
+"""Configuration of the encoder-decoder family (``hfgen_seq2seq``)."""
+
+from __future__ import annotations
+
+import copy
+
+from transformers import PreTrainedConfig
+
+from .configuration_common import init_arguments, init_model_keys
+from .variants import check_positive_int, validate_attention_config
+
+SEQ2SEQ_AUTO_MAP = {
+    "AutoConfig": "configuration_hfgen_seq2seq.HfGenSeq2SeqConfig",
+    "AutoModel": "modeling_hfgen_seq2seq.HfGenSeq2SeqModel",
+    "AutoModelForSeq2SeqLM": "modeling_hfgen_seq2seq.HfGenSeq2SeqForConditionalGeneration",
+}
+
+# The keys that make the model T5 (Raffel et al. 2020; T5 v1.0 with ``hidden_act="relu"``, mlp_type="standard";
+# T5 v1.1 / FLAN-T5 with ``mlp_type="gated", hidden_act="gelu_new"``, untied embeddings). Sizes are free.
+T5_LIKE_KEYS = dict(
+    position_embedding="relative_bias",
+    attention_scoring="dot_product",  # T5 does not scale QK^T (its initialisation absorbs 1/sqrt(d_k))
+    norm_type="rmsnorm",
+    norm_position="pre",
+    mlp_type="standard",
+    hidden_act="relu",
+    attention_bias=False,
+    mlp_bias=False,
+    tie_word_embeddings=True,
+)
+
+
+class HfGenSeq2SeqConfig(PreTrainedConfig):
+    r"""Configuration of :class:`HfGenSeq2SeqModel` and :class:`HfGenSeq2SeqForConditionalGeneration`.
+
+    An encoder (bidirectional self-attention) and a decoder (causal self-attention, then cross-attention over the
+    encoder output) built from hfgen's shared layers, so every variant key below applies to the encoder's and the
+    decoder's self-attention and to the cross-attention alike -- except positions, which are a property of one
+    sequence: rotary, ALiBi and relative biases act within the encoder and within the decoder, never across.
+    Bidirectional position buckets / ALiBi distances in the encoder, unidirectional ones in the decoder (T5).
+
+    With :data:`T5_LIKE_KEYS` the model is T5 (same logits as ``transformers.T5ForConditionalGeneration`` with the
+    same weights; see ``HfGenSeq2SeqForConditionalGeneration.from_t5`` for the weight mapping).
+
+    Family keys:
+        num_hidden_layers (`int`, 4): encoder layers (T5's ``num_layers``).
+        num_decoder_layers (`int`, None): decoder layers; defaults to ``num_hidden_layers``.
+        decoder_start_token_id (`int`, None): first decoder input (T5 uses the pad token); defaults to
+            ``pad_token_id``. ``labels`` are shifted right behind it to give ``decoder_input_ids``.
+        tie_word_embeddings (`bool`, True): the LM head reuses the shared token embedding.
+        scale_decoder_outputs (`bool`, None): multiply the decoder output by ``hidden_size**-0.5`` before the LM
+            head, as T5 does with tied embeddings; defaults to ``tie_word_embeddings``.
+        hidden_dropout (`float`, 0.0): dropout on the embeddings, every residual branch and the final output
+            (T5's ``dropout_rate``; ``attention_dropout`` is the one on attention probabilities).
+
+    Variant keys, shared by every family (meaning: :class:`HfGenDecoderConfig`; defaults:
+    ``configuration_common.VARIANT_DEFAULTS``): ``attention_scoring``, ``softmax_variant``, ``softmax_temperature``,
+    ``clipped_softmax_gamma`` / ``clipped_softmax_zeta``, ``attention_gate``, ``position_embedding``,
+    ``relative_attention_num_buckets`` / ``relative_attention_max_distance``, ``rope_parameters``, ``norm_type``,
+    ``norm_position``, ``mlp_type``, ``attention_bias``, ``mlp_bias``, ``attention_dropout``,
+    ``query_chunk_size``; and ``num_key_value_heads`` (1 = multi-query).
+    """
+
+    model_type = "hfgen_seq2seq"
+    keys_to_ignore_at_inference = ["cache", "encoder_last_hidden_state"]
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        hidden_size: int = 256,
+        intermediate_size: int = 688,
+        num_hidden_layers: int = 4,
+        num_decoder_layers: int | None = None,
+        num_attention_heads: int = 8,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        hidden_act: str = "silu",
+        max_position_embeddings: int = 2048,
+        initializer_range: float = 0.02,
+        rms_norm_eps: float = 1e-6,
+        use_cache: bool = True,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+        decoder_start_token_id: int | None = None,
+        tie_word_embeddings: bool = True,
+        scale_decoder_outputs: bool | None = None,
+        hidden_dropout: float = 0.0,
+        **kwargs,
+    ):
+        kwargs.pop("is_encoder_decoder", None)  # always True here
+        if num_decoder_layers is None:
+            num_decoder_layers = num_hidden_layers
+        if scale_decoder_outputs is None:
+            scale_decoder_outputs = tie_word_embeddings
+        init_model_keys(self, init_arguments(locals()), kwargs)
+        validate_seq2seq_config(self)
+        if decoder_start_token_id is None:
+            decoder_start_token_id = pad_token_id
+        kwargs["auto_map"] = {**SEQ2SEQ_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                         decoder_start_token_id=decoder_start_token_id, is_encoder_decoder=True, **kwargs)
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PreTrainedConfig:
+        """The decoder's view when ``decoder=True`` (what transformers' caches are built from): as many layers as the
+        decoder has (not the encoder's ``num_hidden_layers``), each a plain full-attention layer."""
+        if decoder and not encoder:
+            view = copy.deepcopy(self)
+            view.num_hidden_layers = self.num_decoder_layers
+            view.layer_types = ["full_attention"] * self.num_decoder_layers
+            return view
+        return super().get_text_config(decoder=decoder, encoder=encoder)
+
+
+def validate_seq2seq_config(config) -> None:
+    """The shared variant checks plus the encoder-decoder ones."""
+    validate_attention_config(config)
+    check_positive_int("num_decoder_layers", config.num_decoder_layers)
+    if not 0.0 <= config.hidden_dropout < 1.0:
+        raise ValueError(f"hidden_dropout must be in [0, 1), got {config.hidden_dropout}.")
