@@ -31,8 +31,9 @@ def gradients(model, ids):
 
 @pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
 @pytest.mark.parametrize("variant", [{}, dict(position_embedding="alibi", softmax_variant="adaptive_temperature"),
-                                     dict(attention_scoring="additive", attention_gate=True)],
-                         ids=["default", "alibi-adaptive", "additive-gate"])
+                                     dict(attention_scoring="additive", attention_gate=True),
+                                     dict(position_embedding="relative_bias")],
+                         ids=["default", "alibi-adaptive", "additive-gate", "relative_bias"])
 def test_gradient_checkpointing_gives_the_same_gradients(variant):
     model = build(HfGenDecoderForCausalLM, tiny_config(**variant)).train()
     ids = random_ids(2, 10)

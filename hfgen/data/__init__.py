@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .corpus import load_corpus
+    from .encoder_tokenizer import add_encoder_tokens, load_encoder_tokenizer
     from .lm import tokenize_for_causal_lm
+    from .mlm import MaskedLMCollator, next_sentence_pairs
     from .tokenizer import TOKENIZER_DIR, load_tokenizer, train_tokenizer
 
 _EXPORTS = {
@@ -20,6 +22,10 @@ _EXPORTS = {
     "load_tokenizer": "tokenizer",
     "TOKENIZER_DIR": "tokenizer",
     "tokenize_for_causal_lm": "lm",
+    "add_encoder_tokens": "encoder_tokenizer",
+    "load_encoder_tokenizer": "encoder_tokenizer",
+    "MaskedLMCollator": "mlm",
+    "next_sentence_pairs": "mlm",
 }
 
 __all__ = sorted(_EXPORTS)

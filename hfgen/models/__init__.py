@@ -14,6 +14,15 @@ from .modeling_hfgen_seq2seq import (
     HfGenSeq2SeqModel,
     HfGenSeq2SeqPreTrainedModel,
 )
+from .configuration_hfgen_encoder import BERT_LIKE_KEYS, DEBERTA_LIKE_KEYS, HfGenEncoderConfig
+from .modeling_hfgen_encoder import (
+    HfGenEncoderForMaskedLM,
+    HfGenEncoderForPreTraining,
+    HfGenEncoderForSequenceClassification,
+    HfGenEncoderForTokenClassification,
+    HfGenEncoderModel,
+    HfGenEncoderPreTrainedModel,
+)
 from .registration import register_auto_classes
 from .variants import (
     ATTENTION_SCORINGS,
@@ -26,6 +35,15 @@ from .variants import (
 
 __all__ = [
     "ATTENTION_SCORINGS",
+    "BERT_LIKE_KEYS",
+    "DEBERTA_LIKE_KEYS",
+    "HfGenEncoderConfig",
+    "HfGenEncoderForMaskedLM",
+    "HfGenEncoderForPreTraining",
+    "HfGenEncoderForSequenceClassification",
+    "HfGenEncoderForTokenClassification",
+    "HfGenEncoderModel",
+    "HfGenEncoderPreTrainedModel",
     "HfGenDecoderConfig",
     "HfGenDecoderForCausalLM",
     "HfGenDecoderForSequenceClassification",

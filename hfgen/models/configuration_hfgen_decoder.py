@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
+from .configuration_common import init_arguments, init_model_keys
 from .moe import init_moe_config
-from .variants import check_no_chunked_attention, validate_attention_config
+from .variants import validate_attention_config
 
 DECODER_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_decoder.HfGenDecoderConfig",
@@ -82,58 +83,13 @@ class HfGenDecoderConfig(PreTrainedConfig):
         query_chunk_size: int = 1024,
         **kwargs,
     ):
-        check_no_chunked_attention(kwargs.get("attention_chunk_size"))
-        rope_theta = kwargs.pop("rope_theta", None)  # Llama configs written before rope_parameters existed
         kwargs.pop("pretraining_tp", None)  # Llama-1 era key with no effect here
         # A Llama config.json carries model_type="llama"; kept, it would shadow the class attribute and the loaded
         # model would report itself as Llama in memory (config.json is written from the class attribute anyway).
         kwargs.pop("model_type", None)
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
-        if head_dim is None:
-            if num_attention_heads <= 0 or hidden_size % num_attention_heads != 0:
-                raise ValueError(
-                    f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}) "
-                    f"(or give head_dim explicitly)."
-                )
-            head_dim = hidden_size // num_attention_heads
-        self.head_dim = head_dim
-        self.hidden_act = hidden_act
-        self.max_position_embeddings = max_position_embeddings
-        self.initializer_range = initializer_range
-        self.rms_norm_eps = rms_norm_eps
-        self.use_cache = use_cache
-        self.tie_word_embeddings = tie_word_embeddings
-        if rope_parameters is not None or rope_theta is not None or position_embedding == "rotary":
-            rope_parameters = dict(rope_parameters or {})
-            rope_parameters.setdefault("rope_type", "default")
-            rope_parameters.setdefault("rope_theta", float(rope_theta) if rope_theta is not None else 10000.0)
-            if rope_parameters["rope_type"] != "default":
-                raise ValueError(f"Unsupported rope_parameters['rope_type']={rope_parameters['rope_type']!r}; "
-                                 f"valid choices: 'default'.")
-            self.rope_parameters = rope_parameters
-        # Without rotary positions the attribute stays unset: transformers validates rope_parameters on every
-        # config and would reject an odd head_dim that ALiBi or relative bias handle fine.
-        self.attention_bias = attention_bias
-        self.attention_dropout = attention_dropout
-        self.mlp_bias = mlp_bias
-        self.attention_scoring = attention_scoring
-        self.softmax_variant = softmax_variant
-        self.softmax_temperature = softmax_temperature
-        self.clipped_softmax_gamma = clipped_softmax_gamma
-        self.clipped_softmax_zeta = clipped_softmax_zeta
-        self.attention_gate = attention_gate
-        self.position_embedding = position_embedding
-        self.relative_attention_num_buckets = relative_attention_num_buckets
-        self.relative_attention_max_distance = relative_attention_max_distance
-        self.norm_type = norm_type
-        self.norm_position = norm_position
-        self.mlp_type = mlp_type
-        self.query_chunk_size = query_chunk_size
+        # Sizes, heads, rope_parameters (rotary only) and every variant key, as each family sets them; rope_theta:
+        # Llama configs written before rope_parameters existed.
+        init_model_keys(self, init_arguments(locals()), kwargs, rope_theta=kwargs.pop("rope_theta", None))
         init_moe_config(self, kwargs)  # num_experts / num_experts_per_tok / router_*: see moe.py (0: plain MLP)
         validate_attention_config(self)
         # Every Auto class this folder serves, so a saved checkpoint loads through any of them with

@@ -119,7 +119,8 @@ class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
         mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                   cache=cache, position_ids=position_ids)
         hidden_states, position_embeddings, position_bias = position_inputs(self, self.config, inputs_embeds,
-                                                                            position_ids, past_length)
+                                                                            position_ids, past_length,
+                                                                            cached=cache is not None)
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask=mask, position_embeddings=position_embeddings,
                                   position_bias=position_bias, cache=cache, **kwargs)

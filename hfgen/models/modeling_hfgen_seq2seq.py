@@ -162,7 +162,8 @@ class _HfGenSeq2SeqStack(HfGenSeq2SeqPreTrainedModel):
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, inputs_embeds.shape[1], past_length,
                                                inputs_embeds.device)
-        hidden_states, rotary, bias = position_inputs(self, self.config, inputs_embeds, position_ids, past_length)
+        hidden_states, rotary, bias = position_inputs(self, self.config, inputs_embeds, position_ids, past_length,
+                                                      cached=layer_kwargs.get("cache") is not None)
         hidden_states = self.dropout(hidden_states)
         for layer in self.layers:
             hidden_states = layer(hidden_states, position_embeddings=rotary, position_bias=bias, **layer_kwargs)

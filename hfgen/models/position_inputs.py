@@ -54,12 +54,14 @@ def check_learned_positions(config, position_ids: torch.Tensor) -> None:
 
 
 def position_inputs(stack: nn.Module, config, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
-                    q_offset: int) -> tuple[torch.Tensor, tuple | None, Callable | None]:
+                    q_offset: int, cached: bool = False) -> tuple[torch.Tensor, tuple | None, Callable | None]:
     """``(hidden_states, rotary (cos, sin) or None, bias function or None)`` for one forward pass of ``stack``.
 
     ``q_offset`` is the cache slot of the first query (relative distances are counted between cache slots, so left
     padding shifts queries and keys alike); the bias of each ``(q_len, k_len)`` is computed once and shared by every
-    layer, as T5 computes it in its first layer only.
+    layer, as T5 computes it in its first layer only. ``cached``: keys come from a cache, so their count is known only
+    after the first layer's update; without one the self-attention bias is computed here, before any layer -- inside
+    a gradient-checkpointed layer a first-time computation would be saved in one pass and not in its recomputation.
     """
     kind = config.position_embedding
     hidden_states = inputs_embeds
@@ -87,4 +89,6 @@ def position_inputs(stack: nn.Module, config, inputs_embeds: torch.Tensor, posit
                 memo[q_len, k_len] = stack.relative_position_bias(q_len, k_len, q_offset).contiguous()
         return memo[q_len, k_len]
 
+    if not cached:
+        bias(inputs_embeds.shape[1], inputs_embeds.shape[1])
     return hidden_states, None, bias

@@ -12,8 +12,11 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForPreTraining,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
 )
 
 from .configuration_hfgen_decoder import HfGenDecoderConfig
@@ -24,6 +27,14 @@ from .modeling_hfgen_decoder import (
 )
 from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig
 from .modeling_hfgen_seq2seq import HfGenSeq2SeqForConditionalGeneration, HfGenSeq2SeqModel
+from .configuration_hfgen_encoder import HfGenEncoderConfig
+from .modeling_hfgen_encoder import (
+    HfGenEncoderForMaskedLM,
+    HfGenEncoderForPreTraining,
+    HfGenEncoderForSequenceClassification,
+    HfGenEncoderForTokenClassification,
+    HfGenEncoderModel,
+)
 
 # (config class, [(Auto class, model class), ...]) per family.
 FAMILIES = [
@@ -35,6 +46,13 @@ FAMILIES = [
     (HfGenSeq2SeqConfig, [
         (AutoModel, HfGenSeq2SeqModel),
         (AutoModelForSeq2SeqLM, HfGenSeq2SeqForConditionalGeneration),
+    ]),
+    (HfGenEncoderConfig, [
+        (AutoModel, HfGenEncoderModel),
+        (AutoModelForMaskedLM, HfGenEncoderForMaskedLM),
+        (AutoModelForPreTraining, HfGenEncoderForPreTraining),
+        (AutoModelForSequenceClassification, HfGenEncoderForSequenceClassification),
+        (AutoModelForTokenClassification, HfGenEncoderForTokenClassification),
     ]),
 ]
 

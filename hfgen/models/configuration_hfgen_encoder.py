@@ -1,0 +1,163 @@
+"""Configuration of the encoder-only family (``hfgen_encoder``, BERT-like)."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+from .configuration_common import init_arguments, init_model_keys
+from .variants import check_positive_int, validate_attention_config
+
+ENCODER_AUTO_MAP = {
+    "AutoConfig": "configuration_hfgen_encoder.HfGenEncoderConfig",
+    "AutoModel": "modeling_hfgen_encoder.HfGenEncoderModel",
+    "AutoModelForMaskedLM": "modeling_hfgen_encoder.HfGenEncoderForMaskedLM",
+    "AutoModelForPreTraining": "modeling_hfgen_encoder.HfGenEncoderForPreTraining",
+    "AutoModelForSequenceClassification": "modeling_hfgen_encoder.HfGenEncoderForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_hfgen_encoder.HfGenEncoderForTokenClassification",
+}
+
+# The keys that make the model BERT (Devlin et al. 2019): learned absolute positions, LayerNorm after each residual
+# block, a two-layer GELU MLP, biases everywhere, token type (segment) embeddings. They are also the defaults.
+BERT_LIKE_KEYS = dict(
+    position_embedding="learned",
+    attention_scoring="scaled_dot_product",
+    softmax_variant="standard",
+    norm_type="layernorm",
+    norm_position="post",
+    mlp_type="standard",
+    hidden_act="gelu",
+    attention_bias=True,
+    mlp_bias=True,
+    type_vocab_size=2,
+    tie_word_embeddings=True,
+)
+
+# The keys that make the attention DeBERTa-v2/v3's (He et al. 2021): no absolute positions, relative position
+# embeddings in log buckets read by the content (c2p) and read by the positions (p2c).
+DEBERTA_LIKE_KEYS = dict(BERT_LIKE_KEYS, position_embedding="disentangled", type_vocab_size=0)
+
+# BertConfig key -> HfGenEncoderConfig key, where the names differ.
+BERT_CONFIG_RENAMES = {"attention_probs_dropout_prob": "attention_dropout"}
+BERT_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                    "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+                    "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id")
+
+
+class HfGenEncoderConfig(PreTrainedConfig):
+    r"""Configuration of :class:`HfGenEncoderModel` and its heads (masked LM, pre-training = MLM + next sentence
+    prediction, sequence and token classification).
+
+    Bidirectional self-attention over the whole input (seed 003: "Autoencoding models build bidirectional context
+    representations of the input sequence"), built from hfgen's shared attention layer, so every variant key below
+    applies. The defaults are :data:`BERT_LIKE_KEYS`: with them the model has BERT's parameter names and gives the
+    logits of ``transformers.BertForMaskedLM`` with the same weights, so BERT checkpoints load into it directly
+    (:meth:`from_bert_config` translates a ``BertConfig``).
+
+    Family keys (BERT's names):
+        type_vocab_size (`int`, 2): token type (segment) ids, 0 for none; ``token_type_ids`` must lie below it.
+        layer_norm_eps (`float`, 1e-12): epsilon of every norm (LayerNorm or RMSNorm).
+        hidden_dropout_prob (`float`, 0.1): dropout on the embeddings and every residual branch (and before the
+            classifiers unless ``classifier_dropout`` is set). ``attention_dropout`` is BERT's
+            ``attention_probs_dropout_prob``.
+        classifier_dropout (`float`, None): dropout before the classification heads.
+        tie_word_embeddings (`bool`, True): the MLM decoder reuses the word embedding.
+        position_buckets (`int`, None) / max_relative_positions (`int`, -1): DeBERTa's relative-position log
+            buckets (with ``position_embedding="disentangled"``): distances below ``position_buckets // 2`` keep their
+            own embedding, longer ones share logarithmic buckets up to ``max_relative_positions`` (``-1``:
+            ``max_position_embeddings``); ``2 * position_buckets`` relative embeddings in all. ``None``: DeBERTa-v3's
+            256, or half of ``max_relative_positions`` where that is smaller. Distances beyond
+            ``max_relative_positions`` share the outermost buckets (no length limit).
+        norm_relative_embeddings (`bool`, True): DeBERTa-v2's LayerNorm on the relative embeddings.
+
+    Variant keys, shared by every family (meaning: :class:`HfGenDecoderConfig`): ``attention_scoring``,
+    ``softmax_variant``, ``softmax_temperature``, ``clipped_softmax_gamma`` / ``clipped_softmax_zeta``,
+    ``attention_gate``, ``position_embedding`` (here also ``"disentangled"``: DeBERTa's disentangled attention),
+    ``relative_attention_num_buckets`` / ``relative_attention_max_distance``, ``rope_parameters``, ``norm_type``,
+    ``norm_position``, ``mlp_type``, ``attention_bias``, ``mlp_bias``, ``attention_dropout``,
+    ``query_chunk_size``; and ``num_key_value_heads`` (1 = multi-query).
+    """
+
+    model_type = "hfgen_encoder"
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        hidden_size: int = 256,
+        intermediate_size: int = 1024,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 8,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        hidden_act: str = "gelu",
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        hidden_dropout_prob: float = 0.1,
+        classifier_dropout: float | None = None,
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+        tie_word_embeddings: bool = True,
+        position_buckets: int | None = None,
+        max_relative_positions: int = -1,
+        norm_relative_embeddings: bool = True,
+        **kwargs,
+    ):
+        # A BERT config.json loads as it is: its dropout name, and its position type where it means learned positions.
+        if "attention_probs_dropout_prob" in kwargs:
+            kwargs.setdefault("attention_dropout", kwargs.pop("attention_probs_dropout_prob"))
+        position_type = kwargs.pop("position_embedding_type", None)
+        if position_type not in (None, "absolute"):
+            raise ValueError(f"BERT's position_embedding_type={position_type!r} has no counterpart here; only "
+                             f"'absolute' (position_embedding='learned') converts.")
+        for key in ("position_embedding", "norm_type", "norm_position", "mlp_type", "attention_bias", "mlp_bias"):
+            kwargs.setdefault(key, BERT_LIKE_KEYS[key])
+        kwargs.setdefault("attention_dropout", 0.1)
+        if position_buckets is None:  # DeBERTa-v3's 256 for its 512 positions; fewer for shorter inputs
+            limit = max_relative_positions if max_relative_positions > 0 else max_position_embeddings
+            position_buckets = min(256, max(4, limit // 2)) if isinstance(limit, int) else 256
+        init_model_keys(self, init_arguments(locals()), kwargs)
+        validate_encoder_config(self)
+        kwargs["auto_map"] = {**ENCODER_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+
+    @property
+    def relative_span(self) -> int:
+        """DeBERTa's ``att_span``: relative distances are embedded in ``[-span, span)``."""
+        return self.position_buckets if self.position_buckets > 0 else self.max_relative_distance
+
+    @property
+    def max_relative_distance(self) -> int:
+        return self.max_relative_positions if self.max_relative_positions > 0 else self.max_position_embeddings
+
+    @classmethod
+    def from_bert_config(cls, bert_config, **overrides) -> HfGenEncoderConfig:
+        """The config of a BERT (a ``transformers.BertConfig`` or its dict) with the same shapes and math."""
+        values = bert_config if isinstance(bert_config, dict) else bert_config.to_dict()
+        keys = {BERT_CONFIG_RENAMES.get(k, k): values[k] for k in BERT_CONFIG_KEYS if k in values}
+        return cls(**{**BERT_LIKE_KEYS, **keys, "position_embedding_type": values.get("position_embedding_type"),
+                      **overrides})
+
+
+def validate_encoder_config(config) -> None:
+    """The shared variant checks plus the encoder's own."""
+    validate_attention_config(config)
+    check_positive_int("max_position_embeddings", config.max_position_embeddings)
+    if isinstance(config.type_vocab_size, bool) or not isinstance(config.type_vocab_size, int) \
+            or config.type_vocab_size < 0:
+        raise ValueError(f"type_vocab_size must be an integer >= 0 (0: no token types), got "
+                         f"{config.type_vocab_size!r}.")
+    for key in ("hidden_dropout_prob", "classifier_dropout"):
+        value = getattr(config, key)
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ValueError(f"{key} must be in [0, 1), got {value}.")
+    if config.position_embedding == "disentangled":
+        check_positive_int("position_buckets", config.position_buckets)
+        if config.position_buckets < 4:
+            raise ValueError(f"position_buckets must be at least 4 (half of it are exact distances), got "
+                             f"{config.position_buckets}.")
+        if config.max_relative_distance <= config.position_buckets // 2 + 1:
+            raise ValueError(
+                f"max_relative_positions ({config.max_relative_distance}) must exceed position_buckets // 2 + 1 "
+                f"({config.position_buckets // 2 + 1}): the log buckets span the distances between them.")
