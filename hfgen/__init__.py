@@ -15,6 +15,10 @@ from .models import (
     HfGenSeq2SeqConfig,
     HfGenSeq2SeqForConditionalGeneration,
     HfGenSeq2SeqModel,
+    HfGenRetNetCache,
+    HfGenRetNetConfig,
+    HfGenRetNetForCausalLM,
+    HfGenRetNetModel,
     register_auto_classes,
 )
 
@@ -36,5 +40,9 @@ __all__ = [
     "HfGenSeq2SeqConfig",
     "HfGenSeq2SeqForConditionalGeneration",
     "HfGenSeq2SeqModel",
+    "HfGenRetNetCache",
+    "HfGenRetNetConfig",
+    "HfGenRetNetForCausalLM",
+    "HfGenRetNetModel",
     "__version__",
 ]

@@ -192,6 +192,12 @@ def test_bad_moe_config(overrides, pattern):
         tiny_config(**overrides)
 
 
+def test_sliding_window_config_is_refused():
+    with pytest.raises(ValueError, match=r"sliding_window=4096 .* not supported"):
+        tiny_config(num_local_experts=4, sliding_window=4096)
+    assert tiny_config(num_local_experts=4, sliding_window=None).num_experts == 4
+
+
 def test_bad_moe_key_through_from_pretrained(tmp_path, moe_model):
     moe_model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"num_experts_per_tok .* between 1 and num_experts \(4\)"):

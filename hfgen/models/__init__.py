@@ -23,6 +23,13 @@ from .modeling_hfgen_encoder import (
     HfGenEncoderModel,
     HfGenEncoderPreTrainedModel,
 )
+from .configuration_hfgen_retnet import HfGenRetNetConfig
+from .modeling_hfgen_retnet import (
+    HfGenRetNetCache,
+    HfGenRetNetForCausalLM,
+    HfGenRetNetModel,
+    HfGenRetNetPreTrainedModel,
+)
 from .registration import register_auto_classes
 from .variants import (
     ATTENTION_SCORINGS,
@@ -49,6 +56,11 @@ __all__ = [
     "HfGenDecoderForSequenceClassification",
     "HfGenDecoderModel",
     "HfGenDecoderPreTrainedModel",
+    "HfGenRetNetCache",
+    "HfGenRetNetConfig",
+    "HfGenRetNetForCausalLM",
+    "HfGenRetNetModel",
+    "HfGenRetNetPreTrainedModel",
     "HfGenSeq2SeqConfig",
     "HfGenSeq2SeqForConditionalGeneration",
     "HfGenSeq2SeqModel",

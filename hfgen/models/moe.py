@@ -5,8 +5,9 @@ Mixtral: Jiang et al. 2024): ``y = sum_{e in topk(p)} p_e / (sum_{topk} p) * E_e
 and ``E_e(x) = w2(silu(w1 x) * w3 x)``.
 
 Parameter names are those of Mixtral checkpoints as they lie on disk and on the Hub
-(``block_sparse_moe.gate.weight``, ``block_sparse_moe.experts.N.w1.weight`` ...), so a Mixtral checkpoint loads into
-an hfgen decoder with ``num_experts`` set, and gives Mixtral's logits.
+(``block_sparse_moe.gate.weight``, ``block_sparse_moe.experts.N.w1.weight`` ...), so a Mixtral checkpoint folder loads
+into ``HfGenDecoderForCausalLM`` (its ``num_local_experts`` read as ``num_experts``) and gives Mixtral's logits. A
+Mixtral config with ``sliding_window`` set is refused: hfgen has no sliding-window attention.
 
 Capacity: none, by design. Every token is processed by all of its top-k experts however unbalanced the routing is
 ("dropless", as in Mixtral and MegaBlocks): no token is ever dropped, silently or otherwise, and the cost of an
@@ -57,6 +58,11 @@ def init_moe_config(config, kwargs: dict) -> None:
     if local is not None and not config.num_experts:
         config.num_experts = local
     kwargs.pop("output_router_logits", None)  # Mixtral key: hfgen always reports the router outputs
+    if kwargs.get("sliding_window") is not None:  # Mixtral/Mistral key; left set, transformers' caches would slide
+        raise ValueError(f"sliding_window={kwargs['sliding_window']} (sliding-window attention) is not supported by "
+                         f"hfgen: every token attends to the whole context. Load with sliding_window=None only if "
+                         f"the model never sees more than that many tokens.")
+    kwargs.pop("sliding_window", None)
     validate_moe_config(config)
 
 

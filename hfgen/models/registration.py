@@ -35,9 +35,15 @@ from .modeling_hfgen_encoder import (
     HfGenEncoderForTokenClassification,
     HfGenEncoderModel,
 )
+from .configuration_hfgen_retnet import HfGenRetNetConfig
+from .modeling_hfgen_retnet import HfGenRetNetForCausalLM, HfGenRetNetModel
 
 # (config class, [(Auto class, model class), ...]) per family.
 FAMILIES = [
+    (HfGenRetNetConfig, [
+        (AutoModel, HfGenRetNetModel),
+        (AutoModelForCausalLM, HfGenRetNetForCausalLM),
+    ]),
     (HfGenDecoderConfig, [
         (AutoModel, HfGenDecoderModel),
         (AutoModelForCausalLM, HfGenDecoderForCausalLM),

@@ -1,0 +1,148 @@
+"""RetNet decoding and training speed beside the hfgen decoder (a Llama-style transformer) of equal size.
+
+Measures, in one run:
+  * per-token decoding latency of RetNet (recurrent form, state cache) after 256 and after 4096 tokens of context:
+    target 4096 / 256 <= 1.2x (flat);
+  * the same for the hfgen decoder (KV cache) at 4096: target decoder / RetNet >= 3x;
+  * decoding memory: bytes held by each cache after each context length (RetNet's must not grow);
+  * training throughput (forward + backward, tokens/s) at 4096 tokens: RetNet's chunkwise form vs the decoder (SDPA).
+
+    python benchmarks/retnet.py --quick     # small shapes, few steps; prints, writes nothing
+    python benchmarks/retnet.py             # the full run; writes its section of benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+sys.path.insert(0, str(Path(__file__).parent))
+from seq2seq import machine, write_section  # noqa: E402
+
+from hfgen import HfGenDecoderConfig, HfGenDecoderForCausalLM, HfGenRetNetCache, HfGenRetNetConfig  # noqa: E402
+from hfgen import HfGenRetNetForCausalLM  # noqa: E402
+
+SECTION = "## RetNet (`benchmarks/retnet.py`)"
+FULL = dict(hidden=256, layers=6, contexts=(256, 4096), train_length=4096, decode_steps=32)
+QUICK = dict(hidden=64, layers=2, contexts=(64, 512), train_length=512, decode_steps=8)
+
+
+def models(hidden: int, layers: int, dtype, device):
+    """RetNet (value width 2d, FFN 2d) and the decoder (gated MLP 8d/3): both about 12 d^2 parameters a layer."""
+    common = dict(vocab_size=8192, hidden_size=hidden, num_hidden_layers=layers, pad_token_id=0)
+    retnet = HfGenRetNetForCausalLM(HfGenRetNetConfig(intermediate_size=2 * hidden, retention_chunk_size=256,
+                                                      num_attention_heads=max(1, hidden // 64), **common))
+    decoder = HfGenDecoderForCausalLM(HfGenDecoderConfig(intermediate_size=8 * hidden // 3,
+                                                         num_attention_heads=max(1, hidden // 32), **common))
+    return [m.to(device=device, dtype=dtype).eval() for m in (retnet, decoder)]
+
+
+def cache_bytes(cache) -> int:
+    if isinstance(cache, HfGenRetNetCache):
+        return sum(cache.get_state(i).numel() * cache.get_state(i).element_size() for i in range(len(cache.layers)))
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def decode_latency(model, context: int, steps: int, device) -> tuple[float, int]:
+    """Seconds per new token after ``context`` tokens of prompt, and the cache's bytes after the prompt."""
+    ids = torch.randint(1, 8192, (1, context), device=device)
+    cache = HfGenRetNetCache(model.config) if isinstance(model, HfGenRetNetForCausalLM) else DynamicCache()
+    out = model(ids, cache=cache, use_cache=True, logits_to_keep=1)
+    size = cache_bytes(cache)
+    token = out.logits[:, -1:].argmax(-1)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        token = model(token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+    sync(device)
+    return (time.perf_counter() - start) / steps, size
+
+
+def train_throughput(model, length: int, device) -> float:
+    model.train()
+    ids = torch.randint(1, 8192, (1, length), device=device)
+    sync(device)
+    start = time.perf_counter()
+    model(ids, labels=ids, use_cache=False).loss.backward()
+    sync(device)
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return length / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small shapes, few steps; writes nothing")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 3, quick 2)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    parser.add_argument("--no-write", action="store_true", help="print only; write no results file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = QUICK if args.quick else FULL
+    repeats = args.repeats or (2 if args.quick else 3)
+    torch.manual_seed(0)
+    retnet, decoder = models(shape["hidden"], shape["layers"], getattr(torch, args.dtype), args.device)
+    short, long = shape["contexts"]
+    samples: dict[str, list[float]] = {}
+    sizes: dict[str, int] = {}
+    jobs = [(name, model, context) for name, model in (("retnet", retnet), ("decoder", decoder))
+            for context in (short, long)]
+    for _ in tqdm(range(repeats), desc="repetitions"):
+        for name, model, context in jobs:  # interleaved, so drift hits both models alike
+            seconds, size = decode_latency(model, context, shape["decode_steps"], args.device)
+            samples.setdefault(f"{name}@{context}", []).append(seconds)
+            sizes[f"{name}@{context}"] = size
+        for name, model in (("retnet", retnet), ("decoder", decoder)):
+            samples.setdefault(f"train-{name}", []).append(train_throughput(model, shape["train_length"], args.device))
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    flat = med[f"retnet@{long}"] / med[f"retnet@{short}"]
+    faster = med[f"decoder@{long}"] / med[f"retnet@{long}"]
+    train = med["train-retnet"] / med["train-decoder"]
+    params = [sum(p.numel() for p in m.parameters()) for m in (retnet, decoder)]
+    ms = lambda key: f"{med[key] * 1e3:,.2f} ms"  # noqa: E731
+    mib = lambda key: f"{sizes[key] / 2**20:,.2f} MiB"  # noqa: E731
+    rows = [
+        f"| decoding latency per token, context {short} | {ms(f'retnet@{short}')} | {ms(f'decoder@{short}')} | | |",
+        f"| decoding latency per token, context {long} | {ms(f'retnet@{long}')} | {ms(f'decoder@{long}')} | | |",
+        f"| RetNet latency {long} / {short} | {flat:.2f}× | | ≤ 1.2× | {'PASS' if flat <= 1.2 else 'FAIL'} |",
+        f"| decoder / RetNet latency at {long} | {faster:.2f}× | | ≥ 3× | {'PASS' if faster >= 3 else 'FAIL'} |",
+        f"| cache memory after {short} tokens | {mib(f'retnet@{short}')} | {mib(f'decoder@{short}')} | | |",
+        f"| cache memory after {long} tokens | {mib(f'retnet@{long}')} | {mib(f'decoder@{long}')} | flat | "
+        f"{'PASS' if sizes[f'retnet@{long}'] == sizes[f'retnet@{short}'] else 'FAIL'} |",
+        f"| training, {shape['train_length']} tokens (tokens/s) | {med['train-retnet']:,.0f} (chunkwise) | "
+        f"{med['train-decoder']:,.0f} (SDPA) | RetNet / decoder {train:.2f}× | |",
+    ]
+    body = "\n".join([
+        f"{SECTION}, {args.device}, {args.dtype}", "",
+        f"{datetime.date.today()} · {machine(args.device)} · torch {torch.__version__} · {repeats} interleaved "
+        f"repetitions, medians · {'quick' if args.quick else 'full'} run", "",
+        f"RetNet: {shape['layers']} layers, d={shape['hidden']}, {params[0] / 1e6:.2f}M parameters; hfgen decoder "
+        f"(Llama-style, SDPA, KV cache): {params[1] / 1e6:.2f}M parameters. Batch 1, greedy, "
+        f"{shape['decode_steps']} timed steps per context.", "",
+        "| measurement | RetNet | decoder | target | verdict |", "| --- | ---: | ---: | --- | --- |", *rows,
+    ])
+    print(body)
+    if not (args.quick or args.no_write):
+        write_section(args.results, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Gist tokens for the tokenizer, and instruction data from the embedded corpus laid out for gist training
+(Mu et al. 2023): ``instruction <gist_0> ... <gist_k-1> input output<eos>``, loss on the output only.
+
+The instructions are tasks over words of the Python reference manual (the embedded corpus): which task to do is
+written only in the instruction, so a model can do it only through what the gist tokens carry from it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import torch
+
+from ..models.gist import gist_attention_mask
+from .corpus import load_corpus
+
+GIST_TOKEN = "<|gist_{}|>"
+
+# instruction -> what it does to the input words
+TASKS = {
+    "Repeat the words exactly.": lambda words: words,
+    "Write the words in reverse order.": lambda words: words[::-1],
+    "Write only the first and the last word.": lambda words: [words[0], words[-1]],
+    "Write every word twice.": lambda words: [w for word in words for w in (word, word)],
+}
+
+
+def add_gist_tokens(tokenizer, num_gist_tokens: int = 1, model=None) -> list[int]:
+    """Add ``num_gist_tokens`` special tokens ``<|gist_i|>`` to ``tokenizer`` (a no-op for those already there) and,
+    with ``model``, grow its embeddings to the new vocabulary size. Returns their ids."""
+    if isinstance(num_gist_tokens, bool) or not isinstance(num_gist_tokens, int) or num_gist_tokens < 1:
+        raise ValueError(f"num_gist_tokens must be a positive integer, got {num_gist_tokens!r}.")
+    tokens = [GIST_TOKEN.format(i) for i in range(num_gist_tokens)]
+    tokenizer.add_special_tokens({"additional_special_tokens": tokens}, replace_extra_special_tokens=False)
+    if model is not None and model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    return gist_token_ids(tokenizer, num_gist_tokens)
+
+
+def gist_token_ids(tokenizer, num_gist_tokens: int = 1) -> list[int]:
+    """The ids of ``<|gist_0|>`` ... ``<|gist_{k-1}|>``; a ``ValueError`` naming the missing ones otherwise."""
+    tokens = [GIST_TOKEN.format(i) for i in range(num_gist_tokens)]
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        raise ValueError(f"The tokenizer has no gist tokens {missing}: call add_gist_tokens(tokenizer, "
+                         f"{num_gist_tokens}, model) first (it also grows the model's embeddings).")
+    return [vocab[t] for t in tokens]
+
+
+def corpus_words(split: str = "train", seed: int = 0) -> list[str]:
+    """Plain alphabetic words of the embedded corpus (the Python reference manual), in order."""
+    text = " ".join(load_corpus(seed=seed)[split]["text"])
+    return re.findall(r"\b[a-z]{3,10}\b", text)
+
+
+def gist_instruction_examples(tokenizer, num_gist_tokens: int, count: int, words_per_input: int = 4,
+                              split: str = "train", seed: int = 0) -> list[dict[str, list[int]]]:
+    """``count`` examples ``{"input_ids", "labels", "prompt_length"}``: instruction + gist tokens (the prompt),
+    then the input words and the output words + eos; labels are -100 everywhere but the output."""
+    gist_ids = gist_token_ids(tokenizer, num_gist_tokens)
+    words = corpus_words(split, seed)
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(count):
+        instruction, task = rng.choice(list(TASKS.items()))
+        start = rng.randrange(len(words) - words_per_input)
+        chosen = words[start:start + words_per_input]
+        prompt = tokenizer(instruction, add_special_tokens=False)["input_ids"] + gist_ids
+        source = tokenizer(" Input: " + " ".join(chosen) + "\nOutput:", add_special_tokens=False)["input_ids"]
+        target = tokenizer(" " + " ".join(task(chosen)), add_special_tokens=False)["input_ids"]
+        target = target + [tokenizer.eos_token_id]
+        examples.append({"input_ids": prompt + source + target,
+                         "labels": [-100] * (len(prompt) + len(source)) + target,
+                         "prompt_length": len(prompt)})
+    return examples
+
+
+class GistCollator:
+    """Pads a list of examples on the right and builds the 4D gist mask of ``mode`` (``gist``, ``positive``,
+    ``negative``) as ``attention_mask``, for any causal LM that accepts a boolean 4D mask."""
+
+    def __init__(self, gist_token_ids: list[int], pad_token_id: int, mode: str = "gist"):
+        self.gist_token_ids, self.pad_token_id, self.mode = list(gist_token_ids), pad_token_id, mode
+        gist_attention_mask(torch.zeros(1, 1, dtype=torch.long), self.gist_token_ids, mode=mode)  # checks mode
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        padding = torch.zeros(len(examples), width, dtype=torch.long)
+        for row, example in enumerate(examples):
+            n = len(example["input_ids"])
+            ids[row, :n], labels[row, :n], padding[row, :n] = (torch.tensor(example["input_ids"]),
+                                                               torch.tensor(example["labels"]), 1)
+        return {"input_ids": ids, "labels": labels,
+                "attention_mask": gist_attention_mask(ids, self.gist_token_ids, padding, self.mode)}

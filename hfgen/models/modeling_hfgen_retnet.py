@@ -1,0 +1,388 @@
+"""The retentive network (``hfgen_retnet``; Sun et al. 2023, arXiv 2307.08621, named by seed 004: "may help it to
+be more scaleable than O(N^2) memory and O(N) inference complexity").
+
+Retention of one head with decay ``gamma`` (the paper's eqs. 5-8), ``Q = (X W_Q) * Theta``,
+``K = (X W_K) * conj(Theta)``
+(xPos-style rotation ``Theta_n = e^{i n theta}``, here in the rotate-half layout), ``V = X W_V``:
+
+* parallel:  ``Retention(X) = (Q K^T * D) V``,  ``D_nm = gamma^(n-m)`` for ``n >= m``, else 0
+* recurrent: ``S_n = gamma S_(n-1) + K_n^T V_n``,  ``Retention(X_n) = Q_n S_n``
+* chunkwise: ``R_i = K_[i]^T (V_[i] * zeta) + gamma^B R_(i-1)``, ``zeta_j = gamma^(B-j-1)``;
+  ``Retention(X_[i]) = (Q_[i] K_[i]^T * D) V_[i] + (Q_[i] R_(i-1)) * xi``, ``xi_j = gamma^(j+1)``
+
+Multi-scale retention (eq. 8): ``gamma_h = 1 - 2^(-5-h)`` per head,
+``Y = GroupNorm_h(Concat(head_1..head_H))``, ``MSR(X) = (swish(X W_G) * Y) W_O``.
+
+Queries are scaled by ``1/sqrt(d_k)``. The paper's further per-row normalisations of ``QK^T * D`` only rescale each
+(token, head) row by a positive number, which the group norm cancels; they are left out so that the three forms
+are the same arithmetic, not just the same function.
+
+Padding: keys of masked tokens are zeroed, so they add nothing to any state; decay and rotation are relative, so a
+left-padded row computes exactly what the row computes alone.
+
+Cache: :class:`HfGenRetNetCache` holds one ``[B, H, d_k, d_v]`` state per layer, whatever the context length (the
+recurrent form's O(1) memory per token). ``generate`` receives it from the first forward and passes it back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.utils import can_return_tuple
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_hfgen_retnet import HfGenRetNetConfig, validate_retnet_config
+from .layers import HfGenMLP, build_norm
+from .modeling_common import check_checkpoint_folder, check_inputs
+from .moe import HfGenSparseMoeBlock, build_feed_forward, moe_causal_lm_output, validate_moe_config
+
+# ---------------------------------------------------------------------------------------------------- the math
+
+
+def retention_log_decays(num_heads: int, device=None) -> torch.Tensor:
+    """``log(gamma_h)``, ``gamma_h = 1 - 2^(-5-h)`` for ``h = 0..H-1`` (the paper's multi-scale decays)."""
+    return torch.log1p(-torch.exp2(-5.0 - torch.arange(num_heads, dtype=torch.float64, device=device))).float()
+
+
+def rotate(x: torch.Tensor, position_ids: torch.Tensor, theta: float) -> torch.Tensor:
+    """``x * e^{i n theta}`` with channel pairs ``(i, i + d/2)`` as the complex numbers (rotate-half layout).
+    ``x``: ``[B, H, L, d]``; ``position_ids``: ``[B|1, L]``."""
+    dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim))
+    angles = position_ids.float()[:, None, :, None] * inv_freq  # [B, 1, L, d/2]
+    cos, sin = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((angles.sin(), angles.sin()), -1)
+    half = dim // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+def retention_parallel(q, k, v, log_decay, state=None):
+    """One block in the parallel form, continuing from ``state`` (``None``: zeros). ``q, k``: ``[B, H, L, d_k]``,
+    ``v``: ``[B, H, L, d_v]``, ``log_decay``: ``[H]``. Returns ``(output [B, H, L, d_v], state [B, H, d_k, d_v])``
+    where the new state is ``sum_m gamma^(L-1-m) k_m^T v_m + gamma^L state``."""
+    length = q.shape[2]
+    index = torch.arange(length, device=q.device, dtype=torch.float32)
+    distance = index[:, None] - index[None, :]  # n - m
+    log_decay = log_decay.to(q.device)[:, None, None]
+    decay = torch.exp(distance.clamp(min=0) * log_decay).masked_fill(distance < 0, 0.0)  # [H, L, L]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * decay.to(q.dtype)
+    out = torch.matmul(scores, v)
+    key_decay = torch.exp((length - 1 - index)[:, None] * log_decay).to(k.dtype)  # [H, L, 1]: gamma^(L-1-m)
+    new_state = torch.matmul((k * key_decay).transpose(-1, -2), v)
+    if state is not None:
+        query_decay = torch.exp((index + 1)[:, None] * log_decay).to(q.dtype)  # gamma^(n+1)
+        out = out + torch.matmul(q, state.to(q.dtype)) * query_decay
+        new_state = new_state + torch.exp(length * log_decay).to(state.dtype) * state
+    return out, new_state
+
+
+def retention_chunkwise(q, k, v, log_decay, chunk_size: int, state=None):
+    """Chunkwise recurrent form: the parallel form inside chunks of ``chunk_size`` tokens, the state carried from
+    chunk to chunk. Time linear in the length, memory ``O(chunk_size^2)`` per head."""
+    outputs = []
+    for start in range(0, q.shape[2], chunk_size):
+        rows = slice(start, start + chunk_size)
+        out, state = retention_parallel(q[:, :, rows], k[:, :, rows], v[:, :, rows], log_decay, state)
+        outputs.append(out)
+    return torch.cat(outputs, dim=2), state
+
+
+def retention_recurrent(q, k, v, log_decay, state=None):
+    """Recurrent form, token by token: ``S_n = gamma S_(n-1) + k_n^T v_n``, ``o_n = q_n S_n``."""
+    batch, heads, length, _ = q.shape
+    gamma = torch.exp(log_decay.to(q.device)).to(q.dtype)[None, :, None, None]
+    if state is None:
+        state = q.new_zeros(batch, heads, q.shape[-1], v.shape[-1])
+    outputs = []
+    for n in range(length):
+        state = gamma * state.to(q.dtype) + k[:, :, n, :, None] * v[:, :, n, None, :]
+        outputs.append(torch.matmul(q[:, :, n, None, :], state))
+    return torch.cat(outputs, dim=2), state
+
+
+# ---------------------------------------------------------------------------------------------------- the cache
+
+
+class HfGenRetNetCacheLayer(LinearAttentionCacheLayerMixin):
+    """One layer's retention state ``[B, H, d_k, d_v]`` (transformers' linear-attention layer protocol: beam
+    reordering, reset, offloading come from the mixin)."""
+
+    def lazy_initialization(self, conv_states=None, recurrent_states=None, state_idx: int = 0) -> None:
+        if recurrent_states is not None:
+            self.device, self.dtype = recurrent_states.device, recurrent_states.dtype
+            self.is_recurrent_states_initialized[state_idx] = True
+
+    def update_conv_state(self, conv_states, state_idx: int = 0, **kwargs):
+        raise ValueError("Retention layers keep no convolution state.")
+
+    def update_recurrent_state(self, recurrent_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
+        if not self.is_recurrent_states_initialized[state_idx]:
+            self.lazy_initialization(recurrent_states=recurrent_states, state_idx=state_idx)
+        self.recurrent_states[state_idx] = recurrent_states
+        self.has_previous_state[state_idx] = True
+        self.batch_size = recurrent_states.shape[0]
+        return recurrent_states
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        for i, state in self.recurrent_states.items():
+            if state is not None:
+                self.recurrent_states[i] = state.repeat_interleave(repeats, dim=0)
+                self.batch_size = self.recurrent_states[i].shape[0]
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        for i, state in self.recurrent_states.items():
+            if state is not None:
+                self.recurrent_states[i] = state[indices]
+                self.batch_size = self.recurrent_states[i].shape[0]
+
+
+class HfGenRetNetCache(Cache):
+    """The recurrent-state cache of :class:`HfGenRetNetForCausalLM`: one retention state per layer, of a size that
+    does not grow with the context, and the number of tokens seen (``get_seq_length``), which positions continue
+    from. It cannot be cropped (a recurrent state cannot forget tokens), so assisted generation is refused."""
+
+    def __init__(self, config: HfGenRetNetConfig):
+        super().__init__(layers=[HfGenRetNetCacheLayer() for _ in range(config.num_hidden_layers)])
+        self.seen_tokens = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def get_state(self, layer_idx: int) -> torch.Tensor | None:
+        return self.get_recurrent_state(layer_idx)
+
+    def update_state(self, state: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        return self.update_recurrent_state(state, layer_idx)
+
+    def reset(self) -> None:
+        super().reset()
+        self.seen_tokens = 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise ValueError("A retention state cannot forget tokens: HfGenRetNetCache cannot be cropped.")
+
+
+# ---------------------------------------------------------------------------------------------------- the layers
+
+
+class HfGenMultiScaleRetention(nn.Module):
+    """Multi-scale retention: ``(swish(X W_G) * GroupNorm(heads)) W_O`` with one decay per head."""
+
+    def __init__(self, config: HfGenRetNetConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim, self.value_head_dim = config.head_dim, config.value_head_dim
+        value_width = self.num_heads * self.value_head_dim
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, value_width, bias=False)
+        self.g_proj = nn.Linear(config.hidden_size, value_width, bias=False)
+        self.o_proj = nn.Linear(value_width, config.hidden_size, bias=False)
+        self.group_norm = nn.GroupNorm(self.num_heads, value_width, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, key_mask: torch.Tensor | None,
+                cache: HfGenRetNetCache | None = None, mode: str | None = None) -> torch.Tensor:
+        batch, length, _ = hidden_states.shape
+        heads = self.num_heads
+        q = self.q_proj(hidden_states).view(batch, length, heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(batch, length, heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(batch, length, heads, self.value_head_dim).transpose(1, 2)
+        q = rotate(q, position_ids, self.config.rope_theta) * self.head_dim**-0.5
+        k = rotate(k, position_ids, self.config.rope_theta)
+        if key_mask is not None:  # a masked token adds nothing to any state
+            k = k * key_mask[:, None, :, None].to(k.dtype)
+        log_decay = retention_log_decays(heads, device=q.device)
+        state = cache.get_state(self.layer_idx) if cache is not None else None
+        mode = mode or self.config.retention_mode
+        if length == 1 or mode == "recurrent":
+            out, state = retention_recurrent(q, k, v, log_decay, state)
+        elif mode == "parallel":
+            out, state = retention_parallel(q, k, v, log_decay, state)
+        else:
+            out, state = retention_chunkwise(q, k, v, log_decay, self.config.retention_chunk_size, state)
+        if cache is not None:
+            cache.update_state(state, self.layer_idx)
+        out = out.transpose(1, 2).reshape(batch * length, heads * self.value_head_dim)
+        out = self.group_norm(out).view(batch, length, -1)
+        return self.o_proj(F.silu(self.g_proj(hidden_states)) * out)
+
+
+class HfGenRetNetLayer(GradientCheckpointingLayer):
+    """``Y = MSR(LN(X)) + X``; ``X' = FFN(LN(Y)) + Y`` (FFN: the MLP, or a mixture of experts)."""
+
+    def __init__(self, config: HfGenRetNetConfig, layer_idx: int):
+        super().__init__()
+        self.retention = HfGenMultiScaleRetention(config, layer_idx)
+        self.input_layernorm = build_norm(config)
+        self.post_attention_layernorm = build_norm(config)
+        feed_forward = build_feed_forward(config, lambda: HfGenMLP(config))
+        if isinstance(feed_forward, HfGenSparseMoeBlock):
+            self.block_sparse_moe = feed_forward
+        else:
+            self.mlp = feed_forward
+
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, key_mask: torch.Tensor | None,
+                cache: HfGenRetNetCache | None = None, mode: str | None = None, **kwargs) -> torch.Tensor:
+        hidden_states = hidden_states + self.retention(self.input_layernorm(hidden_states), position_ids, key_mask,
+                                                       cache=cache, mode=mode)
+        feed_forward = self.block_sparse_moe if hasattr(self, "block_sparse_moe") else self.mlp
+        return hidden_states + feed_forward(self.post_attention_layernorm(hidden_states))
+
+
+# ---------------------------------------------------------------------------------------------------- the models
+
+
+class HfGenRetNetPreTrainedModel(PreTrainedModel):
+    config_class = HfGenRetNetConfig
+    config: HfGenRetNetConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HfGenRetNetLayer"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
+    _is_stateful = True
+    _can_record_outputs = {"hidden_states": HfGenRetNetLayer}
+
+    def __init__(self, config, *inputs, **kwargs):
+        # from_pretrained(path, key=value) sets attributes after the config's own checks: check again.
+        validate_retnet_config(config)
+        validate_moe_config(config)
+        super().__init__(config, *inputs, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        if pretrained_model_name_or_path is not None:
+            check_checkpoint_folder(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate must not make a DynamicCache (keys and values per token): the model makes its own state cache.
+        return False
+
+
+def resolve_cache(cache, past_key_values):
+    """The cache under either name (transformers 5 calls it ``cache``; ``past_key_values`` is the older name)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("Pass the state cache as `cache` or as `past_key_values`, not both.")
+    cache = cache if cache is not None else past_key_values
+    if cache is not None and not isinstance(cache, HfGenRetNetCache):
+        raise ValueError(
+            f"HfGenRetNet keeps a fixed-size recurrent state per layer, not keys and values per token: it can use "
+            f"an HfGenRetNetCache (or None, and one is made), not a {type(cache).__name__}."
+        )
+    return cache
+
+
+class HfGenRetNetModel(HfGenRetNetPreTrainedModel):
+    """Embeddings, RetNet layers, final norm. Returns ``BaseModelOutputWithPast`` whose cache is the state cache."""
+
+    def __init__(self, config: HfGenRetNetConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList([HfGenRetNetLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = build_norm(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, cache: HfGenRetNetCache | None = None,
+                inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
+                past_key_values: HfGenRetNetCache | None = None, retention_mode: str | None = None,
+                **kwargs) -> BaseModelOutputWithPast:
+        """``attention_mask``: 2D ``[batch, seen + new]`` (1 = token, 0 = padding). ``retention_mode`` overrides
+        ``config.retention_mode`` for this call (``parallel``, ``chunkwise``, ``recurrent``)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        cache = resolve_cache(cache, past_key_values)
+        if retention_mode is not None and retention_mode not in ("parallel", "chunkwise", "recurrent"):
+            raise ValueError(f"Unknown retention_mode={retention_mode!r}; valid choices are: 'parallel', "
+                             f"'chunkwise', 'recurrent'.")
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(f"HfGenRetNet takes a 2D attention_mask [batch, tokens] (1 = token, 0 = padding); "
+                             f"got {attention_mask.dim()} dimensions. Retention has no attention matrix to mask.")
+        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        length = inputs_embeds.shape[1]
+        if use_cache and cache is None:
+            cache = HfGenRetNetCache(self.config)
+        if position_ids is None:
+            position_ids = (torch.arange(length, device=inputs_embeds.device) + past_length)[None]
+        key_mask = attention_mask[:, -length:] if attention_mask is not None else None
+
+        hidden_states = inputs_embeds
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, position_ids, key_mask, cache=cache if use_cache else None,
+                                  mode=retention_mode)
+        if use_cache:
+            cache.seen_tokens += length
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache if use_cache else None)
+
+
+class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, GenerationMixin):
+    """RetNet with a language-modelling head. ``generate`` decodes with the recurrent form from the state cache
+    (O(1) time and memory per token, whatever the context); left-padded batches give the rows' own tokens."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: HfGenRetNetConfig):
+        super().__init__(config)
+        self.model = HfGenRetNetModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        implementation = generation_config.cache_implementation
+        if implementation not in (None, "dynamic"):
+            raise ValueError(
+                f"cache_implementation={implementation!r} cannot be used with HfGenRetNet: it keeps a fixed-size "
+                f"recurrent state (HfGenRetNetCache, made by the model). Valid choices: None, 'dynamic'."
+            )
+        resolve_cache(model_kwargs.get("cache"), model_kwargs.get("past_key_values"))
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    @can_return_tuple
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, cache: HfGenRetNetCache | None = None,
+                inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
+                use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
+                past_key_values: HfGenRetNetCache | None = None, **kwargs):
+        """``labels`` are the input ids (shifted inside the loss); -100 marks positions to ignore. With
+        ``num_experts`` the output is ``HfGenMoeCausalLMOutputWithPast`` (router losses and statistics)."""
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            cache=resolve_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return moe_causal_lm_output(self.config, self.model, attention_mask, loss, logits=logits,
+                                    cache=outputs.cache, hidden_states=outputs.hidden_states)

@@ -1,0 +1,154 @@
+"""Gist tokens: the masks against their definition written out, inference from the gist-only cache against the
+full gist-masked forward, the compression itself (tokens after the gist do not depend on the prompt except through
+the gist), tokenizer additions and instruction data, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import build, load_hfgen_tokenizer, random_ids, tiny_config
+from hfgen import HfGenDecoderForCausalLM
+from hfgen.models.gist import compress_prompt, decode_from_gist, gist_attention_mask, gist_spans
+
+GIST = [120, 121]  # two token ids of the tiny vocabulary used as gist tokens
+
+
+def with_gist(prompt_length: int, rest: int, seed: int = 1) -> torch.Tensor:
+    ids = random_ids(1, prompt_length + 2 + rest, vocab_size=120, seed=seed)
+    ids[0, prompt_length:prompt_length + 2] = torch.tensor(GIST)
+    return ids
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build(HfGenDecoderForCausalLM, tiny_config())
+
+
+@pytest.mark.parametrize("mode", ["gist", "positive", "negative"])
+def test_masks_match_their_definition(mode):
+    ids = torch.cat((with_gist(3, 4), with_gist(5, 2, seed=2)))  # gist spans [3, 5) and [5, 7)
+    padding = torch.ones_like(ids)
+    padding[1, 0] = 0
+    mask = gist_attention_mask(ids, GIST, padding, mode=mode)
+    assert mask.shape == (2, 1, 9, 9)
+    for row, (start, end) in enumerate([(3, 5), (5, 7)]):
+        for i in range(9):
+            for j in range(9):
+                allowed = j <= i and bool(padding[row, j])
+                if mode == "gist" and i >= end and j < start:
+                    allowed = False
+                if mode == "negative" and i >= end and j < end:
+                    allowed = False
+                assert bool(mask[row, 0, i, j]) == allowed, (mode, row, i, j)
+
+
+def test_rows_without_gist_stay_causal():
+    ids = random_ids(2, 6, vocab_size=120)
+    mask = gist_attention_mask(ids, GIST)
+    assert torch.equal(mask[:, 0], torch.ones(6, 6, dtype=torch.bool).tril().expand(2, 6, 6))
+    assert gist_spans(ids, GIST).tolist() == [[-1, -1], [-1, -1]]
+
+
+def test_tokens_after_the_gist_depend_on_the_prompt_only_through_the_gist(model):
+    """Change the prompt: under the gist mask the continuation's logits change (the gist carries the prompt), and
+    they are exactly those of a model that sees only the gist tokens' keys and values."""
+    a, b = with_gist(5, 4, seed=1), with_gist(5, 4, seed=1)
+    b[0, :5] = random_ids(1, 5, vocab_size=120, seed=9)
+    with torch.no_grad():
+        la = model(a, attention_mask=gist_attention_mask(a, GIST)).logits[:, 7:]
+        lb = model(b, attention_mask=gist_attention_mask(b, GIST)).logits[:, 7:]
+        na = model(a, attention_mask=gist_attention_mask(a, GIST, mode="negative")).logits[:, 7:]
+        nb = model(b, attention_mask=gist_attention_mask(b, GIST, mode="negative")).logits[:, 7:]
+    assert not torch.allclose(la, lb, atol=1e-4)  # the gist tokens read the prompt
+    torch.testing.assert_close(na, nb, atol=1e-5, rtol=1e-5)  # the negative control cannot
+
+
+@pytest.mark.parametrize("prompt_length", [1, 6])
+def test_gist_cache_inference_equals_the_full_gist_masked_forward(model, prompt_length):
+    ids = with_gist(prompt_length, 5)
+    p = prompt_length + 2
+    with torch.no_grad():
+        reference = model(ids, attention_mask=gist_attention_mask(ids, GIST)).logits
+    cache, next_position = compress_prompt(model, ids[:, :p], GIST)
+    assert next_position == p
+    assert [layer.keys.shape[2] for layer in cache.layers] == [2, 2]  # only the gist activations are kept
+    logits, generated = decode_from_gist(model, cache, next_position, ids[:, p:], max_new_tokens=3)
+    torch.testing.assert_close(logits[:, :5], reference[:, p:], atol=1e-5, rtol=1e-5)
+    # the generated tokens are the greedy continuation of the full gist-masked sequence
+    full = torch.cat((ids, generated), 1)
+    with torch.no_grad():
+        again = model(full, attention_mask=gist_attention_mask(full, GIST)).logits
+    torch.testing.assert_close(again[:, -4:-1].argmax(-1), generated, atol=0, rtol=0)
+    torch.testing.assert_close(logits, again[:, p:-1], atol=1e-5, rtol=1e-5)
+
+
+def test_gist_tokens_in_the_tokenizer_and_instruction_data(tmp_path):
+    from hfgen.data.gist import GistCollator, add_gist_tokens, gist_instruction_examples, gist_token_ids
+
+    tokenizer = load_hfgen_tokenizer()
+    with pytest.raises(ValueError, match=r"no gist tokens \['<\|gist_0\|>'.*add_gist_tokens"):
+        gist_token_ids(tokenizer, 2)
+    model = build(HfGenDecoderForCausalLM, tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id))
+    ids = add_gist_tokens(tokenizer, 2, model)
+    assert ids == gist_token_ids(tokenizer, 2) and model.config.vocab_size == len(tokenizer) >= max(ids) + 1
+    assert tokenizer.decode(ids) == "<|gist_0|><|gist_1|>"
+    assert tokenizer("Repeat<|gist_0|>")["input_ids"][-1] == ids[0]  # one token, never split
+    examples = gist_instruction_examples(tokenizer, 2, 8)
+    for example in examples:
+        p = example["prompt_length"]
+        assert example["input_ids"][p - 2:p] == ids
+        targets = [t for t in example["labels"] if t != -100]
+        assert targets and targets[-1] == tokenizer.eos_token_id
+        assert example["labels"][:p] == [-100] * p
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = type(tokenizer).from_pretrained(tmp_path)
+    assert gist_token_ids(reloaded, 2) == ids and reloaded("Repeat<|gist_0|>")["input_ids"][-1] == ids[0]
+    batch = GistCollator(ids, tokenizer.pad_token_id)(examples)
+    out = model(**batch)
+    assert out.loss.isfinite()
+
+
+def test_bad_input(model):
+    ids = with_gist(3, 2)
+    with pytest.raises(ValueError, match=r"mode='both'.*'gist', 'positive', 'negative'"):
+        gist_attention_mask(ids, GIST, mode="both")
+    split = ids.clone()
+    split[0, 4], split[0, 6] = 5, GIST[1]
+    with pytest.raises(ValueError, match=r"not one contiguous run \(positions \[3, 6\]\)"):
+        gist_attention_mask(split, GIST)
+    with pytest.raises(ValueError, match=r"holds no gist token"):
+        compress_prompt(model, random_ids(1, 4, vocab_size=120), GIST)
+    with pytest.raises(ValueError, match=r"must end the prompt"):
+        compress_prompt(model, ids, GIST)
+    with pytest.raises(ValueError, match=r"one prompt"):
+        compress_prompt(model, torch.cat((ids, ids)), GIST)
+
+
+def test_training_mode_is_checked():
+    from hfgen.training.gist import train_with_gist_mask
+
+    with pytest.raises(ValueError, match=r"mode='full'.*'gist', 'positive', 'negative'"):
+        train_with_gist_mask(None, [], [], GIST, 0, mode="full")
+
+
+@pytest.mark.slow
+def test_gist_model_lies_between_the_controls():
+    """The paper's comparison, small: trained alike on corpus instructions, the gist model beats the negative
+    control (it does carry the instruction) and the positive control beats both (no compression is free)."""
+    from hfgen import HfGenDecoderConfig
+    from hfgen.data.gist import add_gist_tokens, gist_instruction_examples
+    from hfgen.training.gist import compare_with_controls, recovered_gap
+
+    tokenizer = load_hfgen_tokenizer()
+    gist_ids = add_gist_tokens(tokenizer, 2)
+    torch.manual_seed(0)
+    initial = HfGenDecoderForCausalLM(HfGenDecoderConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        pad_token_id=tokenizer.pad_token_id))
+    train = gist_instruction_examples(tokenizer, 2, 16 * 300, words_per_input=3, split="train", seed=0)
+    valid = gist_instruction_examples(tokenizer, 2, 64, words_per_input=3, split="validation", seed=1)
+    runs = compare_with_controls(initial, train, valid, gist_ids, tokenizer.pad_token_id, progress=False)
+    assert runs["positive"].validation_loss < runs["negative"].validation_loss
+    assert runs["gist"].validation_loss < runs["negative"].validation_loss
+    assert recovered_gap(runs) > 0.3
