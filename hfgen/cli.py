@@ -128,6 +128,41 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_push_parser(subparsers: argparse._SubParsersAction) -> None:
+    push = subparsers.add_parser(
+        "push",
+        help="push a saved hfgen folder to the Hugging Face Hub",
+        description="Upload a folder written by an hfgen model's save_pretrained (or by a recipe, or a PEFT adapter "
+                    "or diffusers pipeline of hfgen's) to the Hub as one commit. The folder is checked first: it "
+                    "must be an hfgen model whose code loads without hfgen installed (trust_remote_code), with "
+                    "its weights, and with a tokenizer if its model card loads one; the repo id must be valid. A "
+                    "folder without README.md gets an hfgen model card. The Hub is HF_ENDPOINT (default "
+                    "huggingface.co); the token is HF_TOKEN or the one saved by `hf auth login`.",
+        formatter_class=_HelpFormatter,
+    )
+    push.add_argument("path", metavar="PATH", help="the saved folder")
+    push.add_argument("repo_id", metavar="REPO_ID", help="the Hub repository, 'namespace/name' or 'name'")
+    push.add_argument("--private", action="store_true", help="create the repository as private (if it is new)")
+    push.add_argument("--revision", help="branch to commit to, created from main if missing (default: main)")
+    push.add_argument("--commit-message", help="title of the commit (default: 'Upload <kind> with hfgen')")
+    push.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    push.set_defaults(handler=_run_push)
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .hub import push_folder
+
+    try:
+        commit = push_folder(args.path, args.repo_id, private=args.private or None, revision=args.revision,
+                             commit_message=args.commit_message, token=args.token)
+    except ValueError as error:
+        print(f"hfgen push: error: {error}", file=sys.stderr)
+        return 2
+    print(f"pushed {args.path} to {args.repo_id}@{args.revision or 'main'}: commit {commit.oid}")
+    print(commit.commit_url)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``hfgen`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -136,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_demo_parser(subparsers)
+    _add_push_parser(subparsers)
     return parser
 
 

@@ -30,6 +30,18 @@ from .modeling_hfgen_retnet import (
     HfGenRetNetModel,
     HfGenRetNetPreTrainedModel,
 )
+from .modeling_hfgen_value_head import (
+    CausalLMOutputWithValue,
+    HfGenDecoderForCausalLMWithValueHead,
+    HfGenValueHead,
+)
+from .configuration_hfgen_vit import HfGenViTConfig
+from .modeling_hfgen_vit import HfGenViTModel
+from .configuration_hfgen_vlm import HfGenVlmConfig
+from .modeling_hfgen_vlm import HfGenVlmForConditionalGeneration, HfGenVlmModel
+from .processing_hfgen_vlm import HfGenVlmImageProcessor, HfGenVlmProcessor
+from .configuration_hfgen_gato import HfGenGatoConfig
+from .modeling_hfgen_gato import HfGenGatoForCausalLM
 from .registration import register_auto_classes
 from .variants import (
     ATTENTION_SCORINGS,
@@ -41,6 +53,23 @@ from .variants import (
 )
 
 __all__ = [
+    "HfGenGatoConfig",
+    "HfGenGatoForCausalLM",
+    "HfGenViTConfig",
+    "HfGenViTModel",
+    "HfGenVlmConfig",
+    "HfGenVlmForConditionalGeneration",
+    "HfGenVlmImageProcessor",
+    "HfGenVlmModel",
+    "HfGenVlmProcessor",
+    "CausalLMOutputWithValue",
+    "HfGenDecoderForCausalLMWithValueHead",
+    "HfGenValueHead",
+    "HfGenRetNetCache",
+    "HfGenRetNetConfig",
+    "HfGenRetNetForCausalLM",
+    "HfGenRetNetModel",
+    "HfGenRetNetPreTrainedModel",
     "ATTENTION_SCORINGS",
     "BERT_LIKE_KEYS",
     "DEBERTA_LIKE_KEYS",
@@ -56,11 +85,6 @@ __all__ = [
     "HfGenDecoderForSequenceClassification",
     "HfGenDecoderModel",
     "HfGenDecoderPreTrainedModel",
-    "HfGenRetNetCache",
-    "HfGenRetNetConfig",
-    "HfGenRetNetForCausalLM",
-    "HfGenRetNetModel",
-    "HfGenRetNetPreTrainedModel",
     "HfGenSeq2SeqConfig",
     "HfGenSeq2SeqForConditionalGeneration",
     "HfGenSeq2SeqModel",

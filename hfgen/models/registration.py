@@ -11,7 +11,10 @@ from __future__ import annotations
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoImageProcessor,
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
     AutoModelForMaskedLM,
     AutoModelForPreTraining,
     AutoModelForSeq2SeqLM,
@@ -37,9 +40,27 @@ from .modeling_hfgen_encoder import (
 )
 from .configuration_hfgen_retnet import HfGenRetNetConfig
 from .modeling_hfgen_retnet import HfGenRetNetForCausalLM, HfGenRetNetModel
+from .configuration_hfgen_vit import HfGenViTConfig
+from .modeling_hfgen_vit import HfGenViTModel
+from .configuration_hfgen_vlm import HfGenVlmConfig
+from .modeling_hfgen_vlm import HfGenVlmForConditionalGeneration, HfGenVlmModel
+from .processing_hfgen_vlm import HfGenVlmImageProcessor, HfGenVlmProcessor
+from .configuration_hfgen_gato import HfGenGatoConfig
+from .modeling_hfgen_gato import HfGenGatoForCausalLM
 
 # (config class, [(Auto class, model class), ...]) per family.
 FAMILIES = [
+    (HfGenViTConfig, [
+        (AutoModel, HfGenViTModel),
+    ]),
+    (HfGenGatoConfig, [
+        (AutoModelForCausalLM, HfGenGatoForCausalLM),
+    ]),
+    (HfGenVlmConfig, [
+        (AutoModel, HfGenVlmModel),
+        (AutoModelForImageTextToText, HfGenVlmForConditionalGeneration),
+        (AutoModelForCausalLM, HfGenVlmForConditionalGeneration),
+    ]),
     (HfGenRetNetConfig, [
         (AutoModel, HfGenRetNetModel),
         (AutoModelForCausalLM, HfGenRetNetForCausalLM),
@@ -76,4 +97,9 @@ def register_auto_classes() -> None:
         for auto_class, model_class in models:
             auto_class.register(config_class, model_class, exist_ok=True)
             model_class.register_for_auto_class(auto_class.__name__)
+    # The vision-language processor and its image processor: in process, and copied into saved folders.
+    AutoImageProcessor.register(HfGenVlmConfig, slow_image_processor_class=HfGenVlmImageProcessor, exist_ok=True)
+    AutoProcessor.register(HfGenVlmConfig, HfGenVlmProcessor, exist_ok=True)
+    HfGenVlmImageProcessor.register_for_auto_class("AutoImageProcessor")
+    HfGenVlmProcessor.register_for_auto_class("AutoProcessor")
     _registered = True

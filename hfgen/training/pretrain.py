@@ -33,6 +33,7 @@ from transformers import (
 
 from ..hub import write_model_card
 from ..models import HfGenDecoderConfig, HfGenDecoderForCausalLM, variants
+from ..models.configuration_common import VARIANT_DEFAULTS
 
 LOSS_CURVE_FILE = "loss_curve.png"
 # Fields of ModelArguments that are not config keys.
@@ -77,11 +78,12 @@ class ModelArguments:
         "Any other config keys as 'key=value,key=value' (values read as JSON, else true/false/none, else "
         "text), e.g. 'rope_parameters={\"rope_theta\": 500000.0},attention_dropout=0.1'. Applied last."))
 
-    def config_kwargs(self) -> dict[str, Any]:
-        """The config keys this run sets: the fields that are not None, then ``config_overrides``."""
-        kwargs = {key: value for key, value in vars(self).items()
-                  if key not in _NOT_CONFIG_KEYS and value is not None}
-        kwargs.update(parse_config_overrides(self.config_overrides))
+    def config_kwargs(self, config_class: type[PreTrainedConfig] = HfGenDecoderConfig) -> dict[str, Any]:
+        """The config keys this run sets: the fields that are not None, then ``config_overrides`` (checked against
+        ``config_class``'s keys). Fields a subclass adds for other purposes are listed in its ``NOT_CONFIG_KEYS``."""
+        skip = (*_NOT_CONFIG_KEYS, *getattr(self, "NOT_CONFIG_KEYS", ()))
+        kwargs = {key: value for key, value in vars(self).items() if key not in skip and value is not None}
+        kwargs.update(parse_config_overrides(self.config_overrides, config_class))
         return kwargs
 
 
@@ -110,6 +112,7 @@ class PretrainResult:
     world_size: int = 1
     metrics: dict[str, Any] = field(default_factory=dict)  # everything reported in the model card
     model: PreTrainedModel | None = field(default=None, repr=False)  # the trained model, as saved
+    hub_commit: str | None = None  # the commit id on the Hub, with --push_to_hub
 
 
 def _parse_value(text: str) -> Any:
@@ -129,6 +132,8 @@ def valid_config_keys(config_class: type[PreTrainedConfig] = HfGenDecoderConfig)
     """The keys ``config_overrides`` accepts: (the family's own keys, the generic PreTrainedConfig keys)."""
     own = [name for name, p in inspect.signature(config_class.__init__).parameters.items()
            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    if config_class.model_type.startswith("hfgen"):  # families taking the shared variant keys through **kwargs
+        own += [key for key in (*VARIANT_DEFAULTS, "rope_parameters") if key not in own]
     generic = sorted(set(PreTrainedConfig().to_dict()) - set(own) - _RESERVED_CONFIG_KEYS)
     return own, generic
 
@@ -180,23 +185,27 @@ def cpu_training_defaults() -> dict[str, Any]:
     return defaults
 
 
-def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> HfGenDecoderConfig:
+def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase,
+                 config_class: type[PreTrainedConfig] = HfGenDecoderConfig) -> PreTrainedConfig:
     """The model config: the checkpoint's (with ``model_name_or_path``) or the family defaults, then the tokenizer's
-    vocabulary and special ids, then the keys of ``model_args``. Validated before any weight is made."""
+    vocabulary and special ids, then the keys of ``model_args``. Validated before any weight is made.
+
+    ``config_class`` is the family's config (the decoder's by default; the encoder's and the encoder-decoder's
+    recipes pass theirs)."""
     kwargs: dict[str, Any] = {}
     if model_args.model_name_or_path is None:
         # A fresh model: its vocabulary is the tokenizer's. A checkpoint keeps its own embedding size.
         kwargs.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    kwargs.update(model_args.config_kwargs())
+    kwargs.update(model_args.config_kwargs(config_class))
     if model_args.model_name_or_path is None:
-        return HfGenDecoderConfig(**kwargs)
+        return config_class(**kwargs)
     # Through __init__ (not from_pretrained(**kwargs), which setattr's after validation) so that the changed
     # keys are checked together with the checkpoint's; a Llama config.json loads into this class unchanged.
-    config_dict, _ = HfGenDecoderConfig.get_config_dict(model_args.model_name_or_path)
+    config_dict, _ = config_class.get_config_dict(model_args.model_name_or_path)
     for key in _RESERVED_CONFIG_KEYS:  # rewritten by this class and by save_pretrained
         config_dict.pop(key, None)
-    config = HfGenDecoderConfig(**{**config_dict, **kwargs})
+    config = config_class(**{**config_dict, **kwargs})
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the checkpoint's vocab_size is "
                          f"{config.vocab_size}: use the checkpoint's own tokenizer.")
@@ -282,6 +291,11 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
     Returns:
         Validation perplexity before and after training, the logged training losses and the training time.
     """
+    hub_commit = None
+    if training_args.push_to_hub:  # a bad repo id fails now, not after training
+        from ..hub import check_repo_id
+
+        check_repo_id(training_args.hub_model_id or Path(training_args.output_dir).absolute().name)
     set_seed(training_args.seed)  # before the model is built, so that every rank starts from the same weights
     tokenizer = _load_tokenizer(model_args)
     config = build_config(model_args, tokenizer)  # fails fast on a bad key, before the data is tokenized
@@ -325,18 +339,25 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
         "num_parameters": model.num_parameters(),
     }
     metrics = {key: value for key, value in metrics.items() if value is not None}
-    trainer.save_model()  # the main process writes weights, config, model code and tokenizer
+    # The main process writes weights, config, model code and tokenizer. With --push_to_hub the folder is pushed
+    # below, once the card and the loss curve are in it (Trainer's own push would upload its generic card).
+    trainer.save_model(_internal_call=True)
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", metrics)
         out = Path(training_args.output_dir)
         write_loss_curve(history, out / LOSS_CURVE_FILE, [(0, before), (trainer.state.global_step, after)],
                          title=f"{config.model_type}: " + ", ".join(
                              f"{k}={getattr(config, k)}" for k in ("softmax_variant", "position_embedding")))
-        write_model_card(out, config, metrics, base_model=model_args.model_name_or_path)
+        hub_id = getattr(trainer, "hub_model_id", None) if training_args.push_to_hub else None
+        write_model_card(out, config, metrics, base_model=model_args.model_name_or_path, model_name=hub_id)
+        if training_args.push_to_hub:
+            from ..hub import push_training_output
+
+            hub_commit = push_training_output(trainer, out, commit_message="End of training (hfgen pretrain)")
     # Every rank waits for the main one to finish writing; ranks leaving early can abort the gloo group at exit.
     trainer.accelerator.wait_for_everyone()
     return PretrainResult(
         output_dir=str(training_args.output_dir), eval_perplexity_before=perplexity(before),
         eval_perplexity_after=perplexity(after), train_loss_history=history,
         train_runtime=float(train_output.metrics.get("train_runtime", 0.0)), world_size=training_args.world_size,
-        metrics=metrics, model=trainer.model)
+        metrics=metrics, model=trainer.model, hub_commit=hub_commit)

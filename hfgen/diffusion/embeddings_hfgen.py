@@ -1,0 +1,150 @@
+"""Pieces every hfgen denoiser shares: the sinusoidal timestep embedding, the conditioning embedding (timestep +
+class label), the 2-D sin/cos patch positions of a DiT, and the bridge to hfgen's shared attention layer.
+
+The attention of the image models is :class:`HfGenAttention` from ``hfgen/models/attention.py`` -- the same layer,
+variants and kernels as the text families -- run over the ``H*W`` image tokens without a causal mask and without
+1-D positions (``position_embedding="none"``: a UNet's convolutions and a DiT's 2-D patch embedding carry the
+positions).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..models.attention import HfGenAttention
+from ..models.variants import ATTENTION_SCORINGS, SOFTMAX_VARIANTS, check_choice, check_positive_int
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, as the Transformer's positions (Vaswani et al.)
+    and DDPM: ``emb[:, i] = cos(t * w_i)`` and ``emb[:, half + i] = sin(t * w_i)``, ``w_i = max_period^(-i/half)``,
+    ``half = dim // 2``; an odd ``dim`` gets a zero last channel. (diffusers' ``get_timestep_embedding`` with
+    ``flip_sin_to_cos=True, downscale_freq_shift=0``.)"""
+    if timesteps.ndim != 1:
+        raise ValueError(f"timesteps must be a 1-D tensor (one per sample), got shape {tuple(timesteps.shape)}.")
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    angles = timesteps.float()[:, None] * torch.exp(exponent)[None, :]
+    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+class ConditionEmbedding(nn.Module):
+    """``MLP(sinusoid(t)) + class_embedding(y)``: the vector every residual block / DiT block is conditioned on.
+
+    With ``num_class_embeds`` classes the table has one extra row, index ``num_class_embeds``: the "no label" class
+    that classifier-free guidance trains with (labels dropped at random) and samples with for the unconditional
+    branch (Ho & Salimans 2022)."""
+
+    def __init__(self, base_dim: int, dim: int, num_class_embeds: int | None):
+        super().__init__()
+        self.base_dim = base_dim
+        self.linear_1 = nn.Linear(base_dim, dim)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(dim, dim)
+        self.num_class_embeds = num_class_embeds
+        self.class_embedding = nn.Embedding(num_class_embeds + 1, dim) if num_class_embeds else None
+
+    def forward(self, timestep: torch.Tensor, batch: int, class_labels: torch.Tensor | None,
+                dtype: torch.dtype) -> torch.Tensor:
+        if timestep.ndim == 0:
+            timestep = timestep[None]
+        timestep = timestep.expand(batch) if timestep.shape[0] == 1 else timestep
+        if timestep.shape[0] != batch:
+            raise ValueError(f"Got {timestep.shape[0]} timesteps for a batch of {batch} samples.")
+        emb = self.linear_2(self.act(self.linear_1(timestep_embedding(timestep, self.base_dim).to(dtype))))
+        if self.class_embedding is not None:
+            if class_labels is None:  # an unconditional call of a class-conditional model: the null class
+                class_labels = torch.full((batch,), self.num_class_embeds, dtype=torch.long, device=emb.device)
+            class_labels = class_labels.to(emb.device).long()
+            if class_labels.shape != (batch,):
+                raise ValueError(f"class_labels must have shape ({batch},), got {tuple(class_labels.shape)}.")
+            if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() > self.num_class_embeds):
+                raise ValueError(f"class_labels must lie in [0, {self.num_class_embeds}] ({self.num_class_embeds} "
+                                 f"= no label), got {class_labels.tolist()}.")
+            emb = emb + self.class_embedding(class_labels).to(dtype)
+        elif class_labels is not None:
+            raise ValueError("class_labels were given but this model has no class embedding (num_class_embeds=None).")
+        return emb
+
+
+class AttentionSettings:
+    """The keys :class:`HfGenAttention` reads, taken from a denoiser's config: the same names and meaning as the
+    text families' (DESIGN.md, "Public contract"). Checked here, before any weight is created."""
+
+    def __init__(self, hidden_size: int, num_attention_heads: int, attention_scoring: str = "scaled_dot_product",
+                 softmax_variant: str = "standard", softmax_temperature: float = 1.0, attention_gate: bool = False,
+                 num_key_value_heads: int | None = None, attn_implementation: str = "sdpa",
+                 clipped_softmax_gamma: float = -0.03, clipped_softmax_zeta: float = 1.0,
+                 query_chunk_size: int = 1024):
+        check_choice("attention_scoring", attention_scoring, ATTENTION_SCORINGS)
+        check_choice("softmax_variant", softmax_variant, SOFTMAX_VARIANTS)
+        check_positive_int("num_attention_heads", num_attention_heads)
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"The attention width ({hidden_size} channels) must be divisible by "
+                             f"num_attention_heads ({num_attention_heads}).")
+        num_key_value_heads = num_key_value_heads or num_attention_heads
+        if num_attention_heads % num_key_value_heads:
+            raise ValueError(f"num_attention_heads ({num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({num_key_value_heads}).")
+        if softmax_variant != "temperature" and softmax_temperature != 1.0:
+            raise ValueError(f"softmax_temperature={softmax_temperature} only applies with "
+                             f"softmax_variant='temperature' (got {softmax_variant!r}).")
+        if not softmax_temperature > 0:
+            raise ValueError(f"softmax_temperature must be > 0, got {softmax_temperature}.")
+        self.hidden_size = hidden_size
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = hidden_size // num_attention_heads
+        self.attention_scoring = attention_scoring
+        self.softmax_variant = softmax_variant
+        self.softmax_temperature = float(softmax_temperature)
+        self.attention_gate = attention_gate
+        self.attention_bias = True
+        self.attention_dropout = 0.0
+        self.position_embedding = "none"
+        self.clipped_softmax_gamma = clipped_softmax_gamma
+        self.clipped_softmax_zeta = clipped_softmax_zeta
+        self.query_chunk_size = query_chunk_size
+        self._attn_implementation = attn_implementation
+
+
+def attention_settings(config, hidden_size: int) -> AttentionSettings:
+    """:class:`AttentionSettings` of width ``hidden_size`` from a denoiser config's attention keys."""
+    return AttentionSettings(hidden_size, config.num_attention_heads, config.attention_scoring,
+                             config.softmax_variant, config.softmax_temperature, config.attention_gate,
+                             config.num_key_value_heads)
+
+
+def make_attention(settings: AttentionSettings, cross: bool = False) -> HfGenAttention:
+    """A non-causal :class:`HfGenAttention` with its variant parameters initialised the way the text families do
+    (general scoring's ``W_k`` = identity, additive scoring's ``v`` ~ N(0, 0.02))."""
+    attention = HfGenAttention(settings, layer_idx=0, is_causal=False, is_cross_attention=cross)
+    with torch.no_grad():
+        if hasattr(attention, "score_weight"):
+            attention.score_weight.copy_(torch.eye(settings.head_dim).expand_as(attention.score_weight))
+        if hasattr(attention, "score_vector"):
+            attention.score_vector.normal_(0.0, 0.02)
+    return attention
+
+
+def sincos_2d_positions(dim: int, grid: int) -> torch.Tensor:
+    """``[grid*grid, dim]`` fixed 2-D positions of a DiT's patches (Peebles & Xie): half the channels a 1-D
+    sinusoid of the row, half of the column, each ``[sin | cos]`` with frequencies ``10000^(-i / (dim/4))``."""
+    if dim % 4:
+        raise ValueError(f"2-D sin/cos positions need a width divisible by 4, got {dim}.")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    coords = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+
+    def one_axis(pos):
+        angles = pos.reshape(-1)[:, None] * omega[None]
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+    return torch.cat([one_axis(rows), one_axis(cols)], dim=1).float()

@@ -1,0 +1,75 @@
+"""Configuration of the Gato-like multi-domain decoder (``hfgen_gato``; Reed et al. 2022, seed 000/002): one
+decoder-only transformer over a token stream that mixes text, image patches, continuous values and discrete
+actions.
+
+Token space (Gato, section 2.1): text tokens ``[0, text_vocab_size)``; then ``num_bins`` tokens for discretised
+values, shared by continuous values (mu-law companded, then uniformly binned) and discrete actions (integers
+shifted into the same range); then a separator token (``|``, between observation and action) and the image
+placeholder token (replaced by one patch embedding each).
+"""
+
+from __future__ import annotations
+
+from .configuration_hfgen_decoder import HfGenDecoderConfig
+from .variants import check_positive_int
+
+GATO_AUTO_MAP = {
+    "AutoConfig": "configuration_hfgen_gato.HfGenGatoConfig",
+    "AutoModelForCausalLM": "modeling_hfgen_gato.HfGenGatoForCausalLM",
+}
+# Modality ids of the modality embedding added to every token.
+MODALITIES = ("text", "image", "continuous", "action")
+
+
+class HfGenGatoConfig(HfGenDecoderConfig):
+    r"""Configuration of :class:`HfGenGatoForCausalLM`: every key of :class:`HfGenDecoderConfig` (the decoder,
+    any attention variant) plus
+
+    Args:
+        text_vocab_size (`int`, 8192): size of the text tokenizer's vocabulary.
+        num_bins (`int`, 1024): uniform bins of the discretised values (Gato: 1024).
+        mu_law_mu (`float`, 100) / mu_law_max (`float`, 256): mu-law companding ``F(x) = sgn(x) log(|x| mu + 1) /
+            log(M mu + 1)`` (Gato: mu = 100, M = 256); values must lie in ``[-M, M]``, which ``F`` maps onto [-1, 1].
+        image_size / patch_size / num_channels: the images' geometry (patches embedded by one linear layer).
+    ``vocab_size`` is derived: ``text_vocab_size + num_bins + 2`` (separator, image placeholder).
+    """
+
+    model_type = "hfgen_gato"
+
+    def __init__(self, text_vocab_size: int = 8192, num_bins: int = 1024, mu_law_mu: float = 100.0,
+                 mu_law_max: float = 256.0, image_size: int = 8, patch_size: int = 2, num_channels: int = 1,
+                 **kwargs):
+        check_positive_int("text_vocab_size", text_vocab_size)
+        check_positive_int("num_bins", num_bins)
+        if num_bins < 2:
+            raise ValueError(f"num_bins must be at least 2, got {num_bins}.")
+        if not (mu_law_mu > 0 and mu_law_max > 0):
+            raise ValueError(f"mu_law_mu and mu_law_max must be > 0, got {mu_law_mu} and {mu_law_max}.")
+        if image_size % patch_size:
+            raise ValueError(f"image_size ({image_size}) is not divisible by patch_size ({patch_size}).")
+        self.text_vocab_size = text_vocab_size
+        self.num_bins = num_bins
+        self.mu_law_mu = float(mu_law_mu)
+        self.mu_law_max = float(mu_law_max)
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        kwargs["vocab_size"] = text_vocab_size + num_bins + 2
+        kwargs["auto_map"] = {**GATO_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        super().__init__(**kwargs)
+
+    @property
+    def first_bin_id(self) -> int:
+        return self.text_vocab_size
+
+    @property
+    def separator_token_id(self) -> int:
+        return self.text_vocab_size + self.num_bins
+
+    @property
+    def image_token_id(self) -> int:
+        return self.text_vocab_size + self.num_bins + 1
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2

@@ -1,0 +1,93 @@
+"""Configuration of hfgen's vision encoder (``hfgen_vit``): a ViT (Dosovitskiy et al. 2021) whose layers are
+hfgen's shared attention layer, so every attention / softmax / norm variant of the text families applies to images.
+
+Seed 002 (multimodal models): a vision encoder turns an image into a sequence of vectors that a language model can
+attend to; here the image is cut into ``patch_size`` x ``patch_size`` squares, each flattened and embedded.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from transformers import PreTrainedConfig
+
+from .configuration_common import init_arguments, init_model_keys
+from .variants import check_positive_int, validate_attention_config
+
+VIT_AUTO_MAP = {
+    "AutoConfig": "configuration_hfgen_vit.HfGenViTConfig",
+    "AutoModel": "modeling_hfgen_vit.HfGenViTModel",
+}
+
+# ViT's choices among the shared variant keys (pre-norm LayerNorm, GELU MLP, learned absolute positions, biases).
+VIT_DEFAULT_KEYS = dict(position_embedding="learned", norm_type="layernorm", mlp_type="standard", attention_bias=True,
+                        mlp_bias=True)
+
+
+class HfGenViTConfig(PreTrainedConfig):
+    r"""Configuration of :class:`HfGenViTModel`.
+
+    Args:
+        image_size (`int`, 16): height = width of the input images, in pixels.
+        patch_size (`int`, 4): side of the square patches; must divide ``image_size``. The encoder sees
+            ``(image_size // patch_size) ** 2`` patch tokens.
+        num_channels (`int`, 1): colour channels (1 for the digit images).
+        hidden_size / intermediate_size / num_hidden_layers / num_attention_heads: the transformer's sizes.
+        hidden_act (`str`, "gelu"), layer_norm_eps (`float`, 1e-6), initializer_range (`float`, 0.02).
+
+    Variant keys, shared by every hfgen family (meaning: :class:`HfGenDecoderConfig`). The defaults are ViT's:
+    ``position_embedding="learned"`` (one learned vector per patch), ``norm_type="layernorm"`` before each block,
+    ``mlp_type="standard"``; attention is bidirectional.
+    """
+
+    model_type = "hfgen_vit"
+    base_config_key = "vision_config"
+
+    def __init__(
+        self,
+        image_size: int = 16,
+        patch_size: int = 4,
+        num_channels: int = 1,
+        hidden_size: int = 64,
+        intermediate_size: int = 128,
+        num_hidden_layers: int = 2,
+        num_attention_heads: int = 4,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        hidden_act: str = "gelu",
+        rms_norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        kwargs = {**VIT_DEFAULT_KEYS, **kwargs}
+        check_positive_int("image_size", image_size)
+        check_positive_int("patch_size", patch_size)
+        check_positive_int("num_channels", num_channels)
+        if image_size % patch_size != 0:
+            raise ValueError(
+                f"image_size ({image_size}) is not divisible by patch_size ({patch_size}): the image must be cut into "
+                f"whole patches; valid patch sizes for this image size are "
+                f"{[p for p in range(1, image_size + 1) if image_size % p == 0]}.")
+        max_position_embeddings = (image_size // patch_size) ** 2
+        kwargs.pop("max_position_embeddings", None)
+        init_model_keys(self, init_arguments(locals()), kwargs)
+        validate_vision_config(self)
+        kwargs["auto_map"] = {**VIT_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        super().__init__(**kwargs)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        """Values in one flattened patch: ``num_channels * patch_size ** 2``."""
+        return self.num_channels * self.patch_size**2
+
+
+def validate_vision_config(config) -> None:
+    """The shared attention checks; a vision encoder has no vocabulary, which those checks would otherwise ask for."""
+    keys = {k: v for k, v in vars(config).items() if not k.startswith("__")}
+    keys.setdefault("vocab_size", 1)
+    keys["model_type"] = config.model_type
+    validate_attention_config(SimpleNamespace(**keys))

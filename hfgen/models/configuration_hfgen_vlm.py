@@ -1,0 +1,99 @@
+"""Configuration of the vision-language family (``hfgen_vlm``): an hfgen decoder that reads images.
+
+Seed 002 names two ways to join modalities, and a third joins them inside the decoder (``fusion``):
+
+* ``"early"``: early fusion, "one model trained on combined modalities" -- image patches are embedded by one linear
+  layer straight into the decoder's token space and sit in its sequence like words; there is no vision encoder.
+* ``"projection"``: late fusion, LLaVA/LENS-like -- a separate vision encoder (``hfgen_vit``) encodes the image and
+  a small MLP projects its patch vectors into the decoder's token space, where they replace the image tokens.
+* ``"cross_attention"``: late fusion, Flamingo-like -- the decoder's sequence holds one ``<image>`` marker token;
+  gated cross-attention blocks, inserted before every ``cross_attention_interval``-th decoder layer, let the text
+  attend to the encoder's patch vectors. Their tanh gates start at 0, so the untrained bridge leaves the language
+  model's output exactly as it was (Alayrac et al. 2022).
+
+In both late fusions the language model can be frozen while the bridge trains
+(:meth:`HfGenVlmForConditionalGeneration.freeze_language_model`).
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+from .configuration_hfgen_decoder import HfGenDecoderConfig
+from .configuration_hfgen_vit import HfGenViTConfig
+from .variants import check_choice, check_positive_int
+
+FUSIONS = ("early", "projection", "cross_attention")
+
+VLM_AUTO_MAP = {
+    "AutoConfig": "configuration_hfgen_vlm.HfGenVlmConfig",
+    "AutoModel": "modeling_hfgen_vlm.HfGenVlmModel",
+    "AutoModelForImageTextToText": "modeling_hfgen_vlm.HfGenVlmForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_hfgen_vlm.HfGenVlmForConditionalGeneration",
+}
+
+
+class HfGenVlmConfig(PreTrainedConfig):
+    r"""Configuration of :class:`HfGenVlmForConditionalGeneration`.
+
+    Args:
+        text_config (`HfGenDecoderConfig` or `dict`): the decoder (any hfgen attention variant).
+        vision_config (`HfGenViTConfig` or `dict`): the image geometry (``image_size``, ``patch_size``,
+            ``num_channels``) and, for the late fusions, the vision encoder.
+        fusion (`str`, "projection"): ``"early"``, ``"projection"`` or ``"cross_attention"`` (module docstring).
+        image_token_id (`int`): the id of the image placeholder token in the decoder's vocabulary. Early fusion and
+            projection: the processor repeats it once per patch (``num_image_tokens``) and each copy's embedding is
+            replaced by one patch vector. Cross-attention: one marker per image, embedded as a word.
+        cross_attention_interval (`int`, 1): a gated cross-attention block before decoder layers 0, k, 2k, ...
+        projector_hidden_act (`str`, "gelu"): activation of the projection MLP.
+        initializer_range (`float`, 0.02).
+    """
+
+    model_type = "hfgen_vlm"
+    sub_configs_defaults = {"text_config": HfGenDecoderConfig, "vision_config": HfGenViTConfig}
+
+    def __init__(
+        self,
+        text_config: HfGenDecoderConfig | dict | None = None,
+        vision_config: HfGenViTConfig | dict | None = None,
+        fusion: str = "projection",
+        image_token_id: int | None = None,
+        cross_attention_interval: int = 1,
+        projector_hidden_act: str = "gelu",
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        check_choice("fusion", fusion, FUSIONS)
+        if isinstance(text_config, dict):
+            text_config = HfGenDecoderConfig(**{k: v for k, v in text_config.items() if k != "model_type"})
+        if isinstance(vision_config, dict):
+            vision_config = HfGenViTConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
+        self.text_config = text_config if text_config is not None else HfGenDecoderConfig()
+        self.vision_config = vision_config if vision_config is not None else HfGenViTConfig()
+        vocab = self.text_config.vocab_size
+        if image_token_id is None:
+            image_token_id = vocab - 1
+        if isinstance(image_token_id, bool) or not isinstance(image_token_id, int) or not 0 <= image_token_id < vocab:
+            raise ValueError(f"image_token_id must be a token id in [0, {vocab}) (text_config.vocab_size), got "
+                             f"{image_token_id!r}.")
+        check_positive_int("cross_attention_interval", cross_attention_interval)
+        self.fusion = fusion
+        self.image_token_id = image_token_id
+        self.cross_attention_interval = cross_attention_interval
+        self.projector_hidden_act = projector_hidden_act
+        self.initializer_range = initializer_range
+        # What generate() and the loss read from the top-level config: the decoder's.
+        self.vocab_size = vocab
+        self.tie_word_embeddings = self.text_config.tie_word_embeddings
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            kwargs.setdefault(key, getattr(self.text_config, key, None))
+        kwargs["auto_map"] = {**VLM_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        super().__init__(**kwargs)
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens one image occupies in the decoder's sequence: one per patch, or one marker (cross-attention)."""
+        return 1 if self.fusion == "cross_attention" else self.vision_config.num_patches
+
+    def get_text_config(self, *args, **kwargs) -> HfGenDecoderConfig:
+        return self.text_config

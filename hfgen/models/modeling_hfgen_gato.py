@@ -1,0 +1,142 @@
+"""The Gato-like multi-domain decoder (``hfgen_gato``; Reed et al. 2022, "A Generalist Agent").
+
+One hfgen decoder reads a stream of tokens from every domain (configuration_hfgen_gato describes the token space).
+Each token's embedding is its token embedding (or, for an image placeholder, the linear embedding of one image
+patch plus a learned patch-position vector) plus a learned *modality* embedding (text, image, continuous value,
+action), so that a value bin and the action with the same integer are told apart. Positions within the sequence
+are the decoder's own (rotary by default).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+
+from .configuration_hfgen_gato import MODALITIES, HfGenGatoConfig
+from .modeling_common import check_inputs
+from .modeling_hfgen_decoder import HfGenDecoderModel, HfGenDecoderPreTrainedModel
+from .modeling_hfgen_vit import patchify
+
+
+def mu_law_encode(values: torch.Tensor, mu: float = 100.0, max_value: float = 256.0) -> torch.Tensor:
+    """Gato's companding: ``F(x) = sgn(x) * log(|x| * mu + 1) / log(M * mu + 1)``; ``[-M, M]`` -> ``[-1, 1]``."""
+    return torch.sign(values) * torch.log1p(values.abs() * mu) / math.log(max_value * mu + 1.0)
+
+
+def mu_law_decode(encoded: torch.Tensor, mu: float = 100.0, max_value: float = 256.0) -> torch.Tensor:
+    """The inverse of :func:`mu_law_encode`: ``sgn(y) * ((M mu + 1)^|y| - 1) / mu``."""
+    return torch.sign(encoded) * torch.expm1(encoded.abs() * math.log(max_value * mu + 1.0)) / mu
+
+
+def discretize(values: torch.Tensor, num_bins: int = 1024, mu: float = 100.0, max_value: float = 256.0) -> torch.Tensor:
+    """Continuous values -> bin indices ``[0, num_bins)``: mu-law companding, then ``num_bins`` uniform bins over
+    [-1, 1] (Gato: 1024). Values outside the declared range ``[-max_value, max_value]`` are an error, not silently
+    clipped."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if not torch.isfinite(values).all():
+        raise ValueError("Continuous values must be finite (no NaN or inf) to be discretised.")
+    if values.numel() and values.abs().max() > max_value:
+        raise ValueError(f"Continuous values must lie in the declared range [-{max_value:g}, {max_value:g}] "
+                         f"(mu_law_max) to be discretised; got values from {values.min().item():g} to "
+                         f"{values.max().item():g}. Rescale them or raise mu_law_max.")
+    encoded = mu_law_encode(values, mu, max_value)
+    return ((encoded + 1) / 2 * num_bins).floor().clamp(0, num_bins - 1).long()
+
+
+def undiscretize(bins: torch.Tensor, num_bins: int = 1024, mu: float = 100.0, max_value: float = 256.0) -> torch.Tensor:
+    """Bin indices -> the value at each bin's centre (in companded space), decoded back through the mu-law."""
+    centres = (bins.double() + 0.5) / num_bins * 2 - 1
+    return mu_law_decode(centres, mu, max_value)
+
+
+class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, GenerationMixin):
+    """Gato-like decoder with a head over the whole token space. ``forward(input_ids, pixel_values=None,
+    modality_ids=None, labels=None, ...)``: ``modality_ids`` (``[B, S]``, indices into :data:`MODALITIES`) default to
+    what the ids say (text below ``text_vocab_size``, image for the placeholder, continuous for the bins); pass
+    them to mark bins as actions. Gato trains on text and action targets only: give ``labels`` -100 elsewhere."""
+
+    config_class = HfGenGatoConfig
+    config: HfGenGatoConfig
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: HfGenGatoConfig):
+        super().__init__(config)
+        self.model = HfGenDecoderModel(config)
+        self.patch_embedding = nn.Linear(config.num_channels * config.patch_size**2, config.hidden_size)
+        self.patch_position_embedding = nn.Embedding(config.num_patches, config.hidden_size)
+        self.modality_embedding = nn.Embedding(len(MODALITIES), config.hidden_size)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def default_modality_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        modality = torch.zeros_like(input_ids)
+        modality[input_ids >= c.first_bin_id] = MODALITIES.index("continuous")
+        modality[input_ids == c.separator_token_id] = MODALITIES.index("text")
+        modality[input_ids == c.image_token_id] = MODALITIES.index("image")
+        return modality
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+              modality_ids: torch.Tensor | None) -> torch.Tensor:
+        c = self.config
+        if modality_ids is None:
+            modality_ids = self.default_modality_ids(input_ids)
+        elif modality_ids.shape != input_ids.shape:
+            raise ValueError(f"modality_ids must have the shape of input_ids {tuple(input_ids.shape)}, got "
+                             f"{tuple(modality_ids.shape)}.")
+        embeds = self.model.embed_tokens(input_ids)
+        slots = input_ids == c.image_token_id
+        if pixel_values is not None:
+            if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (c.num_channels, c.image_size, c.image_size):
+                raise ValueError(f"pixel_values must have shape [images, {c.num_channels}, {c.image_size}, "
+                                 f"{c.image_size}], got {tuple(pixel_values.shape)}.")
+            if int(slots.sum()) != pixel_values.shape[0] * c.num_patches:
+                raise ValueError(f"{int(slots.sum())} image tokens in the input, but {pixel_values.shape[0]} image(s) "
+                                 f"of {c.num_patches} patches each were given (more images than image placeholders "
+                                 f"when that is larger).")
+            patches = self.patch_embedding(patchify(pixel_values.to(embeds.dtype), c.patch_size))
+            patches = patches + self.patch_position_embedding.weight
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1).expand_as(embeds), patches)
+        return embeds + self.modality_embedding(modality_ids)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.FloatTensor | None = None,
+                modality_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
+                labels: torch.LongTensor | None = None, use_cache: bool | None = None,
+                logits_to_keep: int | torch.Tensor = 0, **kwargs) -> CausalLMOutputWithPast:
+        if input_ids is None:
+            raise ValueError("HfGenGatoForCausalLM needs input_ids (the mixed token stream).")
+        past_length = cache.get_seq_length() if cache is not None else 0
+        check_inputs(self.config, input_ids, None, attention_mask, past_length)
+        outputs = self.model(inputs_embeds=self.embed(input_ids, pixel_values, modality_ids),
+                             attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                             use_cache=use_cache, **kwargs)
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)

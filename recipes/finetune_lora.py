@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""Parameter-efficient fine-tuning (LoRA, IA3, prompt tuning or prefix tuning) of a causal LM -- an hfgen decoder or
+any Llama-architecture checkpoint -- on the embedded corpus, with validation perplexity before and after.
+
+    python recipes/finetune_lora.py --model_name_or_path out/pretrain --output_dir out/lora
+    python recipes/finetune_lora.py --model_name_or_path out/pretrain --peft_method ia3 --max_steps 50
+    python recipes/finetune_lora.py --model_name_or_path out/pretrain --target_modules q_proj,k_proj,v_proj,o_proj \
+        --merge true --output_dir out/lora_merged
+
+Seed 001, "Fine-tuning": "a pre-trained model is loaded into memory and its weights are frozen ... the pre-trained
+model is adjusted" -- here only the adapter's weights train. Without ``--target_modules`` the defaults that hfgen
+registers with PEFT for its model types apply (Llama's: ``q_proj, v_proj`` for LoRA). The adapter folder loads with
+``AutoPeftModelForCausalLM.from_pretrained(output_dir, trust_remote_code=True)``; with ``--merge true`` a merged
+full model is saved to ``output_dir/merged`` as well.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PEFT_METHODS = ("lora", "ia3", "prompt_tuning", "prefix_tuning")
+
+
+@dataclass
+class FinetuneArguments:
+    """The base model, the adapter and the data."""
+
+    model_name_or_path: str = field(metadata={"help": "Folder or Hub id of a causal LM (hfgen or Llama)."})
+    peft_method: str = field(default="lora", metadata={"help": f"One of {', '.join(PEFT_METHODS)}."})
+    target_modules: str | None = field(default=None, metadata={
+        "help": "Comma-separated module names (e.g. q_proj,v_proj), 'all-linear', or unset for the defaults."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scale numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    num_virtual_tokens: int = field(default=8, metadata={"help": "Virtual tokens of prompt / prefix tuning."})
+    block_size: int = field(default=128, metadata={"help": "Tokens per training sequence."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on at most this many blocks."})
+    max_eval_samples: int | None = field(default=64, metadata={"help": "Evaluate on at most this many blocks."})
+    merge: bool = field(default=False, metadata={"help": "Also save the merged model (LoRA / IA3) to output_dir/merged."})
+
+
+def build_peft_config(args: FinetuneArguments):
+    """The PEFT config of ``args.peft_method``; raises ``ValueError`` naming the valid methods."""
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
+
+    if args.peft_method not in PEFT_METHODS:
+        raise ValueError(f"Unknown peft_method {args.peft_method!r}; valid choices: {', '.join(PEFT_METHODS)}.")
+    targets: Any = None
+    if args.target_modules:
+        targets = "all-linear" if args.target_modules == "all-linear" else [
+            name.strip() for name in args.target_modules.split(",") if name.strip()]
+    if args.peft_method == "lora":
+        return LoraConfig(task_type="CAUSAL_LM", r=args.lora_r, lora_alpha=args.lora_alpha,
+                          lora_dropout=args.lora_dropout, target_modules=targets)
+    if args.peft_method == "ia3":
+        return IA3Config(task_type="CAUSAL_LM", target_modules=targets,
+                         feedforward_modules=None if targets is None else [])
+    if targets is not None:
+        raise ValueError(f"--target_modules does not apply to {args.peft_method} (it adds virtual tokens).")
+    config_class = PromptTuningConfig if args.peft_method == "prompt_tuning" else PrefixTuningConfig
+    return config_class(task_type="CAUSAL_LM", num_virtual_tokens=args.num_virtual_tokens)
+
+
+def finetune(args: FinetuneArguments, training_args) -> dict[str, Any]:
+    """Train the adapter; save it (and the tokenizer, and optionally the merged model); return the metrics."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer
+
+    import hfgen  # noqa: F401  (registers the Auto classes and PEFT's defaults for the hfgen model types)
+    from hfgen.data import load_corpus, load_tokenizer, tokenize_for_causal_lm
+    from hfgen.training.peft_defaults import check_peft_targets
+
+    peft_config = build_peft_config(args)
+    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    check_peft_targets(model, peft_config)  # before any training state exists
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    except (OSError, ValueError):
+        tokenizer = load_tokenizer()  # a folder saved without its tokenizer: hfgen's own
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
+                         f"{model.config.vocab_size}: they do not belong together.")
+    blocks = tokenize_for_causal_lm(load_corpus(), tokenizer, args.block_size)
+    train, evaluation = blocks["train"], blocks["validation"]
+    if args.max_train_samples is not None:
+        train = train.select(range(min(args.max_train_samples, len(train))))
+    if args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+
+    model = get_peft_model(model, peft_config)
+    trainable, total = model.get_nb_trainable_parameters()
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    before = trainer.evaluate()["eval_loss"]
+    train_metrics = trainer.train().metrics
+    after = trainer.evaluate()["eval_loss"]
+    metrics = {"eval_perplexity_before": math.exp(before), "eval_perplexity_after": math.exp(after),
+               "trainable_parameters": trainable, "total_parameters": total, "peft_method": args.peft_method,
+               **{k: v for k, v in train_metrics.items() if isinstance(v, (int, float))}}
+    if training_args.process_index == 0:
+        output = Path(training_args.output_dir)
+        model.save_pretrained(output)
+        tokenizer.save_pretrained(output)
+        if args.merge:
+            if args.peft_method not in ("lora", "ia3"):
+                raise ValueError(f"--merge applies to lora and ia3, not {args.peft_method} (nothing to fold in).")
+            merged = model.merge_and_unload()
+            merged.save_pretrained(output / "merged")
+            tokenizer.save_pretrained(output / "merged")
+        (output / "finetune_results.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hfgen.training.pretrain import cpu_training_defaults
+
+    parser = HfArgumentParser((FinetuneArguments, TrainingArguments), description=__doc__.split("\n\n")[0])
+    parser.set_defaults(**cpu_training_defaults(), report_to="none", learning_rate=1e-3, save_strategy="no")
+    args, training_args = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    metrics = finetune(args, training_args)
+    if training_args.process_index == 0:
+        print(f"[{args.peft_method}] {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} "
+              f"parameters trained; validation perplexity {metrics['eval_perplexity_before']:.2f} -> "
+              f"{metrics['eval_perplexity_after']:.2f}; saved to {training_args.output_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

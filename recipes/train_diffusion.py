@@ -1,0 +1,193 @@
+#!/usr/bin/env python
+"""Train a diffusion denoiser (hfgen UNet or DiT; unconditional or class-conditional with classifier-free
+guidance) on the shipped digits with Accelerate, and save a Hub-loadable HfGenDiffusionPipeline.
+
+    python recipes/train_diffusion.py --output_dir outputs/diffusion --max_train_steps 3000
+    python recipes/train_diffusion.py --model dit --conditioning class --guidance_scale 2 --scheduler ddim
+    python recipes/train_diffusion.py --vae outputs/vae/vae      # latent diffusion in a trained VAE's space
+    accelerate launch recipes/train_diffusion.py --mixed_precision bf16 --dataset mnist --image_size 16
+
+Follows diffusers' ``examples/unconditional_image_generation/train_unconditional.py``: noise-prediction MSE at
+uniformly drawn timesteps (DDPM's simplified objective), AdamW with warm-up + cosine decay, EMA weights
+(``EMAModel``) used for sampling and saving, a sample grid every ``--save_images_steps``. Finally the EMA pipeline
+is saved, samples are drawn with ``--scheduler`` and measured (hfgen.diffusion.quality).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from image_common import add_common_arguments, load_split, report  # noqa: E402
+
+from hfgen.data.images import save_image_grid  # noqa: E402
+from hfgen.diffusion import (  # noqa: E402
+    SCHEDULERS,
+    HfGenDiffusionPipeline,
+    HfGenDiTModel,
+    HfGenUNet2DModel,
+    HfGenVAEModel,
+)
+from hfgen.models.variants import ATTENTION_SCORINGS, SOFTMAX_VARIANTS  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_arguments(parser)
+    model = parser.add_argument_group("denoiser")
+    model.add_argument("--model", choices=("unet", "dit"), default="unet")
+    model.add_argument("--conditioning", choices=("none", "class"), default="class")
+    model.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64], help="UNet levels")
+    model.add_argument("--layers_per_block", type=int, default=1)
+    model.add_argument("--hidden_size", type=int, default=64, help="DiT width")
+    model.add_argument("--num_layers", type=int, default=4, help="DiT blocks")
+    model.add_argument("--patch_size", type=int, default=2, help="DiT patch size")
+    model.add_argument("--num_attention_heads", type=int, default=4)
+    model.add_argument("--vae", default=None,
+                       help="a saved HfGenVAEModel folder (recipes/train_vae.py): latent diffusion in its space")
+    model.add_argument("--softmax_variant", choices=SOFTMAX_VARIANTS, default="standard")
+    model.add_argument("--attention_scoring", choices=ATTENTION_SCORINGS, default="scaled_dot_product")
+    train = parser.add_argument_group("training")
+    train.add_argument("--num_train_timesteps", type=int, default=1000)
+    train.add_argument("--beta_schedule", default="squaredcos_cap_v2")
+    train.add_argument("--train_batch_size", type=int, default=64)
+    train.add_argument("--max_train_steps", type=int, default=3000)
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--lr_warmup_steps", type=int, default=100)
+    train.add_argument("--ema_decay", type=float, default=0.999)
+    train.add_argument("--class_dropout", type=float, default=0.1,
+                       help="probability of training on the 'no label' class (classifier-free guidance)")
+    train.add_argument("--save_images_steps", type=int, default=500, help="sample grid every N steps (0: never)")
+    sample = parser.add_argument_group("sampling")
+    sample.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="ddim")
+    sample.add_argument("--num_inference_steps", type=int, default=50)
+    sample.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (class models)")
+    return parser
+
+
+def build_denoiser(args, num_classes: int, sample_size: int, channels: int):
+    common = dict(sample_size=sample_size, in_channels=channels, out_channels=channels,
+                  num_attention_heads=args.num_attention_heads, softmax_variant=args.softmax_variant,
+                  attention_scoring=args.attention_scoring,
+                  num_class_embeds=num_classes if args.conditioning == "class" else None)
+    if args.model == "unet":
+        levels = len(args.block_out_channels)
+        return HfGenUNet2DModel(block_out_channels=tuple(args.block_out_channels),
+                                layers_per_block=args.layers_per_block,
+                                attention_levels=tuple(i == levels - 1 for i in range(levels)),
+                                norm_num_groups=min(8, math.gcd(*args.block_out_channels)), **common)
+    return HfGenDiTModel(patch_size=args.patch_size, hidden_size=args.hidden_size, num_layers=args.num_layers,
+                         **common)
+
+
+@torch.no_grad()
+def sample_images(pipe, args, count: int, seed: int) -> torch.Tensor:
+    """``count`` images in ``[-1, 1]``, class labels cycling 0..9 for a class model."""
+    images = []
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, count, 250):
+        n = min(250, count - start)
+        kwargs = {"batch_size": n}
+        if args.conditioning == "class":
+            kwargs = {"class_labels": [(start + i) % 10 for i in range(n)], "guidance_scale": args.guidance_scale}
+        out = pipe(generator=generator, num_inference_steps=args.num_inference_steps, output_type="pt", **kwargs)
+        images.append(out.images.cpu() * 2 - 1)
+    return torch.cat(images)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.guidance_scale is not None and args.conditioning != "class":
+        raise ValueError("--guidance_scale needs --conditioning class.")
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    set_seed(args.seed)
+    split = load_split(args)
+    train_images, vae = split.train_images, None
+    if args.vae:  # latent diffusion: train on the VAE's posterior means, scaled to unit variance
+        vae = HfGenVAEModel.from_pretrained(args.vae).eval()
+        with torch.no_grad():
+            train_images = vae.encode(split.train_images).latent_dist.mean
+        vae.register_to_config(scaling_factor=float(1.0 / train_images.std()))
+        train_images = train_images * vae.config.scaling_factor
+        vae.to(accelerator.device)
+    model = build_denoiser(args, split.num_classes, train_images.shape[-1], train_images.shape[1])
+    noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=1e-4)
+    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, args.lr_warmup_steps, args.max_train_steps)
+    dataset = torch.utils.data.TensorDataset(train_images, split.train_labels)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True)
+    model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
+    ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=args.ema_decay)
+    ema.to(accelerator.device)
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    def ema_pipeline():
+        unet = accelerator.unwrap_model(model)
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+        pipe = HfGenDiffusionPipeline(unet=unet, scheduler=noise_scheduler, vae=vae)
+        pipe.set_scheduler(args.scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    progress = tqdm(range(args.max_train_steps), desc="diffusion", disable=not accelerator.is_local_main_process)
+    step, losses = 0, []
+    while step < args.max_train_steps:
+        for images, labels in loader:
+            noise = torch.randn_like(images)
+            timesteps = torch.randint(0, args.num_train_timesteps, (images.shape[0],), device=images.device)
+            noisy = noise_scheduler.add_noise(images, noise, timesteps)
+            kwargs = {}
+            if args.conditioning == "class":
+                dropped = torch.rand(labels.shape, device=labels.device) < args.class_dropout
+                kwargs["class_labels"] = labels.masked_fill(dropped, split.num_classes)
+            with accelerator.accumulate(model), accelerator.autocast():
+                loss = F.mse_loss(model(noisy, timesteps, **kwargs).sample.float(), noise.float())
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            ema.step(accelerator.unwrap_model(model).parameters())
+            step += 1
+            losses.append(loss.item())
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+            if accelerator.is_main_process and args.save_images_steps and step % args.save_images_steps == 0:
+                pipe = ema_pipeline()
+                save_image_grid(sample_images(pipe, args, 20, args.seed),
+                                os.path.join(args.output_dir, f"samples_step_{step}.png"), columns=10)
+                ema.restore(accelerator.unwrap_model(model).parameters())
+            if step >= args.max_train_steps:
+                break
+    progress.close()
+    accelerator.wait_for_everyone()
+    metrics = {}
+    if accelerator.is_main_process:
+        pipe = ema_pipeline()  # keeps the EMA weights: they are what is saved and measured
+        pipe.save_pretrained(os.path.join(args.output_dir, "pipeline"))
+        samples = sample_images(pipe, args, args.num_eval_samples, args.seed + 1) if args.num_eval_samples else None
+        tail = losses[-50:]
+        name = f"{'latent-' if vae is not None else ''}diffusion-{args.model}-{args.conditioning}"
+        metrics = report(args, name, split, samples,
+                         {"train_loss_last50": sum(tail) / len(tail), "steps": step, "scheduler": args.scheduler,
+                          "num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale})
+    accelerator.end_training()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

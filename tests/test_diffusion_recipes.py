@@ -1,0 +1,107 @@
+"""The image recipes run end to end in a few steps (Accelerate loop, grids every N steps, saved Hub-loadable
+models, metrics), and answer --help."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoModel, DiffusionPipeline
+
+from hfgen.data.images import load_images
+from hfgen.diffusion import train_digit_classifier
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+NAMES = ("train_diffusion", "train_vae", "train_gan", "train_flow")
+METRICS = {"fd", "fd_real_floor", "confident_fraction", "class_entropy", "classes_covered", "max_class_share"}
+
+
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    data = load_images("digits")
+    path = tmp_path_factory.mktemp("classifier")
+    train_digit_classifier(data.train_images, data.train_labels, steps=20).save_pretrained(path)
+    return str(path)
+
+
+def common(tmp_path, classifier_dir):
+    return ["--output_dir", str(tmp_path), "--max_train_steps", "4", "--save_images_steps", "2",
+            "--num_eval_samples", "16", "--train_batch_size", "16", "--classifier", classifier_dir]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_recipe_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_recipe(name).main(["--help"])
+    assert exit_info.value.code == 0 and "--output_dir" in capsys.readouterr().out
+
+
+def check_outputs(tmp_path, metrics):
+    assert METRICS <= set(metrics) and metrics["num_samples"] == 16
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert {"samples.png", "samples_step_2.png", "samples_step_4.png", "metrics.md"} <= set(os.listdir(tmp_path))
+
+
+def test_train_diffusion_few_steps(tmp_path, classifier_dir):
+    metrics = load_recipe("train_diffusion").main(
+        common(tmp_path, classifier_dir) + ["--block_out_channels", "8", "16", "--num_inference_steps", "2",
+                                            "--guidance_scale", "2.0", "--scheduler", "dpm_solver_multistep"])
+    check_outputs(tmp_path, metrics)
+    assert metrics["steps"] == 4 and metrics["scheduler"] == "dpm_solver_multistep"
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipeline", trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(class_labels=[3], num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert images[0].size == (8, 8)
+
+
+def test_train_diffusion_dit_unconditional(tmp_path, classifier_dir):
+    metrics = load_recipe("train_diffusion").main(
+        common(tmp_path, classifier_dir) + ["--model", "dit", "--conditioning", "none", "--hidden_size", "16",
+                                            "--num_layers", "1", "--num_attention_heads", "2",
+                                            "--num_inference_steps", "2", "--softmax_variant", "off_by_one"])
+    check_outputs(tmp_path, metrics)
+    config = json.loads((tmp_path / "pipeline" / "unet" / "config.json").read_text())
+    assert config["_class_name"] == "HfGenDiTModel" and config["softmax_variant"] == "off_by_one"
+
+
+@pytest.mark.parametrize("name,folder,extra", [
+    ("train_vae", "vae", ["--block_out_channels", "8", "16", "--latent_channels", "2"]),
+    ("train_gan", "generator", ["--base_channels", "8", "--latent_dim", "8", "--r1_gamma", "1.0"]),
+    ("train_flow", "flow", ["--num_steps", "2", "--hidden_channels", "8"]),
+])
+def test_other_generators_few_steps(tmp_path, classifier_dir, name, folder, extra):
+    metrics = load_recipe(name).main(common(tmp_path, classifier_dir) + extra)
+    check_outputs(tmp_path, metrics)
+    if name == "train_vae":
+        assert metrics["elbo_per_image"] < 0 and "interpolation.png" in os.listdir(tmp_path)
+    if name == "train_flow":
+        assert 0 < metrics["bits_per_dim"] < 16
+    model = AutoModel.from_pretrained(str(tmp_path / folder), trust_remote_code=True)  # a Path fails inside diffusers
+    assert type(model).__module__.startswith("diffusers_modules")
+
+
+def test_latent_diffusion_in_a_trained_vae(tmp_path, classifier_dir):
+    load_recipe("train_vae").main(common(tmp_path / "vae", classifier_dir)
+                                  + ["--block_out_channels", "8", "16", "--latent_channels", "2", "--num_eval_samples", "0"])
+    out = tmp_path / "latent"
+    metrics = load_recipe("train_diffusion").main(
+        common(out, classifier_dir) + ["--vae", str(tmp_path / "vae" / "vae"), "--block_out_channels", "8", "16",
+                                       "--num_inference_steps", "2", "--conditioning", "none"])
+    check_outputs(out, metrics)
+    assert metrics["model"] == "latent-diffusion-unet-none"
+    pipe = DiffusionPipeline.from_pretrained(out / "pipeline", trust_remote_code=True)
+    assert pipe.vae.config.latent_channels == pipe.unet.config.in_channels == 2
+    assert pipe.vae.config.scaling_factor != 1.0
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(num_inference_steps=2, output_type="pt").images.shape == (1, 1, 8, 8)

@@ -1,0 +1,92 @@
+"""FuseLLM (Wan et al. 2024): alignment, fusion and loss against plainly written formulas."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hfgen.data import load_tokenizer
+from hfgen.training.fusellm import (SourceModel, VocabularyMap, align_sequences, aligned_distributions,
+                                    edit_distance, fuse_distributions, fusellm_loss, sequence_cross_entropy)
+
+
+def levenshtein_by_definition(a: str, b: str) -> int:
+    @functools.lru_cache(maxsize=None)
+    def d(i: int, j: int) -> int:
+        if i == 0 or j == 0:
+            return i + j
+        return min(d(i - 1, j) + 1, d(i, j - 1) + 1, d(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
+    return d(len(a), len(b))
+
+
+@pytest.mark.parametrize("a,b", [("kitten", "sitting"), ("", "abc"), ("Ġthe", "the"), ("flaw", "lawn"), ("ab", "ab")])
+def test_edit_distance_is_levenshtein(a, b):
+    assert edit_distance(a, b) == levenshtein_by_definition(a, b) == edit_distance(b, a)
+
+
+def test_alignment_identity_and_splits():
+    tokens = ["Ġthe", "Ġcat", "Ġsat"]
+    assert align_sequences(tokens, tokens) == [0, 1, 2]
+    # One source token split in two target tokens: both pieces align to it.
+    assert align_sequences(["Ġthe", "Ġcats"], ["Ġthe", "Ġca", "ts"]) == [0, 1, 1]
+    # Two source tokens merged in one target token: the last of the span is kept.
+    assert align_sequences(["Ġthe", "Ġca", "ts", "Ġsat"], ["Ġthe", "Ġcats", "Ġsat"]) == [0, 2, 3]
+    with pytest.raises(ValueError, match="empty"):
+        align_sequences([], ["a"])
+
+
+def test_aligned_distributions_with_the_same_tokenizer_are_the_top_k_renormalised():
+    tokenizer = load_tokenizer()
+    ids = tokenizer("The with statement is used to wrap a block")["input_ids"]
+    logits = torch.randn(len(ids), len(tokenizer))
+    out = aligned_distributions(logits[:-1], ids, ids, tokenizer, tokenizer, VocabularyMap(tokenizer, tokenizer),
+                                len(tokenizer), top_k=5)
+    probabilities = logits[:-1].softmax(-1)
+    expected = torch.zeros_like(probabilities)
+    top = probabilities.topk(5, dim=-1)
+    expected.scatter_(-1, top.indices, top.values)
+    torch.testing.assert_close(out, expected / expected.sum(-1, keepdim=True))
+
+
+def test_min_ce_picks_the_best_source_per_sequence_and_avg_ce_weights_by_softmax_of_minus_ce():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 6, (2, 4))
+    mask = torch.ones(2, 4)
+    a, b = torch.rand(2, 4, 6).softmax(-1), torch.rand(2, 4, 6).softmax(-1)
+    b[1] = F.one_hot(labels[1], 6).float() * 0.9 + 0.1 / 6  # source b is nearly right on sequence 1
+    ce_a, ce_b = sequence_cross_entropy(a, labels, mask), sequence_cross_entropy(b, labels, mask)
+    fused = fuse_distributions([a, b], labels, mask, "min_ce")
+    for row in range(2):
+        best = a if ce_a[row] <= ce_b[row] else b
+        assert torch.equal(fused[row], best[row])
+    average = fuse_distributions([a, b], labels, mask, "avg_ce")
+    for row in range(2):
+        wa = torch.exp(-ce_a[row]) / (torch.exp(-ce_a[row]) + torch.exp(-ce_b[row]))
+        torch.testing.assert_close(average[row], wa * a[row] + (1 - wa) * b[row])
+    with pytest.raises(ValueError, match="valid choices are: 'min_ce', 'avg_ce'"):
+        fuse_distributions([a], labels, mask, "max")
+
+
+def test_loss_is_lambda_clm_plus_one_minus_lambda_fusion():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    mask = torch.ones(2, 5)
+    fused = torch.rand(2, 5, 7).softmax(-1)
+    clm = F.cross_entropy(logits.reshape(-1, 7), labels.reshape(-1))
+    fusion = -(fused * logits.log_softmax(-1)).sum(-1).mean()
+    total, got_clm, got_fusion = fusellm_loss(logits, labels, fused, mask, lam=0.7)
+    torch.testing.assert_close(got_clm, clm)
+    torch.testing.assert_close(got_fusion, fusion)
+    torch.testing.assert_close(total, 0.7 * clm + 0.3 * fusion)
+    with pytest.raises(ValueError, match="lambda"):
+        fusellm_loss(logits, labels, fused, mask, lam=1.5)
+
+
+def test_source_models_need_tokenizers():
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        SourceModel(model=torch.nn.Linear(1, 1), tokenizer=None)
+    with pytest.raises(ValueError, match="source model's tokenizer"):
+        VocabularyMap(None, load_tokenizer())
