@@ -14,12 +14,11 @@ CUDA the run defaults to the CPU (use_cpu, gloo for DDP, no bf16/fp16).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from hfgen.training.pretrain import DataArguments, ModelArguments, cpu_training_defaults, pretrain
+from hfgen.training.recipe_common import parse_recipe_arguments
 
 
 def build_parser() -> HfArgumentParser:
@@ -32,17 +31,7 @@ def build_parser() -> HfArgumentParser:
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse ``[config.yaml] [--flag value ...]``: YAML values become defaults, flags override them."""
-    parser = build_parser()
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        values = yaml.safe_load(Path(argv[0]).read_text()) or {}
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            parser.error(f"unknown keys in {argv[0]}: {', '.join(unknown)} (see --help for the valid ones)")
-        # As argparse defaults, string values still pass through each flag's type (YAML reads 1e-3 as a string).
-        parser.set_defaults(**values)
-        argv = argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_recipe_arguments(build_parser(), argv)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -148,16 +148,13 @@ def test_saved_pipeline_folder_layout(exported):
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_hfgen_diffusion", "HfGenDiffusionPipeline"]
     assert index["unet"] == ["unet_hfgen", "HfGenUNet2DModel"] and index["vae"] == ["vae_hfgen", "HfGenVAEModel"]
-    assert (folder / "pipeline_hfgen_diffusion.py").is_file() and (folder / "export_hfgen.py").is_file()
-    unet_files = set(os.listdir(folder / "unet"))
-    assert {"unet_hfgen.py", "embeddings_hfgen.py", "attention.py", "softmax.py", "positions.py",
-            "variants.py"} <= unet_files, unet_files
-    for sub in ("unet", "vae"):
-        for source in (f for f in os.listdir(folder / sub) if f.endswith(".py")):
-            for line in (folder / sub / source).read_text().splitlines():
-                words = line.split()
-                if words[:1] == ["from"] and "import" in words:
-                    assert not words[1].startswith("..") and words[1].split(".")[0] != "hfgen", (source, line)
-                    if words[1].startswith("."):  # a sibling: copied beside it
-                        assert words[1][1:] + ".py" in os.listdir(folder / sub), (source, line)
-                assert not line.startswith("import hfgen"), (source, line)
+    assert (folder / "pipeline_hfgen_diffusion.py").is_file()
+    # one self-contained file per component: from the Hub, diffusers fetches only `<component>/<module>.py`
+    assert {f for f in os.listdir(folder / "unet") if f.endswith(".py")} == {"unet_hfgen.py"}
+    assert {f for f in os.listdir(folder / "vae") if f.endswith(".py")} == {"vae_hfgen.py"}
+    for source in (folder / "pipeline_hfgen_diffusion.py", folder / "unet" / "unet_hfgen.py",
+                   folder / "vae" / "vae_hfgen.py"):
+        for line in source.read_text().splitlines():
+            words = line.split()
+            if words[:1] in (["from"], ["import"]) and len(words) > 1:
+                assert not words[1].startswith(".") and words[1].split(".")[0] != "hfgen", (source, line)

@@ -2,8 +2,8 @@
 a VAE, a GAN and a normalizing flow.
 
 Flat files with relative imports: ``HfGenDiffusionPipeline.save_pretrained`` (and each model's ``save_pretrained``
-through :func:`export_module`) copies a model's file and everything it imports into a saved folder, the layout
-diffusers loads with ``trust_remote_code=True`` where hfgen is not installed.
+through :func:`export_module`) writes a model's file, with everything it imports inlined, into a saved folder, the
+layout diffusers loads with ``trust_remote_code=True`` (by path or by repo id) where hfgen is not installed.
 """
 
 from .embeddings_hfgen import AttentionSettings, timestep_embedding

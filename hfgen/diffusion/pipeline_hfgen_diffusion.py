@@ -10,9 +10,10 @@ parts of an image are filled in accurately based on context". Inpainting here is
 (Lugmayr et al. 2022, RePaint without resampling): after every step the known pixels are overwritten with the
 known image noised to the step's level, and with the known image itself at the end.
 
-This file imports nothing of hfgen but its sibling ``export_hfgen``: ``save_pretrained`` copies both to the folder
-root, and each custom component's file with the files it imports into that component's subfolder, which is the layout
-``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`` loads without hfgen installed.
+This file imports nothing of hfgen but its sibling ``export_hfgen``: ``save_pretrained`` writes it to the folder
+root with ``export_hfgen`` inlined, and each custom component's file, with every file it imports inlined, into that
+component's subfolder: one self-contained file each, the layout ``DiffusionPipeline.from_pretrained(path_or_repo_id,
+trust_remote_code=True)`` loads without hfgen installed (from the Hub it downloads only those files).
 """
 
 from __future__ import annotations
@@ -275,7 +276,7 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
     # ---------------------------------------------------------------- saving as code on the Hub
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """diffusers' ``save_pretrained``, then the remote-code layout: this file at the root, each custom
-        component's file (with every file it imports, flattened) in its subfolder, and ``model_index.json``
+        component's file (with every file it imports inlined) in its subfolder, and ``model_index.json``
         entries naming those files, so that ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)``
         loads the folder without hfgen installed."""
         super().save_pretrained(save_directory, *args, **kwargs)

@@ -1,0 +1,273 @@
+"""Fine-tuning for text classification on the labelled task of the embedded corpus (``hfgen.data.labelled``): the
+core of ``recipes/finetune_classification.py`` and of the transfer-learning experiment.
+
+Any hfgen family, from scratch or from a saved (pre-trained) folder:
+
+* ``hfgen_encoder`` and ``hfgen_decoder`` through their ``...ForSequenceClassification`` heads (BERT's pooled first
+  token; the decoder's last non-pad token), trained with cross-entropy over the classes;
+* ``hfgen_seq2seq`` text-to-text, as T5 fine-tunes classification: the target is one word naming the class
+  (:func:`label_token_ids`), and the class scores are the decoder's first-step logits of those words. The model
+  stays an ``AutoModelForSeq2SeqLM`` (``generate(max_new_tokens=1)`` answers with the class word).
+
+Accuracy and macro-F1 come from ``evaluate`` with the metric module hfgen ships (``hfgen.metrics``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from transformers import (
+    DataCollatorForSeq2Seq,
+    DataCollatorWithPadding,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from ..models import (
+    HfGenDecoderConfig,
+    HfGenDecoderForSequenceClassification,
+    HfGenEncoderConfig,
+    HfGenEncoderForSequenceClassification,
+    HfGenSeq2SeqConfig,
+    HfGenSeq2SeqForConditionalGeneration,
+)
+from .masked_lm import EncoderModelArguments
+from .pretrain import build_config
+from .recipe_common import loss_history, save_run, variant_title
+
+# model_type -> (config class, model class fine-tuned for classification)
+FAMILIES: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
+    "hfgen_encoder": (HfGenEncoderConfig, HfGenEncoderForSequenceClassification),
+    "hfgen_decoder": (HfGenDecoderConfig, HfGenDecoderForSequenceClassification),
+    "hfgen_seq2seq": (HfGenSeq2SeqConfig, HfGenSeq2SeqForConditionalGeneration),
+}
+
+
+@dataclass
+class ClassificationModelArguments(EncoderModelArguments):
+    """The pre-training recipes' model fields (``model_name_or_path`` = the pre-trained folder to start from), plus
+    the family of a fresh model."""
+
+    NOT_CONFIG_KEYS = ("model_type",)  # a class attribute, not a field: which fields are not config keys
+
+    model_type: Literal[tuple(FAMILIES)] = field(default="hfgen_encoder", metadata={"help": (
+        "Family of a model trained from scratch; with model_name_or_path the folder's config decides. "
+        "hfgen_seq2seq is fine-tuned text-to-text (the target is a word naming the class).")})
+
+
+@dataclass
+class ClassificationDataArguments:
+    """Which labelled examples to train and score on (``hfgen.data.labelled``)."""
+
+    max_length: int = field(default=128, metadata={"help": "Tokens per example (longer paragraphs are cut)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": (
+        "Fine-tune on this many labelled examples: the first of a fixed shuffle (subset_seed) of the train split, so "
+        "a smaller set is a subset of a larger one.")})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Score on the first N test examples."})
+    subset_seed: int = field(default=0, metadata={"help": "Shuffle from which max_train_samples are taken."})
+    test_fraction: float = field(default=0.25, metadata={"help": "Expected share of paragraphs in the test split."})
+    min_characters: int = field(default=100, metadata={"help": "Shorter paragraphs are not examples."})
+
+
+@dataclass
+class ClassificationResult:
+    """What a fine-tuning run measured and where it saved the model."""
+
+    output_dir: str
+    eval_accuracy_before: float
+    eval_accuracy: float
+    eval_macro_f1: float
+    train_examples: int
+    train_loss_history: list[tuple[int, float]]
+    train_runtime: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    model: PreTrainedModel | None = field(default=None, repr=False)
+
+
+def label_token_ids(tokenizer: PreTrainedTokenizerBase, labels: list[str] | tuple[str, ...]) -> list[int]:
+    """The token a text-to-text classifier answers with for each class: the first token of ``" " + name``.
+
+    Raises:
+        ValueError: when two classes start with the same token (they could not be told apart).
+    """
+    ids = [tokenizer(" " + name, add_special_tokens=False)["input_ids"][0] for name in labels]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"The class names {list(labels)} do not start with distinct tokens "
+                         f"({tokenizer.convert_ids_to_tokens(ids)}); rename them.")
+    return ids
+
+
+def _check_data_args(data_args: ClassificationDataArguments) -> None:
+    for key in ("max_length", "max_train_samples", "max_eval_samples"):
+        value = getattr(data_args, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be a positive int{'' if key == 'max_length' else ' or None'}, "
+                             f"got {value!r}.")
+    if data_args.max_length < 4:
+        raise ValueError(f"max_length must be at least 4, got {data_args.max_length}.")
+
+
+def model_family(model_args: ClassificationModelArguments) -> str:
+    """The ``model_type`` to fine-tune: the saved folder's, else ``model_args.model_type``."""
+    if model_args.model_name_or_path is None:
+        family = model_args.model_type
+    else:
+        family = PreTrainedConfig.get_config_dict(model_args.model_name_or_path)[0].get("model_type")
+    if family not in FAMILIES:
+        raise ValueError(f"Cannot fine-tune model_type {family!r} for classification; valid choices: "
+                         f"{', '.join(FAMILIES)}.")
+    return family
+
+
+def load_classification_tokenizer(family: str, path: str | None = None) -> PreTrainedTokenizerBase:
+    """A saved folder's tokenizer, or the one the family's pre-training recipe starts from (so that a model from
+    scratch has the same vocabulary as a pre-trained one)."""
+    if path is not None and os.path.exists(os.path.join(path, "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    if family == "hfgen_encoder":
+        from ..data import load_encoder_tokenizer
+
+        return load_encoder_tokenizer()
+    if family == "hfgen_seq2seq":
+        from .span_corruption import load_span_corruption_tokenizer
+
+        return load_span_corruption_tokenizer()
+    from ..data import load_tokenizer
+
+    return load_tokenizer()
+
+
+def load_labelled_splits(data_args: ClassificationDataArguments):
+    """``(train, test)`` of the labelled task, cut to ``max_train_samples`` / ``max_eval_samples``."""
+    from ..data.labelled import load_reference_manual_groups
+
+    splits = load_reference_manual_groups(data_args.test_fraction, min_characters=data_args.min_characters)
+    train, test = splits["train"], splits["test"]
+    if data_args.max_train_samples is not None:
+        if data_args.max_train_samples > len(train):
+            raise ValueError(f"max_train_samples={data_args.max_train_samples} exceeds the {len(train)} labelled "
+                             f"training examples.")
+        train = train.shuffle(seed=data_args.subset_seed).select(range(data_args.max_train_samples))
+    if data_args.max_eval_samples is not None:
+        test = test.select(range(min(data_args.max_eval_samples, len(test))))
+    return train, test
+
+
+def finetune_classification(model_args: ClassificationModelArguments, data_args: ClassificationDataArguments,
+                            training_args: TrainingArguments, callbacks: list[TrainerCallback] | None = None,
+                            save: bool = True) -> ClassificationResult:
+    """Fine-tune (or train from scratch) a classifier of the labelled task and save a Hub-ready folder.
+
+    Works in one process and under ``torchrun``. The main process saves ``training_args.output_dir`` (with
+    ``save``): weights, config (with ``id2label``) and model code -- loadable with
+    ``AutoModelForSequenceClassification`` (encoder, decoder) or ``AutoModelForSeq2SeqLM`` (seq2seq) -- tokenizer,
+    ``all_results.json``, ``loss_curve.png`` and ``README.md``.
+
+    Returns:
+        Test accuracy before and after fine-tuning, test macro-F1, the number of labelled examples used, the
+        logged training losses.
+    """
+    from ..data.labelled import LABELS
+    from ..metrics import load_metric
+
+    _check_data_args(data_args)
+    family = model_family(model_args)
+    config_class, model_class = FAMILIES[family]
+    set_seed(training_args.seed)
+    tokenizer = load_classification_tokenizer(family, model_args.model_name_or_path)
+    config = build_config(model_args, tokenizer, config_class)
+    config.id2label = dict(enumerate(LABELS))
+    config.label2id = {name: index for index, name in enumerate(LABELS)}
+    if config.position_embedding == "learned" and data_args.max_length > config.max_position_embeddings:
+        raise ValueError(f"max_length ({data_args.max_length}) exceeds max_position_embeddings "
+                         f"({config.max_position_embeddings}) of learned positions.")
+    text_to_text = family == "hfgen_seq2seq"
+    answer_ids = label_token_ids(tokenizer, LABELS) if text_to_text else None
+    metric = load_metric("classification_report")
+    if model_args.model_name_or_path is None:
+        model = model_class(config)
+    else:
+        model = model_class.from_pretrained(model_args.model_name_or_path, config=config)
+    if family == "hfgen_decoder" and config.pad_token_id is None:
+        raise ValueError("The decoder's config has no pad_token_id: the classifier pools the last non-pad token.")
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        if not text_to_text:
+            encoded = tokenizer(batch["text"], truncation=True, max_length=data_args.max_length)
+            return {**encoded, "labels": batch["label"]}
+        # As span-corruption inputs: plain tokens, then eos. The target is the class word alone.
+        encoded = tokenizer(batch["text"], truncation=True, max_length=data_args.max_length - 1,
+                            add_special_tokens=False)["input_ids"]
+        return {"input_ids": [ids + [tokenizer.eos_token_id] for ids in encoded],
+                "attention_mask": [[1] * (len(ids) + 1) for ids in encoded],
+                "labels": [[answer_ids[label]] for label in batch["label"]]}
+
+    with training_args.main_process_first(desc="tokenize the labelled task"):
+        train, test = load_labelled_splits(data_args)
+        columns = train.column_names
+        train = train.map(encode, batched=True, remove_columns=columns, desc="tokenize train")
+        test = test.map(encode, batched=True, remove_columns=columns, desc="tokenize test")
+
+    def class_scores(logits: Any, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        return logits[:, 0, answer_ids] if text_to_text else logits  # (batch, classes)
+
+    def compute_metrics(prediction) -> dict[str, float]:
+        references = np.asarray(prediction.label_ids)
+        if text_to_text:  # the class word's token id -> the class index
+            references = np.asarray([answer_ids.index(int(token)) for token in references[:, 0]])
+        scores = np.asarray(prediction.predictions)
+        result = metric.compute(predictions=scores.argmax(-1), references=references, num_labels=len(LABELS))
+        return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
+
+    collator = DataCollatorForSeq2Seq(tokenizer) if text_to_text else DataCollatorWithPadding(tokenizer)
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=test,
+                      processing_class=tokenizer, data_collator=collator, callbacks=callbacks,
+                      compute_metrics=compute_metrics, preprocess_logits_for_metrics=class_scores)
+    print(f"[hfgen] process {training_args.process_index} of {training_args.world_size}: fine-tuning {family} "
+          f"({'from ' + model_args.model_name_or_path if model_args.model_name_or_path else 'from scratch'}) on "
+          f"{len(train)} labelled examples, scored on {len(test)}", flush=True)
+
+    before = trainer.evaluate()
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    after = trainer.evaluate()
+    trainer.log_metrics("train", train_output.metrics)
+    trainer.log_metrics("eval", after)
+
+    metrics = {
+        "eval_accuracy": after["eval_accuracy"],
+        "eval_macro_f1": after["eval_macro_f1"],
+        "eval_accuracy_before": before["eval_accuracy"],
+        "eval_loss": after["eval_loss"],
+        "train_loss": train_output.metrics.get("train_loss"),
+        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "global_step": trainer.state.global_step,
+        "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.world_size
+                                   * training_args.gradient_accumulation_steps),
+        "train_examples": len(train),
+        "eval_examples": len(test),
+        "learning_rate": training_args.learning_rate,
+        "world_size": training_args.world_size,
+        "num_parameters": model.num_parameters(),
+    }
+    metrics = {key: value for key, value in metrics.items() if value is not None}
+    if save:
+        save_run(trainer, config, metrics, task="text2text-classification" if text_to_text else "text-classification",
+                 title=variant_title(config, "classification"), base_model=model_args.model_name_or_path,
+                 eval_points=[(0, before["eval_loss"]), (trainer.state.global_step, after["eval_loss"])])
+    return ClassificationResult(
+        output_dir=str(training_args.output_dir), eval_accuracy_before=before["eval_accuracy"],
+        eval_accuracy=after["eval_accuracy"], eval_macro_f1=after["eval_macro_f1"], train_examples=len(train),
+        train_loss_history=loss_history(trainer), train_runtime=float(train_output.metrics.get("train_runtime", 0.0)),
+        metrics=metrics, model=trainer.model)

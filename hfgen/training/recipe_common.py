@@ -1,0 +1,105 @@
+"""What every training recipe shares: command line and YAML parsing into ``HfArgumentParser`` dataclasses with
+CPU-safe defaults, and the end of a run (metrics file, loss curve, Hub model card) written by the main process only.
+
+Used by ``recipes/pretrain_causal_lm.py``, ``recipes/pretrain_masked_lm.py``, ``recipes/pretrain_span_corruption.py``,
+``recipes/finetune_classification.py`` and ``recipes/transfer_learning.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, Trainer
+
+from ..hub import push_training_output, write_model_card
+from .pretrain import LOSS_CURVE_FILE, DataArguments, cpu_training_defaults, write_loss_curve
+
+
+@dataclass
+class PretrainingDataArguments(DataArguments):
+    """The causal-LM recipe's data fields, plus keeping the labelled task's test text out of pre-training."""
+
+    hold_out_task_test: bool = field(default=True, metadata={"help": (
+        "Cut the test paragraphs of the labelled task (hfgen.data.labelled) out of the pre-training text, so that a "
+        "model fine-tuned on that task afterwards is scored on text it has never read.")})
+
+    def load_text(self):
+        """The embedded corpus (``hfgen.data.load_corpus``) as these fields ask, as a ``DatasetDict``."""
+        from ..data import load_corpus
+        from ..data.labelled import drop_test_paragraphs
+
+        corpus = load_corpus(include_docstrings=self.include_docstrings,
+                             validation_fraction=self.validation_fraction, seed=0)
+        return drop_test_paragraphs(corpus) if self.hold_out_task_test else corpus
+
+    def select(self, train, validation):
+        """The first ``max_train_samples`` / ``max_eval_samples`` rows of each split, where set."""
+        if self.max_train_samples is not None:
+            train = train.select(range(min(self.max_train_samples, len(train))))
+        if self.max_eval_samples is not None:
+            validation = validation.select(range(min(self.max_eval_samples, len(validation))))
+        return train, validation
+
+
+def build_recipe_parser(dataclass_types: Sequence[type], description: str, epilog: str | None = None,
+                        **defaults: Any) -> HfArgumentParser:
+    """An ``HfArgumentParser`` over ``dataclass_types`` whose defaults are ``cpu_training_defaults()`` (where CUDA
+    is absent), then ``defaults``."""
+    parser = HfArgumentParser(tuple(dataclass_types), description=description, epilog=epilog)
+    parser.set_defaults(**cpu_training_defaults(), **defaults)
+    return parser
+
+
+def parse_recipe_arguments(parser: HfArgumentParser, argv: Sequence[str]) -> tuple:
+    """Parse ``[config.yaml] [--flag value ...]``: YAML values become defaults, flags override them.
+
+    An unknown YAML key is an error (argparse exits, naming the keys and pointing to ``--help``)."""
+    argv = list(argv)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        values = yaml.safe_load(Path(argv[0]).read_text()) or {}
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            parser.error(f"unknown keys in {argv[0]}: {', '.join(unknown)} (see --help for the valid ones)")
+        # As argparse defaults, string values still pass through each flag's type (YAML reads 1e-3 as a string).
+        parser.set_defaults(**values)
+        argv = argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def loss_history(trainer: Trainer) -> list[tuple[int, float]]:
+    """(optimizer step, logged training loss) pairs of a finished ``Trainer`` run."""
+    return [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+
+
+def save_run(trainer: Trainer, config: Any, metrics: dict[str, Any], *, task: str, title: str,
+             base_model: str | None = None, eval_points: Sequence[tuple[int, float]] = ()) -> None:
+    """Save the trained model and describe it: every process calls this, the main one writes the folder.
+
+    Writes ``training_args.output_dir``: weights, config with ``auto_map`` and the model code, tokenizer (the
+    trainer's ``processing_class``), ``all_results.json`` (``metrics``), ``loss_curve.png`` (training loss, and
+    ``eval_points`` as markers) and ``README.md`` (``hfgen.hub.write_model_card`` with ``task``). Every rank waits
+    for the main one before returning (ranks leaving early can abort a gloo group at exit).
+    """
+    # With --push_to_hub the finished folder is pushed below, card and loss curve included (a plain save_model()
+    # would upload at once, with Trainer's generic card).
+    trainer.save_model(_internal_call=True)
+    if trainer.is_world_process_zero():
+        trainer.save_metrics("all", metrics)
+        out = Path(trainer.args.output_dir)
+        write_loss_curve(loss_history(trainer), out / LOSS_CURVE_FILE, list(eval_points), title=title)
+        hub_id = getattr(trainer, "hub_model_id", None) if trainer.args.push_to_hub else None
+        write_model_card(out, config, metrics, base_model=base_model, task=task, model_name=hub_id)
+        if trainer.args.push_to_hub:
+            push_training_output(trainer, out, commit_message=f"End of training (hfgen {task})")
+    trainer.accelerator.wait_for_everyone()
+
+
+def variant_title(config: Any, objective: str) -> str:
+    """A plot title naming the family, the objective and the variant keys that matter most."""
+    keys = ("softmax_variant", "position_embedding")
+    return f"{config.model_type} {objective}: " + ", ".join(f"{k}={getattr(config, k, None)}" for k in keys)

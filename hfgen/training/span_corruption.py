@@ -1,0 +1,173 @@
+"""Span-corruption pre-training of an hfgen encoder-decoder (T5's objective) on the embedded corpus: the core of
+``recipes/pretrain_span_corruption.py``.
+
+Seed 003: "a part of the input sequence is masked and replaced by a sentinel token. These sentinel tokens are
+special tokens added to the vocabulary ... The decoder then has to reconstruct the sentence autoregressively."
+The shipped tokenizer gets ``<extra_id_0>`` ... sentinels; blocks of the corpus are cut so that the corrupted input
+is exactly ``block_size`` tokens (T5's ``random_spans_helper``), and
+:class:`hfgen.data.denoising.DataCollatorForSpanCorruption` corrupts them (15% noise, mean span 3 by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from ..data.denoising import (
+    DataCollatorForSpanCorruption,
+    add_sentinel_tokens,
+    sentinel_token_ids,
+    span_corruption_lengths,
+)
+from ..models import HfGenSeq2SeqConfig, HfGenSeq2SeqForConditionalGeneration
+from .pretrain import ModelArguments, PretrainResult, build_config, perplexity
+from .recipe_common import PretrainingDataArguments, loss_history, save_run, variant_title
+
+DEFAULT_SENTINELS = 100  # T5's count
+
+
+@dataclass
+class SpanCorruptionDataArguments(PretrainingDataArguments):
+    """Text and noise of span-corruption pre-training. ``block_size`` is the length of the corrupted encoder input
+    (eos included); the raw blocks are longer by the noise tokens a sentinel replaces."""
+
+    noise_density: float = field(default=0.15, metadata={"help": "Share of the tokens hidden in spans, in (0, 1)."})
+    mean_noise_span_length: float = field(default=3.0, metadata={"help": "Mean length of a hidden span (>= 1)."})
+    num_sentinel_tokens: int = field(default=DEFAULT_SENTINELS, metadata={"help": (
+        "Sentinels <extra_id_0>, ... added to a fresh tokenizer (a pre-trained folder's tokenizer keeps its own). "
+        "A block must need no more spans than there are sentinels.")})
+
+
+def load_span_corruption_tokenizer(path: str | None = None,
+                                   num_sentinel_tokens: int = DEFAULT_SENTINELS) -> PreTrainedTokenizerBase:
+    """The tokenizer of a saved folder, or hfgen's shipped tokenizer with ``num_sentinel_tokens`` sentinels added
+    after its vocabulary (existing ids unchanged)."""
+    if path is not None:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    from ..data import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    add_sentinel_tokens(tokenizer, num_sentinel_tokens)
+    return tokenizer
+
+
+def check_noise_settings(data_args: SpanCorruptionDataArguments) -> None:
+    """The noise fields' ranges, checked before the tokenizer is even loaded (the collator checks them again)."""
+    density, mean, count = data_args.noise_density, data_args.mean_noise_span_length, data_args.num_sentinel_tokens
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density < 1:
+        raise ValueError(f"noise_density must be a number in (0, 1), got {density!r}.")
+    if isinstance(mean, bool) or not isinstance(mean, (int, float)) or not mean >= 1:
+        raise ValueError(f"mean_noise_span_length must be a number >= 1, got {mean!r}.")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"num_sentinel_tokens must be a positive int, got {count!r}.")
+
+
+def check_sentinels(data_args: SpanCorruptionDataArguments, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """``(raw tokens per block, target length)``; raises when a block needs more spans than the tokenizer has
+    sentinels, before any data is tokenized."""
+    from ..data.denoising import span_counts
+
+    raw, target = span_corruption_lengths(data_args.block_size, data_args.noise_density,
+                                          data_args.mean_noise_span_length)
+    spans = span_counts(raw, data_args.noise_density, data_args.mean_noise_span_length)[1]
+    available = len(sentinel_token_ids(tokenizer))
+    if spans > available:
+        raise ValueError(
+            f"block_size={data_args.block_size} means {raw} raw tokens with {spans} noise spans, but the tokenizer "
+            f"has {available} sentinel tokens: raise num_sentinel_tokens to at least {spans} or lower block_size.")
+    return raw, target
+
+
+def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorruptionDataArguments,
+                             training_args: TrainingArguments,
+                             callbacks: list[TrainerCallback] | None = None) -> PretrainResult:
+    """Pre-train (or continue training) an encoder-decoder with span corruption and save a Hub-ready folder.
+
+    Works in one process and under ``torchrun --nproc_per_node N``. The main process saves
+    ``training_args.output_dir``: weights, config with ``auto_map`` and the model code (loads with
+    ``AutoModelForSeq2SeqLM.from_pretrained(..., trust_remote_code=True)`` where hfgen is not installed), the
+    tokenizer with its sentinels, ``loss_curve.png``, ``README.md``.
+
+    Returns:
+        Validation perplexity on the targets before and after training (the same corruption both times), the
+        logged training losses and the training time.
+
+    Raises:
+        ValueError: for noise settings out of range, too few sentinels for ``block_size``, an unknown config key
+            -- before any data is tokenized or weight is made.
+    """
+    check_noise_settings(data_args)
+    set_seed(training_args.seed)
+    tokenizer = load_span_corruption_tokenizer(model_args.model_name_or_path, data_args.num_sentinel_tokens)
+    collator = DataCollatorForSpanCorruption(tokenizer, data_args.noise_density, data_args.mean_noise_span_length,
+                                             seed=training_args.seed)  # checks the noise settings
+    raw_length, target_length = check_sentinels(data_args, tokenizer)
+    config = build_config(model_args, tokenizer, HfGenSeq2SeqConfig)
+    longest = max(data_args.block_size, target_length)
+    if config.position_embedding == "learned" and longest > config.max_position_embeddings:
+        raise ValueError(f"Sequences of {longest} tokens exceed max_position_embeddings "
+                         f"({config.max_position_embeddings}) of learned positions; raise it with config_overrides.")
+    if model_args.model_name_or_path is None:
+        model = HfGenSeq2SeqForConditionalGeneration(config)
+    else:
+        model = HfGenSeq2SeqForConditionalGeneration.from_pretrained(model_args.model_name_or_path, config=config)
+
+    from ..data import tokenize_for_causal_lm
+
+    with training_args.main_process_first(desc="tokenize the corpus"):
+        blocks = tokenize_for_causal_lm(data_args.load_text(), tokenizer, raw_length,
+                                        num_proc=data_args.preprocessing_num_workers)
+    train, validation = data_args.select(blocks["train"], blocks["validation"])
+    print(f"[hfgen] process {training_args.process_index} of {training_args.world_size} on {training_args.device}: "
+          f"{len(train)} training blocks of {raw_length} tokens ({data_args.block_size} after corruption, targets "
+          f"of {target_length}), {model.num_parameters():,} parameters", flush=True)
+
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
+                      processing_class=tokenizer, data_collator=collator, callbacks=callbacks)
+
+    def evaluate() -> dict:
+        collator.rng = np.random.default_rng(training_args.seed + 1)  # the same corruption before and after
+        return trainer.evaluate()
+
+    before = evaluate()["eval_loss"]
+    # Reproducible training noise, a different stream on each rank (each corrupts different blocks).
+    collator.rng = np.random.default_rng([training_args.seed, training_args.process_index])
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    after_metrics = evaluate()
+    after = after_metrics["eval_loss"]
+    trainer.log_metrics("train", train_output.metrics)
+    trainer.log_metrics("eval", after_metrics)
+
+    metrics = {
+        "eval_perplexity_before": perplexity(before),
+        "eval_perplexity": perplexity(after),
+        "eval_loss": after,
+        "train_loss": train_output.metrics.get("train_loss"),
+        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "global_step": trainer.state.global_step,
+        "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.world_size
+                                   * training_args.gradient_accumulation_steps),
+        "block_size": data_args.block_size,
+        "raw_block_size": raw_length,
+        "target_length": target_length,
+        "noise_density": data_args.noise_density,
+        "mean_noise_span_length": data_args.mean_noise_span_length,
+        "train_blocks": len(train),
+        "eval_blocks": len(validation),
+        "learning_rate": training_args.learning_rate,
+        "world_size": training_args.world_size,
+        "num_parameters": model.num_parameters(),
+    }
+    metrics = {key: value for key, value in metrics.items() if value is not None}
+    save_run(trainer, config, metrics, task="span-corruption", title=variant_title(config, "span corruption"),
+             base_model=model_args.model_name_or_path,
+             eval_points=[(0, before), (trainer.state.global_step, after)])
+    return PretrainResult(
+        output_dir=str(training_args.output_dir), eval_perplexity_before=perplexity(before),
+        eval_perplexity_after=perplexity(after), train_loss_history=loss_history(trainer),
+        train_runtime=float(train_output.metrics.get("train_runtime", 0.0)), world_size=training_args.world_size,
+        metrics=metrics, model=trainer.model)
