@@ -40,7 +40,8 @@ class HfGenDecoderLayer(GradientCheckpointingLayer):
         self.pre_norm = config.norm_position == "pre"
         self.self_attn = HfGenAttention(config, layer_idx, is_causal=True)
         feed_forward = build_feed_forward(config, lambda: HfGenMLP(config))  # num_experts > 0: moe.py
-        if isinstance(feed_forward, HfGenSparseMoeBlock):
+        self.is_moe = isinstance(feed_forward, HfGenSparseMoeBlock)
+        if self.is_moe:
             self.block_sparse_moe = feed_forward  # Mixtral's name: Mixtral checkpoints load
         else:
             self.mlp = feed_forward
@@ -62,7 +63,8 @@ class HfGenDecoderLayer(GradientCheckpointingLayer):
         residual = hidden_states
         if self.pre_norm:
             hidden_states = self.post_attention_layernorm(hidden_states)
-        feed_forward = self.block_sparse_moe if hasattr(self, "block_sparse_moe") else self.mlp
+        # (a flag, not hasattr: a missing nn.Module attribute costs a raised exception on every token)
+        feed_forward = self.block_sparse_moe if self.is_moe else self.mlp
         hidden_states = residual + feed_forward(hidden_states)
         if not self.pre_norm:
             hidden_states = self.post_attention_layernorm(hidden_states)
