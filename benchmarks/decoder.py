@@ -34,9 +34,6 @@ import datetime
 import gc
 import json
 import os
-import platform
-import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -49,6 +46,8 @@ import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from common import (CLOCK_HELP, CLOCKS, CPU_MEMORY_METHOD, PROBE_ENV, clock_description, interleaved, machine,
+                    measure_peak, paired_ratio, use_clock, write_section)
 from hfgen import HfGenDecoderConfig, HfGenDecoderForCausalLM
 
 VOCAB = 8192
@@ -126,40 +125,11 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-# Which clock times a call (set from --clock in main): wall time, or the process's CPU time. With one torch thread
-# on a shared CPU, wall time also counts the slices the scheduler gave other processes; CPU time counts only the
-# work this process did, which is what a model's speed is.
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-clock = CLOCKS["wall"]
-
-
-def timed(fn: Callable[[], object], device: str) -> float:
-    sync(device)
-    start = clock()
-    fn()
-    sync(device)
-    return clock() - start
-
-
-def interleaved(fns: dict[str, Callable], device: str, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each function, every repetition running each once, in an order that rotates."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    names, times = list(fns), {name: [] for name in fns}
-    for rep in range(repeats):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(timed(fns[name], device))
-    return times
-
-
 def throughput_row(section: str, what: str, work: float, times: dict[str, list[float]], reference: str, name: str,
                    target: float | None, unit: str = "tok/s") -> Row:
     """Throughputs from median times; the ratio as the median of per-repetition ratios (robust to drift)."""
-    paired = statistics.median(r / v for r, v in zip(times[reference], times[name]))
     return Row(section, what, work / statistics.median(times[reference]), work / statistics.median(times[name]),
-               paired, unit, target)
+               paired_ratio(times, reference, name), unit, target)
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -231,36 +201,6 @@ def generation(model, prompt, new_tokens) -> Callable[[], torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------------- memory
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def measure_peak(fn: Callable[[], object], device: str) -> tuple[int, str]:
-    """Bytes of peak memory above what was held just before ``fn`` ran, and how they were measured."""
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before, "torch.cuda.max_memory_allocated"
-    try:  # Linux: writing 5 to clear_refs resets the high-water mark, so VmHWM is this step's peak.
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _status_kib("VmRSS")
-        fn()
-        return (_status_kib("VmHWM") - before) * 1024, "RSS high-water mark (VmHWM)"
-    except (OSError, KeyError):  # elsewhere ru_maxrss only grows: correct only if fn sets a new record
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn()
-        scale = 1 if sys.platform == "darwin" else 1024
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * scale, "ru_maxrss growth"
-
-
 def memory_probe(spec: dict) -> dict:
     """Runs in a process of its own (see ``peak_memory``): builds one model and measures one step's peak."""
     device, dtype = spec["device"], getattr(torch, spec["dtype"])
@@ -287,9 +227,7 @@ def memory_probe(spec: dict) -> dict:
 
 def peak_memory(spec: dict) -> dict:
     """A fresh process per measurement: on a CPU the peak is a process-wide figure, shared by anything else."""
-    # glibc: a fixed mmap threshold (no dynamic raise) returns every freed tensor of 64 KiB or more to the system at
-    # once, so the resident set follows the live tensors instead of what the allocator keeps cached.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    env = {**os.environ, **PROBE_ENV}
     out = subprocess.run([sys.executable, __file__, "--memory-probe", json.dumps(spec)], capture_output=True,
                          text=True, env=env)
     if out.returncode != 0:
@@ -396,20 +334,6 @@ def bench_long(args, notes: list[str]) -> list[Row]:
 
 
 # --------------------------------------------------------------------------------------------------- report
-def machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores)"
-
-
 def revision() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -420,18 +344,6 @@ def revision() -> str:
         return commit + (" + uncommitted changes in hfgen/" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def write_results(path: Path, title: str, body: str) -> None:
-    """Replace this device's section of the file, keep every other device's."""
-    text = path.read_text() if path.exists() else (
-        "# Benchmark results\n\nOne section per machine, each the latest run there (`benchmarks/decoder.py`). "
-        "Ratios are hfgen / reference; see benchmarks/README.md.\n")
-    header = f"## {title}"
-    pattern = re.compile(rf"^{re.escape(header)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"{header}\n\n{body.rstrip()}\n\n"
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    path.write_text(text.rstrip() + "\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -451,9 +363,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--long-lengths", nargs="+", type=int, default=[1024, 4096, 8192],
                         help="token counts of the long-context section (default: 1024 4096 8192)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default=None,
-                        help="what times a call: wall time, or the process's CPU time (default: cpu on a CPU with one "
-                             "torch thread, where other processes' slices would otherwise count; wall otherwise)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default=None, help=CLOCK_HELP)
     parser.add_argument("--out", type=Path, default=None,
                         help="markdown file whose section for this machine is replaced "
                              "(default: benchmarks/RESULTS.md; not written with --quick unless given)")
@@ -472,11 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    global clock
-    args.clock = args.clock or ("cpu" if args.device == "cpu" and torch.get_num_threads() == 1 else "wall")
-    if args.clock == "cpu" and (args.device != "cpu" or torch.get_num_threads() != 1):
-        raise SystemExit("--clock cpu measures one CPU thread's work: use it with --device cpu --threads 1")
-    clock = CLOCKS[args.clock]
+    args.clock = use_clock(args.clock, args.device)
     if args.memory_probe:
         print(json.dumps(memory_probe(json.loads(args.memory_probe))))
         return
@@ -501,15 +407,13 @@ def main(argv: list[str] | None = None) -> None:
     elapsed, load_after = time.time() - started, os.getloadavg()
 
     command = "python benchmarks/decoder.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    memory_method = "torch.cuda.max_memory_allocated" if args.device == "cuda" else (
-        "RSS high-water mark (VmHWM, reset through /proc/self/clear_refs) above the RSS just before the step, in a "
-        "fresh process per measurement, glibc returning freed blocks of 64 KiB or more at once")
+    memory_method = "torch.cuda.max_memory_allocated" if args.device == "cuda" else CPU_MEMORY_METHOD
     header = [
         f"- machine: {machine(args.device)}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
         f"transformers {transformers.__version__}; hfgen {revision()}",
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; {args.dtype_name}; "
         f"{args.repeats} repetitions; run took {elapsed:.0f} s; timed by "
-        f"{'CPU time of the process (one torch thread)' if args.clock == 'cpu' else 'wall-clock time'}",
+        f"{clock_description(args.clock)}",
         f"- command: `{command.strip()}`",
         f"- peak memory: {memory_method}",
     ]
@@ -522,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or (None if args.quick else Path(__file__).with_name("RESULTS.md"))
     if out is not None and not args.no_write:
         title = f"{args.device}: {machine(args.device)}, {args.dtype_name}"
-        write_results(out, title, "\n".join(header) + "\n\n" + table)
+        write_section(out, title, "\n".join(header) + "\n\n" + table)
         print(f"\nwrote {out}", file=sys.stderr)
 
 
