@@ -241,9 +241,19 @@ def _check_outputs(out: Path, png: str, cells: int, seeds: int) -> dict:
 
 
 def test_adaptive_temperature_recipe_tiny(tmp_path):
-    _recipe("adaptive_temperature").main(["--seeds", "0", "1", "--steps", "3", "--eval_sizes", "16", "64",
-                                          "--eval_sets", "8", "--output_dir", str(tmp_path)])
+    results = _recipe("adaptive_temperature").main(["--seeds", "0", "1", "--steps", "3", "--eval_sizes", "16", "64",
+                                                    "--eval_sets", "8", "--output_dir", str(tmp_path)])
     _check_outputs(tmp_path, "adaptive_temperature.png", cells=4, seeds=2)
+    # the run's cost is recorded beside the results ...
+    environment = results["environment"]
+    assert environment["threads"] == torch.get_num_threads() and environment["wall_seconds"] > 0
+    assert environment["process_cpu_seconds"] > 0 and len(environment["loadavg_at_end"]) == 3
+    assert "min wall" in (tmp_path / "results.md").read_text()
+    # ... and --rerender rebuilds the same table from results.json alone, keeping that record unchanged
+    table = (tmp_path / "results.md").read_text().split("![")[0]
+    rerendered = _recipe("adaptive_temperature").main(["--rerender", "--output_dir", str(tmp_path)])
+    assert (tmp_path / "results.md").read_text().split("![")[0] == table
+    assert rerendered["environment"] == environment
 
 
 @pytest.mark.parametrize("model, variants", [("decoder", ["standard", "off_by_one", "clipped", "gated"]),
@@ -274,7 +284,7 @@ def test_sampling_recipe_tiny(tmp_path):
 
 def test_position_recipe_tiny_reports_learned_beyond_its_table_as_na(tmp_path):
     results = _recipe("position_embeddings").main([
-        "--seeds", "0", "--steps", "1", "--hidden_size", "16", "--num_hidden_layers", "1",
+        "--families", "clm", "mlm", "--seeds", "0", "--steps", "1", "--hidden_size", "16", "--num_hidden_layers", "1",
         "--num_attention_heads", "2", "--train_length", "8", "--batch_size", "2", "--eval_tokens", "64",
         "--output_dir", str(tmp_path)])
     _check_outputs(tmp_path, "position_embeddings.png", cells=11, seeds=1)
@@ -285,6 +295,30 @@ def test_position_recipe_tiny_reports_learned_beyond_its_table_as_na(tmp_path):
         assert ("max_position_embeddings" in row.get("note", "")) == learned
     assert {r["cell"]["position_embedding"] for r in results["rows"] if r["cell"]["objective"] == "mlm"} >= {
         "disentangled"}
+
+
+def test_position_recipe_writes_each_family_to_its_own_folder():
+    parse = _recipe("position_embeddings").parse_args
+    assert Path(parse([]).output_dir).name == "position_embeddings" and parse([]).families == ["clm"]
+    assert Path(parse(["--families", "mlm"]).output_dir).name == "position_embeddings_mlm"
+    assert Path(parse(["--families", "mlm", "clm"]).output_dir).name == "position_embeddings_clm_mlm"
+    assert parse(["--families", "mlm", "--output_dir", "x"]).output_dir == "x"
+
+
+def test_paper_numbers_in_the_discussions_match_their_tables():
+    """The quoted paragraphs and the tables the discussions compute with hold the same numbers, and every
+    paragraph names where its text was read."""
+    from hfgen.experiments import papers
+
+    for text in (papers.ADAPTIVE_TEMPERATURE, papers.QUANTIZATION, papers.POSITIONS, papers.SAMPLING):
+        assert "https://" in text
+    for values in papers.PRESS_TABLE3.values():
+        assert " / ".join(f"{v:.2f}" for v in values) in papers.POSITIONS
+    for model, table in papers.BONDARENKO_TABLE2.items():
+        for row in table.values():
+            assert " / ".join(f"{v:g}" if v != int(v) else f"{v:.0f}" for v in row) in papers.QUANTIZATION, row
+    for value in papers.HOLTZMAN_PERPLEXITY.values():
+        assert f"{value:.2f}" in papers.SAMPLING
 
 
 def test_recipes_have_help():

@@ -8,7 +8,8 @@ in fp32; the maximum infinity norm and average kurtosis of the attention-layer o
 W8A8 post-training quantization (per-tensor symmetric int8 weights, asymmetric uint8 activations, min-max ranges
 calibrated on a few training batches; hfgen.experiments.quantization).
 
-    OMP_NUM_THREADS=1 python recipes/experiments/quantization_outliers.py          # default
+    OMP_NUM_THREADS=1 python recipes/experiments/quantization_outliers.py                  # default: decoders
+    OMP_NUM_THREADS=1 python recipes/experiments/quantization_outliers.py --model encoder  # BERT-layout encoders
     python recipes/experiments/quantization_outliers.py --steps 2000 --hidden_size 128 --num_hidden_layers 4
 
 Writes results.md / results.json / config.json / quantization_outliers.png into --output_dir.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -36,6 +38,7 @@ from hfgen.experiments.lm import (
     random_blocks,
     train_language_model,
 )
+from hfgen.experiments import papers
 from hfgen.experiments.quantization import W8A8FakeQuantizer
 from hfgen.experiments.report import aggregate, new_figure, write_results
 
@@ -46,15 +49,7 @@ VARIANTS = {
     "gated": {"attention_gate": True},
 }
 METRICS = ["fp32_perplexity", "w8a8_perplexity", "w8a8_increase_pct", "max_inf_norm", "avg_kurtosis"]
-PAPER = (
-    'Bondarenko et al. (2023) pre-train BERT-base (masked LM) and OPT-125m for hundreds of thousands of s'
-    'teps and report, for vanilla softmax, attention-output outliers with infinity norms in the hundreds '
-    'and kurtosis in the thousands that make W8A8 perplexity collapse, while clipped softmax and gated at'
-    'tention keep FP perplexity equal or better, shrink the outliers by more than an order of magnitude a'
-    'nd bring W8A8 close to FP (their exact figures: see their Tables 2-3; not reproduced here). Outliers'
-    " grow late in training in heads that learn to 'do nothing'. Seed 000's own claim about off-by-one is"
-    " only qualitative: 'likely more important for highly quantized weights, but 32 and 16 bit dtypes are"
-    " probably unaffected'.")
+PAPER = papers.QUANTIZATION
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,11 +63,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden_size", type=int, default=64)
     p.add_argument("--num_hidden_layers", type=int, default=2)
     p.add_argument("--num_attention_heads", type=int, default=4)
-    p.add_argument("--block_size", type=int, default=128)
+    p.add_argument("--block_size", type=int, default=64,
+                   help="tokens per training/validation block (64 keeps the default run under ~15 min on a busy "
+                        "2-core machine)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--learning_rate", type=float, default=3e-3)
-    p.add_argument("--eval_blocks", type=int, default=64, help="validation blocks for perplexity and outliers")
+    p.add_argument("--eval_blocks", type=int, default=96, help="validation blocks for perplexity and outliers")
     p.add_argument("--calibration_batches", type=int, default=4, help="training batches for min-max ranges")
     p.add_argument("--clipped_softmax_gamma", type=float, default=-0.03)
     p.add_argument("--clipped_softmax_zeta", type=float, default=1.0)
@@ -122,7 +119,7 @@ def run_cell(variant: str, seed: int, args, train, validation, vocab_size: int) 
             **stats}
 
 
-def discussion(rows: list[dict]) -> str:
+def discussion(rows: list[dict], config_steps: int) -> str:
     m = {r["cell"]["attention"]: r["summary"] for r in rows}
     lines = ["**Measured** (means over seeds):"]
     for name, v in m.items():
@@ -145,30 +142,50 @@ def discussion(rows: list[dict]) -> str:
         lower_norm = [k for k in others if differs("max_inf_norm", k) < 0]
         lower_deg = [k for k in others if differs("w8a8_increase_pct", k) < 0]
         big_outliers = base["avg_kurtosis"]["mean"] > 20 or base["max_inf_norm"]["mean"] > 20
+        ratios = ", ".join(f"{k} {v['max_inf_norm']['mean'] / base['max_inf_norm']['mean']:.2f}"
+                           for k, v in others.items())
+        paper_ratios = "; ".join(
+            f"{model}: " + ", ".join(f"{k} {row[1] / table['vanilla'][1]:.3f}" for k, row in table.items()
+                                     if k != "vanilla")
+            for model, table in papers.BONDARENKO_TABLE2.items())
+        bert, opt = papers.BONDARENKO_TABLE2["BERT"]["vanilla"], papers.BONDARENKO_TABLE2["OPT"]["vanilla"]
         verdict = (
-            f"\n**Agreement.** fp32: {'no variant is' if not worse else ', '.join(worse) + ' is/are'} more than 5% "
-            f"worse than the standard softmax (the seed expects 32-bit to be unaffected); clearly better (by more than "
-            f"the seeds' spread): {', '.join(better) or 'none'} — at this short budget that measures how fast each "
-            f"variant learns, not where it ends. Max inf-norm clearly below standard: "
-            f"{', '.join(lower_norm) or 'none'}; W8A8 degradation clearly below standard: "
-            f"{', '.join(lower_deg) or 'none'}. "
+            f"\n**Agreement, part by part.** (1) fp32 unaffected (seed 000): "
+            f"{'no variant is' if not worse else ', '.join(worse) + ' is/are'} more than 5% worse than the standard "
+            f"softmax — {'agrees' if not worse else 'partly disagrees'}; clearly better (by more than the seeds' "
+            f"spread): {', '.join(better) or 'none'}. At {config_steps} steps that measures how fast each variant "
+            f"learns more than where it would end (Bondarenko et al. also report equal-or-better FP perplexity for at "
+            f"least one method per model). (2) Fewer outliers: max inf-norm relative to standard here: {ratios} "
+            f"(clearly below standard: {', '.join(lower_norm) or 'none'}); the paper's ratios (Table 2): "
+            f"{paper_ratios}. (3) Better W8A8: degradation clearly below standard: {', '.join(lower_deg) or 'none'}. "
             + ("The standard model shows outliers (kurtosis > 20 or inf-norm > 20), the regime the paper studies."
                if big_outliers else
-               "At this scale the standard model has no outliers at all (kurtosis near the Gaussian 3, max "
-               f"inf-norm {base['max_inf_norm']['mean']:.2f}), so W8A8 costs every model at most "
-               f"{max(v['w8a8_increase_pct']['mean'] for v in m.values()):.2f}% perplexity; even a difference "
-               "larger than the seeds' spread is then a few hundredths of a percent, nowhere near the paper's regime "
-               "(outliers large enough to make W8A8 perplexity collapse). The paper's effect needs long training of larger "
-               "models, where outliers appear late. This run neither confirms nor refutes the int8 claim."))
+               "But the standard model here has no outliers to remove (average kurtosis "
+               f"{base['avg_kurtosis']['mean']:.2f}, near the Gaussian 3; max inf-norm "
+               f"{base['max_inf_norm']['mean']:.2f}), so W8A8 costs every model at most "
+               f"{max(v['w8a8_increase_pct']['mean'] for v in m.values()):.2f}% perplexity, against the paper's "
+               f"vanilla BERT-base (max inf-norm {bert[1]}, kurtosis {bert[2]}: W8A8 perplexity {bert[3]} vs FP16 "
+               f"{bert[0]}) and OPT-125m ({opt[1]}, {opt[2]}: {opt[3]} vs {opt[0]}). Bondarenko et al. argue the "
+               "outliers grow the longer the network is trained; these tiny models are trained for minutes. (The "
+               "statistics differ slightly in definition: the max inf-norm here is the maximum over all validation "
+               "tokens, which is at least the paper's per-sequence maximum averaged over the validation set, so it "
+               "cannot understate outliers; kurtosis here is over the hidden dimension per token, averaged over "
+               "tokens and layers.) Verdict: the fp32 part of the claim agrees; "
+               + (f"{', '.join(lower_norm)} {'lowers' if len(lower_norm) == 1 else 'lower'} the max inf-norm "
+                  "beyond the seeds' spread, the paper's "
+                  "direction, but by tens of percent on activations without outliers, not the paper's one to two "
+                  "orders of magnitude on outliers of hundreds; " if lower_norm else "")
+               + "the outlier and int8 parts are neither confirmed nor refuted at this scale."))
     return "\n".join(lines) + "\n" + verdict + f"\n\n**Paper.** {PAPER}"
 
 
 def main(argv=None) -> dict:
+    started = time.time()
     args = parse_args(argv)
     if args.rerender:
         saved = json.loads((Path(args.output_dir) / "results.json").read_text())
         rows = [{k: v for k, v in row.items() if k != "summary"} for row in saved["rows"]]
-        return render(Path(args.output_dir), saved["config"], rows)
+        return render(Path(args.output_dir), saved["config"], rows, environment=saved.get("environment"))
     train, validation, vocab_size = corpus_token_streams(args.tokenization)
     rows = []
     for variant in args.variants:
@@ -184,10 +201,11 @@ def main(argv=None) -> dict:
               "quantization": "W8A8 per-tensor: int8 symmetric weights, uint8 asymmetric activations at every "
                               "Linear input and output and every layer output; min-max calibration",
               "variant_config_keys": VARIANTS}
-    return render(Path(args.output_dir), config, rows)
+    return render(Path(args.output_dir), config, rows, started=started)
 
 
-def render(out: Path, config: dict, rows: list[dict]) -> dict:
+def render(out: Path, config: dict, rows: list[dict], started: float | None = None,
+           environment: dict | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     summary = aggregate(rows)
     figure, axes = new_figure(3, width=4.0)
@@ -208,13 +226,16 @@ def render(out: Path, config: dict, rows: list[dict]) -> dict:
         ax.set_xticks(list(x), names, rotation=20)
         ax.set_title(label)
         ax.grid(alpha=0.3, axis="y")
-    figure.suptitle(f"tiny {config.get('model', 'decoder')}s, {config['steps']} steps, {len(config['seeds'])} seeds (mean ± std)")
+    figure.suptitle(f"tiny {config.get('model', 'decoder')}s, {config['steps']} steps, "
+                    f"{len(config['seeds'])} seeds (mean ± std)")
     figure.tight_layout()
     figure.savefig(out / "quantization_outliers.png")
     title = "Softmax variants vs outliers and W8A8 quantization" + (
         " (masked-LM encoders)" if config.get("model") == "encoder" else " (causal-LM decoders)")
     return write_results(out, title, config, rows,
-                         discussion=discussion(summary), metric_names=METRICS, plots=["quantization_outliers.png"])
+                         discussion=discussion(summary, config["steps"]), metric_names=METRICS,
+                         plots=["quantization_outliers.png"],
+                         started=started, environment=environment)
 
 
 if __name__ == "__main__":
