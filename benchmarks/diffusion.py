@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel
 
+from common import CLOCK_HELP, CLOCKS, clock_description, interleaved, machine, paired_ratio, use_clock, write_section
 from hfgen.diffusion import HfGenDiffusionPipeline, HfGenUNet2DModel
 
 SECTION = "## Diffusion UNet (`benchmarks/diffusion.py`)"
@@ -45,11 +45,6 @@ def build_pair(size: dict, device: str):
                             norm_num_groups=8)
     hfgen = HfGenUNet2DModel.from_unet2d(reference)  # the same weights
     return {"diffusers": reference.to(device), "hfgen": hfgen.to(device)}
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def train_step(model, images, device):
@@ -79,25 +74,10 @@ def sampling(model, batch: int, steps: int):
     return run
 
 
-def interleaved(fns: dict, device: str, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, over ``repeats`` interleaved rounds after one warm-up call."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def row(what: str, work: float, times: dict, unit: str) -> dict:
     return dict(what=what, ref=work / statistics.median(times["diffusers"]),
                 hfgen=work / statistics.median(times["hfgen"]),
-                ratio=statistics.median(r / h for r, h in zip(times["diffusers"], times["hfgen"])), unit=unit)
+                ratio=paired_ratio(times, "diffusers", "hfgen"), unit=unit)
 
 
 def bench_size(name: str, size: dict, args, notes: list[str]) -> list[dict]:
@@ -133,30 +113,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace this script's section for this device (its first line) in ``path``, or append it."""
-    title = body.splitlines()[0]
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(title + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + len(title))
-        text = text[:start].rstrip("\n") + "\n\n" + body + ("\n" + text[end:] if end >= 0 else "\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one small shape, 5 sampling steps; writes nothing")
@@ -165,21 +121,29 @@ def main() -> None:
     parser.add_argument("--sampling_steps", type=int, default=None, help="DDIM steps (default 50, quick 5)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default=None, help=CLOCK_HELP)
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     parser.add_argument("--no-write", action="store_true", help="print only; write no results file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.clock = use_clock(args.clock, args.device)
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.sampling_steps = args.sampling_steps or (5 if args.quick else 50)
     notes: list[str] = []
     sizes = {"quick": QUICK} if args.quick else {name: SIZES[name] for name in args.sizes}
+    started, load_before = time.time(), os.getloadavg()
     rows = [r for name, size in sizes.items() for r in bench_size(name, size, args, notes)]
+    elapsed, load_after = time.time() - started, os.getloadavg()
+    notes.append(f"Load average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in load_before)} before and "
+                 f"{'/'.join(f'{x:.2f}' for x in load_after)} after the {elapsed / 60:.1f}-minute run (a shared "
+                 f"machine: the interleaved ratios, not the absolute rates, are the result).")
     passed = sum(r["ratio"] >= TARGET for r in rows)
     body = "\n".join([
         f"{SECTION}, {args.device}, float32", "",
         f"{datetime.date.today()} · {machine(args.device)} · float32 · torch {torch.__version__} · "
-        f"{args.repeats} interleaved repetitions, medians · {'quick' if args.quick else 'full'} run", "",
+        f"{args.repeats} interleaved repetitions, medians · {'quick' if args.quick else 'full'} run · timed by "
+        f"{clock_description(args.clock)}", "",
         "Same architecture and weights on both sides (one residual block per down level, two per up level, attention on every "
         "level but the first and in the middle, GroupNorm 8, time embedding 4×channels); sampling through the same "
         "HfGenDiffusionPipeline with DDIM. hfgen / diffusers is the median of per-repetition ratios.", "",

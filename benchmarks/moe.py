@@ -22,10 +22,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import MixtralConfig, MixtralForCausalLM
 
-sys.path.insert(0, str(Path(__file__).parent))
-from seq2seq import machine, write_section  # noqa: E402
-
-from hfgen import HfGenDecoderForCausalLM  # noqa: E402
+from common import (CLOCK_HELP, CLOCKS, clock_description, load_average, machine, paired_ratio, ratios, timed,
+                    use_clock, write_section)
+from hfgen import HfGenDecoderForCausalLM
 
 SECTION = "## Mixture of experts (`benchmarks/moe.py`)"
 FULL = dict(hidden=256, layers=4, intermediate=512, experts=8, top_k=2, batch=8, length=256, new_tokens=32)
@@ -44,19 +43,6 @@ def build_pair(shape: dict, device, dtype):
         mixtral.save_pretrained(folder)
         hfgen = HfGenDecoderForCausalLM.from_pretrained(folder, router_z_loss_coef=0.0)
     return [m.to(device=device, dtype=dtype).eval() for m in (mixtral, hfgen)]
-
-
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def train_step(model, ids):
@@ -83,13 +69,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default=None, help=CLOCK_HELP)
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     parser.add_argument("--no-write", action="store_true", help="print only; write no results file")
+    parser.add_argument("--note", default=None, help="a line of text written under the table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.clock = use_clock(args.clock, args.device)
     shape = QUICK if args.quick else FULL
     repeats = args.repeats or (2 if args.quick else 5)
+    load_before, started = load_average(), time.perf_counter()
     mixtral, hfgen = build_pair(shape, args.device, getattr(torch, args.dtype))
     ids = torch.randint(1, 8192, (shape["batch"], shape["length"]), device=args.device)
     with torch.no_grad():
@@ -101,29 +91,33 @@ def main() -> None:
     }
     for fn, _ in tasks.values():  # warm-up
         fn(mixtral), fn(hfgen)
-    ratios: dict[str, list[float]] = {}
-    speeds: dict[str, dict[str, list[float]]] = {}
+    times = {task: {"mixtral": [], "hfgen": []} for task in tasks}
     for _ in tqdm(range(repeats), desc="repetitions"):
-        for task, (fn, count) in tasks.items():
-            theirs, ours = timed(lambda: fn(mixtral), args.device), timed(lambda: fn(hfgen), args.device)
-            ratios.setdefault(task, []).append(theirs / ours)
-            speeds.setdefault(task, {}).setdefault("mixtral", []).append(count / theirs)
-            speeds[task].setdefault("hfgen", []).append(count / ours)
+        for task, (fn, _) in tasks.items():
+            times[task]["mixtral"].append(timed(lambda: fn(mixtral), args.device))
+            times[task]["hfgen"].append(timed(lambda: fn(hfgen), args.device))
     rows = []
-    for task in tasks:
-        ratio = statistics.median(ratios[task])
-        rows.append(f"| {task} | {statistics.median(speeds[task]['mixtral']):,.1f} | "
-                    f"{statistics.median(speeds[task]['hfgen']):,.1f} | {ratio:.2f}× | "
-                    f"{'PASS' if ratio >= 1.0 else 'FAIL'} (≥ 1.0×) |")
+    for task, (_, count) in tasks.items():
+        ratio, each = paired_ratio(times[task], "mixtral", "hfgen"), ratios(times[task], "mixtral", "hfgen")
+        speed = {name: statistics.median(count / t for t in times[task][name]) for name in ("mixtral", "hfgen")}
+        rows.append(f"| {task} | {speed['mixtral']:,.1f} | {speed['hfgen']:,.1f} | {ratio:.2f}× | "
+                    f"{min(each):.2f}–{max(each):.2f}× | {'PASS' if ratio >= 1.0 else 'FAIL'} (≥ 1.0×) |")
+    command = " ".join(["python benchmarks/moe.py", *(a for a in sys.argv[1:] if a != args.note)])
+    command = command.replace("--note", "--note …")
     body = "\n".join([
         f"{SECTION}, {args.device}, {args.dtype}", "",
         f"{datetime.date.today()} · {machine(args.device)} · torch {torch.__version__} · {repeats} interleaved "
-        f"repetitions, medians · {'quick' if args.quick else 'full'} run", "",
+        f"repetitions, medians · {'quick' if args.quick else 'full'} run · `{command.strip()}` · load average "
+        f"{load_before:.1f} before / {load_average():.1f} after ({time.perf_counter() - started:.0f} s; hfgen and "
+        f"Mixtral interleaved, the ratio is the median of the per-repetition ratios) · timed by "
+        f"{clock_description(args.clock)}", "",
         f"{shape['layers']} layers, d={shape['hidden']}, {shape['experts']} experts of width {shape['intermediate']}, "
         f"top-{shape['top_k']}; batch {shape['batch']} x {shape['length']} tokens. Mixtral with its default experts "
         f"kernel (`{mixtral.config._experts_implementation}`) and SDPA; hfgen loads Mixtral's saved checkpoint. "
         f"Max |logits difference| = {difference:.1e}.", "",
-        "| measurement | Mixtral | hfgen | hfgen / Mixtral | target |", "| --- | ---: | ---: | ---: | --- |", *rows,
+        "| measurement | Mixtral | hfgen | hfgen / Mixtral | per-repetition range | target |",
+        "| --- | ---: | ---: | ---: | ---: | --- |", *rows,
+        *(["", args.note] if args.note else []),
     ])
     print(body)
     if not (args.quick or args.no_write):

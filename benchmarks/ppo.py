@@ -7,21 +7,22 @@ own Llama (``LlamaForCausalLM`` plus the same value head; ``LlamaForSequenceClas
     python benchmarks/ppo.py             # the full run; writes its section of benchmarks/RESULTS.md
 
 Both sides run the same PPOTrainer on the embedded task's prompts with the shipped tokenizer; rounds alternate
-hfgen / Llama so drift hits both. Ratio = Llama time / hfgen time (>= 1.0: hfgen at least as fast).
+hfgen / Llama in ABBA order so a drifting load hits both alike. Ratio = Llama time / hfgen time (>= 1.0: hfgen at
+least as fast).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
+import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+from common import machine, write_section
 
 SECTION = "## PPO step (`benchmarks/ppo.py`)"
 PARTS = ("time/generate_s", "time/score_s", "time/optimise_s")
@@ -97,38 +98,17 @@ def one_run(policy, reward_model, tokenizer, prompts, args, out: str) -> dict[st
     return {part: statistics.median(entry[part] for entry in logs) for part in PARTS}
 
 
-def machine() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace this script's section (its first line) in ``path``, or append it; other sections stay."""
-    title = body.splitlines()[0]
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(title + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + len(title))
-        text = text[:start].rstrip("\n") + "\n\n" + body + ("\n" + text[end:] if end >= 0 else "\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small model and batch, 2 repetitions; writes nothing")
-    parser.add_argument("--repeats", type=int, default=None, help="alternating rounds per side (default 3, quick 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="alternating rounds per side (default 4, quick 2)")
     parser.add_argument("--steps", type=int, default=None, help="timed PPO steps per round (default 3, quick 2)")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts per step (default 16, quick 8)")
     parser.add_argument("--response-length", type=int, default=None, help="tokens per response (32, quick 16)")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    parser.add_argument("--note", default=None, help="a line added under the table (e.g. earlier runs)")
     args = parser.parse_args(argv)
-    args.repeats = args.repeats or (2 if args.quick else 3)
+    args.repeats = args.repeats or (2 if args.quick else 4)
     args.steps = args.steps or (2 if args.quick else 3)
     args.batch_size = args.batch_size or (8 if args.quick else 16)
     args.response_length = args.response_length or (16 if args.quick else 32)
@@ -142,10 +122,16 @@ def main(argv: list[str] | None = None) -> str:
     (policy, reward), (llama_policy, llama_reward) = build_pair(SIZES[size_name], tokenizer)
     prompts = prompt_dataset()
     times = {"hfgen": [], "llama": []}
+    load_before = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"] * 3
     with tempfile.TemporaryDirectory() as out:
-        for _ in range(args.repeats):
-            times["hfgen"].append(one_run(policy, reward, tokenizer, prompts, args, out))
-            times["llama"].append(one_run(llama_policy, llama_reward, tokenizer, prompts, args, out))
+        for round_index in range(args.repeats):
+            # ABBA order: on a shared machine the load drifts, and whichever side always ran second would gain
+            # (or lose) from the drift; alternating who goes first cancels a steady trend.
+            sides = ["hfgen", "llama"] if round_index % 2 == 0 else ["llama", "hfgen"]
+            for side in sides:
+                pair = (policy, reward) if side == "hfgen" else (llama_policy, llama_reward)
+                times[side].append(one_run(*pair, tokenizer, prompts, args, out))
+    load_after = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"] * 3
     rows = []
     for part in (*PARTS, "total"):
         def seconds(side):
@@ -153,17 +139,22 @@ def main(argv: list[str] | None = None) -> str:
         ratios = [(sum(l.values()) if part == "total" else l[part]) / (sum(h.values()) if part == "total" else h[part])
                   for h, l in zip(times["hfgen"], times["llama"])]
         rows.append((part.removeprefix("time/").removesuffix("_s"), seconds("hfgen"), seconds("llama"),
-                     statistics.median(ratios)))
+                     statistics.median(ratios), min(ratios), max(ratios)))
     config = policy.config
     body = "\n".join([
         f"{SECTION}, {'cuda' if torch.cuda.is_available() else 'cpu'}, float32", "",
-        f"{datetime.date.today()} · {machine()} · torch {torch.__version__} · {size_name} decoder "
+        f"{datetime.date.today()} · {machine('cpu')} · torch {torch.__version__} · {size_name} decoder "
         f"({config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}) · batch "
         f"{args.batch_size} · response {args.response_length} tokens · 2 PPO epochs x 2 mini-batches · "
-        f"{args.repeats} alternating rounds of {args.steps} steps, medians · {'quick' if args.quick else 'full'} run",
-        "", "| part of a PPO step | hfgen s | Llama s | Llama / hfgen |", "|---|---:|---:|---:|",
-        *[f"| {name} | {h:.3f} | {l:.3f} | {r:.2f}x |" for name, h, l, r in rows], "",
+        f"{args.repeats} rounds (ABBA order) of {args.steps} steps, medians · "
+        f"{'quick' if args.quick else 'full'} run · "
+        f"load average (1/5/15 min) {' '.join(load_before)} at start, {' '.join(load_after)} at end",
+        "", "| part of a PPO step | hfgen s | Llama s | Llama / hfgen | per-round range |", "|---|---:|---:|---:|---:|",
+        *[f"| {name} | {h:.3f} | {l:.3f} | {r:.2f}x | {lo:.2f}-{hi:.2f}x |" for name, h, l, r, lo, hi in rows], "",
+        f"- command: `python benchmarks/{Path(__file__).name} {' '.join(argv if argv is not None else sys.argv[1:])}`"
+        f" (with OMP_NUM_THREADS=1, nice -n 5).",
         f"- target hfgen >= 1.0x on the total: {'met' if rows[-1][3] >= 1.0 else 'NOT met'} ({rows[-1][3]:.2f}x).",
+        *([f"- {args.note}"] if args.note else []),
     ])
     print(body)
     if not args.quick:

@@ -18,17 +18,14 @@ import argparse
 import datetime
 import gc
 import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
+from common import (CLOCK_HELP, CLOCKS, clock_description, interleaved, machine, measure_peak, paired_ratio, run_probe,
+                    use_clock, write_section)
 from hfgen import HfGenSeq2SeqForConditionalGeneration
 
 VOCAB = 8192
@@ -60,11 +57,6 @@ def batch_of(size: dict, batch: int, device: str, seed: int) -> dict:
             "labels": torch.randint(2, VOCAB, (batch, size["target"]), generator=g).to(device)}
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def train_step(model, batch):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -85,24 +77,9 @@ def generation(model, source, new_tokens):
     return run
 
 
-def interleaved(fns: dict, device: str, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, over ``repeats`` interleaved rounds after one warm-up call."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def throughput_row(what: str, work: int, times: dict, unit: str) -> dict:
     return dict(what=what, t5=work / statistics.median(times["t5"]), hfgen=work / statistics.median(times["hfgen"]),
-                ratio=statistics.median(t / h for t, h in zip(times["t5"], times["hfgen"])), unit=unit,
+                ratio=paired_ratio(times, "t5", "hfgen"), unit=unit,
                 target=TARGET)
 
 
@@ -115,34 +92,14 @@ def memory_probe(spec: dict) -> dict:
     del t5, ours
     gc.collect()
     batch = batch_of(size, spec["batch"], spec["device"], seed=0)
-    step = train_step(model.train(), batch)
-    if spec["device"] == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        return {"peak_bytes": torch.cuda.max_memory_allocated() - before}
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (Linux)
-
-    def status(field):
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
-        return int(line.split()[1]) * 1024
-
-    before = status("VmRSS")
-    step()
-    return {"peak_bytes": status("VmHWM") - before}
+    return {"peak_bytes": measure_peak(train_step(model.train(), batch), spec["device"])[0]}
 
 
 def peak_memory(spec: dict) -> float | None:
     """MiB, or None where it cannot be measured (no /proc on this system)."""
     if spec["device"] == "cpu" and not Path("/proc/self/clear_refs").exists():
         return None
-    # A fixed mmap threshold returns freed large tensors to the system at once: RSS follows the live tensors.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    out = subprocess.run([sys.executable, __file__, "--memory-probe", json.dumps(spec)], capture_output=True,
-                         text=True, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(f"memory probe {spec} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**20
+    return run_probe(__file__, spec)["peak_bytes"] / 2**20
 
 
 # ------------------------------------------------------------------------------------------------- sections
@@ -203,31 +160,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace this script's section for this device (its first line) in ``path``, or append it; every other
-    section (the decoder's, other devices') stays as it is."""
-    title = body.splitlines()[0]
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(title + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + len(title))
-        text = text[:start].rstrip("\n") + "\n\n" + body + ("\n" + text[end:] if end >= 0 else "\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions; writes nothing")
@@ -236,6 +168,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default=None, help=CLOCK_HELP)
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"),
                         help="the Markdown file whose section for this device is replaced (default: RESULTS.md)")
     parser.add_argument("--no-write", action="store_true", help="print only; write no results file")
@@ -246,6 +179,7 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.clock = use_clock(args.clock, args.device)
     args.dtype_name, args.dtype = args.dtype, getattr(torch, args.dtype)
     args.repeats = args.repeats or (2 if args.quick else 5)
     notes: list[str] = []
@@ -255,7 +189,8 @@ def main() -> None:
     body = "\n".join([
         f"{SECTION}, {args.device}, {args.dtype_name}", "",
         f"{datetime.date.today()} · {machine(args.device)} · {args.dtype_name} · torch {torch.__version__} · "
-        f"{args.repeats} interleaved repetitions, medians · {'quick' if args.quick else 'full'} run", "",
+        f"{args.repeats} interleaved repetitions, medians · {'quick' if args.quick else 'full'} run · timed by "
+        f"{clock_description(args.clock)}", "",
         "hfgen with T5-like keys (relative bias, RMSNorm pre-norm, unscaled dot product, ReLU MLP, tied embeddings) "
         "and the weights of `T5ForConditionalGeneration` of the same size (`from_t5`); dropout 0.1 on both; SDPA on "
         "both. hfgen / T5 is the median of per-repetition ratios (robust to drift); each throughput column is the "

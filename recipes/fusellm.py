@@ -6,9 +6,15 @@ continued training on the same tokens, over several seeds, by validation perplex
     python recipes/fusellm.py --output_dir outputs/fusellm
     python recipes/fusellm.py --quick
 
-The corpus' training documents are cut into slices: one per source, one for the target (its pre-training and the
-continued training). Sources get byte-level BPE tokenizers of different sizes trained on their own slice; the
-target uses hfgen's shipped tokenizer. Loss of the fused runs: lambda * CLM + (1 - lambda) * fusion (Wan et al.).
+The corpus' training documents (reference manual + standard-library docstrings, about 457k target tokens) are
+cut into disjoint slices: one per source, one for the target's pre-training, one for the continued training.
+Sources get byte-level BPE tokenizers of different sizes trained on their own slice; the target uses hfgen's
+shipped tokenizer. Loss of the fused runs: lambda * CLM + (1 - lambda) * fusion (Wan et al.).
+
+The comparison is kept honest: every method sees the same continued-training blocks in the same order, each block
+once (one epoch: no repeated tokens to memorise); early stopping picks the checkpoint by perplexity on one half of
+the validation documents' blocks ("dev"), and the other half ("test") is what is reported. Sources and the target are
+also compared in bits per character, which does not depend on the tokenizer.
 """
 
 from __future__ import annotations
@@ -39,15 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source_vocab_sizes", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--source_steps", type=int, default=300)
-    parser.add_argument("--target_pretrain_steps", type=int, default=100)
-    parser.add_argument("--continue_steps", type=int, default=100)
+    parser.add_argument("--target_pretrain_steps", type=int, default=300)
+    parser.add_argument("--continue_steps", type=int, default=None,
+                        help="default: one epoch over the continued-training slice (each block once)")
     parser.add_argument("--block_size", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--lam", type=float, default=0.9, help="lambda: weight of the CLM loss (FuseLLM: 0.9)")
     parser.add_argument("--top_k", type=int, default=10)
-    parser.add_argument("--fusion_blocks", type=int, default=96, help="continued-training blocks (same for all)")
+    parser.add_argument("--continue_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--eval_every", type=int, default=20, help="steps between dev evaluations (early stopping)")
+    parser.add_argument("--eval_blocks", type=int, default=128, help="dev blocks and test blocks (each)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--topics_only", action="store_true",
+                        help="only the reference manual (no standard-library docstrings): a quarter of the tokens")
     parser.add_argument("--quick", action="store_true", help="tiny settings: proves the pipeline runs")
     return parser
 
@@ -88,6 +99,18 @@ def perplexity(model, blocks: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def bits_per_character(model, tokenizer, blocks: torch.Tensor) -> float:
+    """Total next-token loss (bits) over the predicted tokens' characters: comparable across tokenizers."""
+    model.eval()
+    bits, characters = 0.0, 0
+    for i in range(0, len(blocks), 16):
+        batch = blocks[i:i + 16]
+        bits += model(input_ids=batch, labels=batch).loss.item() * batch[:, 1:].numel() / math.log(2)
+        characters += sum(len(tokenizer.decode(row[1:])) for row in batch)
+    return bits / characters
+
+
+@torch.no_grad()
 def source_distributions(sources: list[SourceModel], target_tokenizer, blocks: torch.Tensor, top_k: int) -> list:
     """Per source, per block: the aligned distributions on the target's tokens, as dense [T-1, V] in float16."""
     out = []
@@ -105,12 +128,18 @@ def source_distributions(sources: list[SourceModel], target_tokenizer, blocks: t
     return out
 
 
-def continue_training(model, blocks, distributions, method: str, args, seed: int) -> None:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in tqdm(range(args.continue_steps), desc=method):
-        index = torch.randint(len(blocks), (args.batch_size,), generator=generator)
+def continue_training(model, blocks, distributions, method: str, args, seed: int, dev: torch.Tensor,
+                      steps: int) -> dict:
+    """One pass over ``blocks`` in a seeded order (the same for every method), ``args.batch_size`` blocks a step.
+    Early stopping: the state with the lowest dev perplexity (checked every ``eval_every`` steps) is restored.
+    Returns the dev curve and the step kept."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.continue_learning_rate)
+    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
+    best = (perplexity(model, dev), 0, {k: v.clone() for k, v in model.state_dict().items()})
+    curve = [(0, best[0])]
+    for step in tqdm(range(1, steps + 1), desc=method):
+        model.train()
+        index = order[(step - 1) * args.batch_size:step * args.batch_size]
         batch = blocks[index]
         logits = model(input_ids=batch).logits[:, :-1]
         labels = batch[:, 1:]
@@ -124,43 +153,87 @@ def continue_training(model, blocks, distributions, method: str, args, seed: int
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        if step % args.eval_every == 0 or step == steps:
+            dev_perplexity = perplexity(model, dev)
+            curve.append((step, dev_perplexity))
+            if dev_perplexity < best[0]:
+                best = (dev_perplexity, step, {k: v.clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[2])
+    return {"dev_curve": curve, "best_step": best[1]}
+
+
+def plot_dev_curves(summary: dict, path: str) -> str:
+    """Dev perplexity during continued training, one line per method and seed (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    styles = {"clm": ("tab:blue", "-"), "min_ce": ("tab:orange", "--"), "avg_ce": ("tab:green", ":")}
+    for method in METHODS:
+        colour, style = styles[method]
+        for seed, curve in enumerate(summary[method]["dev_curves"]):
+            steps, values = zip(*curve)
+            ax.plot(steps, values, color=colour, linestyle=style, alpha=0.8, label=method if seed == 0 else None)
+    ax.set_xlabel("continued-training step")
+    ax.set_ylabel("dev perplexity")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.quick:
-        args.source_steps, args.target_pretrain_steps, args.continue_steps = 20, 10, 10
-        args.fusion_blocks, args.seeds, args.source_vocab_sizes = 16, [0], [512, 1024]
+        args.source_steps, args.target_pretrain_steps, args.continue_steps = 20, 10, 6
+        args.eval_every, args.eval_blocks, args.seeds, args.source_vocab_sizes = 3, 8, [0], [512, 1024]
+        args.topics_only, args.batch_size = True, 4
     os.makedirs(args.output_dir, exist_ok=True)
-    corpus = load_corpus()
+    corpus = load_corpus(include_docstrings=not args.topics_only)
     documents = corpus["train"]["text"]
-    slices = [documents[i::len(args.source_vocab_sizes) + 1] for i in range(len(args.source_vocab_sizes) + 1)]
+    parts = len(args.source_vocab_sizes) + 2  # sources, target pre-training, continued training
+    slices = [documents[i::parts] for i in range(parts)]
     target_tokenizer = load_tokenizer()
-    sources = []
+    validation = blocks_of(corpus["validation"]["text"], target_tokenizer, args.block_size)
+    dev, test = validation[0::2][:args.eval_blocks], validation[1::2][:args.eval_blocks]
+    test_text = [target_tokenizer.decode(block) for block in test]
+    sources, report = [], {}
     for k, vocab_size in enumerate(args.source_vocab_sizes):
         tokenizer = train_tokenizer(slices[k], vocab_size=vocab_size)
         model = lm(len(tokenizer), args.hidden_size, tokenizer, seed=100 + k)
         train_clm(model, blocks_of(slices[k], tokenizer, args.block_size), args.source_steps, args, 100 + k,
                   f"source {k} (vocab {vocab_size})")
         sources.append(SourceModel(model, tokenizer))
-    target_blocks = blocks_of(slices[-1], target_tokenizer, args.block_size)
-    fusion_blocks = target_blocks[:args.fusion_blocks]
-    validation = blocks_of(corpus["validation"]["text"], target_tokenizer, args.block_size)[:64]
-    source_ppl = {}
-    for k, source in enumerate(sources):
-        source_ppl[f"source_{k}_validation_perplexity_own_tokens"] = perplexity(
-            source.model, blocks_of(corpus["validation"]["text"], source.tokenizer, args.block_size)[:64])
-    distributions = source_distributions(sources, target_tokenizer, fusion_blocks, args.top_k)
-    results = {method: [] for method in METHODS}
+        report[f"source_{k}_test_bits_per_character"] = bits_per_character(
+            model, tokenizer, blocks_of(test_text, tokenizer, args.block_size))
+    pretrain_blocks = blocks_of(slices[-2], target_tokenizer, args.block_size)
+    continue_blocks = blocks_of(slices[-1], target_tokenizer, args.block_size)
+    steps = args.continue_steps or len(continue_blocks) // args.batch_size
+    if steps * args.batch_size > len(continue_blocks):
+        raise ValueError(f"--continue_steps {steps} x --batch_size {args.batch_size} needs {steps * args.batch_size} "
+                         f"blocks; the continued-training slice has {len(continue_blocks)} (one epoch, no repeats).")
+    continue_blocks = continue_blocks[:steps * args.batch_size]
+    report.update(continued_training_steps=steps, continued_training_tokens=continue_blocks.numel(),
+                  tokens_per_step=args.batch_size * args.block_size)
+    distributions = source_distributions(sources, target_tokenizer, continue_blocks, args.top_k)
+    results = {method: [] for method in ("before_continued_training", *METHODS)}
+    details = {method: [] for method in METHODS}
     for seed in args.seeds:
         base = lm(len(target_tokenizer), args.hidden_size, target_tokenizer, seed)
-        train_clm(base, target_blocks, args.target_pretrain_steps, args, seed, f"target pre-training (seed {seed})")
+        train_clm(base, pretrain_blocks, args.target_pretrain_steps, args, seed, f"target pre-training (seed {seed})")
         state = {k: v.clone() for k, v in base.state_dict().items()}
-        results.setdefault("before_continued_training", []).append(perplexity(base, validation))
+        results["before_continued_training"].append(perplexity(base, test))
+        if seed == args.seeds[0]:
+            report["target_test_bits_per_character_before"] = bits_per_character(base, target_tokenizer, test)
         for method in METHODS:
             base.load_state_dict(state)
-            continue_training(base, fusion_blocks, distributions, method, args, seed)
-            results[method].append(perplexity(base, validation))
+            details[method].append(continue_training(base, continue_blocks, distributions, method, args, seed, dev,
+                                                     steps))
+            results[method].append(perplexity(base, test))
     # The last fused target (AvgCE, last seed), saved Hub-loadable with its tokenizer and reloaded.
     path = os.path.join(args.output_dir, "target_avg_ce")
     base.save_pretrained(path)
@@ -170,9 +243,17 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad():
         identical = torch.equal(base(input_ids=validation[:2]).logits, reloaded(input_ids=validation[:2]).logits)
     print(f"saved {path}; identical logits: {identical}")
-    summary = {name: {"mean": statistics.mean(v), "std": statistics.pstdev(v), "per_seed": v}
-               for name, v in results.items()}
-    summary.update(source_ppl)
+    summary = {name: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+                      "min": min(v), "max": max(v), "per_seed": v} for name, v in results.items()}
+    for method in METHODS:
+        summary[method]["best_step"] = [d["best_step"] for d in details[method]]
+        summary[method]["dev_curves"] = [d["dev_curve"] for d in details[method]]
+    for method in ("min_ce", "avg_ce"):  # paired by seed: same target, same blocks, same order
+        differences = [a - b for a, b in zip(results[method], results["clm"])]
+        summary[f"{method}_minus_clm"] = {"mean": statistics.mean(differences), "per_seed": differences,
+                                         "std": statistics.stdev(differences) if len(differences) > 1 else 0.0}
+    summary.update(report)
+    plot_dev_curves(summary, os.path.join(args.output_dir, "dev_perplexity.png"))
     summary["identical_logits_after_reload"] = identical
     for name, value in summary.items():
         print(name, value)

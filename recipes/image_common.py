@@ -17,7 +17,7 @@ from hfgen.data.images import DATASETS, ImageSplit, load_images, save_image_grid
 from hfgen.diffusion import HfGenDigitClassifier, classifier_accuracy, evaluate_samples, train_digit_classifier
 
 METRIC_COLUMNS = ("fd", "fd_real_floor", "confident_fraction", "nonfinite_fraction", "class_entropy",
-                  "classes_covered", "max_class_share")
+                  "classes_covered", "max_class_share", "conditional_accuracy")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,8 +51,11 @@ def get_classifier(args, split: ImageSplit) -> HfGenDigitClassifier:
     return classifier
 
 
-def report(args, name: str, split: ImageSplit, samples: torch.Tensor | None, extra: dict | None = None) -> dict:
-    """Measure ``samples`` (``[-1, 1]``), write ``samples.png``, ``metrics.json`` and ``metrics.md``."""
+def report(args, name: str, split: ImageSplit, samples: torch.Tensor | None, extra: dict | None = None,
+           sample_labels: torch.Tensor | None = None) -> dict:
+    """Measure ``samples`` (``[-1, 1]``), write ``samples.png``, ``metrics.json`` and ``metrics.md``. With
+    ``sample_labels`` (the digit each sample of a conditional model was asked for) also ``conditional_accuracy``:
+    the fraction the classifier labels as requested (0.1 = the condition is ignored)."""
     os.makedirs(args.output_dir, exist_ok=True)
     metrics = {"model": name, "dataset": args.dataset, "image_size": args.image_size, **(extra or {})}
     if samples is not None and len(samples):
@@ -62,6 +65,10 @@ def report(args, name: str, split: ImageSplit, samples: torch.Tensor | None, ext
             metrics["classifier_accuracy"] = classifier_accuracy(classifier, split.test_images, split.test_labels)
             metrics.update(evaluate_samples(classifier, samples.float(), split.test_images,
                                             split.train_images[:len(samples)]))
+            if sample_labels is not None:
+                finite = torch.isfinite(samples).flatten(1).all(1)
+                metrics["conditional_accuracy"] = classifier_accuracy(classifier, samples[finite].float(),
+                                                                      sample_labels[finite])
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as handle:
         json.dump(metrics, handle, indent=2)
     keys = [k for k in (*METRIC_COLUMNS, "bits_per_dim", "elbo_per_dim") if k in metrics]

@@ -5,12 +5,23 @@ guidance) on the shipped digits with Accelerate, and save a Hub-loadable HfGenDi
     python recipes/train_diffusion.py --output_dir outputs/diffusion --max_train_steps 3000
     python recipes/train_diffusion.py --model dit --conditioning class --guidance_scale 2 --scheduler ddim
     python recipes/train_diffusion.py --vae outputs/vae/vae      # latent diffusion in a trained VAE's space
+    python recipes/train_diffusion.py --conditioning text --guidance_scale 2   # captions through an hfgen encoder
     accelerate launch recipes/train_diffusion.py --mixed_precision bf16 --dataset mnist --image_size 16
 
 Follows diffusers' ``examples/unconditional_image_generation/train_unconditional.py``: noise-prediction MSE at
 uniformly drawn timesteps (DDPM's simplified objective), AdamW with warm-up + cosine decay, EMA weights
 (``EMAModel``) used for sampling and saving, a sample grid every ``--save_images_steps``. Finally the EMA pipeline
 is saved, samples are drawn with ``--scheduler`` and measured (hfgen.diffusion.quality).
+
+Conditioning: ``none``; ``class`` (the digit's label; a "no label" class for guidance); ``text``: the caption of
+the digit ("a handwritten seven", ``hfgen.data.captions``) encoded by an hfgen encoder (``--text_encoder``: a saved
+encoder folder with its tokenizer, e.g. from ``recipes/pretrain_masked_lm.py``; default a freshly initialised,
+seeded ``HfGenEncoderModel`` with the shipped tokenizer), kept frozen as Stable Diffusion keeps its text encoder;
+the denoiser cross-attends to its ``last_hidden_state``. For classifier-free guidance (Ho & Salimans 2022) the
+condition is dropped with probability ``--class_dropout`` (label -> "no label"; caption -> an all-zero text mask,
+which the denoiser treats exactly as no text). The saved pipeline holds the encoder and tokenizer, so it generates
+from a prompt: ``pipe(prompt="a handwritten three", guidance_scale=2)``. Conditional models also report
+``conditional_accuracy``: the fraction of samples the measuring classifier labels as the requested digit.
 """
 
 from __future__ import annotations
@@ -28,10 +39,14 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from image_common import add_common_arguments, load_split, report  # noqa: E402
 
+from hfgen import HfGenEncoderConfig, HfGenEncoderModel  # noqa: E402
+from hfgen.data.captions import caption  # noqa: E402
+from hfgen.data.encoder_tokenizer import load_encoder_tokenizer  # noqa: E402
 from hfgen.data.images import save_image_grid  # noqa: E402
 from hfgen.diffusion import (  # noqa: E402
     SCHEDULERS,
@@ -49,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(parser)
     model = parser.add_argument_group("denoiser")
     model.add_argument("--model", choices=("unet", "dit"), default="unet")
-    model.add_argument("--conditioning", choices=("none", "class"), default="class")
+    model.add_argument("--conditioning", choices=("none", "class", "text"), default="class")
+    model.add_argument("--text_encoder", default=None,
+                       help="--conditioning text: a saved hfgen encoder folder with its tokenizer (default: a fresh "
+                            "seeded HfGenEncoderModel, hidden 64, 2 layers, with the shipped tokenizer)")
     model.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64], help="UNet levels")
     model.add_argument("--layers_per_block", type=int, default=1)
     model.add_argument("--hidden_size", type=int, default=64, help="DiT width")
@@ -69,20 +87,59 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr_warmup_steps", type=int, default=100)
     train.add_argument("--ema_decay", type=float, default=0.999)
     train.add_argument("--class_dropout", type=float, default=0.1,
-                       help="probability of training on the 'no label' class (classifier-free guidance)")
+                       help="probability of training without the condition: the 'no label' class or no caption "
+                            "(classifier-free guidance)")
     train.add_argument("--save_images_steps", type=int, default=500, help="sample grid every N steps (0: never)")
     sample = parser.add_argument_group("sampling")
     sample.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="ddim")
     sample.add_argument("--num_inference_steps", type=int, default=50)
-    sample.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (class models)")
+    sample.add_argument("--guidance_scale", type=float, default=None,
+                        help="classifier-free guidance (class or text models)")
     return parser
 
 
-def build_denoiser(args, num_classes: int, sample_size: int, channels: int):
+def build_text_encoder(args):
+    """The frozen text encoder and its tokenizer (``--text_encoder`` or a fresh seeded hfgen encoder)."""
+    if args.text_encoder:
+        tokenizer = AutoTokenizer.from_pretrained(args.text_encoder)
+        encoder = AutoModel.from_pretrained(args.text_encoder)
+    else:
+        tokenizer = load_encoder_tokenizer()
+        torch.manual_seed(args.seed)
+        encoder = HfGenEncoderModel(HfGenEncoderConfig(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, pad_token_id=tokenizer.pad_token_id))
+    return encoder.eval().requires_grad_(False), tokenizer
+
+
+@torch.no_grad()
+def caption_states(encoder, tokenizer, num_classes: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder states ``[classes, K, D]`` and padding masks ``[classes, K]`` of every digit's caption, computed
+    once (the encoder is frozen); a batch then indexes them by label."""
+    batch = tokenizer([caption(label) for label in range(num_classes)], padding=True, return_tensors="pt")
+    mask = batch["attention_mask"]
+    states = encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
+    return states.to(device), mask.to(device)
+
+
+def condition_kwargs(args, labels: torch.Tensor, num_classes: int, captions) -> dict:
+    """The denoiser's condition for a batch, dropped with probability ``--class_dropout`` per sample."""
+    if args.conditioning == "none":
+        return {}
+    dropped = torch.rand(labels.shape, device=labels.device) < args.class_dropout
+    if args.conditioning == "class":
+        return {"class_labels": labels.masked_fill(dropped, num_classes)}
+    states, mask = captions
+    return {"encoder_hidden_states": states[labels],
+            "encoder_attention_mask": mask[labels].masked_fill(dropped[:, None], 0)}
+
+
+def build_denoiser(args, num_classes: int, sample_size: int, channels: int, cross_attention_dim: int | None = None):
     common = dict(sample_size=sample_size, in_channels=channels, out_channels=channels,
                   num_attention_heads=args.num_attention_heads, softmax_variant=args.softmax_variant,
                   attention_scoring=args.attention_scoring,
-                  num_class_embeds=num_classes if args.conditioning == "class" else None)
+                  num_class_embeds=num_classes if args.conditioning == "class" else None,
+                  cross_attention_dim=cross_attention_dim)
     if args.model == "unet":
         levels = len(args.block_out_channels)
         return HfGenUNet2DModel(block_out_channels=tuple(args.block_out_channels),
@@ -95,14 +152,18 @@ def build_denoiser(args, num_classes: int, sample_size: int, channels: int):
 
 @torch.no_grad()
 def sample_images(pipe, args, count: int, seed: int) -> torch.Tensor:
-    """``count`` images in ``[-1, 1]``, class labels cycling 0..9 for a class model."""
+    """``count`` images in ``[-1, 1]``; a conditional model is asked for the digits 0..9 in turn (by label or by
+    caption)."""
     images = []
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, count, 250):
         n = min(250, count - start)
         kwargs = {"batch_size": n}
+        labels = [(start + i) % 10 for i in range(n)]
         if args.conditioning == "class":
-            kwargs = {"class_labels": [(start + i) % 10 for i in range(n)], "guidance_scale": args.guidance_scale}
+            kwargs = {"class_labels": labels, "guidance_scale": args.guidance_scale}
+        elif args.conditioning == "text":
+            kwargs = {"prompt": [caption(label) for label in labels], "guidance_scale": args.guidance_scale}
         out = pipe(generator=generator, num_inference_steps=args.num_inference_steps, output_type="pt", **kwargs)
         images.append(out.images.cpu() * 2 - 1)
     return torch.cat(images)
@@ -110,8 +171,10 @@ def sample_images(pipe, args, count: int, seed: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    if args.guidance_scale is not None and args.conditioning != "class":
-        raise ValueError("--guidance_scale needs --conditioning class.")
+    if args.guidance_scale is not None and args.conditioning == "none":
+        raise ValueError("--guidance_scale needs a conditional model: --conditioning class or text.")
+    if args.text_encoder and args.conditioning != "text":
+        raise ValueError("--text_encoder is only used with --conditioning text.")
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     split = load_split(args)
@@ -123,7 +186,13 @@ def main(argv: list[str] | None = None) -> dict:
         vae.register_to_config(scaling_factor=float(1.0 / train_images.std()))
         train_images = train_images * vae.config.scaling_factor
         vae.to(accelerator.device)
-    model = build_denoiser(args, split.num_classes, train_images.shape[-1], train_images.shape[1])
+    text_encoder = tokenizer = captions = None
+    if args.conditioning == "text":
+        text_encoder, tokenizer = build_text_encoder(args)
+        captions = caption_states(text_encoder, tokenizer, split.num_classes, accelerator.device)
+        text_encoder.to(accelerator.device)
+    model = build_denoiser(args, split.num_classes, train_images.shape[-1], train_images.shape[1],
+                           text_encoder.config.hidden_size if text_encoder is not None else None)
     noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=1e-4)
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, args.lr_warmup_steps, args.max_train_steps)
@@ -138,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
         unet = accelerator.unwrap_model(model)
         ema.store(unet.parameters())
         ema.copy_to(unet.parameters())
-        pipe = HfGenDiffusionPipeline(unet=unet, scheduler=noise_scheduler, vae=vae)
+        pipe = HfGenDiffusionPipeline(unet=unet, scheduler=noise_scheduler, vae=vae, text_encoder=text_encoder,
+                                      tokenizer=tokenizer)
         pipe.set_scheduler(args.scheduler)
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -150,10 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
             noise = torch.randn_like(images)
             timesteps = torch.randint(0, args.num_train_timesteps, (images.shape[0],), device=images.device)
             noisy = noise_scheduler.add_noise(images, noise, timesteps)
-            kwargs = {}
-            if args.conditioning == "class":
-                dropped = torch.rand(labels.shape, device=labels.device) < args.class_dropout
-                kwargs["class_labels"] = labels.masked_fill(dropped, split.num_classes)
+            kwargs = condition_kwargs(args, labels, split.num_classes, captions)
             with accelerator.accumulate(model), accelerator.autocast():
                 loss = F.mse_loss(model(noisy, timesteps, **kwargs).sample.float(), noise.float())
                 accelerator.backward(loss)
@@ -182,9 +249,13 @@ def main(argv: list[str] | None = None) -> dict:
         samples = sample_images(pipe, args, args.num_eval_samples, args.seed + 1) if args.num_eval_samples else None
         tail = losses[-50:]
         name = f"{'latent-' if vae is not None else ''}diffusion-{args.model}-{args.conditioning}"
-        metrics = report(args, name, split, samples,
-                         {"train_loss_last50": sum(tail) / len(tail), "steps": step, "scheduler": args.scheduler,
-                          "num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale})
+        requested = None
+        if samples is not None and args.conditioning != "none":
+            requested = torch.arange(len(samples)) % 10
+        metrics = report(args, name, split, samples, sample_labels=requested,
+                         extra={"train_loss_last50": sum(tail) / len(tail), "steps": step, "scheduler": args.scheduler,
+                                "num_inference_steps": args.num_inference_steps,
+                                "guidance_scale": args.guidance_scale})
     accelerator.end_training()
     return metrics
 

@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"validation_perplexity": perplexity(model, domains.text_validation),
                "caption_accuracy": caption_accuracy(model, domains, args.eval_images),
                **evaluate_policies(model, episodes=args.eval_episodes)}
+    # Chance level of the captions: always the training set's most frequent digit.
+    most_frequent = int(domains.images.train_labels.bincount().argmax())
+    results["caption_chance"] = float((domains.images.test_labels[:args.eval_images] == most_frequent).float().mean())
     model.save_pretrained(os.path.join(args.output_dir, "model"))
     reloaded = HfGenGatoForCausalLM.from_pretrained(os.path.join(args.output_dir, "model")).eval()
     probe = domains.control()

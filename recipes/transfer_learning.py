@@ -4,9 +4,13 @@ corruption on the Python reference manual (the labelled task's test paragraphs h
 the same architecture from scratch, with the same budget, on growing numbers of labelled paragraphs (which part
 of the Python documentation a paragraph comes from). Writes results.json, results.md and accuracy_vs_examples.png.
 
-    python recipes/transfer_learning.py                              # defaults: a few minutes on 2 CPU cores
+    python recipes/transfer_learning.py                              # defaults: both families, 3 seeds
     python recipes/transfer_learning.py recipes/configs/transfer_tiny.yaml --train_sizes 50,all
     python recipes/transfer_learning.py --families encoder --pretrained_dirs encoder=outputs/mlm_tiny
+    python recipes/transfer_learning.py --merge_from outputs/a,outputs/b --output_dir outputs/transfer
+
+Fine-tuning runs are reported as mean +- standard deviation over --finetune_seeds. Families or seeds may run as
+separate processes (each with its own --output_dir); --merge_from combines their results into one table and plot.
 
 A YAML file (first argument) gives values for any of the flags below; flags after it override them.
 """

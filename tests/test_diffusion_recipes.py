@@ -105,3 +105,57 @@ def test_latent_diffusion_in_a_trained_vae(tmp_path, classifier_dir):
     assert pipe.vae.config.scaling_factor != 1.0
     pipe.set_progress_bar_config(disable=True)
     assert pipe(num_inference_steps=2, output_type="pt").images.shape == (1, 1, 8, 8)
+
+
+def test_train_diffusion_text_conditional(tmp_path, classifier_dir):
+    """Captions through a frozen hfgen encoder, caption dropout, guided sampling from prompts; the saved pipeline
+    holds the encoder and tokenizer and generates from a prompt, guidance 1 being the plain conditional."""
+    metrics = load_recipe("train_diffusion").main(
+        common(tmp_path, classifier_dir) + ["--conditioning", "text", "--block_out_channels", "8", "16",
+                                            "--num_inference_steps", "2", "--guidance_scale", "2.0"])
+    check_outputs(tmp_path, metrics)
+    assert metrics["model"] == "diffusion-unet-text" and 0.0 <= metrics["conditional_accuracy"] <= 1.0
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipeline", trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe.text_encoder).__name__ == "HfGenEncoderModel"
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    run = dict(prompt=["a handwritten three", "a handwritten seven"], num_inference_steps=2, output_type="pt")
+    plain = pipe(generator=torch.Generator().manual_seed(0), **run).images
+    guided_1 = pipe(generator=torch.Generator().manual_seed(0), guidance_scale=1.0, **run).images
+    guided_4 = pipe(generator=torch.Generator().manual_seed(0), guidance_scale=4.0, **run).images
+    assert plain.shape == (2, 1, 8, 8) and torch.allclose(plain, guided_1, atol=1e-5)
+    assert not torch.allclose(plain, guided_4, atol=1e-4)
+
+
+def test_train_diffusion_rejects_inconsistent_flags(tmp_path):
+    recipe = load_recipe("train_diffusion")
+    with pytest.raises(ValueError, match="--guidance_scale needs a conditional model"):
+        recipe.main(["--output_dir", str(tmp_path), "--conditioning", "none", "--guidance_scale", "2"])
+    with pytest.raises(ValueError, match="--text_encoder is only used with --conditioning text"):
+        recipe.main(["--output_dir", str(tmp_path), "--text_encoder", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_text_conditioning_steers_samples_to_the_prompted_digit(tmp_path):
+    """A short text-conditional training run (about 35 min on a loaded 2-core machine): the samples for
+    "a handwritten <digit>" are labelled as that digit by the measuring classifier far above chance (0.1), and
+    classifier-free guidance changes them. (Measured once: 0.955 without guidance, 0.615 with scale 3 -- at 8x8 a
+    strong scale over-saturates the pixels, so "guidance raises the accuracy" is not asserted.)"""
+    data = load_images("digits")
+    classifier = train_digit_classifier(data.train_images, data.train_labels, steps=600)
+    classifier.save_pretrained(tmp_path / "classifier")
+    recipe = load_recipe("train_diffusion")
+    recipe.main(["--output_dir", str(tmp_path), "--conditioning", "text", "--max_train_steps", "1500",
+                 "--block_out_channels", "32", "64", "--save_images_steps", "0", "--num_eval_samples", "0",
+                 "--class_dropout", "0.2", "--classifier", str(tmp_path / "classifier")])
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipeline", trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    from hfgen.data.captions import caption
+    labels = torch.arange(200) % 10
+    accuracy = {}
+    for scale in (None, 3.0):
+        images = pipe(prompt=[caption(int(label)) for label in labels], guidance_scale=scale, num_inference_steps=25,
+                      generator=torch.Generator().manual_seed(0), output_type="pt").images * 2 - 1
+        with torch.no_grad():
+            accuracy[scale] = (classifier(images).argmax(-1) == labels).float().mean().item()
+    assert accuracy[None] > 0.5 and accuracy[3.0] > 0.3 and accuracy[3.0] != accuracy[None], accuracy

@@ -90,3 +90,27 @@ def test_source_models_need_tokenizers():
         SourceModel(model=torch.nn.Linear(1, 1), tokenizer=None)
     with pytest.raises(ValueError, match="source model's tokenizer"):
         VocabularyMap(None, load_tokenizer())
+
+
+def test_vocabulary_map_equals_a_scan_of_the_whole_target_vocabulary():
+    """The pruned nearest-token search gives the token a full scan gives: minimum of (length difference > 3, edit
+    distance, target id)."""
+    from hfgen.data.tokenizer import train_tokenizer
+
+    target = load_tokenizer()
+    source = train_tokenizer(["def f(x):\n    return x ** 2  # squares\n", "zqxj wvvk ünïcødé"] * 20, vocab_size=300)
+    vocab_map = VocabularyMap(source, target)
+    vocabulary = target.get_vocab()
+    tokens = sorted(vocabulary, key=vocabulary.get)
+    checked = 0
+    for source_id in range(len(source)):
+        token = source.convert_ids_to_tokens(source_id)
+        if token in vocabulary:
+            assert vocab_map(source_id) == vocabulary[token]
+            continue
+        best = min(tokens, key=lambda t: (abs(len(t) - len(token)) > 3, edit_distance(token, t), vocabulary[t]))
+        assert vocab_map(source_id) == vocabulary[best], token
+        checked += 1
+        if checked == 4:  # a full scan costs a second per token
+            break
+    assert checked == 4

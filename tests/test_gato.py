@@ -143,3 +143,52 @@ def test_policy_evaluation_runs_the_model():
     results = evaluate_policies(tiny_gato(), episodes=3)
     assert set(results) == {"expert_return", "random_return", "model_return"}
     assert results["expert_return"] > 0
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_rows_equal_rows_alone(side):
+    """Rows of different lengths and modalities (image + text, a control episode, text), padded into one batch with an
+    attention mask: each row's logits at its real tokens equal the logits of the row run alone, and greedy
+    generation from a left-padded batch equals generation row by row."""
+    model = tiny_gato()
+    c = model.config
+    env = GridWorld(seed=1)
+    _, history = run_episode(env, lambda o, h: expert_action(o))
+    episode_ids, episode_modality, _ = episode_tokens(c, history[:2])
+    rows = [
+        ([c.image_token_id] * c.num_patches + [5, 6, 7], None, torch.randn(1, 1, 8, 8)),
+        (episode_ids, episode_modality, None),
+        ([9, 10, 11, 12, 13, 14, 15], None, None),
+    ]
+    length = max(len(ids) for ids, _, _ in rows)
+    ids_batch, modality_batch, mask = [], [], []
+    for ids, modality, _ in rows:
+        modality = modality if modality is not None else model.default_modality_ids(torch.tensor([ids]))[0].tolist()
+        pad = length - len(ids)
+        if side == "left":
+            ids_batch.append([c.pad_token_id] * pad + list(ids))
+            modality_batch.append([0] * pad + list(modality))
+            mask.append([0] * pad + [1] * len(ids))
+        else:
+            ids_batch.append(list(ids) + [c.pad_token_id] * pad)
+            modality_batch.append(list(modality) + [0] * pad)
+            mask.append([1] * len(ids) + [0] * pad)
+    ids_batch, modality_batch, mask = map(torch.tensor, (ids_batch, modality_batch, mask))
+    pixel_values = torch.cat([x for _, _, x in rows if x is not None])
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)  # what generate() derives from the mask
+    with torch.no_grad():
+        batched = model(input_ids=ids_batch, pixel_values=pixel_values, modality_ids=modality_batch,
+                        attention_mask=mask, position_ids=position_ids).logits
+        for row, (ids, modality, x) in enumerate(rows):
+            alone = model(input_ids=torch.tensor([ids]), pixel_values=x,
+                          modality_ids=None if modality is None else torch.tensor([modality])).logits[0]
+            torch.testing.assert_close(batched[row][mask[row].bool()], alone, rtol=1e-5, atol=1e-5)
+    if side == "left":  # generation from the padded batch (text and image rows; modality ids follow the token ids)
+        kwargs = dict(max_new_tokens=4, do_sample=False, suppress_tokens=[c.image_token_id])
+        keep = [0, 2]
+        generated = model.generate(input_ids=ids_batch[keep], attention_mask=mask[keep], pixel_values=pixel_values,
+                                   **kwargs)[:, length:]
+        for out, row in zip(generated, keep):
+            ids, _, x = rows[row]
+            alone = model.generate(input_ids=torch.tensor([ids]), pixel_values=x, **kwargs)[0, len(ids):]
+            assert torch.equal(out, alone)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import StaticCache
 
 from conftest import build, load_hfgen_tokenizer, random_ids, tiny_config
 from hfgen import HfGenDecoderForCausalLM
@@ -123,6 +124,26 @@ def test_bad_input(model):
         compress_prompt(model, ids, GIST)
     with pytest.raises(ValueError, match=r"one prompt"):
         compress_prompt(model, torch.cat((ids, ids)), GIST)
+    _, position = compress_prompt(model, ids[:, :5], GIST)
+    with pytest.raises(ValueError, match=r"DynamicCache that compress_prompt returns, not a StaticCache"):
+        decode_from_gist(model, StaticCache(config=model.config, max_cache_len=16), position, ids[:, 5:])
+
+
+def test_models_without_a_key_value_cache_are_refused():
+    """Cache types a model cannot use: RetNet keeps a recurrent state (nothing to cut the gist out of); an
+    encoder-decoder has its own gist path."""
+    from hfgen import HfGenRetNetConfig, HfGenRetNetForCausalLM, HfGenSeq2SeqConfig
+    from hfgen import HfGenSeq2SeqForConditionalGeneration
+
+    ids = with_gist(3, 0)
+    retnet = HfGenRetNetForCausalLM(HfGenRetNetConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+                                                      num_hidden_layers=1, num_attention_heads=2))
+    with pytest.raises(ValueError, match=r"HfGenRetNetForCausalLM keeps no keys and values per token"):
+        compress_prompt(retnet, ids, GIST)
+    seq2seq = HfGenSeq2SeqForConditionalGeneration(HfGenSeq2SeqConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))
+    with pytest.raises(ValueError, match=r"encoder-decoder: use hfgen.models.gist_seq2seq"):
+        compress_prompt(seq2seq, ids, GIST)
 
 
 def test_training_mode_is_checked():

@@ -139,6 +139,19 @@ def test_card_promising_a_missing_tokenizer(server, copy_of):
     expect_refusal(server, copy_of, "loads a tokenizer .* but the folder has none")
 
 
+def test_card_promising_a_missing_processor(server, tmp_path):
+    """A VLM folder with its tokenizer but without the processor its card loads (AutoProcessor)."""
+    from hfgen.data.captions import vlm_tokenizer
+    from test_vlm_hub import tiny_vlm
+
+    tokenizer = vlm_tokenizer()
+    model = tiny_vlm(tokenizer, "projection")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    write_model_card(tmp_path, model.config, {}, task="image-text-to-text", has_tokenizer=True)
+    expect_refusal(server, tmp_path, "loads a processor .* no processor_config.json")
+
+
 def test_empty_commit_message(server, saved):
     expect_refusal(server, saved, "commit message is empty", commit_message="  ")
 

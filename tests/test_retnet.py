@@ -292,6 +292,9 @@ def test_bad_cache_types(model):
         model.generate(ids, cache=DynamicCache(), **GREEDY)
     with pytest.raises(ValueError, match=r"cannot be cropped"):
         HfGenRetNetCache(model.config).crop(1)
+    # assisted decoding crops the cache after rejected drafts: refused up front (a stateful model)
+    with pytest.raises(ValueError, match=r"assisted generation is not supported with stateful models"):
+        model.generate(ids, prompt_lookup_num_tokens=2, **GREEDY)
 
 
 def test_bad_inputs(model):

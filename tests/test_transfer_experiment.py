@@ -17,7 +17,7 @@ from transfer_fixtures import TINY_MODEL, mlm_run, span_run
 def experiment(tmp_path_factory):
     args = TransferArguments(
         output_dir=str(tmp_path_factory.mktemp("transfer")), train_sizes="8,16", **TINY_MODEL, max_length=32,
-        finetune_steps=2, finetune_batch_size=8, max_eval_samples=16,
+        finetune_steps=2, finetune_batch_size=8, max_eval_samples=16, finetune_seeds="0,1",
         pretrained_dirs=f"encoder={mlm_run().output_dir},seq2seq={span_run().output_dir}")
     return args, run_transfer_experiment(args, disable_tqdm=True)
 
@@ -25,35 +25,81 @@ def experiment(tmp_path_factory):
 def test_every_family_size_and_start_is_run(experiment):
     _, outcome = experiment
     rows = outcome["results"]
-    assert sorted((r["family"], r["init"], r["train_examples"]) for r in rows) == sorted(
-        (f, i, n) for f in ("encoder", "seq2seq") for i in ("scratch", "pretrained") for n in (8, 16))
+    assert sorted((r["family"], r["init"], r["train_examples"], r["seed"]) for r in rows) == sorted(
+        (f, i, n, s) for f in ("encoder", "seq2seq") for i in ("scratch", "pretrained") for n in (8, 16)
+        for s in (0, 1))
     for row in rows:
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["macro_f1"] <= 1
         # Accuracy is a share of 16 test examples.
         assert row["accuracy"] * 16 == pytest.approx(round(row["accuracy"] * 16))
 
 
+def _mean(values):
+    return sum(values) / len(values)
+
+
 def test_files_and_summary(experiment):
+    """Means over the seeds, the sample standard deviation, the gains and the labelled-data comparison, recomputed
+    here from the rows."""
     args, outcome = experiment
     out = Path(args.output_dir)
     payload = json.loads((out / "results.json").read_text())
     assert payload["results"] == outcome["results"] and payload["arguments"]["train_sizes"] == "8,16"
     assert (out / "accuracy_vs_examples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(payload["pretraining"]) == {"encoder", "seq2seq"}
+    assert payload["pretraining"]["encoder"]["eval_perplexity"] == pytest.approx(mlm_run().eval_perplexity_after)
     table = (out / "results.md").read_text()
     for family in ("encoder", "seq2seq"):
         rows = [r for r in outcome["results"] if r["family"] == family]
-        scratch = {r["train_examples"]: r["accuracy"] for r in rows if r["init"] == "scratch"}
-        pretrained = {r["train_examples"]: r["accuracy"] for r in rows if r["init"] == "pretrained"}
+        runs = {(r["init"], r["train_examples"], r["seed"]): r["accuracy"] for r in rows}
+        mean = {(i, n): _mean([runs[(i, n, s)] for s in (0, 1)]) for i in ("scratch", "pretrained") for n in (8, 16)}
+        std = {(i, n): abs(runs[(i, n, 0)] - runs[(i, n, 1)]) / 2 ** 0.5 for i in ("scratch", "pretrained")
+               for n in (8, 16)}  # the sample standard deviation of two values
         summary = payload["summary"][family]
-        gains = [pretrained[n] - scratch[n] for n in (8, 16)]
-        assert summary["mean_accuracy_gain"] == pytest.approx(sum(gains) / 2)
+        gains = [mean[("pretrained", n)] - mean[("scratch", n)] for n in (8, 16)]
+        assert summary["mean_accuracy_gain"] == pytest.approx(_mean(gains))
         assert summary["pretrained_wins"] == sum(g > 0 for g in gains)
-        assert summary["target_accuracy"] == max(scratch.values())
-        reach = [n for n in (8, 16) if pretrained[n] >= max(scratch.values())]
+        assert summary["runs"] == 4 and summary["run_wins"] == sum(
+            runs[("pretrained", n, s)] > runs[("scratch", n, s)] for n in (8, 16) for s in (0, 1))
+        target = max(mean[("scratch", n)] for n in (8, 16))
+        assert summary["target_accuracy"] == pytest.approx(target)
+        reach = [n for n in (8, 16) if mean[("pretrained", n)] >= target - 1e-12]
         assert summary["pretrained_examples_to_target"] == (min(reach) if reach else None)
         for n in (8, 16):
-            assert f"| {n} | {scratch[n]:.3f} (" in table
+            aggregated = next(r for r in payload["means"] if (r["family"], r["init"], r["train_examples"]) ==
+                              (family, "scratch", n))
+            assert aggregated["accuracy_std"] == pytest.approx(std[("scratch", n)]) and aggregated["seeds"] == 2
+            assert f"| {n} | {mean[('scratch', n)]:.3f} ± {std[('scratch', n)]:.3f} | " in table
     assert "pre-trained with masked LM" in table and "pre-trained with span corruption" in table
+
+
+def test_runs_made_in_parallel_merge_into_the_same_summary(experiment, tmp_path):
+    """Split the run's rows by seed into two folders (as two processes would write them), merge: the same
+    summary, table and plot as the single run; mismatched budgets and duplicated runs are refused."""
+    args, outcome = experiment
+    payload = json.loads((Path(args.output_dir) / "results.json").read_text())
+    folders = []
+    for seed in (0, 1):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        part = {**payload, "results": [r for r in payload["results"] if r["seed"] == seed]}
+        part["arguments"] = {**payload["arguments"], "finetune_seeds": str(seed)}
+        (folder / "results.json").write_text(json.dumps(part))
+        folders.append(str(folder))
+    merged = run_transfer_experiment(TransferArguments(output_dir=str(tmp_path / "merged"),
+                                                       merge_from=",".join(folders)))
+    assert merged["summary"] == outcome["summary"]
+    assert (tmp_path / "merged" / "results.md").read_text() == (Path(args.output_dir) / "results.md").read_text()
+    with pytest.raises(ValueError, match="measured the same"):
+        run_transfer_experiment(TransferArguments(output_dir=str(tmp_path / "twice"),
+                                                  merge_from=f"{folders[0]},{folders[0]}"))
+    other = json.loads((Path(folders[1]) / "results.json").read_text())
+    other["arguments"]["finetune_steps"] = 3
+    (Path(folders[1]) / "results.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="used other settings.*finetune_steps"):
+        run_transfer_experiment(TransferArguments(output_dir=str(tmp_path / "mixed"), merge_from=",".join(folders)))
+    with pytest.raises(ValueError, match="has no results.json"):
+        run_transfer_experiment(TransferArguments(output_dir=str(tmp_path / "none"), merge_from=str(tmp_path)))
 
 
 def test_fewest_examples_rule():
@@ -69,6 +115,7 @@ def test_fewest_examples_rule():
     ({"families": "bert"}, "families must name some of encoder, seq2seq"),
     ({"pretrained_dirs": "bert=/x"}, "pretrained_dirs keys must be among"),
     ({"finetune_steps": 0}, "finetune_steps must be a positive int"),
+    ({"finetune_seeds": "0,x"}, "finetune_seeds must be comma-separated integers"),
 ])
 def test_bad_arguments_fail_before_any_training(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):

@@ -193,3 +193,24 @@ def test_save_reload_through_auto_class_identical(fusion, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids, pixel_values=images(1)).logits,
                            reloaded(input_ids=ids, pixel_values=images(1)).logits)
+
+
+def test_cross_attention_gate_init_sets_the_gates_and_survives_reload(tmp_path):
+    """``cross_attention_gate_init`` is where every tanh gate starts (0 = Flamingo's closed gates), also when the
+    model is built on the meta device by from_pretrained; a value that is not a number in [-10, 10] is refused."""
+    config = vlm_config("cross_attention")
+    config.cross_attention_gate_init = 0.5
+    torch.manual_seed(0)
+    model = HfGenVlmForConditionalGeneration(config).eval()
+    gates = [g for layer in model.model.cross_attention_layers for g in (layer.attn_gate, layer.mlp_gate)]
+    assert gates and all(g.item() == 0.5 for g in gates)
+    model.save_pretrained(tmp_path)
+    reloaded = HfGenVlmForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.config.cross_attention_gate_init == 0.5
+    ids = torch.stack([prompt(model, [5, 6, 7])])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, pixel_values=images(1)).logits,
+                           reloaded(input_ids=ids, pixel_values=images(1)).logits)
+    for bad in ("open", True, 11.0):
+        with pytest.raises(ValueError, match=r"cross_attention_gate_init must be a number in \[-10, 10\]"):
+            HfGenVlmConfig(fusion="cross_attention", cross_attention_gate_init=bad)

@@ -53,8 +53,9 @@ def test_gato_labelled_loss_is_the_models_loss():
 def test_train_vlm_recipe_runs(tmp_path):
     results = recipe("train_vlm").main(["--output_dir", str(tmp_path), "--lm_steps", "3", "--bridge_steps", "3",
                                         "--eval_images", "4", "--batch_size", "4"])
-    assert set(results) == {"early", "projection", "cross_attention"}
-    assert all(r["identical_logits_after_reload"] for r in results.values())
+    assert set(results) == {"chance", "early", "projection", "cross_attention"}
+    assert 0 <= results["chance"]["caption_chance"] <= 1 and 0 <= results["chance"]["question_chance"] <= 1
+    assert all(results[f]["identical_logits_after_reload"] for f in ("early", "projection", "cross_attention"))
     assert (tmp_path / "losses.png").exists()
 
 
@@ -72,3 +73,16 @@ def test_fusellm_recipe_quick(tmp_path):
     summary = recipe("fusellm").main(["--quick", "--output_dir", str(tmp_path)])
     assert summary["identical_logits_after_reload"]
     assert {"clm", "min_ce", "avg_ce"} <= set(summary)
+
+
+def test_majority_baseline_is_the_most_frequent_answer_per_prompt():
+    """Chance level: always answer each prompt with its most frequent training target, ignoring the image."""
+    from hfgen.data.captions import majority_baseline
+
+    train = vlm_examples(torch.zeros(5, 1, 8, 8), torch.tensor([3, 3, 4, 6, 8]))  # captions: "three" wins
+    held_out = vlm_examples(torch.zeros(4, 1, 8, 8), torch.tensor([3, 1, 2, 5]))
+    chance = majority_baseline(train, held_out)
+    assert chance["caption_chance"] == 1 / 4  # only the held-out three
+    # even? train (3, 3, 4, 6, 8): 3 yes / 2 no -> "yes": right for held-out 2 only, 1 of 4; greater than four?
+    # 2 yes / 3 no -> "no": right for 3, 1, 2, 3 of 4; what digit? "three": 1 of 4. Over the 12 questions:
+    assert chance["question_chance"] == (1 + 3 + 1) / 12

@@ -145,3 +145,19 @@ def vlm_accuracy(model, processor: HfGenVlmProcessor, examples: list[VlmExample]
         for example, answer in zip(batch, answers):
             hits.setdefault(example.kind, []).append(answer == example.target.strip())
     return {f"{kind}_accuracy": sum(h) / len(h) for kind, h in hits.items()}
+
+
+def majority_baseline(train: list[VlmExample], held_out: list[VlmExample]) -> dict[str, float]:
+    """Chance level, per kind: the held-out accuracy of a model that ignores the image and answers every prompt with
+    its most frequent target in ``train`` (``caption_chance``, ``question_chance``)."""
+    counts: dict[str, dict[str, int]] = {}
+    for e in train:
+        per_prompt = counts.setdefault(e.prompt, {})
+        per_prompt[e.target] = per_prompt.get(e.target, 0) + 1
+    hits: dict[str, list[bool]] = {}
+    for e in held_out:
+        options = counts.get(e.prompt, {})
+        guess = max(options, key=options.get) if options else None
+        hits.setdefault(e.kind, []).append(guess == e.target)
+    return {f"{kind}_chance": sum(h) / len(h) for kind, h in hits.items()}
+

@@ -40,7 +40,8 @@ def add_sentinel_tokens(tokenizer: PreTrainedTokenizerBase, count: int = 100) ->
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive integer, got {count!r}.")
     tokens = [SENTINEL_TEMPLATE.format(k) for k in range(count)]
-    tokenizer.add_tokens([t for t in tokens if t not in tokenizer.get_vocab()], special_tokens=True)
+    vocab = tokenizer.get_vocab()  # once: each call builds the whole vocabulary dict
+    tokenizer.add_tokens([t for t in tokens if t not in vocab], special_tokens=True)
     return tokenizer.convert_tokens_to_ids(tokens)
 
 

@@ -1,5 +1,6 @@
 """Gist tokens for the tokenizer, and instruction data from the embedded corpus laid out for gist training
-(Mu et al. 2023): ``instruction <gist_0> ... <gist_k-1> input output<eos>``, loss on the output only.
+(Mu et al. 2023): ``instruction <gist_0> ... <gist_k-1> input output<eos>``, loss on the output only (decoder);
+``instruction <gist_0> ... <gist_k-1> input`` into the encoder and ``output<eos>`` as the target (encoder-decoder).
 
 The instructions are tasks over words of the Python reference manual (the embedded corpus): which task to do is
 written only in the instruction, so a model can do it only through what the gist tokens carry from it.
@@ -13,6 +14,7 @@ import re
 import torch
 
 from ..models.gist import gist_attention_mask
+from ..models.gist_seq2seq import gist_cross_attention_mask, gist_encoder_attention_mask
 from .corpus import load_corpus
 
 GIST_TOKEN = "<|gist_{}|>"
@@ -55,14 +57,12 @@ def corpus_words(split: str = "train", seed: int = 0) -> list[str]:
     return re.findall(r"\b[a-z]{3,10}\b", text)
 
 
-def gist_instruction_examples(tokenizer, num_gist_tokens: int, count: int, words_per_input: int = 4,
-                              split: str = "train", seed: int = 0) -> list[dict[str, list[int]]]:
-    """``count`` examples ``{"input_ids", "labels", "prompt_length"}``: instruction + gist tokens (the prompt),
-    then the input words and the output words + eos; labels are -100 everywhere but the output."""
+def _instruction_parts(tokenizer, num_gist_tokens: int, count: int, words_per_input: int, split: str, seed: int):
+    """``count`` triples ``(prompt, source, target)`` of token ids: instruction + gist tokens, the input words,
+    the output words + eos."""
     gist_ids = gist_token_ids(tokenizer, num_gist_tokens)
     words = corpus_words(split, seed)
     rng = random.Random(seed)
-    examples = []
     for _ in range(count):
         instruction, task = rng.choice(list(TASKS.items()))
         start = rng.randrange(len(words) - words_per_input)
@@ -70,11 +70,27 @@ def gist_instruction_examples(tokenizer, num_gist_tokens: int, count: int, words
         prompt = tokenizer(instruction, add_special_tokens=False)["input_ids"] + gist_ids
         source = tokenizer(" Input: " + " ".join(chosen) + "\nOutput:", add_special_tokens=False)["input_ids"]
         target = tokenizer(" " + " ".join(task(chosen)), add_special_tokens=False)["input_ids"]
-        target = target + [tokenizer.eos_token_id]
-        examples.append({"input_ids": prompt + source + target,
-                         "labels": [-100] * (len(prompt) + len(source)) + target,
-                         "prompt_length": len(prompt)})
-    return examples
+        yield prompt, source, target + [tokenizer.eos_token_id]
+
+
+def gist_instruction_examples(tokenizer, num_gist_tokens: int, count: int, words_per_input: int = 4,
+                              split: str = "train", seed: int = 0) -> list[dict[str, list[int]]]:
+    """``count`` examples ``{"input_ids", "labels", "prompt_length"}`` for a causal LM: instruction + gist tokens
+    (the prompt), then the input words and the output words + eos; labels are -100 everywhere but the output."""
+    return [{"input_ids": prompt + source + target, "labels": [-100] * (len(prompt) + len(source)) + target,
+             "prompt_length": len(prompt)}
+            for prompt, source, target in _instruction_parts(tokenizer, num_gist_tokens, count, words_per_input,
+                                                             split, seed)]
+
+
+def gist_seq2seq_examples(tokenizer, num_gist_tokens: int, count: int, words_per_input: int = 4,
+                          split: str = "train", seed: int = 0) -> list[dict[str, list[int]]]:
+    """The same examples as :func:`gist_instruction_examples` (same seed, same tasks and words) for an
+    encoder-decoder: ``input_ids`` = instruction + gist tokens + input words into the encoder, ``labels`` = the
+    output words + eos, ``prompt_length`` = the instruction and gist tokens."""
+    return [{"input_ids": prompt + source, "labels": target, "prompt_length": len(prompt)}
+            for prompt, source, target in _instruction_parts(tokenizer, num_gist_tokens, count, words_per_input,
+                                                             split, seed)]
 
 
 class GistCollator:
@@ -96,3 +112,30 @@ class GistCollator:
                                                                torch.tensor(example["labels"]), 1)
         return {"input_ids": ids, "labels": labels,
                 "attention_mask": gist_attention_mask(ids, self.gist_token_ids, padding, self.mode)}
+
+
+class GistSeq2SeqCollator:
+    """Pads a list of :func:`gist_seq2seq_examples` on the right and builds the encoder's gist mask of ``mode``
+    (``gist``, ``positive``, ``negative``) as a 4D ``attention_mask`` and the decoder's ``cross_attention_mask``,
+    for an hfgen encoder-decoder (``HfGenSeq2SeqForConditionalGeneration``); labels padded with -100."""
+
+    def __init__(self, gist_token_ids: list[int], pad_token_id: int, mode: str = "gist"):
+        self.gist_token_ids, self.pad_token_id, self.mode = list(gist_token_ids), pad_token_id, mode
+        gist_encoder_attention_mask(torch.zeros(1, 1, dtype=torch.long), self.gist_token_ids, mode=mode)  # checks
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        ids, padding = _right_padded([e["input_ids"] for e in examples], self.pad_token_id)
+        labels, _ = _right_padded([e["labels"] for e in examples], -100)
+        return {"input_ids": ids, "labels": labels,
+                "attention_mask": gist_encoder_attention_mask(ids, self.gist_token_ids, padding, self.mode),
+                "cross_attention_mask": gist_cross_attention_mask(ids, self.gist_token_ids, padding, self.mode)}
+
+
+def _right_padded(rows: list[list[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids [B, longest], mask)``: the rows padded on the right with ``fill``; mask 1 on real tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), fill, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row, dtype=torch.long), 1
+    return ids, mask

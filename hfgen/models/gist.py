@@ -62,11 +62,25 @@ def gist_attention_mask(input_ids: torch.Tensor, gist_token_ids: list[int] | tor
     return allowed[:, None]
 
 
+def check_gist_cache_model(model) -> None:
+    """A gist cache is the gist tokens' keys and values cut out of a ``DynamicCache``: say so for a model that keeps
+    none (a recurrent state: RetNet) or that is an encoder-decoder (see ``gist_seq2seq``)."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ValueError(f"{type(model).__name__} is an encoder-decoder: use hfgen.models.gist_seq2seq "
+                         f"(compress_prompt_seq2seq, encode_from_gist) instead.")
+    supports = getattr(type(model), "_supports_default_dynamic_cache", None)
+    if supports is not None and not supports():
+        raise ValueError(f"{type(model).__name__} keeps no keys and values per token (its cache is not a "
+                         f"DynamicCache), so no gist cache can be cut from it: gist caching needs an attention model "
+                         f"such as HfGenDecoderForCausalLM.")
+
+
 @torch.no_grad()
 def compress_prompt(model, prompt_ids: torch.Tensor, gist_token_ids: list[int] | torch.Tensor):
     """Run ``prompt_ids`` (one row: the prompt followed by its gist tokens, nothing after) and keep only the gist
     tokens' keys and values. Returns ``(cache, next_position)``: a ``DynamicCache`` of ``k`` positions per layer and
     the position the next token takes (the gist tokens keep the positions they were computed at)."""
+    check_gist_cache_model(model)
     if prompt_ids.dim() != 2 or prompt_ids.shape[0] != 1:
         raise ValueError(f"compress_prompt takes one prompt, shape [1, length]; got {tuple(prompt_ids.shape)}.")
     start, end = gist_spans(prompt_ids, gist_token_ids)[0].tolist()
@@ -88,6 +102,10 @@ def decode_from_gist(model, cache: DynamicCache, next_position: int, input_ids: 
     """Continue from a gist cache: feed ``input_ids`` (one row, at least one token), then pick ``max_new_tokens``
     greedily. Returns ``(logits, generated)``: the logits after every fed token ``[1, len(input) + new - 1, V]``
     and the new ids ``[1, max_new_tokens]``. The cache grows in place."""
+    check_gist_cache_model(model)
+    if not isinstance(cache, DynamicCache):
+        raise ValueError(f"decode_from_gist continues from the DynamicCache that compress_prompt returns, not a "
+                         f"{type(cache).__name__}.")
     if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
         raise ValueError(f"decode_from_gist takes one non-empty row, shape [1, length]; got {tuple(input_ids.shape)}.")
     logits, generated, ids = [], [], input_ids

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .attention import HfGenAttention
+from .model_card import HfGenHubCardMixin
 from .positions import RotaryEmbedding
 from .variants import validate_attention_config
 
@@ -98,8 +99,9 @@ def check_checkpoint_folder(path: str | os.PathLike) -> None:
             )
 
 
-class HfGenPreTrainedModel(PreTrainedModel):
-    """Base class of the hfgen transformers models (Llama's layout: ``base_model_prefix = "model"``)."""
+class HfGenPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
+    """Base class of the hfgen transformers models (Llama's layout: ``base_model_prefix = "model"``); its
+    ``push_to_hub`` uploads hfgen's model card (``HfGenHubCardMixin``)."""
 
     base_model_prefix = "model"
     supports_gradient_checkpointing = True

@@ -16,6 +16,11 @@ directly (the attention itself is hfgen's shared ``HfGenAttention``, with BERT's
 
 With ``norm_position="pre"`` each block's ``LayerNorm`` normalises its input instead of its output, and
 ``encoder.final_layer_norm`` normalises the last layer's output.
+
+With ``num_experts > 0`` (``moe.py``) a sparse mixture of experts replaces each layer's MLP: ``intermediate`` and
+``output.dense`` give way to ``encoder.layer.N.block_sparse_moe.{gate, experts.M.w1, experts.M.w2 (, w3)}``; the
+output block keeps its dropout, residual and ``LayerNorm``. Every output then carries the router losses and the
+expert utilisation, and the losses include the weighted router losses.
 """
 
 from __future__ import annotations
@@ -43,6 +48,15 @@ from .configuration_hfgen_encoder import HfGenEncoderConfig, validate_encoder_co
 from .disentangled import add_disentangled_modules, disentangled_bias, relative_embeddings
 from .layers import HfGenLayerNorm, HfGenRMSNorm
 from .modeling_common import HfGenPreTrainedModel, check_inputs
+from .moe import (
+    HfGenMoeMaskedLMOutput,
+    HfGenMoeModelOutputWithPooling,
+    HfGenMoeSequenceClassifierOutput,
+    HfGenMoeTokenClassifierOutput,
+    HfGenSparseMoeBlock,
+    build_feed_forward,
+    moe_output,
+)
 from .position_inputs import add_position_modules, check_learned_positions, position_inputs
 from .positions import sinusoidal_position_embedding
 
@@ -149,10 +163,11 @@ class _ResidualOutput(nn.Module):
     """BERT's ``*Output`` blocks: ``dense``, dropout, then the residual and ``LayerNorm`` (post-norm); with pre-norm
     the ``LayerNorm`` has normalised the block's input instead and the residual is added last."""
 
-    def __init__(self, config: HfGenEncoderConfig, in_features: int, bias: bool):
+    def __init__(self, config: HfGenEncoderConfig, in_features: int | None, bias: bool):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
-        self.dense = nn.Linear(in_features, config.hidden_size, bias=bias)
+        # in_features None: the block's input is already hidden-sized (the experts' own w2 projected it)
+        self.dense = nn.Linear(in_features, config.hidden_size, bias=bias) if in_features else nn.Identity()
         self.LayerNorm = encoder_norm(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -201,18 +216,26 @@ class HfGenEncoderIntermediate(nn.Module):
 
 
 class HfGenEncoderOutput(_ResidualOutput):
-    def __init__(self, config: HfGenEncoderConfig):
-        super().__init__(config, config.intermediate_size, config.mlp_bias)
+    """The MLP's second half (``dense``), dropout, residual and norm; after a mixture of experts no ``dense``."""
+
+    def __init__(self, config: HfGenEncoderConfig, after_experts: bool = False):
+        super().__init__(config, None if after_experts else config.intermediate_size, config.mlp_bias)
 
 
 class HfGenEncoderLayer(GradientCheckpointingLayer):
-    """Bidirectional self-attention then the MLP, each in a residual connection (BERT's ``BertLayer``)."""
+    """Bidirectional self-attention then the MLP (or, with ``num_experts``, a mixture of experts: ``moe.py``), each in
+    a residual connection (BERT's ``BertLayer``)."""
 
     def __init__(self, config: HfGenEncoderConfig, layer_idx: int):
         super().__init__()
         self.attention = HfGenEncoderAttention(config, layer_idx)
-        self.intermediate = HfGenEncoderIntermediate(config)
-        self.output = HfGenEncoderOutput(config)
+        feed_forward = build_feed_forward(config, lambda: HfGenEncoderIntermediate(config))
+        self.is_moe = isinstance(feed_forward, HfGenSparseMoeBlock)
+        if self.is_moe:
+            self.block_sparse_moe = feed_forward  # the decoder's (Mixtral's) name
+        else:
+            self.intermediate = feed_forward
+        self.output = HfGenEncoderOutput(config, after_experts=self.is_moe)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, position_embeddings=None,
                 position_bias=None, **kwargs) -> torch.Tensor:
@@ -220,7 +243,8 @@ class HfGenEncoderLayer(GradientCheckpointingLayer):
                                           position_embeddings=position_embeddings, position_bias=position_bias,
                                           **kwargs)
         inputs = self.output.LayerNorm(hidden_states) if self.output.pre_norm else hidden_states
-        return self.output(self.intermediate(inputs), hidden_states)
+        feed_forward = self.block_sparse_moe if self.is_moe else self.intermediate
+        return self.output(feed_forward(inputs), hidden_states)
 
 
 class HfGenEncoderStack(nn.Module):
@@ -373,7 +397,9 @@ class HfGenEncoderModel(HfGenEncoderPreTrainedModel):
                                          attention_mask=attention_mask)
         hidden_states = self.encoder(hidden_states, mask, position_ids, **kwargs)
         pooled = self.pooler(hidden_states) if self.pooler is not None else None
-        return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=pooled)
+        # With num_experts: HfGenMoeModelOutputWithPooling (router statistics; moe.py).
+        return moe_output(self.config, self.encoder, attention_mask, BaseModelOutputWithPooling,
+                          HfGenMoeModelOutputWithPooling, last_hidden_state=hidden_states, pooler_output=pooled)
 
 
 class HfGenEncoderForMaskedLM(HfGenEncoderPreTrainedModel):
@@ -410,8 +436,9 @@ class HfGenEncoderForMaskedLM(HfGenEncoderPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                              attentions=outputs.attentions)
+        # With num_experts: HfGenMoeMaskedLMOutput, router losses added to the loss (moe.py).
+        return moe_output(self.config, outputs, attention_mask, MaskedLMOutput, HfGenMoeMaskedLMOutput,
+                          loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 def check_mlm_labels(config: HfGenEncoderConfig, labels: torch.Tensor | None) -> None:
@@ -436,6 +463,17 @@ class HfGenEncoderForPreTrainingOutput(ModelOutput):
     seq_relationship_logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class HfGenMoeEncoderForPreTrainingOutput(HfGenEncoderForPreTrainingOutput):
+    """Pre-training output with a mixture of experts: ``loss`` also holds the weighted router losses; the router
+    fields mean what they mean in ``moe.HfGenMoeCausalLMOutputWithPast``."""
+
+    aux_loss: torch.FloatTensor | None = None
+    z_loss: torch.FloatTensor | None = None
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+    expert_utilization: torch.FloatTensor | None = None
 
 
 class HfGenEncoderForPreTraining(HfGenEncoderPreTrainedModel):
@@ -479,9 +517,10 @@ class HfGenEncoderForPreTraining(HfGenEncoderPreTrainedModel):
                                                       next_sentence_label.view(-1))
         elif (labels is None) != (next_sentence_label is None):
             raise ValueError("Pre-training needs both labels (MLM targets) and next_sentence_label, or neither.")
-        return HfGenEncoderForPreTrainingOutput(loss=loss, prediction_logits=prediction_logits,
-                                                seq_relationship_logits=relationship_logits,
-                                                hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return moe_output(self.config, outputs, attention_mask, HfGenEncoderForPreTrainingOutput,
+                          HfGenMoeEncoderForPreTrainingOutput, loss=loss, prediction_logits=prediction_logits,
+                          seq_relationship_logits=relationship_logits, hidden_states=outputs.hidden_states,
+                          attentions=outputs.attentions)
 
 
 class HfGenEncoderForSequenceClassification(HfGenEncoderPreTrainedModel):
@@ -509,8 +548,9 @@ class HfGenEncoderForSequenceClassification(HfGenEncoderPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                        attentions=outputs.attentions)
+        return moe_output(self.config, outputs, attention_mask, SequenceClassifierOutput,
+                          HfGenMoeSequenceClassifierOutput, loss=loss, logits=logits,
+                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class HfGenEncoderForTokenClassification(HfGenEncoderPreTrainedModel):
@@ -537,5 +577,6 @@ class HfGenEncoderForTokenClassification(HfGenEncoderPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config)
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                     attentions=outputs.attentions)
+        return moe_output(self.config, outputs, attention_mask, TokenClassifierOutput,
+                          HfGenMoeTokenClassifierOutput, loss=loss, logits=logits,
+                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)

@@ -40,6 +40,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_hfgen_retnet import HfGenRetNetConfig, validate_retnet_config
 from .layers import HfGenMLP, build_norm
+from .model_card import HfGenHubCardMixin
 from .modeling_common import check_checkpoint_folder, check_inputs
 from .moe import HfGenSparseMoeBlock, build_feed_forward, moe_causal_lm_output, validate_moe_config
 
@@ -51,15 +52,30 @@ def retention_log_decays(num_heads: int, device=None) -> torch.Tensor:
     return torch.log1p(-torch.exp2(-5.0 - torch.arange(num_heads, dtype=torch.float64, device=device))).float()
 
 
-def rotate(x: torch.Tensor, position_ids: torch.Tensor, theta: float) -> torch.Tensor:
-    """``x * e^{i n theta}`` with channel pairs ``(i, i + d/2)`` as the complex numbers (rotate-half layout).
-    ``x``: ``[B, H, L, d]``; ``position_ids``: ``[B|1, L]``."""
-    dim = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim))
+def rotation_frequencies(dim: int, theta: float, device=None) -> torch.Tensor:
+    """``theta_i = theta^(-2i/d)`` for ``i = 0..d/2-1`` (float32)."""
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+
+
+def rotation_tables(position_ids: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` of the angles ``n theta_i``, each channel pair's angle written twice: ``[B|1, 1, L, d]``."""
     angles = position_ids.float()[:, None, :, None] * inv_freq  # [B, 1, L, d/2]
-    cos, sin = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((angles.sin(), angles.sin()), -1)
+    angles = torch.cat((angles, angles), -1)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, position_ids: torch.Tensor, theta: float,
+           tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``x * e^{i n theta}`` with channel pairs ``(i, i + d/2)`` as the complex numbers (rotate-half layout).
+    ``x``: ``[B, H, L, d]``; ``position_ids``: ``[B|1, L]``; ``tables``: ``rotation_tables`` of these positions,
+    when the caller has them already (one computation for queries and keys)."""
+    dim = x.shape[-1]
+    cos, sin = tables if tables is not None else rotation_tables(position_ids,
+                                                                 rotation_frequencies(dim, theta, x.device))
     half = dim // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    if x.dtype == torch.float32:
+        return x * cos + rotated * sin
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
@@ -98,6 +114,8 @@ def retention_recurrent(q, k, v, log_decay, state=None):
     """Recurrent form, token by token: ``S_n = gamma S_(n-1) + k_n^T v_n``, ``o_n = q_n S_n``."""
     batch, heads, length, _ = q.shape
     gamma = torch.exp(log_decay.to(q.device)).to(q.dtype)[None, :, None, None]
+    if length == 1:
+        return retention_step(q, k, v, gamma, state)
     if state is None:
         state = q.new_zeros(batch, heads, q.shape[-1], v.shape[-1])
     outputs = []
@@ -105,6 +123,15 @@ def retention_recurrent(q, k, v, log_decay, state=None):
         state = gamma * state.to(q.dtype) + k[:, :, n, :, None] * v[:, :, n, None, :]
         outputs.append(torch.matmul(q[:, :, n, None, :], state))
     return torch.cat(outputs, dim=2), state
+
+
+def retention_step(q, k, v, gamma, state=None):
+    """One token of the recurrent form (the decoding step), in as few operations as possible since it runs once per
+    layer per generated token: ``S_n = gamma S_(n-1) + k_n^T v_n``, ``o_n = q_n S_n``. ``q, k``: ``[B, H, 1, d_k]``,
+    ``v``: ``[B, H, 1, d_v]``, ``gamma``: ``[1, H, 1, 1]`` in the dtype of ``q``."""
+    update = k.transpose(-1, -2) * v  # the outer product k_n^T v_n, [B, H, d_k, d_v]
+    state = update if state is None else torch.addcmul(update, gamma, state.to(q.dtype))
+    return torch.matmul(q, state), state
 
 
 # ---------------------------------------------------------------------------------------------------- the cache
@@ -181,6 +208,7 @@ class HfGenMultiScaleRetention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.head_dim, self.value_head_dim = config.head_dim, config.value_head_dim
+        self.rope_theta = config.rope_theta  # (read once: config attribute access is slow in a per-token path)
         value_width = self.num_heads * self.value_head_dim
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
@@ -188,22 +216,40 @@ class HfGenMultiScaleRetention(nn.Module):
         self.g_proj = nn.Linear(config.hidden_size, value_width, bias=False)
         self.o_proj = nn.Linear(value_width, config.hidden_size, bias=False)
         self.group_norm = nn.GroupNorm(self.num_heads, value_width, eps=config.rms_norm_eps)
+        # Constants of the layer, made once per device on first use (not buffers: from_pretrained builds on the
+        # meta device, and recomputing them per token is measurable Python overhead in decoding).
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log_decay [H], gamma [1, H, 1, 1], rotation frequencies [d_k / 2])`` on ``device``, float32."""
+        if device not in self._constants:
+            log_decay = retention_log_decays(self.num_heads, device=device)
+            self._constants[device] = (log_decay, torch.exp(log_decay)[None, :, None, None],
+                                       rotation_frequencies(self.head_dim, self.rope_theta, device))
+        return self._constants[device]
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, key_mask: torch.Tensor | None,
-                cache: HfGenRetNetCache | None = None, mode: str | None = None) -> torch.Tensor:
+                cache: HfGenRetNetCache | None = None, mode: str | None = None,
+                rotation: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``rotation``: ``rotation_tables`` of ``position_ids`` when the caller computed them once for all layers."""
         batch, length, _ = hidden_states.shape
         heads = self.num_heads
         q = self.q_proj(hidden_states).view(batch, length, heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(batch, length, heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden_states).view(batch, length, heads, self.value_head_dim).transpose(1, 2)
-        q = rotate(q, position_ids, self.config.rope_theta) * self.head_dim**-0.5
-        k = rotate(k, position_ids, self.config.rope_theta)
+        log_decay, gamma, inv_freq = self.constants(q.device)
+        if rotation is None:
+            rotation = rotation_tables(position_ids, inv_freq)
+        # queries and keys turned by one call (fewer operations in the per-token path)
+        q, k = rotate(torch.cat((q, k), dim=1), position_ids, self.rope_theta, rotation).split(heads, dim=1)
+        q = q * self.head_dim**-0.5
         if key_mask is not None:  # a masked token adds nothing to any state
             k = k * key_mask[:, None, :, None].to(k.dtype)
-        log_decay = retention_log_decays(heads, device=q.device)
         state = cache.get_state(self.layer_idx) if cache is not None else None
-        mode = mode or self.config.retention_mode
-        if length == 1 or mode == "recurrent":
+        mode = "step" if length == 1 else (mode or self.config.retention_mode)
+        if mode == "step":  # one token, whatever the configured form: the recurrent step
+            out, state = retention_step(q, k, v, gamma if gamma.dtype == q.dtype else gamma.to(q.dtype), state)
+        elif mode == "recurrent":
             out, state = retention_recurrent(q, k, v, log_decay, state)
         elif mode == "parallel":
             out, state = retention_parallel(q, k, v, log_decay, state)
@@ -225,23 +271,27 @@ class HfGenRetNetLayer(GradientCheckpointingLayer):
         self.input_layernorm = build_norm(config)
         self.post_attention_layernorm = build_norm(config)
         feed_forward = build_feed_forward(config, lambda: HfGenMLP(config))
-        if isinstance(feed_forward, HfGenSparseMoeBlock):
+        self.is_moe = isinstance(feed_forward, HfGenSparseMoeBlock)
+        if self.is_moe:
             self.block_sparse_moe = feed_forward
         else:
             self.mlp = feed_forward
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, key_mask: torch.Tensor | None,
-                cache: HfGenRetNetCache | None = None, mode: str | None = None, **kwargs) -> torch.Tensor:
+                cache: HfGenRetNetCache | None = None, mode: str | None = None,
+                rotation: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs) -> torch.Tensor:
         hidden_states = hidden_states + self.retention(self.input_layernorm(hidden_states), position_ids, key_mask,
-                                                       cache=cache, mode=mode)
-        feed_forward = self.block_sparse_moe if hasattr(self, "block_sparse_moe") else self.mlp
+                                                       cache=cache, mode=mode, rotation=rotation)
+        # (a flag, not hasattr: a missing nn.Module attribute costs a raised exception on every token)
+        feed_forward = self.block_sparse_moe if self.is_moe else self.mlp
         return hidden_states + feed_forward(self.post_attention_layernorm(hidden_states))
 
 
 # ---------------------------------------------------------------------------------------------------- the models
 
 
-class HfGenRetNetPreTrainedModel(PreTrainedModel):
+# HfGenHubCardMixin: push_to_hub uploads hfgen's model card.
+class HfGenRetNetPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
     config_class = HfGenRetNetConfig
     config: HfGenRetNetConfig
     base_model_prefix = "model"
@@ -328,11 +378,14 @@ class HfGenRetNetModel(HfGenRetNetPreTrainedModel):
         if position_ids is None:
             position_ids = (torch.arange(length, device=inputs_embeds.device) + past_length)[None]
         key_mask = attention_mask[:, -length:] if attention_mask is not None else None
+        # Every layer rotates by the same angles (same head width and theta): compute them once, as Llama does.
+        first = self.layers[0].retention
+        rotation = rotation_tables(position_ids, first.constants(inputs_embeds.device)[2])
 
         hidden_states = inputs_embeds
         for layer in self.layers:
             hidden_states = layer(hidden_states, position_ids, key_mask, cache=cache if use_cache else None,
-                                  mode=retention_mode)
+                                  mode=retention_mode, rotation=rotation)
         if use_cache:
             cache.seen_tokens += length
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache if use_cache else None)

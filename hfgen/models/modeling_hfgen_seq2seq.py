@@ -243,6 +243,21 @@ def check_encoder_mask(mask: torch.Tensor | None, encoder_hidden_states: torch.T
                          f"{tuple(encoder_hidden_states.shape[:2])}: one column per encoder token.")
 
 
+def resolve_cross_attention_mask(attention_mask: torch.Tensor | None,
+                                 cross_attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The 2D mask of the encoder tokens the decoder may read: ``cross_attention_mask``, else a 2D
+    ``attention_mask``. A 4D ``attention_mask`` (the encoder's own, e.g. a gist mask) needs the 2D one beside it."""
+    if cross_attention_mask is None:
+        if attention_mask is not None and attention_mask.dim() == 4:
+            raise ValueError("A 4D attention_mask masks the encoder's self-attention only: pass cross_attention_mask "
+                             "[batch, source length] (1 = the decoder may read that encoder token) beside it.")
+        return attention_mask
+    if cross_attention_mask.dim() != 2:
+        raise ValueError(f"cross_attention_mask must be 2D [batch, source length]; got shape "
+                         f"{tuple(cross_attention_mask.shape)}.")
+    return cross_attention_mask
+
+
 class HfGenSeq2SeqModel(HfGenSeq2SeqPreTrainedModel):
     """Encoder and decoder sharing one token embedding. Returns ``Seq2SeqModelOutput``."""
 
@@ -276,7 +291,12 @@ class HfGenSeq2SeqModel(HfGenSeq2SeqPreTrainedModel):
                 encoder_outputs: BaseModelOutput | tuple | None = None, cache: Cache | None = None,
                 inputs_embeds: torch.Tensor | None = None, decoder_inputs_embeds: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, decoder_position_ids: torch.LongTensor | None = None,
-                use_cache: bool | None = None, **kwargs) -> Seq2SeqModelOutput:
+                use_cache: bool | None = None, cross_attention_mask: torch.Tensor | None = None,
+                **kwargs) -> Seq2SeqModelOutput:
+        """``cross_attention_mask`` (``[batch, source length]``, 1 = readable): the encoder tokens the decoder may
+        read; by default ``attention_mask``. It is needed when ``attention_mask`` is a 4D mask of the encoder's
+        self-attention (a gist mask, ``gist_seq2seq.py``), which does not say what the decoder may read."""
+        cross_attention_mask = resolve_cross_attention_mask(attention_mask, cross_attention_mask)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError(
                 "The decoder has no input: pass decoder_input_ids or decoder_inputs_embeds, or labels to "
@@ -291,7 +311,7 @@ class HfGenSeq2SeqModel(HfGenSeq2SeqPreTrainedModel):
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids, attention_mask=decoder_attention_mask, inputs_embeds=decoder_inputs_embeds,
             position_ids=decoder_position_ids, encoder_hidden_states=encoder_outputs.last_hidden_state,
-            encoder_attention_mask=attention_mask, cache=cache, use_cache=use_cache, **kwargs)
+            encoder_attention_mask=cross_attention_mask, cache=cache, use_cache=use_cache, **kwargs)
         return Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
             cache=decoder_outputs.cache,
@@ -348,9 +368,11 @@ class HfGenSeq2SeqForConditionalGeneration(HfGenSeq2SeqPreTrainedModel, Generati
                 inputs_embeds: torch.Tensor | None = None, decoder_inputs_embeds: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, decoder_position_ids: torch.LongTensor | None = None,
                 labels: torch.LongTensor | None = None, use_cache: bool | None = None,
-                logits_to_keep: int | torch.Tensor = 0, **kwargs) -> Seq2SeqLMOutput:
+                logits_to_keep: int | torch.Tensor = 0, cross_attention_mask: torch.Tensor | None = None,
+                **kwargs) -> Seq2SeqLMOutput:
         """``labels``: the target ids, -100 where ignored. Without decoder inputs they are shifted right into
-        ``decoder_input_ids``; the loss compares position i's logits with ``labels[:, i]`` (no further shift)."""
+        ``decoder_input_ids``; the loss compares position i's logits with ``labels[:, i]`` (no further shift).
+        ``cross_attention_mask``: see :meth:`HfGenSeq2SeqModel.forward` (gist training)."""
         if labels is not None:
             check_labels(self.config, labels)
             if decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -359,7 +381,8 @@ class HfGenSeq2SeqForConditionalGeneration(HfGenSeq2SeqPreTrainedModel, Generati
             input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs,
             cache=cache, inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds,
-            position_ids=position_ids, decoder_position_ids=decoder_position_ids, use_cache=use_cache, **kwargs)
+            position_ids=position_ids, decoder_position_ids=decoder_position_ids, use_cache=use_cache,
+            cross_attention_mask=cross_attention_mask, **kwargs)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         hidden_states = hidden_states[:, keep, :]

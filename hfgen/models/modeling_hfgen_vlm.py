@@ -87,8 +87,8 @@ class HfGenGatedCrossAttentionLayer(nn.Module):
         y = x + tanh(alpha) * attn(norm(x), image)
         y = y + tanh(beta) * mlp(norm(y))
 
-    with ``alpha = beta = 0`` at initialisation, so the frozen language model's output is unchanged until the
-    gates learn to open. The attention is hfgen's shared layer (every variant of the text config), keys and values
+    with ``alpha = beta = 0`` at initialisation (``config.cross_attention_gate_init``), so the frozen language
+    model's output is unchanged until the gates learn to open. The attention is hfgen's shared layer (every variant of the text config), keys and values
     from the image vectors, no causal mask (every text token may look at its row's images)."""
 
     def __init__(self, config: HfGenVlmConfig, layer_idx: int):
@@ -125,8 +125,10 @@ class HfGenVlmPreTrainedModel(HfGenPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, HfGenGatedCrossAttentionLayer):
-            init.zeros_(module.attn_gate)  # Flamingo: closed gates, the language model unchanged at the start
-            init.zeros_(module.mlp_gate)
+            # Flamingo: closed gates (0), the language model unchanged at the start; see cross_attention_gate_init
+            gate = getattr(self.config, "cross_attention_gate_init", 0.0)
+            init.constant_(module.attn_gate, gate)
+            init.constant_(module.mlp_gate, gate)
 
 
 class HfGenVlmModel(HfGenVlmPreTrainedModel):

@@ -1,8 +1,10 @@
 """Sparse mixture of experts (seed 004, "Mixture of Experts"), a feed-forward block any hfgen family can use.
 
 Each token's hidden state goes to the ``num_experts_per_tok`` experts its router scores highest (Shazeer et al. 2017;
-Mixtral: Jiang et al. 2024): ``y = sum_{e in topk(p)} p_e / (sum_{topk} p) * E_e(x)`` with ``p = softmax(W_g x)``
-and ``E_e(x) = w2(silu(w1 x) * w3 x)``.
+Mixtral: Jiang et al. 2024): ``y = sum_{e in topk(p)} p_e / (sum_{topk} p) * E_e(x)`` with ``p = softmax(W_g x)``.
+An expert has the form of the family's MLP: with ``mlp_type="gated"`` (Mixtral) ``E_e(x) = w2(act(w1 x) * w3 x)``,
+with ``mlp_type="standard"`` (BERT's GELU MLP, the encoder's default) ``E_e(x) = w2(act(w1 x))``; biases with
+``mlp_bias``.
 
 Parameter names are those of Mixtral checkpoints as they lie on disk and on the Hub
 (``block_sparse_moe.gate.weight``, ``block_sparse_moe.experts.N.w1.weight`` ...), so a Mixtral checkpoint folder loads
@@ -16,7 +18,8 @@ unbalanced router is time, not quality. Balance is encouraged by the losses belo
 
 Dispatch: the ``tokens x k`` assignments are sorted by expert once, so each expert runs one dense matmul over the
 contiguous slice of tokens routed to it; experts that receive no token cost nothing. (Not a dense loop that runs
-every expert on every token.)
+every expert on every token.) A single token (decoding one sequence) goes straight to its k experts. The losses and
+statistics of all layers are computed together in a few batched operations, since they run at every decoding step.
 
 Losses, both computed over real tokens only (``attention_mask``):
 
@@ -25,8 +28,9 @@ Losses, both computed over real tokens only (``attention_mask``):
   the k slots), ``P_e`` the mean router probability of expert e; 1.0 when perfectly balanced.
 * router z-loss (ST-MoE, Zoph et al. 2022): ``L_z = mean_tokens (logsumexp_e z_e)^2``, keeps router logits small.
 
-The causal-LM heads add ``router_aux_loss_coef * L_aux + router_z_loss_coef * L_z`` to the language-modelling loss
-and report both, the router logits and the per-layer expert utilisation in their output.
+Every head with a loss (causal LM; the encoder's masked LM, pre-training, sequence and token classification) adds
+``router_aux_loss_coef * L_aux + router_z_loss_coef * L_z`` to its own loss and reports both, the router logits and
+the per-layer expert utilisation in its output (:func:`moe_output`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.utils import ModelOutput
 
 # Keys a config gains with MoE, and their defaults (0 experts: the plain MLP, exactly as before).
 MOE_DEFAULTS = dict(
@@ -47,6 +58,14 @@ MOE_DEFAULTS = dict(
     router_z_loss_coef=0.001,  # ST-MoE's default
     router_jitter_noise=0.0,
 )
+
+
+# Output fields a mixture of experts adds. Trainer leaves them out of the predictions (``keys_to_ignore_at_inference``
+# of the family configs), so ``compute_metrics`` still receives the logits alone.
+MOE_OUTPUT_KEYS = ("aux_loss", "z_loss", "router_logits", "expert_utilization")
+
+# mlp_type -> expert form: "gated" w2(act(w1 x) * w3 x) (Mixtral), "standard" w2(act(w1 x)) (BERT's MLP).
+EXPERT_TYPES = ("gated", "standard")
 
 
 def init_moe_config(config, kwargs: dict) -> None:
@@ -82,24 +101,30 @@ def validate_moe_config(config) -> None:
         value = getattr(config, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{key} must be a number >= 0, got {value!r}.")
-    if getattr(config, "mlp_type", "gated") != "gated":
-        raise ValueError(f"Mixture-of-experts layers use gated experts (Mixtral's w2(act(w1 x) * w3 x)); got "
-                         f"mlp_type={config.mlp_type!r}, valid choice with num_experts > 0: 'gated'.")
+    if getattr(config, "mlp_type", "gated") not in EXPERT_TYPES:
+        raise ValueError(f"Experts take the form of the family's MLP; mlp_type={config.mlp_type!r} has none. Valid "
+                         f"choices with num_experts > 0: {', '.join(map(repr, EXPERT_TYPES))}.")
 
 
 class HfGenExpert(nn.Module):
-    """One expert: a gated MLP with Mixtral's names (``w1`` gate, ``w3`` up, ``w2`` down)."""
+    """One expert, an MLP with Mixtral's names: ``w2(act(w1 x) * w3 x)`` (``mlp_type="gated"``: ``w1`` gate, ``w3``
+    up, ``w2`` down) or ``w2(act(w1 x))`` (``"standard"``: no ``w3``); biases when ``config.mlp_bias``."""
 
     def __init__(self, config, intermediate_size: int | None = None):
         super().__init__()
         intermediate_size = intermediate_size or config.intermediate_size
-        self.w1 = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.w2 = nn.Linear(intermediate_size, config.hidden_size, bias=False)
-        self.w3 = nn.Linear(config.hidden_size, intermediate_size, bias=False)
+        bias = bool(getattr(config, "mlp_bias", False))
+        self.gated = getattr(config, "mlp_type", "gated") == "gated"
+        self.w1 = nn.Linear(config.hidden_size, intermediate_size, bias=bias)
+        self.w2 = nn.Linear(intermediate_size, config.hidden_size, bias=bias)
+        if self.gated:
+            self.w3 = nn.Linear(config.hidden_size, intermediate_size, bias=bias)
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(self.act_fn(self.w1(x)) * self.w3(x))
+        if self.gated:
+            return self.w2(self.act_fn(self.w1(x)) * self.w3(x))
+        return self.w2(self.act_fn(self.w1(x)))
 
 
 class HfGenSparseMoeBlock(nn.Module):
@@ -134,13 +159,16 @@ class HfGenSparseMoeBlock(nn.Module):
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
         logits, weights, experts = self.route(x)
         self.router_logits, self.selected_experts = logits, experts
+        if x.shape[0] == 1:  # one token (decoding a single sequence): its k experts directly, nothing to group
+            out = sum(self.experts[e](x) * weights[:, i:i + 1] for i, e in enumerate(experts[0].tolist()))
+            return out.to(hidden_states.dtype).reshape(shape)
 
         # Group the T*k (token, expert) assignments by expert: one sort, then contiguous slices.
         flat_experts = experts.reshape(-1)
         order = torch.argsort(flat_experts, stable=True)
         token_index = order // self.top_k
         counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()  # one device sync
-        grouped = x[token_index]
+        grouped = x.index_select(0, token_index)  # (index_select: its backward is an index_add, not an index_put)
         outputs, start = [], 0
         for expert, count in zip(self.experts, counts):
             if count:
@@ -189,30 +217,48 @@ def _token_weights(attention_mask: torch.Tensor | None, tokens: int, device) -> 
 
 
 def load_balancing_loss(router_logits: list[torch.Tensor], top_k: int,
-                        token_weights: torch.Tensor | None = None) -> torch.Tensor:
+                        token_weights: torch.Tensor | None = None,
+                        selected_experts: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Switch-Transformer auxiliary loss over the routing decisions of every layer together, as Mixtral computes
     it: ``E * sum_e f_e * P_e`` with ``f_e`` = (top-k assignments to e) / tokens and ``P_e`` the mean router
-    probability of e, both over all layers' real tokens."""
-    num_experts = router_logits[0].shape[-1]
-    counts = torch.zeros(num_experts, device=router_logits[0].device)
-    prob_sum = torch.zeros(num_experts, device=router_logits[0].device)
-    rows = 0.0
-    for logits in router_logits:
-        probs = F.softmax(logits.float(), dim=-1)
-        selected = torch.topk(probs, top_k, dim=-1).indices
-        weights = torch.ones(probs.shape[0], device=probs.device) if token_weights is None else token_weights
-        counts = counts + (F.one_hot(selected, num_experts).float() * weights[:, None, None]).sum((0, 1))
-        prob_sum = prob_sum + (probs * weights[:, None]).sum(0)
-        rows = rows + weights.sum()
-    return num_experts * (counts / rows * prob_sum / rows).sum()
+    probability of e, both over all layers' real tokens. ``selected_experts``: the blocks' own top-k choices (the
+    top-k of ``router_logits`` when absent)."""
+    return _routing_statistics(router_logits, top_k, token_weights, selected_experts)[0]
 
 
 def router_z_loss(router_logits: list[torch.Tensor], token_weights: torch.Tensor | None = None) -> torch.Tensor:
     """ST-MoE router z-loss: the mean over every layer's real tokens of ``(logsumexp_e z_e)^2``."""
-    squared = torch.stack([torch.logsumexp(logits.float(), dim=-1) ** 2 for logits in router_logits])  # [L, T]
+    return _routing_statistics(router_logits, 1, token_weights)[1]
+
+
+def _routing_statistics(router_logits: list[torch.Tensor], top_k: int, token_weights: torch.Tensor | None,
+                        selected_experts: list[torch.Tensor] | None = None):
+    """``(aux_loss, z_loss, utilisation [L, E])`` of every layer at once: a handful of batched operations per
+    forward rather than a dozen per layer (they run at every decoding step)."""
+    device = router_logits[0].device
+    logits = torch.stack([z.to(device) for z in router_logits]).float()  # [L, T, E]
+    layers, tokens, num_experts = logits.shape
+    probs = F.softmax(logits, dim=-1)
+    if selected_experts is None:
+        chosen = torch.topk(probs, top_k, dim=-1).indices
+    else:
+        chosen = torch.stack([e.to(device) for e in selected_experts])  # [L, T, k]
+    assigned = F.one_hot(chosen, num_experts).sum(2)  # [L, T, E]: top-k slots of each token per expert
+    squared = torch.logsumexp(logits, dim=-1) ** 2  # [L, T]
     if token_weights is None:
-        return squared.mean()
-    return (squared * token_weights).sum() / (token_weights.sum() * len(router_logits)).clamp(min=1)
+        counts = assigned.sum(1).float()  # [L, E]
+        total = float(layers * tokens)
+        prob_sum = probs.sum((0, 1))
+        z_loss = squared.mean()
+    else:
+        weights = token_weights.to(device)
+        counts = (assigned * weights[None, :, None]).sum(1)
+        total = (weights.sum() * layers).clamp(min=1)
+        prob_sum = (probs * weights[None, :, None]).sum((0, 1))
+        z_loss = (squared * weights).sum() / total
+    aux_loss = num_experts * (counts.sum(0) / total * prob_sum / total).sum()
+    utilization = counts / counts.sum(-1, keepdim=True).clamp(min=1)
+    return aux_loss, z_loss, utilization
 
 
 @dataclass
@@ -223,34 +269,103 @@ class MoeStats:
     expert_utilization: torch.Tensor
 
 
+def moe_blocks(model: nn.Module) -> list[HfGenSparseMoeBlock]:
+    """The ``HfGenSparseMoeBlock`` modules of ``model`` in layer order. Found once and kept on the model (a walk over
+    every module costs about a millisecond, at every decoding step); found again when one of them did not run."""
+    blocks = model.__dict__.get("_hfgen_moe_blocks")
+    if blocks is None or any(block.router_logits is None for block in blocks):
+        blocks = [m for m in model.modules() if isinstance(m, HfGenSparseMoeBlock)]
+        model.__dict__["_hfgen_moe_blocks"] = blocks
+    return blocks
+
+
 def collect_moe_outputs(model: nn.Module, attention_mask: torch.Tensor | None = None) -> MoeStats | None:
     """Losses and statistics of the last forward of every ``HfGenSparseMoeBlock`` in ``model`` (in layer order), or
     ``None`` when the model has none."""
-    blocks = [m for m in model.modules() if isinstance(m, HfGenSparseMoeBlock) and m.router_logits is not None]
+    blocks = [block for block in moe_blocks(model) if block.router_logits is not None]
     if not blocks:
         return None
     logits = [block.router_logits for block in blocks]
     weights = _token_weights(attention_mask, logits[0].shape[0], logits[0].device)
-    usage = []
-    for block in blocks:
-        counts = F.one_hot(block.selected_experts, block.num_experts).float().sum(1)  # [T, E]
-        if weights is not None:
-            counts = counts * weights[:, None]
-        usage.append(counts.sum(0) / counts.sum().clamp(min=1))
-    return MoeStats(aux_loss=load_balancing_loss(logits, blocks[0].top_k, weights),
-                    z_loss=router_z_loss(logits, weights), router_logits=tuple(logits),
-                    expert_utilization=torch.stack(usage).detach())
+    aux_loss, z_loss, utilization = _routing_statistics(logits, blocks[0].top_k, weights,
+                                                        [block.selected_experts for block in blocks])
+    return MoeStats(aux_loss=aux_loss, z_loss=z_loss, router_logits=tuple(logits),
+                    expert_utilization=utilization.detach())
+
+
+def add_router_losses(config, loss: torch.Tensor, stats: MoeStats) -> torch.Tensor:
+    """``loss + router_aux_loss_coef * L_aux + router_z_loss_coef * L_z``."""
+    return (loss + config.router_aux_loss_coef * stats.aux_loss.to(loss.device)
+            + config.router_z_loss_coef * stats.z_loss.to(loss.device))
+
+
+def moe_output(config, source: nn.Module | ModelOutput, attention_mask, output_class: type[ModelOutput],
+               moe_output_class: type[ModelOutput], **fields) -> ModelOutput:
+    """A head's output: ``output_class(**fields)`` without MoE; with MoE (``config.num_experts > 0``)
+    ``moe_output_class`` -- the same fields plus ``aux_loss``, ``z_loss``, ``router_logits`` and
+    ``expert_utilization`` -- whose ``loss`` (when there is one) includes the weighted router losses.
+
+    ``source``: the module whose MoE blocks ran the last forward (statistics collected from them), or the output
+    of an inner model that already carries them (a head reuses its base model's, computed once)."""
+    if not getattr(config, "num_experts", 0):
+        return output_class(**fields)
+    if isinstance(source, nn.Module):
+        stats = collect_moe_outputs(source, attention_mask)
+    else:
+        stats = MoeStats(source.aux_loss, source.z_loss, source.router_logits, source.expert_utilization) \
+            if getattr(source, "aux_loss", None) is not None else None
+    if stats is None:
+        return output_class(**fields)
+    if fields.get("loss") is not None:
+        fields["loss"] = add_router_losses(config, fields["loss"], stats)
+    return moe_output_class(aux_loss=stats.aux_loss, z_loss=stats.z_loss, router_logits=stats.router_logits,
+                            expert_utilization=stats.expert_utilization, **fields)
 
 
 def moe_causal_lm_output(config, model: nn.Module, attention_mask, loss, **fields) -> CausalLMOutputWithPast:
     """The head's output: plain ``CausalLMOutputWithPast`` without MoE; with MoE, ``HfGenMoeCausalLMOutputWithPast``
     whose ``loss`` (when labels were given) includes the weighted router losses."""
-    stats = collect_moe_outputs(model, attention_mask) if getattr(config, "num_experts", 0) else None
-    if stats is None:
-        return CausalLMOutputWithPast(loss=loss, **fields)
-    if loss is not None:
-        loss = (loss + config.router_aux_loss_coef * stats.aux_loss.to(loss.device)
-                + config.router_z_loss_coef * stats.z_loss.to(loss.device))
-    return HfGenMoeCausalLMOutputWithPast(loss=loss, aux_loss=stats.aux_loss, z_loss=stats.z_loss,
-                                          router_logits=stats.router_logits,
-                                          expert_utilization=stats.expert_utilization, **fields)
+    return moe_output(config, model, attention_mask, CausalLMOutputWithPast, HfGenMoeCausalLMOutputWithPast,
+                      loss=loss, **fields)
+
+
+# The encoder's outputs with the router fields (meaning: HfGenMoeCausalLMOutputWithPast). The fields come after the
+# plain class's own, so ``output[0]`` and ``to_tuple()`` start as they do without experts.
+@dataclass
+class HfGenMoeModelOutputWithPooling(BaseModelOutputWithPooling):
+    """``BaseModelOutputWithPooling`` plus the router outputs (no loss: ``aux_loss`` and ``z_loss`` unweighted)."""
+
+    aux_loss: torch.FloatTensor | None = None
+    z_loss: torch.FloatTensor | None = None
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+    expert_utilization: torch.FloatTensor | None = None
+
+
+@dataclass
+class HfGenMoeMaskedLMOutput(MaskedLMOutput):
+    """``MaskedLMOutput`` plus the router outputs; ``loss`` = MLM loss + the weighted router losses."""
+
+    aux_loss: torch.FloatTensor | None = None
+    z_loss: torch.FloatTensor | None = None
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+    expert_utilization: torch.FloatTensor | None = None
+
+
+@dataclass
+class HfGenMoeSequenceClassifierOutput(SequenceClassifierOutput):
+    """``SequenceClassifierOutput`` plus the router outputs; ``loss`` includes the weighted router losses."""
+
+    aux_loss: torch.FloatTensor | None = None
+    z_loss: torch.FloatTensor | None = None
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+    expert_utilization: torch.FloatTensor | None = None
+
+
+@dataclass
+class HfGenMoeTokenClassifierOutput(TokenClassifierOutput):
+    """``TokenClassifierOutput`` plus the router outputs; ``loss`` includes the weighted router losses."""
+
+    aux_loss: torch.FloatTensor | None = None
+    z_loss: torch.FloatTensor | None = None
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+    expert_utilization: torch.FloatTensor | None = None

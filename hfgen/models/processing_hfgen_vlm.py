@@ -12,6 +12,8 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
+from .model_card import HfGenHubCardMixin
+
 IMAGE_PLACEHOLDER = "<image>"
 
 
@@ -82,7 +84,7 @@ class HfGenVlmImageProcessor(BaseImageProcessor):
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
 
 
-class HfGenVlmProcessor(ProcessorMixin):
+class HfGenVlmProcessor(HfGenHubCardMixin, ProcessorMixin):  # mixin: push_to_hub writes hfgen's card
     """Text with ``<image>`` placeholders + images -> ``input_ids``, ``attention_mask``, ``pixel_values``.
 
     Each ``<image>`` becomes ``num_image_tokens`` copies of the image token (one per patch for early fusion and

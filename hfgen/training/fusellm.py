@@ -74,6 +74,7 @@ class VocabularyMap:
         self.target_vocab = target_tokenizer.get_vocab()
         self.target_tokens = sorted(self.target_vocab, key=self.target_vocab.get)
         self.cache: dict[int, int] = {}
+        self.by_length: dict[int, list[str]] | None = None
 
     def __call__(self, source_id: int) -> int:
         if source_id not in self.cache:
@@ -81,9 +82,29 @@ class VocabularyMap:
             if token in self.target_vocab:
                 self.cache[source_id] = self.target_vocab[token]
             else:
-                best = min(self.target_tokens, key=lambda t: (abs(len(t) - len(token)) > 3, edit_distance(token, t)))
-                self.cache[source_id] = self.target_vocab[best]
+                self.cache[source_id] = self.target_vocab[self._nearest(token)]
         return self.cache[source_id]
+
+    def _nearest(self, token: str) -> str:
+        """The target token minimising ``(|len difference| > 3, edit distance, target id)``. Tokens are visited by
+        increasing length difference, which is a lower bound of the edit distance: a length group farther than the
+        best distance found cannot hold a better token, so it is skipped (same answer as scanning the vocabulary,
+        at a fraction of the cost)."""
+        if self.by_length is None:
+            self.by_length = {}
+            for candidate in self.target_tokens:  # ordered by id
+                self.by_length.setdefault(len(candidate), []).append(candidate)
+        best: tuple[bool, int, int] | None = None
+        best_token = None
+        for gap in sorted({abs(length - len(token)) for length in self.by_length}):
+            if best is not None and ((gap > 3 and not best[0]) or ((gap > 3) >= best[0] and gap > best[1])):
+                break
+            for length in (len(token) - gap, len(token) + gap) if gap else (len(token),):
+                for candidate in self.by_length.get(length, ()):
+                    key = (gap > 3, edit_distance(token, candidate), self.target_vocab[candidate])
+                    if best is None or key < best:
+                        best, best_token = key, candidate
+        return best_token
 
 
 def aligned_distributions(source_logits: torch.Tensor, source_ids: list[int], target_ids: list[int],

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..data.gist import GistCollator
+from ..data.gist import GistCollator, GistSeq2SeqCollator
 from ..models.gist import GIST_MODES
 
 
@@ -26,12 +26,15 @@ def train_with_gist_mask(initial: torch.nn.Module, train: list[dict], validation
                          gist_token_ids: list[int], pad_token_id: int, mode: str = "gist", batch_size: int = 16,
                          learning_rate: float = 3e-3, seed: int = 0, progress: bool = True) -> GistRun:
     """One pass over ``train`` in batches with AdamW, from a copy of ``initial``, under the ``mode`` mask
-    (``gist``, ``positive``, ``negative``); then the validation loss under the same mask."""
+    (``gist``, ``positive``, ``negative``); then the validation loss under the same mask. An encoder-decoder
+    (``config.is_encoder_decoder``) takes :func:`gist_seq2seq_examples` and the encoder/cross-attention masks,
+    a causal LM :func:`gist_instruction_examples` and the causal gist mask."""
     if mode not in GIST_MODES:
         raise ValueError(f"Unknown gist mask mode={mode!r}; valid choices are: {', '.join(map(repr, GIST_MODES))}.")
     torch.manual_seed(seed)
     model = copy.deepcopy(initial).train()
-    collate = GistCollator(gist_token_ids, pad_token_id, mode=mode)
+    seq2seq = getattr(initial.config, "is_encoder_decoder", False)
+    collate = (GistSeq2SeqCollator if seq2seq else GistCollator)(gist_token_ids, pad_token_id, mode=mode)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     run = GistRun(mode=mode, model=model)
     steps = range(0, len(train) - batch_size + 1, batch_size)

@@ -7,13 +7,22 @@ given accuracy with fewer labelled examples.
 Procedure (every number from real runs, nothing assumed):
 1. Pre-train each family once on the reference manual with the labelled task's test paragraphs cut out
    (``hfgen.data.labelled.drop_test_paragraphs``): the test text is never read before it is scored.
-2. For every number n of labelled examples (the first n of one fixed shuffle, so the sets are nested), fine-tune
-   the pre-trained model and a fresh model of the same config with identical settings: the same steps, batch
-   size, learning-rate schedule and seed. Score both on the fixed test split (accuracy, macro-F1 through the
-   shipped ``evaluate`` metric).
-3. Write ``results.json``, ``results.md`` (a table, and for each family the fewest examples with which the
-   pre-trained model reaches the accuracy the scratch model reaches with all of them) and
-   ``accuracy_vs_examples.png`` into the output folder.
+2. For every fine-tuning seed and every number n of labelled examples (the first n of a shuffle by that seed, so
+   within a seed the sets are nested), fine-tune the pre-trained model and a fresh model of the same config with
+   identical settings: the same steps, batch size, learning-rate schedule and seed. Score both on the fixed test
+   split (accuracy, macro-F1 through the shipped ``evaluate`` metric).
+3. Write ``results.json`` (every run), ``results.md`` (mean +- standard deviation over the seeds, and for each
+   family the fewest examples with which the pre-trained model's mean accuracy reaches the best mean accuracy
+   from scratch) and ``accuracy_vs_examples.png`` (means with +-1 standard deviation bars) into the output folder.
+
+Runs made in parallel (one process per family or per seed, each with its own ``output_dir``) combine into one
+table and plot with :func:`merge_results` (``recipes/transfer_learning.py --merge_from a,b,...``).
+
+Defaults and why: 2-layer, hidden-128 models with each family's default keys; pre-training 2,000 steps of 32 blocks
+of 64 tokens at learning rate 2e-3. Measured on the encoder (one fine-tuning seed): with 300 steps of 16 blocks the
+masked-LM model stayed at the unigram plateau (masked-token perplexity about 964, what token frequencies alone
+give) and pre-training gained nothing; with 2,000 steps of 32 it reached perplexity 544 and beat scratch at every
+number of labelled examples (``recipes/configs/transfer_encoder_long.yaml``).
 """
 
 from __future__ import annotations
@@ -54,15 +63,25 @@ class TransferArguments:
     config_overrides: str | None = field(default=None, **_help(
         "Further config keys for every model, 'key=value,...' (e.g. 'softmax_variant=off_by_one')."))
     block_size: int = field(default=64, **_help("Tokens per pre-training sequence (the seq2seq encoder input)."))
-    pretrain_steps: int = field(default=300, **_help("Optimizer steps of each pre-training."))
-    pretrain_batch_size: int = field(default=16, **_help("Sequences per pre-training step."))
+    pretrain_steps: int = field(default=2000, **_help(
+        "Optimizer steps of each pre-training (300 of 16 blocks left masked LM at the unigram plateau)."))
+    pretrain_batch_size: int = field(default=32, **_help("Sequences per pre-training step."))
     pretrain_learning_rate: float = field(default=2e-3, **_help("Peak learning rate of pre-training."))
     max_length: int = field(default=64, **_help("Tokens per labelled example (most paragraphs fit in 64)."))
     finetune_steps: int = field(default=120, **_help("Optimizer steps of every fine-tuning run (the same budget)."))
     finetune_batch_size: int = field(default=16, **_help("Examples per fine-tuning step."))
     finetune_learning_rate: float = field(default=1e-3, **_help("Peak learning rate of every fine-tuning run."))
     max_eval_samples: int | None = field(default=None, **_help("Score on the first N test examples (all: None)."))
-    seed: int = field(default=0, **_help("Seed of weights, masks and batches."))
+    seed: int = field(default=0, **_help("Seed of pre-training (weights, masks, batches)."))
+    finetune_seeds: str = field(default="0,1,2", **_help(
+        "Comma-separated seeds of the fine-tuning runs: each seed draws its own labelled subsets, fresh weights "
+        "and batch order; the table reports mean +- standard deviation over them."))
+    inits: str = field(default="scratch,pretrained", **_help(
+        "Which starts to fine-tune: scratch, pretrained or both (a run of one start can be merged with a run of the "
+        "other, e.g. scratch baselines made while pre-training runs)."))
+    merge_from: str | None = field(default=None, **_help(
+        "Instead of running: combine the results.json of these comma-separated output folders (runs made in "
+        "parallel) into one table, JSON and plot in output_dir."))
     pretrained_dirs: str | None = field(default=None, **_help(
         "Skip pre-training: 'encoder=path,seq2seq=path' of folders saved by the pre-training recipes."))
 
@@ -84,6 +103,18 @@ class TransferArguments:
             raise ValueError("train_sizes names no size.")
         return sorted(set(sizes))
 
+    def init_list(self) -> list[str]:
+        inits = [i.strip() for i in self.inits.split(",") if i.strip()]
+        if not inits or any(i not in ("scratch", "pretrained") for i in inits):
+            raise ValueError(f"inits must name some of scratch, pretrained, got {self.inits!r}.")
+        return list(dict.fromkeys(inits))
+
+    def seed_list(self) -> list[int]:
+        entries = [e.strip() for e in str(self.finetune_seeds).split(",") if e.strip()]
+        if not entries or not all(e.isdigit() for e in entries):
+            raise ValueError(f"finetune_seeds must be comma-separated integers >= 0, got {self.finetune_seeds!r}.")
+        return list(dict.fromkeys(int(e) for e in entries))
+
     def pretrained_dir_map(self) -> dict[str, str]:
         if not self.pretrained_dirs:
             return {}
@@ -103,6 +134,8 @@ class TransferArguments:
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)!r}.")
         self.family_list()
+        self.seed_list()
+        self.init_list()
         self.pretrained_dir_map()
 
 
@@ -143,60 +176,116 @@ def fewest_examples(rows: list[dict], accuracy: float) -> int | None:
     return min(reached) if reached else None
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    """One row per (family, init, train_examples): accuracy and macro-F1 as mean and standard deviation over the
+    fine-tuning seeds, with ``seeds`` the number of runs."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in results:
+        groups.setdefault((row["family"], row["init"], row["train_examples"]), []).append(row)
+    rows = []
+    for (family, init, n), runs in groups.items():
+        accuracy, accuracy_std = _mean_std([r["accuracy"] for r in runs])
+        macro_f1, macro_f1_std = _mean_std([r["macro_f1"] for r in runs])
+        rows.append({"family": family, "init": init, "train_examples": n, "accuracy": accuracy,
+                     "accuracy_std": accuracy_std, "macro_f1": macro_f1, "macro_f1_std": macro_f1_std,
+                     "seeds": len(runs)})
+    return sorted(rows, key=lambda r: (r["family"], r["init"], r["train_examples"]))
+
+
 def summarise(results: list[dict]) -> dict[str, dict[str, Any]]:
-    """Per family: mean accuracy gain of pre-training over scratch, sizes where pre-training wins, and the
-    labelled-data comparison at the scratch model's best accuracy."""
+    """Per family, on the seed means: mean accuracy gain of pre-training over scratch, sizes where pre-training
+    wins, runs (seed, size) where it wins, and the labelled-data comparison at the best mean accuracy from
+    scratch."""
     summary = {}
+    means = aggregate(results)
     for family in dict.fromkeys(r["family"] for r in results):
-        scratch = sorted((r for r in results if r["family"] == family and r["init"] == "scratch"),
-                         key=lambda r: r["train_examples"])
-        pretrained = sorted((r for r in results if r["family"] == family and r["init"] == "pretrained"),
-                            key=lambda r: r["train_examples"])
+        scratch = [r for r in means if r["family"] == family and r["init"] == "scratch"]
+        pretrained = [r for r in means if r["family"] == family and r["init"] == "pretrained"]
+        if not scratch or [r["train_examples"] for r in scratch] != [r["train_examples"] for r in pretrained]:
+            continue  # one start only (a partial run, to be merged): nothing to compare
         gains = [p["accuracy"] - s["accuracy"] for p, s in zip(pretrained, scratch)]
+        paired = {(r.get("seed", 0), r["train_examples"]): r["accuracy"] for r in results
+                  if r["family"] == family and r["init"] == "scratch"}
+        run_gains = [r["accuracy"] - paired[(r.get("seed", 0), r["train_examples"])] for r in results
+                     if r["family"] == family and r["init"] == "pretrained"
+                     and (r.get("seed", 0), r["train_examples"]) in paired]
         target = max(s["accuracy"] for s in scratch)
         summary[family] = {
             "mean_accuracy_gain": sum(gains) / len(gains),
             "pretrained_wins": sum(g > 0 for g in gains),
             "sizes": len(gains),
-            "target_accuracy": target,  # the best accuracy from scratch, at any size
+            "run_wins": sum(g > 0 for g in run_gains),
+            "runs": len(run_gains),
+            "target_accuracy": target,  # the best mean accuracy from scratch, at any size
             "scratch_examples_to_target": fewest_examples(scratch, target),
             "pretrained_examples_to_target": fewest_examples(pretrained, target),
         }
     return summary
 
 
-def markdown_table(results: list[dict], summary: dict[str, dict[str, Any]], args: TransferArguments) -> str:
-    """The results as markdown: accuracy (macro-F1) per size, from scratch and pre-trained, per family."""
-    lines = [f"# Transfer learning on the reference-manual groups task", "",
+def _pretraining_line(info: dict[str, Any] | None) -> str:
+    if not info:
+        return ""
+    parts = [f"{key.removeprefix('eval_').replace('_', ' ')} {info[key]:.1f}"
+             for key in ("eval_perplexity_before", "eval_perplexity") if info.get(key) is not None]
+    if info.get("train_runtime_s") is not None:
+        parts.append(f"{info['train_runtime_s'] / 60:.1f} min of training")
+    return f"Pre-training (validation, masked/corrupted tokens): {', '.join(parts)}." if parts else ""
+
+
+def markdown_table(results: list[dict], summary: dict[str, dict[str, Any]], args: TransferArguments,
+                   pretraining: dict[str, dict[str, Any]] | None = None) -> str:
+    """The results as markdown: per family and size, accuracy and macro-F1 from scratch and pre-trained, as mean
+    +- standard deviation over the fine-tuning seeds."""
+    means = aggregate(results)
+    seeds = sorted({r.get("seed", 0) for r in results})
+    lines = ["# Transfer learning on the reference-manual groups task", "",
              f"Fine-tuning budget per run: {args.finetune_steps} steps x {args.finetune_batch_size} examples, "
              f"learning rate {args.finetune_learning_rate}; pre-training: {args.pretrain_steps} steps x "
-             f"{args.pretrain_batch_size} blocks of {args.block_size} tokens. Test accuracy (macro-F1).", ""]
+             f"{args.pretrain_batch_size} blocks of {args.block_size} tokens at learning rate "
+             f"{args.pretrain_learning_rate}; models: {args.num_hidden_layers} layers, hidden {args.hidden_size}"
+             f"{', ' + args.config_overrides if args.config_overrides else ''}. Test accuracy and macro-F1, mean "
+             f"+- standard deviation over {len(seeds)} fine-tuning seed{'s' if len(seeds) > 1 else ''} "
+             f"({', '.join(map(str, seeds))}).", ""]
     for family, (model_type, objective) in FAMILY_OBJECTIVES.items():
-        rows = [r for r in results if r["family"] == family]
-        if not rows:
+        rows = [r for r in means if r["family"] == family]
+        if not rows or family not in summary:
             continue
-        lines += [f"## {family} (`{model_type}`), pre-trained with {objective}", "",
-                  "| labelled examples | from scratch | pre-trained | gain |", "| ---: | ---: | ---: | ---: |"]
+        lines += [f"## {family} (`{model_type}`), pre-trained with {objective}", ""]
+        line = _pretraining_line((pretraining or {}).get(family))
+        lines += [line, ""] if line else []
+        lines += ["| labelled examples | accuracy from scratch | accuracy pre-trained | gain | macro-F1 scratch | "
+                  "macro-F1 pre-trained |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
         for n in sorted({r["train_examples"] for r in rows}):
             s = next(r for r in rows if r["train_examples"] == n and r["init"] == "scratch")
             p = next(r for r in rows if r["train_examples"] == n and r["init"] == "pretrained")
-            lines.append(f"| {n} | {s['accuracy']:.3f} ({s['macro_f1']:.3f}) | {p['accuracy']:.3f} "
-                         f"({p['macro_f1']:.3f}) | {p['accuracy'] - s['accuracy']:+.3f} |")
+            lines.append(f"| {n} | {s['accuracy']:.3f} ± {s['accuracy_std']:.3f} | {p['accuracy']:.3f} ± "
+                         f"{p['accuracy_std']:.3f} | {p['accuracy'] - s['accuracy']:+.3f} | {s['macro_f1']:.3f} ± "
+                         f"{s['macro_f1_std']:.3f} | {p['macro_f1']:.3f} ± {p['macro_f1_std']:.3f} |")
         info = summary[family]
         reach = info["pretrained_examples_to_target"]
-        lines += ["", f"Pre-trained beats scratch at {info['pretrained_wins']} of {info['sizes']} sizes (mean gain "
-                      f"{info['mean_accuracy_gain']:+.3f}). Best accuracy from scratch: {info['target_accuracy']:.3f} "
-                      f"with {info['scratch_examples_to_target']} examples; pre-trained reaches it with "
-                      f"{reach if reach is not None else 'none of the sizes tried'}"
+        lines += ["", f"Pre-trained beats scratch on the mean at {info['pretrained_wins']} of {info['sizes']} sizes "
+                      f"(mean gain {info['mean_accuracy_gain']:+.3f}), and in {info['run_wins']} of {info['runs']} "
+                      f"paired runs (same seed and size). Best mean accuracy from scratch: "
+                      f"{info['target_accuracy']:.3f} with {info['scratch_examples_to_target']} examples; "
+                      f"pre-trained reaches it with {reach if reach is not None else 'none of the sizes tried'}"
                       f"{' examples' if reach is not None else ''}.", ""]
-    majority = results[0].get("majority_accuracy")
+    majority = results[0].get("majority_accuracy") if results else None
     if majority is not None:
         lines += [f"Majority-class accuracy on the test split: {majority:.3f}.", ""]
     return "\n".join(lines)
 
 
 def plot_results(results: list[dict], path: Path) -> Path:
-    """Accuracy vs labelled examples (log scale), a solid line per pre-trained family, dashed from scratch."""
+    """Accuracy vs labelled examples (log scale): the seed mean with +-1 standard deviation bars, a solid line per
+    pre-trained family, dashed from scratch; each run as a faint dot."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -204,20 +293,25 @@ def plot_results(results: list[dict], path: Path) -> Path:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     colors = {"encoder": "tab:blue", "seq2seq": "tab:orange"}
+    means = aggregate(results)
     for family, (_, objective) in FAMILY_OBJECTIVES.items():
         for init, style in (("pretrained", "-o"), ("scratch", "--s")):
-            rows = sorted((r for r in results if r["family"] == family and r["init"] == init),
-                          key=lambda r: r["train_examples"])
-            if rows:
-                label = f"{family}, {'pre-trained (' + objective + ')' if init == 'pretrained' else 'from scratch'}"
-                axes.plot([r["train_examples"] for r in rows], [r["accuracy"] for r in rows], style,
-                          color=colors[family], label=label)
+            rows = [r for r in means if r["family"] == family and r["init"] == init]
+            if not rows:
+                continue
+            label = f"{family}, {'pre-trained (' + objective + ')' if init == 'pretrained' else 'from scratch'}"
+            axes.errorbar([r["train_examples"] for r in rows], [r["accuracy"] for r in rows],
+                          yerr=[r["accuracy_std"] for r in rows], fmt=style, color=colors[family], label=label,
+                          capsize=3, markersize=4)
+            runs = [r for r in results if r["family"] == family and r["init"] == init]
+            axes.plot([r["train_examples"] for r in runs], [r["accuracy"] for r in runs], ".", color=colors[family],
+                      alpha=0.25)
     majority = results[0].get("majority_accuracy") if results else None
     if majority is not None:
         axes.axhline(majority, color="gray", linewidth=0.8, linestyle=":", label="majority class")
     axes.set_xscale("log")
     axes.set_xlabel("labelled training examples")
-    axes.set_ylabel("test accuracy")
+    axes.set_ylabel("test accuracy (mean ± sd over seeds)")
     axes.set_title("Pre-trained vs from scratch, same fine-tuning budget")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
@@ -226,15 +320,81 @@ def plot_results(results: list[dict], path: Path) -> Path:
     return path
 
 
+def _pretraining_metrics(folder: str) -> dict[str, Any]:
+    """What the pre-training recipe recorded in ``all_results.json`` (perplexities, time), if anything."""
+    path = Path(folder) / "all_results.json"
+    if not path.exists():
+        return {}
+    recorded = json.loads(path.read_text())
+    return {key: recorded[key] for key in ("eval_perplexity_before", "eval_perplexity", "train_runtime_s",
+                                           "global_step", "num_parameters") if key in recorded}
+
+
+def write_outputs(args: TransferArguments, results: list[dict], pretrained_dirs: dict[str, str],
+                  wall_time_s: float) -> dict[str, Any]:
+    """Write ``results.json``, ``results.md`` and the plot for ``results`` into ``args.output_dir``."""
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(results)
+    pretraining = {family: _pretraining_metrics(folder) for family, folder in pretrained_dirs.items()}
+    files = {"json": str(out / RESULTS_JSON), "markdown": str(out / RESULTS_MD), "plot": str(out / PLOT_FILE)}
+    majority = results[0].get("majority_accuracy") if results else None
+    payload = {"arguments": asdict(args), "pretrained_dirs": pretrained_dirs, "pretraining": pretraining,
+               "results": results, "means": aggregate(results), "summary": summary, "majority_accuracy": majority,
+               "wall_time_s": wall_time_s}
+    (out / RESULTS_JSON).write_text(json.dumps(payload, indent=2, default=lambda v: None if v is math.inf else v))
+    (out / RESULTS_MD).write_text(markdown_table(results, summary, args, pretraining))
+    plot_results(results, out / PLOT_FILE)
+    return {"results": results, "summary": summary, "files": files, "wall_time_s": wall_time_s}
+
+
+def merge_results(args: TransferArguments) -> dict[str, Any]:
+    """Combine the ``results.json`` of the folders in ``args.merge_from`` (runs made in parallel, e.g. one process
+    per family or per seed) into one table, JSON and plot in ``args.output_dir``. The first folder's arguments
+    describe the budget; every folder must have used the same budget and model size.
+
+    Raises:
+        ValueError: for a folder without ``results.json``, for runs whose budgets differ, or for the same
+            (family, init, size, seed) measured twice.
+    """
+    folders = [f.strip() for f in (args.merge_from or "").split(",") if f.strip()]
+    payloads = []
+    for folder in folders:
+        path = Path(folder) / RESULTS_JSON
+        if not path.exists():
+            raise ValueError(f"merge_from: {folder!r} has no {RESULTS_JSON}.")
+        payloads.append(json.loads(path.read_text()))
+    if not payloads:
+        raise ValueError("merge_from names no folder.")
+    budget = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "config_overrides",
+              "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate", "block_size", "max_length",
+              "finetune_steps", "finetune_batch_size", "finetune_learning_rate", "max_eval_samples")
+    first = payloads[0]["arguments"]
+    for folder, payload in zip(folders, payloads):
+        differ = [k for k in budget if payload["arguments"].get(k) != first.get(k)]
+        if differ:
+            raise ValueError(f"merge_from: {folder!r} used other settings than {folders[0]!r}: {differ}.")
+    results = [row for payload in payloads for row in payload["results"]]
+    keys = [(r["family"], r["init"], r["train_examples"], r.get("seed", 0)) for r in results]
+    if len(set(keys)) != len(keys):
+        raise ValueError("merge_from: the folders measured the same (family, init, size, seed) more than once.")
+    merged = TransferArguments(**{**first, "output_dir": args.output_dir, "merge_from": args.merge_from,
+                                  "families": ",".join(dict.fromkeys(r["family"] for r in results)),
+                                  "finetune_seeds": ",".join(map(str, sorted({k[3] for k in keys})))})
+    pretrained_dirs = {family: folder for payload in payloads for family, folder in payload["pretrained_dirs"].items()}
+    return write_outputs(merged, results, pretrained_dirs, max(p["wall_time_s"] for p in payloads))
+
+
 def run_transfer_experiment(args: TransferArguments, **training_extra: Any) -> dict[str, Any]:
-    """Run the whole experiment (see the module docstring) and write its table, JSON and plot.
+    """Run the whole experiment (see the module docstring) and write its table, JSON and plot; with
+    ``args.merge_from``, combine earlier runs instead (:func:`merge_results`).
 
     Args:
         training_extra: further ``TrainingArguments`` values for every run (e.g. ``disable_tqdm=True``).
 
     Returns:
         ``{"results": [...rows...], "summary": {...per family...}, "files": {...}}``; a row has ``family``,
-        ``init`` (``scratch`` / ``pretrained``), ``train_examples``, ``accuracy``, ``macro_f1``,
+        ``init`` (``scratch`` / ``pretrained``), ``train_examples``, ``seed``, ``accuracy``, ``macro_f1``,
         ``accuracy_before``, ``train_runtime_s``.
     """
     from collections import Counter
@@ -242,7 +402,10 @@ def run_transfer_experiment(args: TransferArguments, **training_extra: Any) -> d
     from ..data.labelled import load_reference_manual_groups
 
     args.check()
+    if args.merge_from:
+        return merge_results(args)
     families = args.family_list()
+    seeds = args.seed_list()
     splits = load_reference_manual_groups()
     sizes = args.size_list(len(splits["train"]))
     test_labels = list(splits["test"]["label"])[: args.max_eval_samples]
@@ -256,31 +419,28 @@ def run_transfer_experiment(args: TransferArguments, **training_extra: Any) -> d
         model_type, objective = FAMILY_OBJECTIVES[family]
         if family in given:
             pretrained_dirs[family] = given[family]
+        elif "pretrained" not in args.init_list():
+            pass
         else:
             print(f"[hfgen] pre-training the {family} with {objective}", flush=True)
             pretrained_dirs[family] = pretrain_family(family, args, out / f"pretrained_{family}", **training_extra)
-        for n in sizes:
-            for init in ("scratch", "pretrained"):
-                model_args = ClassificationModelArguments(
-                    model_name_or_path=pretrained_dirs[family] if init == "pretrained" else None,
-                    model_type=model_type, **(_model_fields(args) if init == "scratch" else
-                                              {"config_overrides": None}))
-                data_args = ClassificationDataArguments(max_length=args.max_length, max_train_samples=n,
-                                                        max_eval_samples=args.max_eval_samples)
-                training_args = _training_args(out / "finetune" / f"{family}_{init}_{n}", args.finetune_steps,
-                                               args.finetune_batch_size, args.finetune_learning_rate, args.seed,
-                                               **training_extra)
-                result = finetune_classification(model_args, data_args, training_args, save=False)
-                results.append({"family": family, "init": init, "train_examples": n,
-                                "accuracy": result.eval_accuracy, "macro_f1": result.eval_macro_f1,
-                                "accuracy_before": result.eval_accuracy_before,
-                                "train_runtime_s": result.train_runtime, "majority_accuracy": majority})
-                print(f"[hfgen] {family} {init:>10} n={n:4d}: accuracy {result.eval_accuracy:.3f}", flush=True)
-    summary = summarise(results)
-    files = {"json": str(out / RESULTS_JSON), "markdown": str(out / RESULTS_MD), "plot": str(out / PLOT_FILE)}
-    payload = {"arguments": asdict(args), "pretrained_dirs": pretrained_dirs, "results": results, "summary": summary,
-               "majority_accuracy": majority, "wall_time_s": time.monotonic() - started}
-    (out / RESULTS_JSON).write_text(json.dumps(payload, indent=2, default=lambda v: None if v is math.inf else v))
-    (out / RESULTS_MD).write_text(markdown_table(results, summary, args))
-    plot_results(results, out / PLOT_FILE)
-    return {"results": results, "summary": summary, "files": files, "wall_time_s": payload["wall_time_s"]}
+        for seed in seeds:
+            for n in sizes:
+                for init in args.init_list():
+                    model_args = ClassificationModelArguments(
+                        model_name_or_path=pretrained_dirs[family] if init == "pretrained" else None,
+                        model_type=model_type, **(_model_fields(args) if init == "scratch" else
+                                                  {"config_overrides": None}))
+                    data_args = ClassificationDataArguments(max_length=args.max_length, max_train_samples=n,
+                                                            max_eval_samples=args.max_eval_samples, subset_seed=seed)
+                    training_args = _training_args(out / "finetune" / f"{family}_{init}_{n}_seed{seed}",
+                                                   args.finetune_steps, args.finetune_batch_size,
+                                                   args.finetune_learning_rate, seed, **training_extra)
+                    result = finetune_classification(model_args, data_args, training_args, save=False)
+                    results.append({"family": family, "init": init, "train_examples": n, "seed": seed,
+                                    "accuracy": result.eval_accuracy, "macro_f1": result.eval_macro_f1,
+                                    "accuracy_before": result.eval_accuracy_before,
+                                    "train_runtime_s": result.train_runtime, "majority_accuracy": majority})
+                    print(f"[hfgen] {family} {init:>10} n={n:4d} seed {seed}: accuracy {result.eval_accuracy:.3f}",
+                          flush=True)
+    return write_outputs(args, results, pretrained_dirs, time.monotonic() - started)
