@@ -167,16 +167,16 @@ def sdpa_attention(module: HfGenAttention, query, key, value, attention_mask, dr
                    scaling: float | None = None, position_bias=None, **kwargs):
     """Fast kernel: SDPA wherever the variant allows it, chunked eager elsewhere. Output ``[B, S, H, D]``."""
     config = module.config
-    variant, groups = config.softmax_variant, module.num_key_value_groups
+    variant, groups = module.softmax_variant, module.num_key_value_groups
     dropout = dropout if module.training else 0.0
     q_len, k_len = query.shape[2], key.shape[2]
     plain_causal = attention_mask is None and module.is_causal
     allowed = None if plain_causal else allowed_positions(attention_mask, q_len, k_len, module.is_causal,
                                                           query.device)
 
-    if config.attention_scoring == "additive" or variant == "clipped":
+    if module.scoring == "additive" or variant == "clipped":
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-        per_score = query.shape[-1] if config.attention_scoring == "additive" else 1
+        per_score = query.shape[-1] if module.scoring == "additive" else 1
         chunk = query_chunk_rows(config, query, k_len, per_score)
         out, _ = chunked_attention(module, query, key, value, allowed, position_bias, scaling, dropout, chunk,
                                    return_weights=False, causal=plain_causal and q_len > 1)
@@ -191,9 +191,9 @@ def sdpa_attention(module: HfGenAttention, query, key, value, attention_mask, dr
                     plain_causal, groups)
     else:
         if variant == "temperature":  # exp(z / theta), z = scale * q.k + bias
-            scaling = scaling / config.softmax_temperature
+            scaling = scaling / module.softmax_temperature
             if position_bias is not None:
-                position_bias = position_bias / config.softmax_temperature
+                position_bias = position_bias / module.softmax_temperature
         out = _sdpa(query, key, value, allowed, position_bias, scaling, dropout, plain_causal, groups)
     return out.transpose(1, 2).contiguous(), None
 
@@ -316,6 +316,9 @@ class HfGenAttention(nn.Module):
         # Seed 003: "QK^T is divided by sqrt(d_k)" for scaled dot product; plain and general scoring are unscaled.
         self.scaling = self.head_dim**-0.5 if config.attention_scoring == "scaled_dot_product" else 1.0
         self.attention_dropout = config.attention_dropout
+        # Read on every call: plain attributes, not the config's __getattribute__ (measurable per decoded token).
+        self.scoring, self.softmax_variant = config.attention_scoring, config.softmax_variant
+        self.softmax_temperature, self.gated_heads = config.softmax_temperature, bool(config.attention_gate)
         bias = config.attention_bias
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
@@ -392,17 +395,17 @@ class HfGenAttention(nn.Module):
                 query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
             if cache is not None:
                 key, value = cache.update(key, value, self.layer_idx)
-        if self.config.attention_scoring == "general":
+        if self.scoring == "general":
             query = torch.einsum("bhqd,hde->bhqe", query, self.score_weight.to(query.dtype))
 
         bias = self.score_bias(position_bias, query, key)
         if kernel in ATTENTION_KERNELS.values():
             kernel_kwargs = {"position_bias": bias, "scaling": self.scaling}
         else:  # other backends know no temperature: exp(s q.k / theta) is softmax with scale s / theta
-            kernel_kwargs = {"scaling": self.scaling / self.config.softmax_temperature}
+            kernel_kwargs = {"scaling": self.scaling / self.softmax_temperature}
         out, weights = kernel(self, query, key, value, attention_mask,
                               dropout=self.attention_dropout if self.training else 0.0, **kernel_kwargs, **kwargs)
-        if self.config.attention_gate:
+        if self.gated_heads:
             gate = torch.sigmoid(self.head_gate(hidden_states)).unsqueeze(-1)  # [B, S, H, 1]
             out = out * gate.to(out.dtype)
         out = self.o_proj(out.reshape(batch, q_len, -1))

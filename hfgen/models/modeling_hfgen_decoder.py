@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
@@ -26,6 +25,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .attention import HfGenAttention
 from .configuration_hfgen_decoder import HfGenDecoderConfig
+from .kv_cache import PreallocatedCacheMixin
 from .layers import HfGenMLP, build_norm
 from .modeling_common import HfGenPreTrainedModel, check_inputs, last_token_indices
 from .moe import HfGenSparseMoeBlock, build_feed_forward, moe_causal_lm_output
@@ -131,9 +131,10 @@ class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
                                        cache=cache if use_cache else None)
 
 
-class HfGenDecoderForCausalLM(HfGenDecoderPreTrainedModel, GenerationMixin):
+class HfGenDecoderForCausalLM(PreallocatedCacheMixin, HfGenDecoderPreTrainedModel, GenerationMixin):
     """Decoder with a language-modelling head. Works with ``generate`` (DynamicCache and static cache, left-padded
-    batches, every decoding strategy), ``pipeline("text-generation")`` and the TRL trainers."""
+    batches, every decoding strategy), ``pipeline("text-generation")`` and the TRL trainers. ``generate``'s default
+    cache writes keys and values in place (``kv_cache.PreallocatedLayer``) instead of concatenating at every step."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
