@@ -25,6 +25,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_hfgen_decoder import HfGenDecoderConfig
+from .kv_cache import PreallocatedCacheMixin
 from .modeling_hfgen_decoder import HfGenDecoderModel, HfGenDecoderPreTrainedModel
 
 
@@ -63,7 +64,7 @@ class HfGenValueHead(nn.Module):
         return self.summary(hidden_states).squeeze(-1)
 
 
-class HfGenDecoderForCausalLMWithValueHead(HfGenDecoderPreTrainedModel, GenerationMixin):
+class HfGenDecoderForCausalLMWithValueHead(PreallocatedCacheMixin, HfGenDecoderPreTrainedModel, GenerationMixin):
     """``HfGenDecoderForCausalLM`` plus ``v_head`` (:class:`HfGenValueHead`): ``forward`` returns
     :class:`CausalLMOutputWithValue` with ``logits`` and per-position ``value``; ``generate`` works as for the
     causal LM."""
