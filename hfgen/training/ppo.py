@@ -59,6 +59,10 @@ from .ppo_core import (
     value_loss,
 )
 
+# Times the parts of a step in the logs (``time/generate_s``, ...); benchmarks/ppo.py swaps in the process's CPU
+# clock, which other processes on a shared machine do not inflate.
+step_clock: Callable[[], float] = time.perf_counter
+
 RewardFunction = Callable[..., Sequence[float]]
 
 
@@ -351,10 +355,10 @@ class PPOTrainer(Trainer):
             max_new_tokens=args.response_length, do_sample=True,
             temperature=args.temperature, top_k=0, top_p=1.0, pad_token_id=self.processing_class.pad_token_id,
             eos_token_id=None)  # fixed length; the stop token is applied below, identically on every process
-        start = time.perf_counter()
+        start = step_clock()
         query_response = unwrapped.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                             generation_config=generation_config)
-        generated = time.perf_counter()
+        generated = step_clock()
         responses = query_response[:, context_length:]
         response_mask, has_stop = self._response_mask(responses)
         responses = torch.where(response_mask.bool(), responses, self.processing_class.pad_token_id)
@@ -372,7 +376,7 @@ class PPOTrainer(Trainer):
             scores = scores - args.missing_eos_penalty * (~has_stop).float()
         unwrapped.train()
         # Generation, then scoring: the policy's and the reference's log-probs, values, and the reward.
-        self.timings = {"time/generate_s": generated - start, "time/score_s": time.perf_counter() - generated}
+        self.timings = {"time/generate_s": generated - start, "time/score_s": step_clock() - generated}
         return Rollout(query_response, attention_mask, context_length, response_mask.float(), logprobs,
                        ref_logprobs, values, scores)
 
@@ -456,13 +460,13 @@ class PPOTrainer(Trainer):
                 batches = iter(dataloader)
                 batch = next(batches)
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
-            t0 = time.perf_counter()
+            t0 = step_clock()
             rollout = self._rollout(model, batch)
-            t1 = time.perf_counter()
+            t1 = step_clock()
             with torch.no_grad():
                 reward_stats = self._advantages(rollout)
             stats = self._optimise(model, rollout)
-            t2 = time.perf_counter()
+            t2 = step_clock()
             episodes += rollout.query_response.shape[0] * args.world_size
             mean = {key: self.accelerator.reduce(value.detach().float(), "mean").item()
                     for key, value in {**reward_stats, **stats, "score": rollout.scores.mean(),
