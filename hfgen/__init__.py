@@ -14,6 +14,7 @@ from .models import (
     HfGenEncoderModel,
     HfGenSeq2SeqConfig,
     HfGenSeq2SeqForConditionalGeneration,
+    HfGenSeq2SeqForSequenceClassification,
     HfGenSeq2SeqModel,
     HfGenRetNetCache,
     HfGenRetNetConfig,
@@ -63,6 +64,7 @@ __all__ = [
     "HfGenEncoderModel",
     "HfGenSeq2SeqConfig",
     "HfGenSeq2SeqForConditionalGeneration",
+    "HfGenSeq2SeqForSequenceClassification",
     "HfGenSeq2SeqModel",
     "__version__",
 ]

@@ -32,23 +32,35 @@ class RewardScriptArguments:
 
 
 def pairwise_accuracy(model, tokenizer, pairs) -> float:
-    """Share of pairs whose chosen conversation scores above the rejected one."""
-    import torch
+    """Share of pairs whose chosen conversation scores above the rejected one (each rendered by the chat template,
+    as RewardTrainer renders them)."""
+    from hfgen.training.rlhf_feedback import score_conversations
 
-    model.eval()
-    wins = 0
-    with torch.no_grad():
-        for row in pairs:
-            scores = []
-            for answer in (row["chosen"], row["rejected"]):
-                text = tokenizer.apply_chat_template(row["prompt"] + answer, tokenize=False)
-                ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
-                scores.append(float(model(input_ids=ids).logits[0, 0]))
-            wins += scores[0] > scores[1]
-    return wins / len(pairs)
+    chosen = score_conversations(model, tokenizer, pairs["prompt"], pairs["chosen"])
+    rejected = score_conversations(model, tokenizer, pairs["prompt"], pairs["rejected"])
+    return sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
 
 
-def run(script_args: RewardScriptArguments, reward_config) -> dict[str, Any]:
+def split_by_topic(pairs, eval_fraction: float, seed: int, exclusive_answers: bool = True) -> dict[str, Any]:
+    """Train / held-out split of preference pairs by query topic. With ``exclusive_answers`` (the corpus pairs, whose
+    rejected answer is another query's chosen one) no held-out answer may appear in training at all: a pair-level
+    split would show the model held-out answers labelled "worse" (and it would score below chance for having
+    memorised that). Sampled pairs (``exclusive_answers=False``) are split by topic only."""
+    topics = sorted(set(pairs["topic"]))
+    held_out = set(random.Random(seed).sample(topics, max(2, round(eval_fraction * len(topics)))))
+    if not exclusive_answers:
+        return {"train": pairs.filter(lambda row: row["topic"] not in held_out),
+                "test": pairs.filter(lambda row: row["topic"] in held_out)}
+    held_out_answers = {row["chosen"][0]["content"] for row in pairs if row["topic"] in held_out}
+    return {"train": pairs.filter(lambda row: row["topic"] not in held_out and
+                                  row["rejected"][0]["content"] not in held_out_answers),
+            "test": pairs.filter(lambda row: row["topic"] in held_out and
+                                 row["rejected"][0]["content"] in held_out_answers)}
+
+
+def run(script_args: RewardScriptArguments, reward_config, split: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and save the reward model; ``split`` ({"train": pairs, "test": pairs}) replaces the corpus pairs (the
+    RLHF recipe passes pairs sampled from the SFT model)."""
     import torch
     from trl import RewardTrainer
 
@@ -61,18 +73,12 @@ def run(script_args: RewardScriptArguments, reward_config) -> dict[str, Any]:
     if not 0.0 < script_args.eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {script_args.eval_fraction}.")
     tokenizer = load_tokenizer()
-    pairs = preference_dataset(script_args.max_response_chars, reward_config.seed, script_args.rejected_per_prompt)
-    # Held out by query, and no held-out answer may appear in training at all: a rejected answer is another
-    # query's chosen one, so a pair-level split would show the model held-out answers labelled "worse" (and it
-    # would score below chance for having memorised that).
-    topics = sorted(set(pairs["topic"]))
-    held_out = set(random.Random(reward_config.seed).sample(topics, max(2, round(script_args.eval_fraction *
-                                                                                   len(topics)))))
-    held_out_answers = {row["chosen"][0]["content"] for row in pairs if row["topic"] in held_out}
-    split = {"train": pairs.filter(lambda row: row["topic"] not in held_out and
-                                   row["rejected"][0]["content"] not in held_out_answers),
-             "test": pairs.filter(lambda row: row["topic"] in held_out and
-                                  row["rejected"][0]["content"] in held_out_answers)}
+    if split is None:
+        pairs = preference_dataset(script_args.max_response_chars, reward_config.seed,
+                                   script_args.rejected_per_prompt)
+        split = split_by_topic(pairs, script_args.eval_fraction, reward_config.seed)
+    if len(split["train"]) == 0:
+        raise ValueError("No training pair for the reward model.")
     if len(split["test"]) == 0:
         raise ValueError("No held-out pair: raise eval_fraction or rejected_per_prompt.")
     if script_args.model_name_or_path:

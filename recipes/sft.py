@@ -7,7 +7,8 @@ SFTTrainer on instruction pairs built from the embedded corpus, in the shipped t
 
 Seed 001, "Instruction Tuning": "provide examples of how the prompt should be answered". The loss covers the
 assistant's tokens only (``assistant_only_loss``, through the template's generation markers). At the end the rule
-of the embedded task (does the answer name what it was asked about?) is measured on every query.
+of the embedded task is measured on every query: does the answer name what it was asked about
+(``mentions_keyword``), or, with ``--instruction_source lengths``, is it one sentence (``one_sentence``)?
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class SFTScriptArguments:
     num_hidden_layers: int = field(default=2, metadata={"help": "Layers of a fresh model."})
     softmax_variant: str = field(default="standard", metadata={"help": "Attention softmax of a fresh model."})
     instruction_source: str = field(default="all", metadata={
-        "help": "responses (answers to help() queries), backtranslation, or all."})
+        "help": "responses (answers to help() queries), backtranslation, all, or lengths (each query answered in "
+                "1, 2 and 3 sentences; the rule measured is then one_sentence instead of mentions_keyword)."})
     max_response_chars: int = field(default=300, metadata={"help": "Clip responses to this many characters."})
     eval_max_new_tokens: int = field(default=32, metadata={"help": "Tokens per answer in the final evaluation."})
 
@@ -39,9 +41,12 @@ def run(script_args: SFTScriptArguments, sft_config) -> dict[str, Any]:
 
     import hfgen  # noqa: F401
     from hfgen.data import load_tokenizer
-    from hfgen.data.instructions import instruction_dataset, prompt_dataset
+    from hfgen.data.instructions import instruction_dataset, mentions_keyword, one_sentence, prompt_dataset
     from hfgen.models import HfGenDecoderForCausalLM
     from hfgen.training.rlhf import chat_decoder_config, evaluate_policy
+    from hfgen.training.trl_cpu import use_plain_logprobs
+
+    use_plain_logprobs()  # on a CPU: TRL's fused LM head with plain torch ops (same numbers, faster)
 
     tokenizer = load_tokenizer()
     dataset = instruction_dataset(script_args.instruction_source, script_args.max_response_chars, sft_config.seed)
@@ -57,8 +62,10 @@ def run(script_args: SFTScriptArguments, sft_config) -> dict[str, Any]:
     trainer.save_model(sft_config.output_dir)
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "rows": len(dataset)}
     if sft_config.process_index == 0:
+        rule = one_sentence if script_args.instruction_source == "lengths" else mentions_keyword
         evaluation = evaluate_policy(trainer.model, tokenizer, prompt_dataset(),
-                                     max_new_tokens=script_args.eval_max_new_tokens, seed=sft_config.seed)
+                                     max_new_tokens=script_args.eval_max_new_tokens, seed=sft_config.seed, rule=rule)
+        metrics["rule"] = rule.__name__
         metrics["rule_success"] = evaluation.rule_success
         metrics["examples"] = evaluation.responses[:3]
         Path(sft_config.output_dir, "sft_results.json").write_text(json.dumps(metrics, indent=2))
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics = run(script_args, sft_config)
     if sft_config.process_index == 0:
         print(f"SFT on {metrics['rows']} instruction pairs: final loss {metrics['train_loss']:.3f}; rule success "
-              f"{metrics['rule_success']:.2%}; saved to {sft_config.output_dir}")
+              f"{metrics['rule_success']:.2%} ({metrics['rule']}); saved to {sft_config.output_dir}")
     return metrics
 
 

@@ -42,8 +42,17 @@ def encoder_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def seq2seq_run(tmp_path_factory):
     """A span-corruption-pre-trained encoder-decoder fine-tuned text-to-text for 4 steps."""
-    model_args = ClassificationModelArguments(model_name_or_path=span_run().output_dir)
+    model_args = ClassificationModelArguments(model_name_or_path=span_run().output_dir, seq2seq_head="text_to_text")
     return finetune_classification(model_args, DATA, training_args(tmp_path_factory.mktemp("cls") / "seq2seq"))
+
+
+@pytest.fixture(scope="module")
+def seq2seq_head_run(tmp_path_factory):
+    """The same checkpoint fine-tuned with the classification head (the default) on a validation split."""
+    model_args = ClassificationModelArguments(model_name_or_path=span_run().output_dir)
+    data = ClassificationDataArguments(max_length=32, max_train_samples=16, max_eval_samples=24,
+                                       validation_fraction=0.2)
+    return finetune_classification(model_args, data, training_args(tmp_path_factory.mktemp("cls") / "head"))
 
 
 def test_encoder_folder_reloads_with_identical_logits_and_labels(encoder_run):
@@ -101,6 +110,33 @@ def test_seq2seq_text_to_text_reloads_and_accuracy_recomputes(seq2seq_run):
     assert ModelCard.load(Path(out) / "README.md").data.pipeline_tag == "text2text-generation"
 
 
+def test_seq2seq_head_reloads_and_validation_accuracy_recomputes(seq2seq_head_run):
+    """The default seq2seq fine-tuning: AutoModelForSequenceClassification reloads it with identical logits, and
+    the reported accuracy -- on the validation split carved out of train, not on test -- equals the share of argmax
+    hits recomputed here one example at a time from the input as documented (tokens, then eos)."""
+    out = seq2seq_head_run.output_dir
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.model_type == "hfgen_seq2seq" and model.config.id2label == dict(enumerate(LABELS))
+    splits = load_reference_manual_groups(validation_fraction=0.2)
+    validation = splits["validation"].select(range(24))
+    assert not set(validation["text"]) & (set(splits["test"]["text"]) | set(splits["train"]["text"]))
+    predictions = []
+    with torch.no_grad():
+        for text in validation["text"]:
+            ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=31)["input_ids"]
+            ids = torch.tensor([ids + [tokenizer.eos_token_id]])
+            logits = model(input_ids=ids).logits
+            torch.testing.assert_close(logits, seq2seq_head_run.model.eval()(input_ids=ids).logits, rtol=0, atol=1e-6)
+            predictions.append(logits[0].argmax())
+    assert seq2seq_head_run.eval_accuracy == pytest.approx(
+        (torch.stack(predictions) == torch.tensor(validation["label"])).double().mean().item(), abs=1e-9)
+    card = ModelCard.load(Path(out) / "README.md")  # no test accuracy claimed for a validation score
+    assert card.data.pipeline_tag == "text-classification" and not card.data.eval_results
+    results = json.loads((Path(out) / "all_results.json").read_text())
+    assert results["validation_accuracy"] == seq2seq_head_run.eval_accuracy and "eval_accuracy" not in results
+
+
 def test_pretrained_encoder_weights_are_the_starting_point(tmp_path):
     """With learning rate 0 the fine-tuned encoder keeps exactly the MLM checkpoint's encoder weights."""
     model_args = ClassificationModelArguments(model_name_or_path=mlm_run().output_dir)
@@ -137,7 +173,13 @@ def test_bad_input_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="max_length must be a positive int"):
         finetune_classification(ClassificationModelArguments(**TINY_MODEL), ClassificationDataArguments(max_length=0),
                                 training_args(tmp_path / "d"))
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    with pytest.raises(ValueError, match=r"validation_fraction must be a number in \[0, 1\)"):
+        finetune_classification(ClassificationModelArguments(**TINY_MODEL),
+                                ClassificationDataArguments(validation_fraction=1.0), training_args(tmp_path / "e"))
+    with pytest.raises(ValueError, match="seq2seq_head must be one of classification, text_to_text"):
+        finetune_classification(ClassificationModelArguments(model_type="hfgen_seq2seq", seq2seq_head="lm"), DATA,
+                                training_args(tmp_path / "f"))
+    assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
 def test_recipe_main_from_scratch(tmp_path):

@@ -12,10 +12,13 @@ from pydoc_data.topics import topics as pydoc_topics
 from hfgen.data import load_tokenizer
 from hfgen.data.instructions import (
     instruction_dataset,
+    length_preference_dataset,
     load_topics,
     mentions_keyword,
+    one_sentence,
     preference_dataset,
     prompt_dataset,
+    sentences,
 )
 
 
@@ -87,7 +90,7 @@ def test_shipped_chat_template_renders_and_masks_the_answer():
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="valid choices: responses, backtranslation, all"):
+    with pytest.raises(ValueError, match="valid choices: responses, backtranslation, all, lengths"):
         instruction_dataset(source="documents")
     with pytest.raises(ValueError, match="max_response_chars must be an int >= 16"):
         preference_dataset(max_response_chars=3)
@@ -95,3 +98,48 @@ def test_bad_arguments_are_refused():
         preference_dataset(rejected_per_prompt=0)
     with pytest.raises(ValueError, match="seed must be an int >= 0"):
         prompt_dataset(seed=-1)
+
+
+def test_one_sentence_rule():
+    assert one_sentence(["The with statement wraps a block.", "  A lambda makes a function.  ",
+                         [{"role": "assistant", "content": "Slices select part of a sequence."}]]) == [1.0] * 3
+    assert one_sentence(["Too short.",  # fewer than 4 words
+                         "It binds names. It also rebinds them.",  # two sentences
+                         "The with statement wraps a",  # cut off, no period
+                         "Is this one sentence?",  # not a period
+                         "Objects are data: Every object has an identity."]) == [0.0] * 5
+    assert one_sentence(["Use e.g. the with statement here.", 'Write "x.name" to access attribute name.'],
+                        keyword=["with", "x"]) == [1.0, 1.0]  # an abbreviation or a dotted name ends nothing
+    assert sentences('One. Two! (Three.) "Four." Five') == ["One.", "Two!", "(Three.)", '"Four."', "Five"]
+
+
+def test_length_source_answers_each_query_in_one_to_three_sentences():
+    lengths = instruction_dataset(source="lengths", max_response_chars=300)
+    by_topic: dict[str, list[str]] = {}
+    for row in lengths:
+        user, assistant = row["messages"]
+        assert user["content"].startswith("Explain ") and len(assistant["content"]) <= 300
+        by_topic.setdefault(row["topic"], []).append(assistant["content"])
+    assert len(by_topic) == len(load_topics())
+    success = 0
+    for topic, answers in by_topic.items():
+        assert 1 <= len(answers) <= 3 and len(set(answers)) == len(answers)
+        # Longer answers extend shorter ones: the first n sentences of the topic's opening prose.
+        ordered = sorted(answers, key=len)
+        assert all(longer.startswith(shorter[:-1]) for shorter, longer in zip(ordered, ordered[1:])), topic
+        assert _flat(ordered[0][:-1]) in _flat(pydoc_topics[topic])
+        success += sum(one_sentence(answers))
+    assert 0.2 < success / len(lengths) < 0.6  # the SFT data answers in one sentence only part of the time
+
+
+def test_length_preference_pairs_prefer_one_sentence_within_a_query():
+    pairs = length_preference_dataset(max_response_chars=300)
+    assert len(pairs) > 50
+    assert one_sentence(pairs["chosen"]) == [1.0] * len(pairs)
+    assert one_sentence(pairs["rejected"]) == [0.0] * len(pairs)
+    queries = {row["topic"]: row["prompt"] for row in prompt_dataset()}
+    for row in pairs:
+        assert row["prompt"] == queries[row["topic"]]
+        assert row["chosen"][0]["content"][:20] == row["rejected"][0]["content"][:20]  # the same opening
+    with pytest.raises(ValueError, match="max_response_chars must be an int >= 16"):
+        length_preference_dataset(max_response_chars=3)

@@ -32,7 +32,8 @@ def _module(path: Path, name: str):
 
 
 TINY = ["--hidden_size", "32", "--num_hidden_layers", "1", "--sft_steps", "3", "--reward_steps", "3",
-        "--rl_steps", "2", "--rl_batch_size", "4", "--eval_prompts", "3", "--max_new_tokens", "6"]
+        "--rl_steps", "2", "--rl_batch_size", "4", "--eval_prompts", "3", "--eval_samples", "1",
+        "--samples_per_prompt", "2", "--max_new_tokens", "6"]
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,15 @@ def ppo_run(tmp_path_factory):
 def test_ppo_ladder_reports_before_and_after(ppo_run):
     out, results = ppo_run
     saved = json.loads((out / "results.json").read_text())
-    assert saved["method"] == "ppo" and set(saved["stages"]) == {"sft", "reward_model"}
+    assert saved["method"] == "ppo" and set(saved["stages"]) == {"sft", "pairs", "reward_model"}
+    assert saved["rule"] == "one_sentence"
+    pairs = saved["stages"]["pairs"]
+    assert pairs["train"] + pairs["heldout"] == pairs["corpus"] + pairs["sampled"] and pairs["heldout"] > 0
     before, after = saved["before"], saved["after"]
     assert before["kl_to_reference"] == 0.0  # the SFT model measured against itself
     for report in (before, after):
         assert 0.0 <= report["rule_success"] <= 1.0 and 0.0 <= report["win_rate_vs_sft"] <= 1.0
+        assert 0.0 <= report["rule_success_heldout"] <= 1.0
         assert isinstance(report["mean_reward"], float)
     assert len(saved["curve"]) == 2
     assert (out / "rlhf_ppo.png").read_bytes()[:8] == PNG
@@ -66,7 +71,7 @@ def test_dpo_and_grpo_variants_reuse_the_sft_and_reward_stages(ppo_run, method, 
     results = _module(RUN, "rlhf_run").main([
         "--output_dir", str(tmp_path), "--method", method, "--sft_model", str(out / "sft"),
         "--reward_model", str(out / "reward_model"), *TINY])
-    assert results["stages"] == {} and len(results["curve"]) == 2
+    assert set(results["stages"]) == {"pairs"} and len(results["curve"]) == 2
     assert (tmp_path / f"rlhf_{method}.png").read_bytes()[:8] == PNG
     assert 0.0 <= results["after"]["win_rate_vs_sft"] <= 1.0
 

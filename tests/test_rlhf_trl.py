@@ -70,3 +70,30 @@ def test_rloo_raises_the_reward_from_a_saved_folder(tmp_path):
     word_tokenizer().save_pretrained(tmp_path / "base")
     rewards = _grpo_like(RLOOTrainer, RLOOConfig, tmp_path, str(tmp_path / "base"), steps=20)
     assert sum(rewards[:3]) / 3 < 0.2 and sum(rewards[-3:]) / 3 > 0.4, rewards
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_plain_logprobs_match_trls_chunked_kernel(softcap):
+    """hfgen.training.trl_cpu.PlainLogProbFunction against TRL's own ChunkedLogProbFunction: every output and the
+    gradients of log-probs + entropy, on random tensors with several vocabulary tiles."""
+    from trl.kernels import ChunkedLogProbFunction
+
+    from hfgen.training.trl_cpu import OPTIONAL_OUTPUTS, PlainLogProbFunction
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(7, 16, generator=generator, dtype=torch.float64)
+    weight = torch.randn(50, 16, generator=generator, dtype=torch.float64)
+    bias = torch.randn(50, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, 50, (7,), generator=generator)
+    results = []
+    for function in (ChunkedLogProbFunction, PlainLogProbFunction):
+        h, w, b = (x.clone().requires_grad_(True) for x in (hidden, weight, bias))
+        out = function.apply(h, w, b, targets, 0.7, 16, softcap, 1.3, OPTIONAL_OUTPUTS)
+        (out[0].sum() + 0.5 * out[1].sum()).backward()
+        results.append(([x.detach().double() for x in out[:4]] + [out[4]], [h.grad, w.grad, b.grad]))
+    (trl_out, trl_grads), (plain_out, plain_grads) = results
+    for name, a, b in zip(("log_probs", "entropy", "log_sum_sq_probs", "mean_logits"), trl_out, plain_out):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
+    assert torch.equal(trl_out[4], plain_out[4])
+    for a, b in zip(trl_grads, plain_grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

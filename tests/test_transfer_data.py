@@ -55,6 +55,23 @@ def test_split_is_the_hash_rule_and_splits_are_disjoint(task):
     assert list(again["test"]["text"]) == list(task["test"]["text"])  # fixed across calls
 
 
+def test_validation_split_is_carved_out_of_train_by_its_own_hash_rule(task):
+    """validation_fraction moves train paragraphs (sha256 of "seed:validation:text" below it) to "validation";
+    test is untouched and train + validation is the train split as before."""
+    carved = load_reference_manual_groups(validation_fraction=0.2)
+
+    def in_validation(text: str) -> bool:
+        return int.from_bytes(hashlib.sha256(f"0:validation:{text}".encode()).digest()[:8], "big") / 2**64 < 0.2
+
+    assert list(carved["test"]["text"]) == list(task["test"]["text"])
+    assert sorted(list(carved["train"]["text"]) + list(carved["validation"]["text"])) == sorted(task["train"]["text"])
+    assert all(in_validation(t) for t in carved["validation"]["text"])
+    assert not any(in_validation(t) for t in carved["train"]["text"])
+    assert 0.1 * len(task["train"]) < len(carved["validation"]) < 0.3 * len(task["train"])
+    with pytest.raises(ValueError, match=r"validation_fraction must be a number in \[0, 1\)"):
+        load_reference_manual_groups(validation_fraction=1.0)
+
+
 def test_paragraphs_are_unique_and_long_enough(task):
     texts = list(task["train"]["text"]) + list(task["test"]["text"])
     assert len(texts) == len(set(texts))

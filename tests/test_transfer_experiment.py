@@ -18,6 +18,7 @@ def experiment(tmp_path_factory):
     args = TransferArguments(
         output_dir=str(tmp_path_factory.mktemp("transfer")), train_sizes="8,16", **TINY_MODEL, max_length=32,
         finetune_steps=2, finetune_batch_size=8, max_eval_samples=16, finetune_seeds="0,1",
+        finetune_learning_rates="1e-3,5e-3",
         pretrained_dirs=f"encoder={mlm_run().output_dir},seq2seq={span_run().output_dir}")
     return args, run_transfer_experiment(args, disable_tqdm=True)
 
@@ -102,6 +103,24 @@ def test_runs_made_in_parallel_merge_into_the_same_summary(experiment, tmp_path)
         run_transfer_experiment(TransferArguments(output_dir=str(tmp_path / "none"), merge_from=str(tmp_path)))
 
 
+def test_learning_rate_is_chosen_on_validation_for_each_start(experiment):
+    """Every (family, start) tried both candidates on the validation split; the rate its runs used is the one with
+    the best validation accuracy (ties: macro-F1, then the smaller rate), recomputed here."""
+    args, outcome = experiment
+    payload = json.loads((Path(args.output_dir) / "results.json").read_text())
+    assert payload["learning_rate_selection"] == outcome["learning_rate_selection"]
+    for family in ("encoder", "seq2seq"):
+        for init in ("scratch", "pretrained"):
+            chosen = payload["learning_rate_selection"][family][init]
+            scores = chosen["validation"]
+            assert [row["learning_rate"] for row in scores] == [1e-3, 5e-3]
+            best = max(scores, key=lambda r: (r["accuracy"], r["macro_f1"], -r["learning_rate"]))
+            assert chosen["learning_rate"] == best["learning_rate"]
+            assert {r["learning_rate"] for r in payload["results"]
+                    if (r["family"], r["init"]) == (family, init)} == {best["learning_rate"]}
+    assert "chosen on the validation split" in (Path(args.output_dir) / "results.md").read_text()
+
+
 def test_fewest_examples_rule():
     rows = [{"train_examples": 10, "accuracy": 0.3}, {"train_examples": 50, "accuracy": 0.5},
             {"train_examples": 100, "accuracy": 0.45}]
@@ -116,6 +135,10 @@ def test_fewest_examples_rule():
     ({"pretrained_dirs": "bert=/x"}, "pretrained_dirs keys must be among"),
     ({"finetune_steps": 0}, "finetune_steps must be a positive int"),
     ({"finetune_seeds": "0,x"}, "finetune_seeds must be comma-separated integers"),
+    ({"finetune_learning_rates": "1e-3,fast"}, "finetune_learning_rates must be comma-separated numbers > 0"),
+    ({"finetune_learning_rates": "0"}, "finetune_learning_rates must be comma-separated numbers > 0"),
+    ({"selection_validation_fraction": 1.0}, "selection_validation_fraction must be in"),
+    ({"seq2seq_head": "lm"}, "seq2seq_head must be one of classification, text_to_text"),
 ])
 def test_bad_arguments_fail_before_any_training(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):

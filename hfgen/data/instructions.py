@@ -26,8 +26,12 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-INSTRUCTION_SOURCES = ("responses", "backtranslation", "all")
+INSTRUCTION_SOURCES = ("responses", "backtranslation", "all", "lengths")
 _UNDERLINE = re.compile(r"^([*=\-^~\"])\1{2,}$")
+# A sentence ends at . ! ? : (optionally closed by a quote or bracket) before space and a capital or an opening
+# quote/bracket: "e.g. the" does not end one, "value. The" does.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?:])|(?<=[.!?:][\"'\u201d)\]]))\s+(?=[A-Z(\"'\u201c])")
+ONE_SENTENCE_MIN_WORDS = 4
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,31 @@ def answer_for(topic: Topic, max_chars: int) -> str:
     return _clip(topic.sections[0][1][0], max_chars)
 
 
+def sentences(text: str) -> list[str]:
+    """The sentences of a prose text, split after ``.``, ``!``, ``?`` or ``:`` (optionally closed by a quote or
+    bracket) that is followed by a space and a capital letter or an opening quote or bracket."""
+    return [part for part in _SENTENCE_END.split(text.strip()) if part]
+
+
+def answers_by_length(topic: Topic, max_chars: int, lengths: tuple[int, ...] = (1, 2, 3)) -> list[tuple[int, str]]:
+    """The topic's opening prose (its first section) cut after its first ``n`` sentences, for each ``n`` in
+    ``lengths`` that the prose has (clipped to ``max_chars``, duplicates kept once): ``[(n, answer), ...]``.
+
+    A sentence that ends with a colon introduced a code or grammar block, which the prose leaves out; it ends with a
+    period here instead ("... the following lexical definitions." rather than "...definitions:")."""
+    opening = [sentence[:-1] + "." if sentence.endswith(":") else sentence
+               for paragraph in topic.sections[0][1] for sentence in sentences(paragraph)]
+    answers, seen = [], set()
+    for n in lengths:
+        if n > len(opening):
+            break
+        answer = _clip(" ".join(opening[:n]), max_chars)
+        if answer not in seen:
+            seen.add(answer)
+            answers.append((n, answer))
+    return answers
+
+
 def _check(max_chars: int, seed: int) -> None:
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 16:
         raise ValueError(f"max_response_chars must be an int >= 16, got {max_chars!r}")
@@ -150,7 +179,10 @@ def instruction_dataset(source: str = "all", max_response_chars: int = 400, seed
 
     Args:
         source: ``responses`` (answers to the existing ``help()`` queries), ``backtranslation`` (instructions
-            reconstructed for the other prose paragraphs) or ``all``.
+            reconstructed for the other prose paragraphs), ``all`` (both), or ``lengths``: each query answered
+            by its opening prose cut after one, two and three sentences (:func:`answers_by_length`), so a model
+            tuned on it answers in one sentence only some of the time -- the behaviour the RLHF recipe's
+            feedback (:func:`one_sentence`) then selects.
         max_response_chars: responses are clipped to whole sentences within this many characters.
         seed: orders the rows (a fixed shuffle by hash; the content does not depend on it).
     """
@@ -159,6 +191,9 @@ def instruction_dataset(source: str = "all", max_response_chars: int = 400, seed
     _check(max_response_chars, seed)
     rows = []
     for topic in load_topics():
+        if source == "lengths":
+            rows.extend((f"{topic.key}:{n}", topic, query_for(topic), answer)
+                        for n, answer in answers_by_length(topic, max_response_chars))
         if source in ("responses", "all"):
             rows.append((f"{topic.key}:0", topic, query_for(topic), answer_for(topic, max_response_chars)))
         if source in ("backtranslation", "all"):
@@ -210,6 +245,27 @@ def preference_dataset(max_response_chars: int = 400, seed: int = 0, rejected_pe
     })
 
 
+def length_preference_dataset(max_response_chars: int = 300, seed: int = 0) -> Dataset:
+    """Preference pairs for the task "answer in one sentence", from comparisons of the corpus answers of different
+    lengths to the same query (:func:`answers_by_length`): each answer :func:`one_sentence` accepts is chosen over
+    each one of the same query it rejects. Same columns as :func:`preference_dataset`."""
+    _check(max_response_chars, seed)
+    rows = []
+    for topic in load_topics():
+        answers = [answer for _, answer in answers_by_length(topic, max_response_chars)]
+        scores = one_sentence(answers)
+        for good in (a for a, s in zip(answers, scores) if s):
+            rows.extend((topic, good, bad) for bad, s in zip(answers, scores) if not s)
+    rows.sort(key=lambda row: _rank(f"{row[0].key}>{row[2]}", seed))
+    return Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": query_for(t)}] for t, _, _ in rows],
+        "chosen": [[{"role": "assistant", "content": c}] for _, c, _ in rows],
+        "rejected": [[{"role": "assistant", "content": r}] for _, _, r in rows],
+        "topic": [t.key for t, _, _ in rows],
+        "keyword": [t.keyword for t, _, _ in rows],
+    })
+
+
 def prompt_dataset(seed: int = 0) -> Dataset:
     """Prompt-only rows (``prompt`` as one user message, ``keyword``, ``topic``) for PPO, GRPO and RLOO."""
     _check(16, seed)
@@ -236,4 +292,17 @@ def mentions_keyword(completions: list, keyword: list[str], **kwargs) -> list[fl
     for completion, word in zip(completions, keyword):
         pattern = r"(?<![A-Za-z0-9_])" + re.escape(word.lower()) + r"(?![A-Za-z0-9_])"
         scores.append(1.0 if re.search(pattern, _text(completion).lower()) else 0.0)
+    return scores
+
+
+def one_sentence(completions: list, **kwargs) -> list[float]:
+    """The rule of the RLHF recipe's task, "answer in one sentence": 1.0 when a completion is exactly one complete
+    sentence -- at least ``ONE_SENTENCE_MIN_WORDS`` words, ending with a period, no sentence end inside
+    (:func:`sentences`) -- else 0.0. A response cut off by the length limit does not end with a period and fails.
+    Signature of a TRL reward function (other dataset columns arrive as keyword arguments and are ignored)."""
+    scores = []
+    for completion in completions:
+        text = _text(completion).strip()
+        scores.append(1.0 if len(text.split()) >= ONE_SENTENCE_MIN_WORDS and text.endswith(".") and
+                      len(sentences(text)) == 1 else 0.0)
     return scores

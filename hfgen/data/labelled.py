@@ -85,19 +85,28 @@ def _labelled_paragraphs(min_characters: int) -> list[tuple[str, int, str]]:
 
 
 def load_reference_manual_groups(test_fraction: float = 0.25, seed: int = 0,
-                                 min_characters: int = 100) -> DatasetDict:
-    """The labelled task as a ``DatasetDict`` with splits "train" and "test" and columns "text", "label"
-    (a ``ClassLabel`` with names :data:`LABELS`) and "topic" (the pydoc topic it was taken from).
+                                 min_characters: int = 100, validation_fraction: float = 0.0) -> DatasetDict:
+    """The labelled task as a ``DatasetDict`` with splits "train" and "test" (and "validation" when
+    ``validation_fraction`` > 0) and columns "text", "label" (a ``ClassLabel`` with names :data:`LABELS`) and
+    "topic" (the pydoc topic it was taken from).
 
     Args:
         test_fraction: expected share of paragraphs in "test", strictly between 0 and 1.
         seed: picks a different, equally fixed split.
         min_characters: shorter paragraphs (headings, one-line grammar rules) are left out.
+        validation_fraction: expected share of the *train* paragraphs moved to a "validation" split, in [0, 1):
+            for choosing settings (a learning rate) without looking at "test". It is fixed the same way (a sha256
+            of (``seed``, "validation:", text)), and "test" is the same whatever this value.
     """
     _check(test_fraction, seed, min_characters)
-    rows = {"train": [], "test": []}
+    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) \
+            or not 0 <= validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be a number in [0, 1), got {validation_fraction!r}")
+    rows = {"train": [], "test": []} if validation_fraction == 0 else {"train": [], "validation": [], "test": []}
     for text, label, topic in _labelled_paragraphs(min_characters):
         split = "test" if _unit_interval(text, seed) < test_fraction else "train"
+        if split == "train" and _unit_interval("validation:" + text, seed) < validation_fraction:
+            split = "validation"
         rows[split].append((text, label, topic))
     features = Features({"text": Value("string"), "label": ClassLabel(names=list(LABELS)),
                          "topic": Value("string")})

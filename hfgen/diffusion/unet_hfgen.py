@@ -50,10 +50,15 @@ class ResnetBlock(nn.Module):
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        # The same arithmetic as written plainly (conv1(silu(norm1(x))) + proj(silu(emb)), ...), with fewer
+        # temporaries: the adds go into the convolutions' fresh outputs (a convolution's backward does not need
+        # its output), and without autograd SiLU overwrites the GroupNorm output it reads.
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h += self.emb_proj(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
+        h += self.skip(x)
+        return h
 
 
 class SpatialAttentionBlock(nn.Module):
@@ -76,10 +81,16 @@ class SpatialAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        # [B, HW, C] tokens, laid out once for the q/k/v projections: a view of a channels-last input, one copy
+        # of a channels-first one (a transposed view would be copied by each of the three projections)
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        if self.cross_attn is None or context is None:
+            # The attention output [B, HW, C] seen as [B, C, H, W] without a copy (channels-last strides), plus
+            # the input: as diffusers' attention processor. The result stays channels-last (no copy back), which
+            # the following convolutions and nearest upsampling also run faster on than on channels-first.
+            return self.attn(tokens)[0].transpose(1, 2).reshape(b, c, h, w) + x
         out = x.flatten(2).transpose(1, 2) + self.attn(tokens)[0]
-        if self.cross_attn is not None and context is not None:
-            out = out + cross_attend(self.cross_attn, self.norm_cross(out), self.context_proj(context), context_mask)
+        out = out + cross_attend(self.cross_attn, self.norm_cross(out), self.context_proj(context), context_mask)
         return out.transpose(1, 2).reshape(b, c, h, w)
 
 
@@ -302,7 +313,7 @@ class HfGenUNet2DModel(HubExportMixin, ModelMixin, ConfigMixin):
                 h = self._attend(attn, resnet(torch.cat([h, skips.pop()], dim=1), emb), encoder_hidden_states, mask)
             if level.sampler is not None:
                 h = level.sampler(F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        out = self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
         if not return_dict:
             return (out,)
         return HfGenUNet2DOutput(sample=out)

@@ -11,6 +11,7 @@ from .modeling_hfgen_decoder import (
 from .configuration_hfgen_seq2seq import T5_LIKE_KEYS, HfGenSeq2SeqConfig
 from .modeling_hfgen_seq2seq import (
     HfGenSeq2SeqForConditionalGeneration,
+    HfGenSeq2SeqForSequenceClassification,
     HfGenSeq2SeqModel,
     HfGenSeq2SeqPreTrainedModel,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "HfGenDecoderPreTrainedModel",
     "HfGenSeq2SeqConfig",
     "HfGenSeq2SeqForConditionalGeneration",
+    "HfGenSeq2SeqForSequenceClassification",
     "HfGenSeq2SeqModel",
     "HfGenSeq2SeqPreTrainedModel",
     "MLP_TYPES",

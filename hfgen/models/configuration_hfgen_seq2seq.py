@@ -13,6 +13,7 @@ SEQ2SEQ_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_seq2seq.HfGenSeq2SeqConfig",
     "AutoModel": "modeling_hfgen_seq2seq.HfGenSeq2SeqModel",
     "AutoModelForSeq2SeqLM": "modeling_hfgen_seq2seq.HfGenSeq2SeqForConditionalGeneration",
+    "AutoModelForSequenceClassification": "modeling_hfgen_seq2seq.HfGenSeq2SeqForSequenceClassification",
 }
 
 # The keys that make the model T5 (Raffel et al. 2020; T5 v1.0 with ``hidden_act="relu"``, mlp_type="standard";

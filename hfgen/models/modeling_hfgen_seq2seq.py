@@ -29,6 +29,7 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
+    Seq2SeqSequenceClassifierOutput,
 )
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
@@ -396,3 +397,54 @@ class HfGenSeq2SeqForConditionalGeneration(HfGenSeq2SeqPreTrainedModel, Generati
         # Every other field (caches, encoder output, hidden states, attentions) has the same name in both outputs.
         return Seq2SeqLMOutput(loss=loss, logits=logits,
                                **{k: v for k, v in outputs.items() if k != "last_hidden_state"})
+
+
+class HfGenSeq2SeqForSequenceClassification(HfGenSeq2SeqPreTrainedModel):
+    """Classification / regression of the whole input as transformers' ``T5ForSequenceClassification`` and
+    ``BartForSequenceClassification`` do it: the decoder reads the input shifted right behind
+    ``decoder_start_token_id`` (when no decoder input is given), and the decoder's state at the input's last
+    non-padded token (the eos) goes through a head ``dense -> tanh -> out_proj`` (T5's ``T5ClassificationHead``;
+    dropout ``hidden_dropout``). ``problem_type`` as in transformers. A span-corruption checkpoint loads into it
+    (the head is new). Works with ``pipeline("text-classification")``."""
+
+    def __init__(self, config: HfGenSeq2SeqConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = HfGenSeq2SeqModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                decoder_input_ids: torch.LongTensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, decoder_inputs_embeds: torch.Tensor | None = None,
+                labels: torch.LongTensor | None = None, **kwargs) -> Seq2SeqSequenceClassifierOutput:
+        """``attention_mask`` (1 = token) also says where each row's last token is; without decoder inputs the
+        decoder reads ``input_ids`` shifted right (``input_ids`` needed then)."""
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("HfGenSeq2SeqForSequenceClassification needs input_ids (the decoder reads them "
+                                 "shifted right) unless decoder_input_ids or decoder_inputs_embeds are given.")
+            decoder_input_ids = shift_tokens_right(input_ids, self.config.decoder_start_token_id,
+                                                   self.config.pad_token_id)
+        outputs: Seq2SeqModelOutput = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask, inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds, **kwargs)
+        hidden_states = outputs.last_hidden_state
+        length = hidden_states.shape[1]
+        if attention_mask is None or attention_mask.dim() != 2:
+            last = torch.full(hidden_states.shape[:1], length - 1, device=hidden_states.device)
+        else:  # the last position holding a token (right or left padding)
+            positions = torch.arange(length, device=hidden_states.device)
+            last = (attention_mask.to(hidden_states.device).bool() * (positions + 1)).argmax(-1)
+        pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
+        pooled = torch.tanh(self.dense(self.dropout(pooled)))
+        logits = self.out_proj(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        return Seq2SeqSequenceClassifierOutput(
+            loss=loss, logits=logits, **{k: v for k, v in outputs.items() if k != "last_hidden_state"})

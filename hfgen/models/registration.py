@@ -29,7 +29,11 @@ from .modeling_hfgen_decoder import (
     HfGenDecoderModel,
 )
 from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig
-from .modeling_hfgen_seq2seq import HfGenSeq2SeqForConditionalGeneration, HfGenSeq2SeqModel
+from .modeling_hfgen_seq2seq import (
+    HfGenSeq2SeqForConditionalGeneration,
+    HfGenSeq2SeqForSequenceClassification,
+    HfGenSeq2SeqModel,
+)
 from .configuration_hfgen_encoder import HfGenEncoderConfig
 from .modeling_hfgen_encoder import (
     HfGenEncoderForMaskedLM,
@@ -73,6 +77,7 @@ FAMILIES = [
     (HfGenSeq2SeqConfig, [
         (AutoModel, HfGenSeq2SeqModel),
         (AutoModelForSeq2SeqLM, HfGenSeq2SeqForConditionalGeneration),
+        (AutoModelForSequenceClassification, HfGenSeq2SeqForSequenceClassification),
     ]),
     (HfGenEncoderConfig, [
         (AutoModel, HfGenEncoderModel),

@@ -10,6 +10,7 @@ generates a response to a prompt ... Feedback ... is utilized to update the mode
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..data.instructions import mentions_keyword
 from ..models import HfGenDecoderConfig, HfGenDecoderForSequenceClassification
 from .ppo_core import logprobs_from_logits
+from .rlhf_feedback import score_conversations
 
 IM_END = "<|im_end|>"
 
@@ -85,13 +87,16 @@ def _response_logprob(model, ids: torch.Tensor, context: int) -> float:
 @torch.no_grad()
 def evaluate_policy(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Dataset,
                     reward_model: PreTrainedModel | None = None, reference: PreTrainedModel | None = None,
-                    max_new_tokens: int = 32, seed: int = 0) -> PolicyEvaluation:
+                    max_new_tokens: int = 32, seed: int = 0,
+                    rule: Callable[..., list[float]] = mentions_keyword) -> PolicyEvaluation:
     """Sample one response per prompt (temperature 1, seeded, one prompt at a time so batching cannot change
     anything) and measure it.
 
     ``prompts`` holds ``prompt`` (chat messages) and ``keyword`` columns (:func:`prompt_dataset`). The KL is the
     sampled estimate ``sum_t log pi(y_t|.) - log pi_ref(y_t|.)`` averaged over prompts; its expectation is
-    ``KL(pi || pi_ref)`` per response.
+    ``KL(pi || pi_ref)`` per response. The reward model scores each conversation as rendered by the chat template
+    (:func:`score_conversations`, as in its training). ``rule`` scores the responses (a TRL-style reward function called with
+    ``completions`` and the dataset's ``keyword`` column): :func:`mentions_keyword` or :func:`one_sentence`.
     """
     if len(prompts) == 0 or not {"prompt", "keyword"} <= set(prompts.column_names):
         raise ValueError(f"prompts must be a non-empty dataset with 'prompt' and 'keyword' columns; got "
@@ -113,11 +118,10 @@ def evaluate_policy(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         if reference is not None and response_ids.shape[1]:
             kls.append(_response_logprob(policy, output, ids.shape[1]) - _response_logprob(reference, output,
                                                                                             ids.shape[1]))
-        if reward_model is not None:
-            reward_model.eval()
-            scores.append(float(reward_model(input_ids=output.to(reward_model.device)).logits[0, 0]))
     torch.random.set_rng_state(generator_state)
-    rule = mentions_keyword(responses, prompts["keyword"])
+    if reward_model is not None:
+        scores = score_conversations(reward_model, tokenizer, prompts["prompt"], responses)
+    rule = [float(score) for score in rule(completions=responses, keyword=prompts["keyword"])]
     return PolicyEvaluation(
         responses=responses, rule_success=sum(rule) / len(rule), rule_scores=rule,
         reward_scores=scores or None, mean_reward=sum(scores) / len(scores) if scores else None,

@@ -70,7 +70,20 @@ class TransferArguments:
     max_length: int = field(default=64, **_help("Tokens per labelled example (most paragraphs fit in 64)."))
     finetune_steps: int = field(default=120, **_help("Optimizer steps of every fine-tuning run (the same budget)."))
     finetune_batch_size: int = field(default=16, **_help("Examples per fine-tuning step."))
-    finetune_learning_rate: float = field(default=1e-3, **_help("Peak learning rate of every fine-tuning run."))
+    finetune_learning_rate: float = field(default=1e-3, **_help(
+        "Peak learning rate of every fine-tuning run when finetune_learning_rates is empty."))
+    finetune_learning_rates: str | None = field(default="3e-4,1e-3,3e-3", **_help(
+        "Comma-separated candidate peak learning rates of fine-tuning. Each family and start (scratch, pre-trained) "
+        "gets the candidate with the best accuracy on a validation split carved out of the train split "
+        "(selection_validation_fraction; all its remaining examples, the first fine-tuning seed): the same "
+        "procedure for both starts, and test is never read. One rate: every run uses it, no selection. Empty or "
+        "null: every run uses finetune_learning_rate."))
+    selection_validation_fraction: float = field(default=0.2, **_help(
+        "Share of the train split held out to choose the fine-tuning learning rate (only for the choice: the runs "
+        "themselves train on the whole train split)."))
+    seq2seq_head: str = field(default="classification", **_help(
+        "How the seq2seq family is fine-tuned: 'classification' (HfGenSeq2SeqForSequenceClassification, as "
+        "T5ForSequenceClassification) or 'text_to_text' (the LM head answers a word naming the class)."))
     max_eval_samples: int | None = field(default=None, **_help("Score on the first N test examples (all: None)."))
     seed: int = field(default=0, **_help("Seed of pre-training (weights, masks, batches)."))
     finetune_seeds: str = field(default="0,1,2", **_help(
@@ -124,6 +137,18 @@ class TransferArguments:
             raise ValueError(f"pretrained_dirs keys must be among {', '.join(FAMILY_OBJECTIVES)}, got {unknown}.")
         return pairs
 
+    def learning_rate_candidates(self) -> list[float]:
+        """The candidate fine-tuning learning rates (empty: no selection, ``finetune_learning_rate`` for all)."""
+        entries = [e.strip() for e in str(self.finetune_learning_rates or "").split(",") if e.strip()]
+        try:
+            rates = [float(e) for e in entries]
+        except ValueError:
+            rates = []
+        if len(rates) != len(entries) or not all(r > 0 and math.isfinite(r) for r in rates):
+            raise ValueError(f"finetune_learning_rates must be comma-separated numbers > 0 (or empty), got "
+                             f"{self.finetune_learning_rates!r}.")
+        return list(dict.fromkeys(rates))
+
     def check(self) -> None:
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "block_size",
                     "pretrain_steps", "pretrain_batch_size", "max_length", "finetune_steps", "finetune_batch_size"):
@@ -133,6 +158,14 @@ class TransferArguments:
         for key in ("pretrain_learning_rate", "finetune_learning_rate"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)!r}.")
+        if not 0 < self.selection_validation_fraction < 1:
+            raise ValueError(f"selection_validation_fraction must be in (0, 1), got "
+                             f"{self.selection_validation_fraction!r}.")
+        from .classification import SEQ2SEQ_HEADS
+
+        if self.seq2seq_head not in SEQ2SEQ_HEADS:
+            raise ValueError(f"seq2seq_head must be one of {', '.join(SEQ2SEQ_HEADS)}, got {self.seq2seq_head!r}.")
+        self.learning_rate_candidates()
         self.family_list()
         self.seed_list()
         self.init_list()
@@ -240,15 +273,39 @@ def _pretraining_line(info: dict[str, Any] | None) -> str:
     return f"Pre-training (validation, masked/corrupted tokens): {', '.join(parts)}." if parts else ""
 
 
+def _selection_line(chosen: dict[str, dict[str, Any]] | None) -> str:
+    """One sentence per family: the learning rate each start got, with every candidate's validation accuracy."""
+    if not chosen:
+        return ""
+    parts = []
+    for init in ("scratch", "pretrained"):
+        if init in chosen:
+            scores = ", ".join(f"{row['learning_rate']:g}: {row['accuracy']:.3f}" for row in chosen[init]["validation"])
+            parts.append(f"{'from scratch' if init == 'scratch' else 'pre-trained'} "
+                         f"**{chosen[init]['learning_rate']:g}** (validation accuracy {scores})")
+    return "Fine-tuning learning rate chosen on the validation split: " + "; ".join(parts) + "."
+
+
 def markdown_table(results: list[dict], summary: dict[str, dict[str, Any]], args: TransferArguments,
-                   pretraining: dict[str, dict[str, Any]] | None = None) -> str:
+                   pretraining: dict[str, dict[str, Any]] | None = None,
+                   selection: dict[str, dict[str, Any]] | None = None) -> str:
     """The results as markdown: per family and size, accuracy and macro-F1 from scratch and pre-trained, as mean
-    +- standard deviation over the fine-tuning seeds."""
+    +- standard deviation over the fine-tuning seeds; with ``selection`` (:func:`select_learning_rates` per
+    family), the learning rate each start was fine-tuned with and why."""
     means = aggregate(results)
     seeds = sorted({r.get("seed", 0) for r in results})
+    candidates = args.learning_rate_candidates()
+    if selection and len(candidates) > 1:
+        rate = (f"peak learning rate chosen for each family and start (scratch, pre-trained) among "
+                f"{', '.join(f'{r:g}' for r in sorted(candidates))} by accuracy on a validation split "
+                f"({args.selection_validation_fraction:g} of the train split, held out for this choice only; the "
+                f"same procedure for both starts, the test split never read)")
+    else:
+        rate = f"learning rate {candidates[0] if candidates else args.finetune_learning_rate:g}"
+    head = "" if args.seq2seq_head == "classification" else f"; seq2seq fine-tuned {args.seq2seq_head}"
     lines = ["# Transfer learning on the reference-manual groups task", "",
              f"Fine-tuning budget per run: {args.finetune_steps} steps x {args.finetune_batch_size} examples, "
-             f"learning rate {args.finetune_learning_rate}; pre-training: {args.pretrain_steps} steps x "
+             f"{rate}{head}; pre-training: {args.pretrain_steps} steps x "
              f"{args.pretrain_batch_size} blocks of {args.block_size} tokens at learning rate "
              f"{args.pretrain_learning_rate}; models: {args.num_hidden_layers} layers, hidden {args.hidden_size}"
              f"{', ' + args.config_overrides if args.config_overrides else ''}. Test accuracy and macro-F1, mean "
@@ -260,6 +317,8 @@ def markdown_table(results: list[dict], summary: dict[str, dict[str, Any]], args
             continue
         lines += [f"## {family} (`{model_type}`), pre-trained with {objective}", ""]
         line = _pretraining_line((pretraining or {}).get(family))
+        lines += [line, ""] if line else []
+        line = _selection_line((selection or {}).get(family))
         lines += [line, ""] if line else []
         lines += ["| labelled examples | accuracy from scratch | accuracy pre-trained | gain | macro-F1 scratch | "
                   "macro-F1 pre-trained |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -331,7 +390,7 @@ def _pretraining_metrics(folder: str) -> dict[str, Any]:
 
 
 def write_outputs(args: TransferArguments, results: list[dict], pretrained_dirs: dict[str, str],
-                  wall_time_s: float) -> dict[str, Any]:
+                  wall_time_s: float, selection: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write ``results.json``, ``results.md`` and the plot for ``results`` into ``args.output_dir``."""
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -340,12 +399,13 @@ def write_outputs(args: TransferArguments, results: list[dict], pretrained_dirs:
     files = {"json": str(out / RESULTS_JSON), "markdown": str(out / RESULTS_MD), "plot": str(out / PLOT_FILE)}
     majority = results[0].get("majority_accuracy") if results else None
     payload = {"arguments": asdict(args), "pretrained_dirs": pretrained_dirs, "pretraining": pretraining,
-               "results": results, "means": aggregate(results), "summary": summary, "majority_accuracy": majority,
-               "wall_time_s": wall_time_s}
+               "learning_rate_selection": selection or {}, "results": results, "means": aggregate(results),
+               "summary": summary, "majority_accuracy": majority, "wall_time_s": wall_time_s}
     (out / RESULTS_JSON).write_text(json.dumps(payload, indent=2, default=lambda v: None if v is math.inf else v))
-    (out / RESULTS_MD).write_text(markdown_table(results, summary, args, pretraining))
+    (out / RESULTS_MD).write_text(markdown_table(results, summary, args, pretraining, selection))
     plot_results(results, out / PLOT_FILE)
-    return {"results": results, "summary": summary, "files": files, "wall_time_s": wall_time_s}
+    return {"results": results, "summary": summary, "files": files, "wall_time_s": wall_time_s,
+            "learning_rate_selection": selection or {}}
 
 
 def merge_results(args: TransferArguments) -> dict[str, Any]:
@@ -368,7 +428,8 @@ def merge_results(args: TransferArguments) -> dict[str, Any]:
         raise ValueError("merge_from names no folder.")
     budget = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "config_overrides",
               "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate", "block_size", "max_length",
-              "finetune_steps", "finetune_batch_size", "finetune_learning_rate", "max_eval_samples")
+              "finetune_steps", "finetune_batch_size", "finetune_learning_rate", "max_eval_samples",
+              "finetune_learning_rates", "selection_validation_fraction", "seq2seq_head")
     first = payloads[0]["arguments"]
     for folder, payload in zip(folders, payloads):
         differ = [k for k in budget if payload["arguments"].get(k) != first.get(k)]
@@ -382,7 +443,59 @@ def merge_results(args: TransferArguments) -> dict[str, Any]:
                                   "families": ",".join(dict.fromkeys(r["family"] for r in results)),
                                   "finetune_seeds": ",".join(map(str, sorted({k[3] for k in keys})))})
     pretrained_dirs = {family: folder for payload in payloads for family, folder in payload["pretrained_dirs"].items()}
-    return write_outputs(merged, results, pretrained_dirs, max(p["wall_time_s"] for p in payloads))
+    selection: dict[str, dict[str, Any]] = {}  # per family and start: one folder may hold scratch, another pre-trained
+    for payload in payloads:
+        for family, chosen in payload.get("learning_rate_selection", {}).items():
+            selection.setdefault(family, {}).update(chosen)
+    return write_outputs(merged, results, pretrained_dirs, max(p["wall_time_s"] for p in payloads), selection)
+
+
+def _finetune(family: str, init: str, n: int | None, seed: int, learning_rate: float, args: TransferArguments,
+              pretrained_dirs: dict[str, str], output_dir: Path, validation_fraction: float = 0.0,
+              **training_extra: Any):
+    """One fine-tuning run of ``family`` from ``init`` (scratch / pretrained) on ``n`` labelled examples (None:
+    all), scored on test, or on the validation split with ``validation_fraction`` > 0."""
+    model_type = FAMILY_OBJECTIVES[family][0]
+    model_args = ClassificationModelArguments(
+        model_name_or_path=pretrained_dirs[family] if init == "pretrained" else None, model_type=model_type,
+        seq2seq_head=args.seq2seq_head,
+        **(_model_fields(args) if init == "scratch" else {"config_overrides": None}))
+    data_args = ClassificationDataArguments(max_length=args.max_length, max_train_samples=n,
+                                            max_eval_samples=None if validation_fraction else args.max_eval_samples,
+                                            subset_seed=seed, validation_fraction=validation_fraction)
+    training_args = _training_args(output_dir, args.finetune_steps, args.finetune_batch_size, learning_rate, seed,
+                                   **training_extra)
+    return finetune_classification(model_args, data_args, training_args, save=False)
+
+
+def select_learning_rates(family: str, args: TransferArguments, pretrained_dirs: dict[str, str], output_dir: Path,
+                          seed: int, **training_extra: Any) -> dict[str, dict[str, Any]]:
+    """Choose the fine-tuning learning rate of each start of ``family`` on validation data only.
+
+    For every start in ``args.inits`` and every rate of ``args.finetune_learning_rates``: fine-tune with the
+    experiment's budget (steps, batch size, schedule) and ``seed`` on the train split minus a validation split
+    (``args.selection_validation_fraction`` of it, fixed by a hash of the text: ``load_reference_manual_groups``),
+    all of its examples, and score accuracy and macro-F1 on that validation split. The chosen rate has the best
+    validation accuracy (ties: better macro-F1, then the smaller rate). Scratch and pre-trained go through the
+    same procedure; the test split is not read.
+
+    Returns:
+        ``{init: {"learning_rate": chosen, "validation": [{"learning_rate", "accuracy", "macro_f1"}, ...]}}``.
+    """
+    chosen = {}
+    for init in args.init_list():
+        scores = []
+        for rate in sorted(args.learning_rate_candidates()):
+            result = _finetune(family, init, None, seed, rate, args, pretrained_dirs,
+                               output_dir / "select" / f"{family}_{init}_lr{rate:g}",
+                               validation_fraction=args.selection_validation_fraction, **training_extra)
+            scores.append({"learning_rate": rate, "accuracy": result.eval_accuracy,
+                           "macro_f1": result.eval_macro_f1})
+            print(f"[hfgen] {family} {init:>10} learning rate {rate:g}: validation accuracy "
+                  f"{result.eval_accuracy:.3f}", flush=True)
+        best = max(scores, key=lambda row: (row["accuracy"], row["macro_f1"], -row["learning_rate"]))
+        chosen[init] = {"learning_rate": best["learning_rate"], "validation": scores}
+    return chosen
 
 
 def run_transfer_experiment(args: TransferArguments, **training_extra: Any) -> dict[str, Any]:
@@ -414,9 +527,9 @@ def run_transfer_experiment(args: TransferArguments, **training_extra: Any) -> d
     out.mkdir(parents=True, exist_ok=True)
     given = args.pretrained_dir_map()
     started = time.monotonic()
-    results, pretrained_dirs = [], {}
+    results, pretrained_dirs, selection = [], {}, {}
     for family in families:
-        model_type, objective = FAMILY_OBJECTIVES[family]
+        objective = FAMILY_OBJECTIVES[family][1]
         if family in given:
             pretrained_dirs[family] = given[family]
         elif "pretrained" not in args.init_list():
@@ -424,23 +537,23 @@ def run_transfer_experiment(args: TransferArguments, **training_extra: Any) -> d
         else:
             print(f"[hfgen] pre-training the {family} with {objective}", flush=True)
             pretrained_dirs[family] = pretrain_family(family, args, out / f"pretrained_{family}", **training_extra)
+        rates = {init: args.finetune_learning_rate for init in args.init_list()}
+        candidates = args.learning_rate_candidates()
+        if len(candidates) == 1:
+            rates = {init: candidates[0] for init in args.init_list()}
+        elif candidates:
+            chosen = select_learning_rates(family, args, pretrained_dirs, out, seeds[0], **training_extra)
+            selection[family] = chosen
+            rates = {init: chosen[init]["learning_rate"] for init in chosen}
         for seed in seeds:
             for n in sizes:
                 for init in args.init_list():
-                    model_args = ClassificationModelArguments(
-                        model_name_or_path=pretrained_dirs[family] if init == "pretrained" else None,
-                        model_type=model_type, **(_model_fields(args) if init == "scratch" else
-                                                  {"config_overrides": None}))
-                    data_args = ClassificationDataArguments(max_length=args.max_length, max_train_samples=n,
-                                                            max_eval_samples=args.max_eval_samples, subset_seed=seed)
-                    training_args = _training_args(out / "finetune" / f"{family}_{init}_{n}_seed{seed}",
-                                                   args.finetune_steps, args.finetune_batch_size,
-                                                   args.finetune_learning_rate, seed, **training_extra)
-                    result = finetune_classification(model_args, data_args, training_args, save=False)
+                    result = _finetune(family, init, n, seed, rates[init], args, pretrained_dirs,
+                                       out / "finetune" / f"{family}_{init}_{n}_seed{seed}", **training_extra)
                     results.append({"family": family, "init": init, "train_examples": n, "seed": seed,
                                     "accuracy": result.eval_accuracy, "macro_f1": result.eval_macro_f1,
-                                    "accuracy_before": result.eval_accuracy_before,
+                                    "accuracy_before": result.eval_accuracy_before, "learning_rate": rates[init],
                                     "train_runtime_s": result.train_runtime, "majority_accuracy": majority})
                     print(f"[hfgen] {family} {init:>10} n={n:4d} seed {seed}: accuracy {result.eval_accuracy:.3f}",
                           flush=True)
-    return write_outputs(args, results, pretrained_dirs, time.monotonic() - started)
+    return write_outputs(args, results, pretrained_dirs, time.monotonic() - started, selection)

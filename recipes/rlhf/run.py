@@ -1,28 +1,36 @@
 #!/usr/bin/env python
-"""The whole RLHF ladder on the embedded task: SFT -> reward model -> PPO (or DPO, or GRPO), measured before and
-after by the reward model and by a rule.
+"""The whole RLHF ladder on the embedded task: SFT -> preference pairs -> reward model -> PPO (or DPO, or GRPO),
+measured before and after by the reward model and by a rule.
 
-    python recipes/rlhf/run.py --output_dir out/rlhf                  # PPO with hfgen.training.ppo
-    python recipes/rlhf/run.py --method dpo --output_dir out/rlhf_dpo  # TRL DPOTrainer on the preference pairs
-    python recipes/rlhf/run.py --method grpo --reward rule             # TRL GRPOTrainer, reward = the rule itself
+    python recipes/rlhf/run.py --output_dir out/rlhf                  # PPO (hfgen.training.ppo) on the reward model
+    python recipes/rlhf/run.py --method dpo --output_dir out/rlhf_dpo  # TRL DPOTrainer on the sampled pairs
+    python recipes/rlhf/run.py --method grpo --output_dir out/rlhf_grpo  # TRL GRPOTrainer on the reward model
+    python recipes/rlhf/run.py --method grpo --reward rule ...        # GRPO (or PPO) rewarded by the rule itself
     accelerate launch --multi_gpu --num_processes 2 recipes/rlhf/run.py ...   # or torchrun --nproc_per_node 2
 
-The task (hfgen.data.instructions): asked "Explain the "with" statement in Python.", a good answer names what it
-was asked about. The preference pairs were built so that this rule separates chosen from rejected, so success is
-measurable without trusting the reward model: the report gives the rule's success rate, the reward model's mean
-score, the win rate against the SFT model (by reward-model score, per prompt) and the KL to the SFT model, before
-and after, in ``results.json`` and a plot ``rlhf_<method>.png``. Steps already done can be reused with
-``--sft_model`` / ``--reward_model``.
+The task: asked "Explain the "with" statement in Python.", answer in one sentence
+(:func:`hfgen.data.instructions.one_sentence`: at least four words, ending with a period, no other sentence end).
+The stages:
 
-Known limitation of the defaults (a fresh 2-layer, 64-wide decoder): the task is not learned. Measured: rule
-success 0% -> 3.1% after PPO, reward model at chance on held-out topics. Why: (1) the reward model has to compare
-the prompt's keyword with the response, because 39 of the 57 distinct rejected answers are the chosen answer of
-another prompt (no prompt-independent feature separates chosen from rejected), and a tiny model does not learn that
-comparison from 57 queries; (2) the SFT data teaches the keyword rarely (20% of the 1,251 SFT answers name their
-keyword, backtranslated paragraphs mostly do not) and a random corpus answer names a given keyword 1.3% of the
-time, so sampled responses almost never earn the rule's reward and RL has no signal. A real pretrained policy
-does have the skill: SmolLM2-135M-Instruct (``hfgen.pretrained``) names the keyword in 16 of 24 sampled answers
-(temperature 1, 24 tokens).
+1. SFT (``recipes/sft.py``, ``--instruction_source lengths``): a fresh decoder learns each query's answer from the
+   reference manual, cut after one, two or three sentences -- so it answers in one sentence only part of the time
+   (41% of the SFT answers do).
+2. Preference pairs (seed 003, "preference pairs from response comparisons"): ``samples_per_prompt`` responses of
+   the SFT model per query, labelled by the rule; each one-sentence response is paired with a response of the same
+   query that is not (:func:`hfgen.training.rlhf_feedback.sampled_preference_dataset`); plus the corpus answers of
+   different lengths compared the same way (:func:`hfgen.data.instructions.length_preference_dataset`). A quarter
+   of the topics is held out.
+3. Reward model (``recipes/reward_model.py``): the SFT trunk with a score head, trained with TRL's RewardTrainer on
+   the pairs of the other topics; its pairwise accuracy on the held-out topics' pairs is reported.
+4. Feedback tuning on the training topics' queries: PPO against the reward model (or the rule), DPO on the pairs,
+   or GRPO against the reward model (or the rule).
+5. Evaluation on every query (``eval_samples`` responses each) for the SFT model and the tuned one: the rule's
+   success rate (also on the held-out topics alone), the reward model's mean score, the win rate against the SFT
+   model (per response, by reward-model score), and the KL to the SFT model (sampled estimate per response), in
+   ``results.json`` and the plot ``rlhf_<method>.png``.
+
+Steps already done can be reused with ``--sft_model`` / ``--reward_model`` (the pairs are sampled again: they are
+seeded and cheap).
 """
 
 from __future__ import annotations
@@ -48,14 +56,18 @@ class RLHFArguments:
     reward_model: str | None = field(default=None, metadata={"help": "Reuse this reward-model folder."})
     hidden_size: int = field(default=64, metadata={"help": "Width of the fresh decoder."})
     num_hidden_layers: int = field(default=2, metadata={"help": "Layers of the fresh decoder."})
-    sft_steps: int = field(default=150, metadata={"help": "SFT optimizer steps."})
-    reward_steps: int = field(default=60, metadata={"help": "Reward-model optimizer steps."})
-    rl_steps: int = field(default=30, metadata={"help": "PPO / DPO / GRPO steps."})
+    sft_steps: int = field(default=400, metadata={"help": "SFT optimizer steps."})
+    samples_per_prompt: int = field(default=16, metadata={"help": "SFT responses sampled per query for the pairs."})
+    pairs_per_prompt: int = field(default=8, metadata={"help": "At most this many preference pairs per query."})
+    heldout_fraction: float = field(default=0.25, metadata={"help": "Share of topics held out of RM / RL training."})
+    reward_steps: int = field(default=100, metadata={"help": "Reward-model optimizer steps."})
+    rl_steps: int = field(default=40, metadata={"help": "PPO / DPO / GRPO steps."})
     rl_batch_size: int = field(default=8, metadata={"help": "Prompts (or pairs) per RL step and process."})
-    rl_learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate of the RL stage."})
-    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty (PPO beta, GRPO beta, DPO beta)."})
-    max_new_tokens: int = field(default=24, metadata={"help": "Response length in RL and evaluation."})
-    eval_prompts: int = field(default=32, metadata={"help": "Prompts in the before/after evaluation."})
+    rl_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the RL stage."})
+    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty (PPO beta, GRPO beta); DPO's beta is 2x."})
+    max_new_tokens: int = field(default=40, metadata={"help": "Response length in sampling, RL and evaluation."})
+    eval_samples: int = field(default=2, metadata={"help": "Responses per query in the before/after evaluation."})
+    eval_prompts: int = field(default=78, metadata={"help": "Queries in the evaluation (at most 78)."})
     seed: int = field(default=0, metadata={"help": "Seed of every stage."})
 
 
@@ -64,9 +76,12 @@ def _check(args: RLHFArguments) -> None:
         raise ValueError(f"Unknown method {args.method!r}; valid choices: {', '.join(METHODS)}.")
     if args.reward not in REWARDS:
         raise ValueError(f"Unknown reward {args.reward!r}; valid choices: {', '.join(REWARDS)}.")
-    for name in ("sft_steps", "reward_steps", "rl_steps", "rl_batch_size", "max_new_tokens", "eval_prompts"):
+    for name in ("sft_steps", "samples_per_prompt", "pairs_per_prompt", "reward_steps", "rl_steps", "rl_batch_size",
+                 "max_new_tokens", "eval_samples", "eval_prompts"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(args, name)}.")
+    if not 0.0 < args.heldout_fraction < 1.0:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {args.heldout_fraction}.")
 
 
 def _stage(module_name: str):
@@ -77,14 +92,17 @@ def _stage(module_name: str):
         sys.path.remove(str(RECIPES))
 
 
-def _train_rl(args: RLHFArguments, out: Path, tokenizer, sft_dir: str, reward_model) -> tuple[Any, list, str]:
+def _train_rl(args: RLHFArguments, out: Path, tokenizer, sft_dir: str, reward_model, prompts, pairs
+              ) -> tuple[Any, list, str]:
     """Run the RL stage; returns (policy, [(step, value)], name of the plotted quantity)."""
     import copy
 
-    from hfgen.data.instructions import mentions_keyword, preference_dataset, prompt_dataset
+    from hfgen.data.instructions import one_sentence
     from hfgen.models import HfGenDecoderForCausalLM, HfGenDecoderForCausalLMWithValueHead
     from hfgen.training.rlhf import IM_END, trl_cpu_defaults
+    from hfgen.training.rlhf_feedback import RewardModelFunction
 
+    reward_function = RewardModelFunction(reward_model, tokenizer) if args.reward == "model" else one_sentence
     common = dict(output_dir=str(out / args.method), max_steps=args.rl_steps, learning_rate=args.rl_learning_rate,
                   per_device_train_batch_size=args.rl_batch_size, logging_steps=1, seed=args.seed,
                   disable_tqdm=True, **trl_cpu_defaults())
@@ -96,17 +114,16 @@ def _train_rl(args: RLHFArguments, out: Path, tokenizer, sft_dir: str, reward_mo
                            num_mini_batches=2 if args.rl_batch_size % 2 == 0 else 1, num_ppo_epochs=2,
                            response_length=args.max_new_tokens, kl_coef=args.kl_coef,
                            stop_token_id=tokenizer.convert_tokens_to_ids(IM_END))
-        rewards = dict(reward_model=reward_model) if args.reward == "model" else dict(reward_funcs=mentions_keyword)
-        trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, train_dataset=prompt_dataset(),
-                             **rewards)
+        trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, train_dataset=prompts,
+                             reward_funcs=reward_function)
         key = "score"
     elif args.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         policy = HfGenDecoderForCausalLM.from_pretrained(sft_dir)
         config = DPOConfig(**common, beta=args.kl_coef * 2, max_length=192)
-        trainer = DPOTrainer(model=policy, ref_model=copy.deepcopy(policy), args=config,
-                             train_dataset=preference_dataset(seed=args.seed), processing_class=tokenizer)
+        trainer = DPOTrainer(model=policy, ref_model=copy.deepcopy(policy), args=config, train_dataset=pairs,
+                             processing_class=tokenizer)
         key = "rewards/margins"
     else:
         from trl import GRPOConfig, GRPOTrainer
@@ -116,10 +133,8 @@ def _train_rl(args: RLHFArguments, out: Path, tokenizer, sft_dir: str, reward_mo
         config = GRPOConfig(**{**common, "per_device_train_batch_size": args.rl_batch_size * generations},
                             num_generations=generations, max_completion_length=args.max_new_tokens,
                             beta=args.kl_coef)
-        funcs = dict(reward_funcs=reward_model, reward_processing_classes=tokenizer) if args.reward == "model" \
-            else dict(reward_funcs=mentions_keyword)
-        trainer = GRPOTrainer(model=policy, args=config, train_dataset=prompt_dataset(), processing_class=tokenizer,
-                              **funcs)
+        trainer = GRPOTrainer(model=policy, args=config, train_dataset=prompts, processing_class=tokenizer,
+                              reward_funcs=reward_function)
         key = "reward"
     trainer.train()
     trainer.save_model(str(out / args.method))
@@ -133,49 +148,87 @@ def _plot(path: Path, method: str, curve: list, key: str, before: dict, after: d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, *bars) = plt.subplots(1, 3, figsize=(13, 4))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4))
     if curve:
         left.plot([s for s, _ in curve], [v for _, v in curve], marker=".")
     left.set(title=f"{method.upper()} training", xlabel="step", ylabel=key)
-    for axis, name, label in zip(bars, ("rule_success", "mean_reward"), ("rule success (names the keyword)",
-                                                                          "reward-model score")):
-        values = [before[name] or 0.0, after[name] or 0.0]
-        axis.bar(["SFT", method.upper()], values, color=["tab:blue", "tab:orange"])
-        for x, value in enumerate(values):
-            axis.annotate(f"{value:.3g}", (x, value), ha="center", va="bottom")
-        axis.set_title(label)
-        if name == "rule_success":
-            axis.set_ylim(0, 1.05)
+    labels = ["SFT", method.upper()]
+    width = 0.38
+    for offset, name, label in ((-width / 2, "rule_success", "all queries"),
+                                (width / 2, "rule_success_heldout", "held-out topics")):
+        values = [before[name], after[name]]
+        bars = middle.bar([x + offset for x in range(2)], values, width, label=label)
+        middle.bar_label(bars, fmt="%.2f")
+    middle.set(xticks=range(2), xticklabels=labels, ylim=(0, 1.1), title="rule success (one-sentence answers)")
+    middle.legend(loc="upper left")
+    values = [before["mean_reward"], after["mean_reward"]]
+    right.bar(labels, values, color=["tab:blue", "tab:orange"])
+    for x, value in enumerate(values):
+        right.annotate(f"{value:.3g}", (x, value), ha="center", va="bottom")
+    right.set_title("mean reward-model score")
     figure.suptitle(f"{method.upper()} vs SFT: win rate {after['win_rate_vs_sft']:.0%} (reward model), "
-                    f"KL to SFT {after['kl_to_reference']:.2f}")
+                    f"KL to SFT {after['kl_to_reference']:.2f} nats per response")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
 
 
+def _evaluate(model, reference, tokenizer, prompts, reward_model, args: RLHFArguments, heldout: set) -> Any:
+    from hfgen.data.instructions import one_sentence
+    from hfgen.training.rlhf import evaluate_policy
+
+    evaluation = evaluate_policy(model, tokenizer, prompts, reward_model, reference, args.max_new_tokens, args.seed,
+                                 rule=one_sentence)
+    held = [score for score, topic in zip(evaluation.rule_scores, prompts["topic"]) if topic in heldout]
+    return evaluation, {**evaluation.as_dict(), "rule_success_heldout": sum(held) / max(1, len(held))}
+
+
 def run(args: RLHFArguments) -> dict[str, Any]:
     _check(args)
+    import os
+    import random
+
     import torch
+    from datasets import concatenate_datasets
     from trl import RewardConfig, SFTConfig
 
     import hfgen  # noqa: F401
     from hfgen.data import load_tokenizer
-    from hfgen.data.instructions import prompt_dataset
+    from hfgen.data.instructions import length_preference_dataset, one_sentence, prompt_dataset
     from hfgen.models import HfGenDecoderForCausalLM, HfGenDecoderForSequenceClassification
-    from hfgen.training.rlhf import evaluate_policy, trl_cpu_defaults, win_rate
+    from hfgen.training.rlhf import trl_cpu_defaults, win_rate
+    from hfgen.training.rlhf_feedback import sampled_preference_dataset
+    from hfgen.training.trl_cpu import use_plain_logprobs
 
+    use_plain_logprobs()  # on a CPU: TRL's fused LM head with plain torch ops (same numbers, faster)
     out = Path(args.output_dir)
     tokenizer = load_tokenizer()
-    stages = {}
+    stages: dict[str, Any] = {}
     sft_dir = args.sft_model
     if sft_dir is None:
         sft = _stage("sft")
         sft_dir = str(out / "sft")
         stages["sft"] = sft.run(sft.SFTScriptArguments(hidden_size=args.hidden_size,
-                                                       num_hidden_layers=args.num_hidden_layers),
+                                                       num_hidden_layers=args.num_hidden_layers,
+                                                       instruction_source="lengths",
+                                                       eval_max_new_tokens=args.max_new_tokens),
                                 SFTConfig(output_dir=sft_dir, max_steps=args.sft_steps, learning_rate=3e-3,
-                                          per_device_train_batch_size=16, assistant_only_loss=True, max_length=192,
-                                          logging_steps=10, seed=args.seed, disable_tqdm=True, **trl_cpu_defaults()))
+                                          per_device_train_batch_size=16, assistant_only_loss=True, max_length=128,
+                                          logging_steps=20, seed=args.seed, disable_tqdm=True, **trl_cpu_defaults()))
+    # Preference pairs from the SFT model's own responses, labelled by the rule; topics held out of RM and RL.
+    all_prompts = prompt_dataset(seed=args.seed)
+    topics = sorted(set(all_prompts["topic"]))
+    heldout = set(random.Random(args.seed).sample(topics, max(2, round(args.heldout_fraction * len(topics)))))
+    sft_model = HfGenDecoderForCausalLM.from_pretrained(sft_dir).eval()
+    sampled = sampled_preference_dataset(sft_model, tokenizer, all_prompts, one_sentence, args.samples_per_prompt,
+                                         args.pairs_per_prompt, args.max_new_tokens, args.seed)
+    corpus = length_preference_dataset(seed=args.seed)
+    pairs = concatenate_datasets([corpus, sampled.cast(corpus.features)]) if len(sampled) else corpus
+    split = {"train": pairs.filter(lambda row: row["topic"] not in heldout),
+             "test": pairs.filter(lambda row: row["topic"] in heldout)}
+    stages["pairs"] = {"sampled": len(sampled), "corpus": len(corpus), "train": len(split["train"]),
+                       "heldout": len(split["test"]), "queries_with_sampled_pairs": len(set(sampled["topic"])),
+                       "heldout_topics": len(heldout)}
     reward_dir = args.reward_model
     if reward_dir is None:
         reward = _stage("reward_model")
@@ -184,25 +237,24 @@ def run(args: RLHFArguments) -> dict[str, Any]:
             reward.RewardScriptArguments(model_name_or_path=sft_dir),
             RewardConfig(output_dir=reward_dir, max_steps=args.reward_steps, learning_rate=1e-3,
                          per_device_train_batch_size=8, max_length=192, logging_steps=10, seed=args.seed,
-                         disable_tqdm=True, **trl_cpu_defaults()))
+                         disable_tqdm=True, **trl_cpu_defaults()), split=split)
     reward_model = HfGenDecoderForSequenceClassification.from_pretrained(reward_dir).eval()
 
     torch.manual_seed(args.seed)
-    policy, curve, key = _train_rl(args, out, tokenizer, sft_dir, reward_model)
-    results: dict[str, Any] = {"method": args.method, "reward": args.reward, "stages": stages, "curve": curve}
-    process_zero = int(__import__("os").environ.get("RANK", "0")) == 0
-    if process_zero:
-        prompts = prompt_dataset(seed=args.seed).select(range(min(args.eval_prompts, 78)))
-        reference = HfGenDecoderForCausalLM.from_pretrained(sft_dir).eval()
+    train_prompts = all_prompts.filter(lambda row: row["topic"] not in heldout)
+    policy, curve, key = _train_rl(args, out, tokenizer, sft_dir, reward_model, train_prompts, split["train"])
+    results: dict[str, Any] = {"method": args.method, "reward": args.reward, "rule": "one_sentence",
+                               "stages": stages, "curve": curve, "heldout_topics": sorted(heldout)}
+    if int(os.environ.get("RANK", "0")) == 0:
+        prompts = all_prompts.select(range(min(args.eval_prompts, len(all_prompts))))
+        prompts = concatenate_datasets([prompts] * args.eval_samples)
         policy = policy.to("cpu") if not torch.cuda.is_available() else policy
-        before = evaluate_policy(reference, tokenizer, prompts, reward_model, reference, args.max_new_tokens,
-                                 args.seed)
-        after = evaluate_policy(policy, tokenizer, prompts, reward_model, reference, args.max_new_tokens, args.seed)
-        results["before"] = {**before.as_dict(), "win_rate_vs_sft": 0.5}
-        results["after"] = {**after.as_dict(), "win_rate_vs_sft": win_rate(after.reward_scores,
-                                                                           before.reward_scores)}
+        before, results["before"] = _evaluate(sft_model, sft_model, tokenizer, prompts, reward_model, args, heldout)
+        after, results["after"] = _evaluate(policy, sft_model, tokenizer, prompts, reward_model, args, heldout)
+        results["before"]["win_rate_vs_sft"] = 0.5
+        results["after"]["win_rate_vs_sft"] = win_rate(after.reward_scores, before.reward_scores)
         results["examples"] = [{"prompt": p[0]["content"], "sft": b, args.method: a} for p, b, a in
-                               zip(prompts["prompt"][:3], before.responses[:3], after.responses[:3])]
+                               zip(prompts["prompt"][:4], before.responses[:4], after.responses[:4])]
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=2))
         _plot(out / f"rlhf_{args.method}.png", args.method, curve, key, results["before"], results["after"])
@@ -217,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = run(args)
     if "after" in results:
         b, a = results["before"], results["after"]
-        print(f"[{args.method}] rule success {b['rule_success']:.2%} -> {a['rule_success']:.2%}; reward-model score "
+        print(f"[{args.method}] rule success {b['rule_success']:.2%} -> {a['rule_success']:.2%} (held-out topics "
+              f"{b['rule_success_heldout']:.2%} -> {a['rule_success_heldout']:.2%}); reward-model score "
               f"{b['mean_reward']:.3f} -> {a['mean_reward']:.3f}; win rate vs SFT {a['win_rate_vs_sft']:.2%}; "
               f"KL to SFT {a['kl_to_reference']:.3f}; see {args.output_dir}/results.json")
     return results
