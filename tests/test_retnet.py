@@ -17,6 +17,7 @@ from hfgen.models.modeling_hfgen_retnet import (
     retention_parallel,
     retention_recurrent,
     rotate,
+    rotation_tables,
 )
 
 TINY_RETNET = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -264,6 +265,108 @@ def test_mixture_of_experts_feed_forward():
     torch.testing.assert_close(out.expert_utilization.sum(-1), torch.ones(2))
     assert out.aux_loss > 0 and out.z_loss > 0
     assert "model.layers.0.block_sparse_moe.experts.3.w2.weight" in model.state_dict()
+
+
+# ------------------------------------------------------------------------------------------ the decoding step
+# One token without gradients takes the layers' functional step (fused projections, in-place state update, rotation
+# tables by blocks of positions); with gradients the same token goes through the modules. Same numbers expected.
+
+
+def decode(model, ids, mask, steps: int, grad: bool, **kwargs):
+    """Prefill ``ids`` into a state cache, then feed ``steps`` greedy tokens one at a time, with gradients enabled
+    (the modules) or not (the functional step). Returns the logits of the steps and the final states."""
+    cache = HfGenRetNetCache(model.config)
+    with torch.no_grad():
+        token = model(ids, attention_mask=mask, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+    logits, outputs = [], []
+    for _ in range(steps):
+        mask = torch.cat((mask, torch.ones_like(token)), dim=1)
+        with torch.set_grad_enabled(grad):
+            out = model(token, attention_mask=mask, cache=cache, use_cache=True, **kwargs)
+        logits.append(out.logits.detach())
+        outputs.append(out)
+        token = logits[-1][:, -1:].argmax(-1)
+    states = [cache.get_state(i).detach() for i in range(model.config.num_hidden_layers)]
+    return torch.cat(logits, dim=1), states, outputs
+
+
+def assert_same_decoding(model, ids, mask, steps=4, **kwargs):
+    fast_logits, fast_states, fast = decode(model, ids, mask, steps, grad=False, **kwargs)
+    slow_logits, slow_states, slow = decode(model, ids, mask, steps, grad=True, **kwargs)
+    torch.testing.assert_close(fast_logits, slow_logits, atol=1e-5, rtol=1e-5)
+    for fast_state, slow_state in zip(fast_states, slow_states):
+        torch.testing.assert_close(fast_state, slow_state, atol=1e-5, rtol=1e-5)
+    return fast, slow
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    dict(norm_type="rmsnorm", mlp_type="gated", hidden_act="silu", mlp_bias=True),
+    dict(num_experts=4, num_experts_per_tok=2, mlp_type="gated", hidden_act="silu"),  # MoE: the modules' path
+])
+def test_decoding_step_equals_the_modules(overrides):
+    model = build_retnet(retnet_config(**overrides))
+    ids, mask = left_padded(ROWS)
+    assert model.model.layers[0].retention._fused_projection is None
+    assert_same_decoding(model, ids, mask)
+    assert model.model.layers[0].retention._fused_projection is not None  # the fused path did run
+
+
+def test_decoding_step_follows_weight_updates():
+    """The fused projection is a copy: an in-place update (an optimizer step) or a new weight tensor must reach it."""
+    model = build_retnet()
+    ids, mask = random_ids(2, 5), torch.ones(2, 5, dtype=torch.long)
+    before, _, _ = decode(model, ids, mask, 2, grad=False)
+    retention = model.model.layers[0].retention
+    with torch.no_grad():
+        retention.k_proj.weight.mul_(1.5)
+        model.model.layers[1].retention.q_proj.weight = torch.nn.Parameter(
+            torch.randn_like(retention.q_proj.weight) * 0.1)
+    after, _ = assert_same_decoding(model, ids, mask, steps=2)
+    assert not torch.allclose(after[0].logits, before[:, :1], atol=1e-3)  # the update did change the numbers
+
+
+def test_decoding_step_with_adapters_and_hooks():
+    """A LoRA adapter (not a plain linear layer) and output hooks (``output_hidden_states``) keep the modules' path
+    where needed: the numbers of every step are still those of the modules."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(build_retnet(), LoraConfig(r=4, target_modules=["q_proj", "g_proj", "o_proj", "up_proj"],
+                                                      init_lora_weights=False)).eval()
+    ids, mask = left_padded(ROWS)
+    fast, slow = assert_same_decoding(model, ids, mask, steps=2, output_hidden_states=True)
+    for fast_out, slow_out in zip(fast, slow):
+        assert len(fast_out.hidden_states) == model.config.num_hidden_layers + 1
+        for a, b in zip(fast_out.hidden_states, slow_out.hidden_states):
+            torch.testing.assert_close(a, b.detach(), atol=1e-5, rtol=1e-5)
+    with model.disable_adapter():  # and the adapter does change the numbers
+        plain, _, _ = decode(model, ids, mask, 2, grad=False)
+    assert not torch.allclose(plain, torch.cat([out.logits for out in fast], dim=1), atol=1e-3)
+
+
+def test_decoding_step_leaves_states_of_a_graph_alone():
+    """After a forward with gradients, the cached states belong to its graph: a decoding step must not update them
+    in place (backward still works, the old state is unchanged)."""
+    model = build_retnet()
+    ids = random_ids(2, 6)
+    cache = HfGenRetNetCache(model.config)
+    loss = model(ids, labels=ids, cache=cache, use_cache=True).loss
+    state = cache.get_state(0)
+    copy_of_state = state.detach().clone()
+    with torch.no_grad():
+        model(ids[:, :1], cache=cache, use_cache=True)
+    assert cache.get_state(0) is not state
+    torch.testing.assert_close(state.detach(), copy_of_state, atol=0, rtol=0)
+    loss.backward()
+
+
+def test_step_rotation_blocks_equal_the_tables():
+    model = build_retnet()
+    inv_freq = model.model.layers[0].retention.constants(torch.device("cpu"))[2]
+    for position in (0, 3, 255, 256, 700, 5):  # within, across and back before a block
+        expected = rotation_tables(torch.tensor([[position]]), inv_freq)
+        for got, want in zip(model.model.step_rotation(position, torch.device("cpu")), expected):
+            torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------ bad input
