@@ -10,9 +10,11 @@ through evaluate and the metric module hfgen ships.
     python recipes/finetune_classification.py --model_type hfgen_decoder --hidden_size 128 --output_dir out
     torchrun --nproc_per_node 2 recipes/finetune_classification.py recipes/configs/classification_tiny.yaml
 
-Encoders and decoders get a sequence-classification head (AutoModelForSequenceClassification); an encoder-decoder
-is fine-tuned text-to-text (the target is a word naming the class; AutoModelForSeq2SeqLM). A YAML file (first
-argument) gives values for any of the flags below; flags after it override them.
+Every family gets a sequence-classification head (AutoModelForSequenceClassification; an encoder-decoder as
+T5ForSequenceClassification does it), or, with --seq2seq_head text_to_text, an encoder-decoder answers a word naming
+the class (AutoModelForSeq2SeqLM). --validation_fraction 0.2 scores on a validation split carved out of train
+instead of test (to choose settings). A YAML file (first argument) gives values for any of the flags below; flags
+after it override them.
 """
 
 from __future__ import annotations

@@ -60,8 +60,9 @@ def test_save_load_auto_class_and_pipeline(model, tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert type(reloaded) is HfGenSeq2SeqForSequenceClassification
-    assert reloaded.config.auto_map["AutoModelForSequenceClassification"].endswith(
-        "HfGenSeq2SeqForSequenceClassification")
+    assert reloaded.config.auto_map["AutoModelForSequenceClassification"] == (
+        "modeling_hfgen_seq2seq.HfGenSeq2SeqForSequenceClassification")
+    assert (tmp_path / "modeling_hfgen_seq2seq.py").exists()  # the code travels with the weights (Hub)
     _, input_ids, mask = _rows()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=input_ids, attention_mask=mask).logits,

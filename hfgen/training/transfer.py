@@ -7,13 +7,19 @@ given accuracy with fewer labelled examples.
 Procedure (every number from real runs, nothing assumed):
 1. Pre-train each family once on the reference manual with the labelled task's test paragraphs cut out
    (``hfgen.data.labelled.drop_test_paragraphs``): the test text is never read before it is scored.
-2. For every fine-tuning seed and every number n of labelled examples (the first n of a shuffle by that seed, so
+2. Choose the peak fine-tuning learning rate of each family and start (scratch, pre-trained) among
+   ``finetune_learning_rates`` by accuracy on a validation split carved out of the train split
+   (:func:`select_learning_rates`): one procedure for both starts, and the test split is never read for it. A
+   pre-trained model may want another rate than a fresh one; choosing both the same way keeps the comparison fair.
+3. For every fine-tuning seed and every number n of labelled examples (the first n of a shuffle by that seed, so
    within a seed the sets are nested), fine-tune the pre-trained model and a fresh model of the same config with
-   identical settings: the same steps, batch size, learning-rate schedule and seed. Score both on the fixed test
-   split (accuracy, macro-F1 through the shipped ``evaluate`` metric).
-3. Write ``results.json`` (every run), ``results.md`` (mean +- standard deviation over the seeds, and for each
-   family the fewest examples with which the pre-trained model's mean accuracy reaches the best mean accuracy
-   from scratch) and ``accuracy_vs_examples.png`` (means with +-1 standard deviation bars) into the output folder.
+   the same steps, batch size, schedule and seed, each at its chosen rate, with a classification head (the
+   encoder-decoder: ``HfGenSeq2SeqForSequenceClassification``, see ``hfgen.training.classification``). Score both
+   on the fixed test split (accuracy, macro-F1 through the shipped ``evaluate`` metric).
+4. Write ``results.json`` (every run and the learning-rate choice), ``results.md`` (mean +- standard deviation
+   over the seeds, and for each family the fewest examples with which the pre-trained model's mean accuracy
+   reaches the best mean accuracy from scratch) and ``accuracy_vs_examples.png`` (means with +-1 standard
+   deviation bars) into the output folder.
 
 Runs made in parallel (one process per family or per seed, each with its own ``output_dir``) combine into one
 table and plot with :func:`merge_results` (``recipes/transfer_learning.py --merge_from a,b,...``).
@@ -369,6 +375,9 @@ def plot_results(results: list[dict], path: Path) -> Path:
     if majority is not None:
         axes.axhline(majority, color="gray", linewidth=0.8, linestyle=":", label="majority class")
     axes.set_xscale("log")
+    sizes = sorted({r["train_examples"] for r in results})
+    axes.set_xticks(sizes, [str(n) for n in sizes])  # the sizes run, not 3x10^1-style log labels
+    axes.minorticks_off()
     axes.set_xlabel("labelled training examples")
     axes.set_ylabel("test accuracy (mean ± sd over seeds)")
     axes.set_title("Pre-trained vs from scratch, same fine-tuning budget")
