@@ -110,6 +110,62 @@ def test_gist_tokens_in_the_tokenizer_and_instruction_data(tmp_path):
     assert out.loss.isfinite()
 
 
+def test_word_pool_restricts_the_instruction_data():
+    """``word_pool``: the inputs use only the most frequent one-token words, and each output is the instruction's
+    function of the input words (checked by decoding the text back)."""
+    from collections import Counter
+
+    from hfgen.data.gist import TASKS, add_gist_tokens, corpus_words, gist_instruction_examples, word_pool
+
+    tokenizer = load_hfgen_tokenizer()
+    add_gist_tokens(tokenizer, 2)
+    pool = word_pool(tokenizer, 12)
+    counts = Counter(corpus_words("train"))
+    assert len(pool) == 12 and all(len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1 for w in pool)
+    assert [counts[w] for w in pool] == sorted((counts[w] for w in pool), reverse=True)
+    for example in gist_instruction_examples(tokenizer, 2, 16, words_per_input=3, word_pool=12):
+        text = tokenizer.decode(example["input_ids"])
+        instruction, rest = text.split("<|gist_1|>")
+        words = rest.split("Input:")[1].split("Output:")[0].split()
+        assert len(words) == 3 and set(words) <= set(pool)
+        assert rest.split("Output:")[1].replace("<|endoftext|>", "").split() == TASKS[instruction[:-len(
+            "<|gist_0|>")]](words)
+    with pytest.raises(ValueError, match=r"word_pool size must be an integer >= 2, got 1"):
+        word_pool(tokenizer, 1)
+
+
+def test_exact_match_against_the_rows_written_out():
+    from hfgen.training.gist import exact_match
+
+    labels = torch.tensor([[-100, 2, 1], [-100, 0, 2], [-100, -100, 1]])
+    logits = torch.nn.functional.one_hot(torch.tensor([[0, 2, 1], [1, 0, 1], [2, 2, 1]]), 3).float()
+    # aligned (encoder-decoder): row 0 right, row 1 wrong at its last label, row 2 right
+    assert exact_match(logits, labels, shifted=False) == pytest.approx(2 / 3)
+    # shifted (causal LM): position t predicts label t + 1: row 0 predicts (0, 2) for labels (2, 1): wrong
+    shifted_logits = torch.nn.functional.one_hot(torch.tensor([[2, 1, 0], [0, 2, 0], [0, 1, 0]]), 3).float()
+    assert exact_match(shifted_logits, labels, shifted=True) == pytest.approx(1.0)
+
+
+def test_gist_experiment_script_writes_its_results(tmp_path):
+    """The experiment script at a smoke size, one family per process as in the committed run: both rows end up in
+    one results file, with the table and the plot."""
+    import json
+
+    from hfgen.training.gist_experiment import main
+
+    tiny = ["--steps", "1", "--batch_size", "2", "--validation_examples", "4", "--hidden_size", "32",
+            "--num_hidden_layers", "1", "--output_dir", str(tmp_path)]
+    main([*tiny, "--families", "seq2seq"])
+    main([*tiny, "--families", "decoder"])
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [row["family"] for row in rows] == ["decoder", "seq2seq"]
+    for row in rows:
+        assert set(row["validation_loss"]) == set(row["exact_match"]) == {"positive", "gist", "negative"}
+        assert 0 < row["flops_ratio"] < 1 and row["compression"] > 1 and row["settings"]["steps"] == 1
+    assert (tmp_path / "gist_training.png").stat().st_size > 0
+    assert "| decoder |" in (tmp_path / "results.md").read_text()
+
+
 def test_bad_input(model):
     ids = with_gist(3, 2)
     with pytest.raises(ValueError, match=r"mode='both'.*'gist', 'positive', 'negative'"):

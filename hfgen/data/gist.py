@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 
 import torch
 
@@ -57,11 +58,31 @@ def corpus_words(split: str = "train", seed: int = 0) -> list[str]:
     return re.findall(r"\b[a-z]{3,10}\b", text)
 
 
-def _instruction_parts(tokenizer, num_gist_tokens: int, count: int, words_per_input: int, split: str, seed: int):
+def word_pool(tokenizer, size: int, seed: int = 0) -> list[str]:
+    """The ``size`` most frequent words of the training split that are one token each (after a space): a small
+    closed vocabulary, so that a small model learns to copy and reorder the words within minutes on a CPU and the
+    instruction -- which order to write them in -- decides the loss."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise ValueError(f"word_pool size must be an integer >= 2, got {size!r}.")
+    single = []
+    for word, _ in Counter(corpus_words("train", seed)).most_common():  # most frequent first, until enough
+        if len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1:
+            single.append(word)
+            if len(single) == size:
+                return single
+    raise ValueError(f"word_pool size {size} is more than the {len(single)} one-token words of the corpus.")
+
+
+def _instruction_parts(tokenizer, num_gist_tokens: int, count: int, words_per_input: int, split: str, seed: int,
+                       pool: int | None = None):
     """``count`` triples ``(prompt, source, target)`` of token ids: instruction + gist tokens, the input words,
-    the output words + eos."""
+    the output words + eos. ``pool``: only the ``word_pool`` of that size (the corpus's words in order, the others
+    left out); ``None``: every word."""
     gist_ids = gist_token_ids(tokenizer, num_gist_tokens)
     words = corpus_words(split, seed)
+    if pool is not None:
+        keep = set(word_pool(tokenizer, pool))
+        words = [w for w in words if w in keep]
     rng = random.Random(seed)
     for _ in range(count):
         instruction, task = rng.choice(list(TASKS.items()))
@@ -74,23 +95,26 @@ def _instruction_parts(tokenizer, num_gist_tokens: int, count: int, words_per_in
 
 
 def gist_instruction_examples(tokenizer, num_gist_tokens: int, count: int, words_per_input: int = 4,
-                              split: str = "train", seed: int = 0) -> list[dict[str, list[int]]]:
+                              split: str = "train", seed: int = 0,
+                              word_pool: int | None = None) -> list[dict[str, list[int]]]:
     """``count`` examples ``{"input_ids", "labels", "prompt_length"}`` for a causal LM: instruction + gist tokens
-    (the prompt), then the input words and the output words + eos; labels are -100 everywhere but the output."""
+    (the prompt), then the input words and the output words + eos; labels are -100 everywhere but the output.
+    ``word_pool``: draw the words from the ``word_pool(tokenizer, word_pool)`` most frequent one-token words only."""
     return [{"input_ids": prompt + source + target, "labels": [-100] * (len(prompt) + len(source)) + target,
              "prompt_length": len(prompt)}
             for prompt, source, target in _instruction_parts(tokenizer, num_gist_tokens, count, words_per_input,
-                                                             split, seed)]
+                                                             split, seed, word_pool)]
 
 
 def gist_seq2seq_examples(tokenizer, num_gist_tokens: int, count: int, words_per_input: int = 4,
-                          split: str = "train", seed: int = 0) -> list[dict[str, list[int]]]:
+                          split: str = "train", seed: int = 0,
+                          word_pool: int | None = None) -> list[dict[str, list[int]]]:
     """The same examples as :func:`gist_instruction_examples` (same seed, same tasks and words) for an
     encoder-decoder: ``input_ids`` = instruction + gist tokens + input words into the encoder, ``labels`` = the
     output words + eos, ``prompt_length`` = the instruction and gist tokens."""
     return [{"input_ids": prompt + source, "labels": target, "prompt_length": len(prompt)}
             for prompt, source, target in _instruction_parts(tokenizer, num_gist_tokens, count, words_per_input,
-                                                             split, seed)]
+                                                             split, seed, word_pool)]
 
 
 class GistCollator:

@@ -22,6 +22,13 @@ left-padded row computes exactly what the row computes alone.
 
 Cache: :class:`HfGenRetNetCache` holds one ``[B, H, d_k, d_v]`` state per layer, whatever the context length (the
 recurrent form's O(1) memory per token). ``generate`` receives it from the first forward and passes it back.
+
+Decoding: one new token without gradients takes ``HfGenRetNetLayer.step``, the same arithmetic in fewer operations
+(a step is ~30 small operations per layer, so per-operation overhead is a large part of it): the four input
+projections as one matmul against a cached input-major copy of their weights (remade when a weight changes), the
+rotation as a roll and a signed sine, the state updated in place when no autograd graph holds it, the residual
+additions inside ``addmm``, no ``nn.Module`` calls below the layer, rotation tables made per block of positions.
+Anything it cannot take (hooks, PEFT adapters, a mixture of experts) goes through the modules, as do gradients.
 """
 
 from __future__ import annotations
@@ -314,8 +321,9 @@ class HfGenMultiScaleRetention(nn.Module):
              rotation: tuple[torch.Tensor, torch.Tensor], fused: torch.Tensor,
              residual: torch.Tensor | None = None) -> torch.Tensor:
         """One new token without gradients, ``hidden_states``: ``[B, hidden]`` (2D: the per-token path keeps no
-        length axis) -> ``[B, hidden]`` (plus ``residual`` when given, in the output projection's matmul). The recurrent step with the fused input projection: the same arithmetic as
-        ``forward`` in fewer operations (no module calls for the projections, no transposes, one group-norm call)."""
+        length axis) -> ``[B, hidden]`` (plus ``residual`` when given, in the output projection's matmul). The
+        recurrent step with the fused input projection: the same arithmetic as ``forward`` in fewer operations (no
+        module calls for the projections, no transposes, one group-norm call)."""
         batch = hidden_states.shape[0]
         heads, head_dim, value_head_dim = self.num_heads, self.head_dim, self.value_head_dim
         width, value_width = 2 * heads * head_dim, heads * value_head_dim
@@ -407,9 +415,10 @@ class HfGenRetNetLayer(GradientCheckpointingLayer):
     def step(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None, cache: HfGenRetNetCache | None,
              rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
         """``forward`` for one new token without gradients, ``hidden_states [B, hidden]`` (2D) -> ``[B, hidden]``,
-        in functional calls (no ``nn.Module.__call__`` per sub-module: the per-token path runs this once per layer). ``None``, before computing anything, when this
-        layer cannot take it (hooks on it, a mixture of experts, an MLP other than ``HfGenMLP``, projections that are
-        not plain linear layers): the caller then calls the layer as a module."""
+        in functional calls (no ``nn.Module.__call__`` per sub-module: the per-token path runs this once per
+        layer). ``None``, before computing anything, when this layer cannot take it (hooks on it, a mixture of
+        experts, an MLP other than ``HfGenMLP``, projections that are not plain linear layers): the caller then calls
+        the layer as a module."""
         if self.is_moe or self._forward_hooks or self._forward_pre_hooks:
             return None
         mlp = self.mlp

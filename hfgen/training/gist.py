@@ -20,6 +20,7 @@ class GistRun:
     model: torch.nn.Module
     train_losses: list[float] = field(default_factory=list)
     validation_loss: float = float("nan")
+    validation_exact_match: float = float("nan")  # share of outputs whose every token is the argmax (= greedy output)
 
 
 def train_with_gist_mask(initial: torch.nn.Module, train: list[dict], validation: list[dict],
@@ -46,8 +47,21 @@ def train_with_gist_mask(initial: torch.nn.Module, train: list[dict], validation
         run.train_losses.append(loss.item())
     model.eval()
     with torch.no_grad():
-        run.validation_loss = model(**collate(validation)).loss.item()
+        batch = collate(validation)
+        out = model(**batch)
+    run.validation_loss = out.loss.item()
+    run.validation_exact_match = exact_match(out.logits, batch["labels"], shifted=not seq2seq)
     return run
+
+
+def exact_match(logits: torch.Tensor, labels: torch.Tensor, shifted: bool) -> float:
+    """Share of rows whose every labelled token (label != -100) is the argmax of its logits under teacher forcing --
+    the same as greedy decoding writing exactly the target. ``shifted``: a causal LM (logits at ``t`` predict the
+    label at ``t + 1``); else an encoder-decoder (aligned)."""
+    if shifted:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    correct = (logits.argmax(-1) == labels) | (labels == -100)
+    return correct.all(-1).float().mean().item()
 
 
 def compare_with_controls(initial, train, validation, gist_token_ids, pad_token_id, **kwargs) -> dict[str, GistRun]:
