@@ -41,7 +41,12 @@ def run(script_args: SFTScriptArguments, sft_config) -> dict[str, Any]:
 
     import hfgen  # noqa: F401
     from hfgen.data import load_tokenizer
-    from hfgen.data.instructions import instruction_dataset, mentions_keyword, one_sentence, prompt_dataset
+    from hfgen.data.instructions import (
+        instruction_dataset,
+        mentions_keyword,
+        one_sentence,
+        prompt_dataset,
+    )
     from hfgen.models import HfGenDecoderForCausalLM
     from hfgen.training.rlhf import chat_decoder_config, evaluate_policy
     from hfgen.training.trl_cpu import use_plain_logprobs

@@ -5,9 +5,9 @@ is refused."""
 from __future__ import annotations
 
 import re
+from pydoc_data.topics import topics as pydoc_topics
 
 import pytest
-from pydoc_data.topics import topics as pydoc_topics
 
 from hfgen.data import load_tokenizer
 from hfgen.data.instructions import (

@@ -27,10 +27,34 @@ The stages:
 5. Evaluation on every query (``eval_samples`` responses each) for the SFT model and the tuned one: the rule's
    success rate (also on the held-out topics alone), the reward model's mean score, the win rate against the SFT
    model (per response, by reward-model score), and the KL to the SFT model (sampled estimate per response), in
-   ``results.json`` and the plot ``rlhf_<method>.png``.
+   ``results.json`` and the plot ``rlhf_<method>.png``; every evaluated response is in ``responses.json``.
 
 Steps already done can be reused with ``--sft_model`` / ``--reward_model`` (the pairs are sampled again: they are
 seeded and cheap).
+
+Measured with the defaults (seed 0, fresh 2-layer 64-wide decoder; ``nice -n 5``, ``OMP_NUM_THREADS=1`` on the
+shared 2-core machine at load average 5.5-12; 156 evaluated responses per model = 78 queries x 2; copies of the
+outputs in ``recipes/rlhf/results/``):
+
+- SFT, 400 steps: rule success 52.6% (78 responses). Pairs: 624 sampled + 106 corpus, 546 for training, 184 on
+  the 20 held-out topics. Reward model: held-out pairwise accuracy 51.1% -> 90.2%.
+- PPO (reward model; the full run: 15 min 26 s wall, 5 min 7 s CPU): rule success 47.4% -> 75.0% (held-out topics
+  40.0% -> 70.0%), reward-model score -0.47 -> 2.73, win rate vs SFT 80.8%, KL 9.1 nats per response. The answers
+  get shorter (21.6 -> 6.4 words on average) and 26 of the 156 are one sentence of fewer than four words (e.g.
+  "This."), which the rule rejects but the reward model scores high: the proxy gap of RLHF, visible because the
+  rule is there.
+- PPO with ``--reward rule``: 47.4% -> 79.5% (held-out 40.0% -> 72.5%), reward-model score 2.42, win rate 76.3%,
+  KL 7.3.
+- GRPO (reward model; SFT and reward model reused, 18 min wall, 2 min 30 s CPU): 47.4% -> 84.6% (held-out 40.0% ->
+  80.0%), reward-model score 2.38, win rate 77.9%, KL 6.3; 11.9 words on average, 6 answers under four words.
+- DPO (SFT and reward model reused; 80 steps, lr 2e-4, beta 0.1) with the default ``--dpo_sft_weight 1.0``
+  (DPO loss + NLL of the chosen answer, TRL's ``loss_type=["sigmoid", "sft"]``; 11 min 25 s wall, 2 min 20 s
+  CPU): 47.4% -> 77.6% (held-out 40.0% -> 80.0%), reward-model score 1.17, win rate 66.0%, KL 3.4; 16.4 words on
+  average, 1 answer under four words. Plain DPO (``--dpo_sft_weight 0``) gained less and drifted further: 47.4% -> 52.6%,
+  KL 17.2 (beta 0.1); 47.4% -> 68.6%, KL 5.5 (beta 0.3).
+
+The text itself stays poor: a 64-wide model trained for minutes on 186 answers half-memorises them, and sampling at
+temperature 1 drifts into fragments; what the feedback changes is where the answers stop.
 """
 
 from __future__ import annotations
@@ -44,6 +68,10 @@ from typing import Any
 RECIPES = Path(__file__).resolve().parents[1]
 METHODS = ("ppo", "dpo", "grpo")
 REWARDS = ("model", "rule")
+# Defaults of the RL stage per method, chosen on an earlier SFT run of the same recipe (see the measurements above).
+METHOD_DEFAULTS = {"ppo": {"rl_steps": 40, "rl_learning_rate": 5e-4, "kl_coef": 0.2},
+                   "dpo": {"rl_steps": 80, "rl_learning_rate": 2e-4, "kl_coef": 0.1},
+                   "grpo": {"rl_steps": 40, "rl_learning_rate": 5e-4, "kl_coef": 0.05}}
 
 
 @dataclass
@@ -61,10 +89,15 @@ class RLHFArguments:
     pairs_per_prompt: int = field(default=8, metadata={"help": "At most this many preference pairs per query."})
     heldout_fraction: float = field(default=0.25, metadata={"help": "Share of topics held out of RM / RL training."})
     reward_steps: int = field(default=100, metadata={"help": "Reward-model optimizer steps."})
-    rl_steps: int = field(default=40, metadata={"help": "PPO / DPO / GRPO steps."})
+    rl_steps: int | None = field(default=None, metadata={"help": "PPO / DPO / GRPO steps (default per method)."})
     rl_batch_size: int = field(default=8, metadata={"help": "Prompts (or pairs) per RL step and process."})
-    rl_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the RL stage."})
-    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty (PPO beta, GRPO beta); DPO's beta is 2x."})
+    rl_learning_rate: float | None = field(default=None, metadata={
+        "help": "Learning rate of the RL stage (default per method)."})
+    kl_coef: float | None = field(default=None, metadata={
+        "help": "KL penalty: PPO's beta, DPO's beta, GRPO's beta (default per method)."})
+    dpo_sft_weight: float = field(default=1.0, metadata={
+        "help": "DPO only: add this weight times the NLL of the chosen response (TRL loss_type ['sigmoid', 'sft'], "
+                "the RPO recipe) to keep the policy on its chosen answers."})
     max_new_tokens: int = field(default=40, metadata={"help": "Response length in sampling, RL and evaluation."})
     eval_samples: int = field(default=2, metadata={"help": "Responses per query in the before/after evaluation."})
     eval_prompts: int = field(default=78, metadata={"help": "Queries in the evaluation (at most 78)."})
@@ -76,6 +109,12 @@ def _check(args: RLHFArguments) -> None:
         raise ValueError(f"Unknown method {args.method!r}; valid choices: {', '.join(METHODS)}.")
     if args.reward not in REWARDS:
         raise ValueError(f"Unknown reward {args.reward!r}; valid choices: {', '.join(REWARDS)}.")
+    for name, value in METHOD_DEFAULTS[args.method].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if not args.rl_learning_rate > 0 or not args.kl_coef >= 0:
+        raise ValueError(f"rl_learning_rate must be > 0 and kl_coef >= 0, got {args.rl_learning_rate} and "
+                         f"{args.kl_coef}.")
     for name in ("sft_steps", "samples_per_prompt", "pairs_per_prompt", "reward_steps", "rl_steps", "rl_batch_size",
                  "max_new_tokens", "eval_samples", "eval_prompts"):
         if getattr(args, name) < 1:
@@ -98,7 +137,10 @@ def _train_rl(args: RLHFArguments, out: Path, tokenizer, sft_dir: str, reward_mo
     import copy
 
     from hfgen.data.instructions import one_sentence
-    from hfgen.models import HfGenDecoderForCausalLM, HfGenDecoderForCausalLMWithValueHead
+    from hfgen.models import (
+        HfGenDecoderForCausalLM,
+        HfGenDecoderForCausalLMWithValueHead,
+    )
     from hfgen.training.rlhf import IM_END, trl_cpu_defaults
     from hfgen.training.rlhf_feedback import RewardModelFunction
 
@@ -121,7 +163,9 @@ def _train_rl(args: RLHFArguments, out: Path, tokenizer, sft_dir: str, reward_mo
         from trl import DPOConfig, DPOTrainer
 
         policy = HfGenDecoderForCausalLM.from_pretrained(sft_dir)
-        config = DPOConfig(**common, beta=args.kl_coef * 2, max_length=192)
+        losses = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, args.dpo_sft_weight]) \
+            if args.dpo_sft_weight > 0 else {}
+        config = DPOConfig(**common, beta=args.kl_coef, max_length=192, **losses)
         trainer = DPOTrainer(model=policy, ref_model=copy.deepcopy(policy), args=config, train_dataset=pairs,
                              processing_class=tokenizer)
         key = "rewards/margins"
@@ -151,16 +195,16 @@ def _plot(path: Path, method: str, curve: list, key: str, before: dict, after: d
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4))
     if curve:
         left.plot([s for s, _ in curve], [v for _, v in curve], marker=".")
-    left.set(title=f"{method.upper()} training", xlabel="step", ylabel=key)
+    left.set(title=f"{method.upper()} training (per batch)", xlabel="step", ylabel=key)
     labels = ["SFT", method.upper()]
     width = 0.38
     for offset, name, label in ((-width / 2, "rule_success", "all queries"),
-                                (width / 2, "rule_success_heldout", "held-out topics")):
+                                (width / 2, "rule_success_heldout", "held-out topics (not in RM / RL training)")):
         values = [before[name], after[name]]
         bars = middle.bar([x + offset for x in range(2)], values, width, label=label)
         middle.bar_label(bars, fmt="%.2f")
-    middle.set(xticks=range(2), xticklabels=labels, ylim=(0, 1.1), title="rule success (one-sentence answers)")
-    middle.legend(loc="upper left")
+    middle.set(xticks=range(2), xticklabels=labels, ylim=(0, 1.3), title="rule success (one-sentence answers)")
+    middle.legend(loc="upper left", fontsize="small")
     values = [before["mean_reward"], after["mean_reward"]]
     right.bar(labels, values, color=["tab:blue", "tab:orange"])
     for x, value in enumerate(values):
@@ -194,8 +238,15 @@ def run(args: RLHFArguments) -> dict[str, Any]:
 
     import hfgen  # noqa: F401
     from hfgen.data import load_tokenizer
-    from hfgen.data.instructions import length_preference_dataset, one_sentence, prompt_dataset
-    from hfgen.models import HfGenDecoderForCausalLM, HfGenDecoderForSequenceClassification
+    from hfgen.data.instructions import (
+        length_preference_dataset,
+        one_sentence,
+        prompt_dataset,
+    )
+    from hfgen.models import (
+        HfGenDecoderForCausalLM,
+        HfGenDecoderForSequenceClassification,
+    )
     from hfgen.training.rlhf import trl_cpu_defaults, win_rate
     from hfgen.training.rlhf_feedback import sampled_preference_dataset
     from hfgen.training.trl_cpu import use_plain_logprobs
@@ -244,6 +295,9 @@ def run(args: RLHFArguments) -> dict[str, Any]:
     train_prompts = all_prompts.filter(lambda row: row["topic"] not in heldout)
     policy, curve, key = _train_rl(args, out, tokenizer, sft_dir, reward_model, train_prompts, split["train"])
     results: dict[str, Any] = {"method": args.method, "reward": args.reward, "rule": "one_sentence",
+                               "rl": {"steps": args.rl_steps, "learning_rate": args.rl_learning_rate,
+                                      "kl_coef": args.kl_coef, "batch_size": args.rl_batch_size,
+                                      **({"dpo_sft_weight": args.dpo_sft_weight} if args.method == "dpo" else {})},
                                "stages": stages, "curve": curve, "heldout_topics": sorted(heldout)}
     if int(os.environ.get("RANK", "0")) == 0:
         prompts = all_prompts.select(range(min(args.eval_prompts, len(all_prompts))))
@@ -257,6 +311,10 @@ def run(args: RLHFArguments) -> dict[str, Any]:
                                zip(prompts["prompt"][:4], before.responses[:4], after.responses[:4])]
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=2))
+        (out / "responses.json").write_text(json.dumps(
+            [{"prompt": p[0]["content"], "sft": b, args.method: a, "sft_rule": rb, f"{args.method}_rule": ra}
+             for p, b, a, rb, ra in zip(prompts["prompt"], before.responses, after.responses, before.rule_scores,
+                                        after.rule_scores)], indent=1))
         _plot(out / f"rlhf_{args.method}.png", args.method, curve, key, results["before"], results["after"])
     return results
 
