@@ -75,12 +75,19 @@ def test_pipeline_loop_equals_diffusers_own_pipeline(name):
     scheduler = SCHEDULERS[name](num_train_timesteps=50)
     reference_pipe = (DDIMPipeline if name == "ddim" else DDPMPipeline)(unet=unet, scheduler=scheduler)
     reference_pipe.set_progress_bar_config(disable=True)
-    kwargs = {"eta": 0.0} if name == "ddim" else {}
+    kwargs = {"eta": 0.0, "use_clipped_model_output": True} if name == "ddim" else {}
     reference = reference_pipe(batch_size=2, num_inference_steps=4, generator=gen(3), output_type="np",
                                **kwargs).images
     ours = make_pipe(unet, SCHEDULERS[name](num_train_timesteps=50))(
         batch_size=2, num_inference_steps=4, generator=gen(3), output_type="np").images
     np.testing.assert_allclose(ours, reference, atol=1e-6)
+    if name == "ddim":  # diffusers' default step, without the re-derived noise
+        reference = reference_pipe(batch_size=2, num_inference_steps=4, generator=gen(3), output_type="np",
+                                   eta=0.0).images
+        ours = make_pipe(unet, SCHEDULERS[name](num_train_timesteps=50))(
+            batch_size=2, num_inference_steps=4, generator=gen(3), output_type="np",
+            use_clipped_model_output=False).images
+        np.testing.assert_allclose(ours, reference, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +134,37 @@ def test_guidance_is_uncond_plus_scale_times_difference(class_unet):
         uncond = class_unet(x, t, class_labels=torch.tensor([3, 3])).sample  # row 3 = "no label"
         ours = pipe._predict(x, t, {"class_labels": labels}, 2.5)
     assert torch.allclose(ours, uncond + 2.5 * (cond - uncond), atol=1e-5)
+
+
+def guided_ddim_by_hand(unet, labels, scale, steps, seed, use_clipped_model_output):
+    """The guided DDIM loop written out with two plain model calls and diffusers' own ``DDIMScheduler.step``."""
+    scheduler = DDIMScheduler(num_train_timesteps=50)  # clip_sample=True, the default
+    scheduler.set_timesteps(steps)
+    generator = gen(seed)
+    x = torch.randn((len(labels), 1, 8, 8), generator=generator)
+    null = torch.full((len(labels),), unet.config.num_class_embeds)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            cond = unet(x, t, class_labels=torch.tensor(labels)).sample
+            uncond = unet(x, t, class_labels=null).sample
+            x = scheduler.step(uncond + scale * (cond - uncond), t, x, eta=0.0, generator=generator,
+                               use_clipped_model_output=use_clipped_model_output).prev_sample
+    return (x / 2 + 0.5).clamp(0, 1)
+
+
+def test_guided_ddim_rederives_the_noise_from_the_clipped_x0(class_unet):
+    """DDIM's step gets use_clipped_model_output=True (GLIDE: the noise re-derived from the clipped x_0) unless it
+    is switched off; with guidance the two differ (the extrapolated noise gets x_0 clipped)."""
+    pipe = make_pipe(class_unet, DDIMScheduler(num_train_timesteps=50))
+    run = dict(class_labels=[0, 2], num_inference_steps=3, output_type="pt")
+    guided = pipe(generator=gen(4), guidance_scale=4.0, **run).images
+    assert torch.allclose(guided, guided_ddim_by_hand(class_unet, [0, 2], 4.0, 3, 4, True), atol=1e-5)
+    plain_step = pipe(generator=gen(4), guidance_scale=4.0, use_clipped_model_output=False, **run).images
+    assert torch.allclose(plain_step, guided_ddim_by_hand(class_unet, [0, 2], 4.0, 3, 4, False), atol=1e-5)
+    assert not torch.allclose(guided, plain_step, atol=1e-3)  # the weights are large enough for x_0 to be clipped
+    with pytest.raises(ValueError, match="use_clipped_model_output=True needs a scheduler whose step takes it"):
+        make_pipe(class_unet, EulerDiscreteScheduler(num_train_timesteps=50))(
+            use_clipped_model_output=True, **run)
 
 
 def test_inpainting_keeps_the_known_pixels_and_an_all_ones_mask_changes_nothing(class_unet):

@@ -136,11 +136,13 @@ def test_train_diffusion_rejects_inconsistent_flags(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)  # a training run: about 38 min on a loaded 2-core machine, past the default 900 s
 def test_text_conditioning_steers_samples_to_the_prompted_digit(tmp_path):
     """A short text-conditional training run (about 35 min on a loaded 2-core machine): the samples for
     "a handwritten <digit>" are labelled as that digit by the measuring classifier far above chance (0.1), and
-    classifier-free guidance changes them. (Measured once: 0.955 without guidance, 0.615 with scale 3 -- at 8x8 a
-    strong scale over-saturates the pixels, so "guidance raises the accuracy" is not asserted.)"""
+    classifier-free guidance (scale 3, DDIM with clip_sample as the recipe saves it) raises that accuracy.
+    (Measured: 0.955 without guidance, 1.000 with scale 3. Before the pipeline re-derived DDIM's noise from the
+    clipped x_0 under guidance the same model gave 0.615 at scale 3: see ``use_clipped_model_output``.)"""
     data = load_images("digits")
     classifier = train_digit_classifier(data.train_images, data.train_labels, steps=600)
     classifier.save_pretrained(tmp_path / "classifier")
@@ -158,4 +160,5 @@ def test_text_conditioning_steers_samples_to_the_prompted_digit(tmp_path):
                       generator=torch.Generator().manual_seed(0), output_type="pt").images * 2 - 1
         with torch.no_grad():
             accuracy[scale] = (classifier(images).argmax(-1) == labels).float().mean().item()
-    assert accuracy[None] > 0.5 and accuracy[3.0] > 0.3 and accuracy[3.0] != accuracy[None], accuracy
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and pipe.scheduler.config.clip_sample
+    assert accuracy[None] > 0.5 and accuracy[3.0] > accuracy[None], accuracy
