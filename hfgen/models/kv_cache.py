@@ -34,10 +34,6 @@ class PreallocatedLayer(DynamicLayer):
         super().lazy_initialization(key_states, value_states)
         self._buffers, self._length = None, 0
 
-    def _holds_buffer_view(self) -> bool:
-        """True while ``keys``/``values`` are still the views this layer handed out (no crop, reorder, offload)."""
-        return (self._buffers is not None and self.keys is self._views[0] and self.values is self._views[1])
-
     def _reallocate(self, needed: int, like_keys: torch.Tensor, like_values: torch.Tensor) -> None:
         current = self._buffers[0].shape[-2] if self._buffers is not None else 0
         capacity = max(needed, self.capacity or 0, current + max(current, MIN_GROWTH))
@@ -52,23 +48,27 @@ class PreallocatedLayer(DynamicLayer):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args,
                **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        # Runs once per layer per generated token: kept to a few cheap checks (narrow + copy_, not indexing).
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if torch.is_grad_enabled() and (key_states.requires_grad or value_states.requires_grad):
             self._buffers, self._length = None, 0
             return super().update(key_states, value_states, *args, **kwargs)
-        if not self._holds_buffer_view():  # first call, or keys replaced by crop / reorder / offload
-            self._buffers, self._length = None, self.keys.shape[-2] if self.keys.numel() else 0
-        start, end = self._length, self._length + key_states.shape[-2]
-        buffer_keys = self._buffers[0] if self._buffers is not None else None
-        if (buffer_keys is None or end > buffer_keys.shape[-2] or buffer_keys.shape[0] != key_states.shape[0]
-                or buffer_keys.dtype != key_states.dtype or buffer_keys.device != key_states.device):
+        buffers = self._buffers
+        if buffers is None or self.keys is not self._views[0] or self.values is not self._views[1]:
+            # First call, or keys replaced by crop / reorder / batch selection / offload: continue from them.
+            buffers, self._length = None, self.keys.shape[-2] if self.keys.numel() else 0
+        start, new = self._length, key_states.shape[-2]
+        end = start + new
+        if (buffers is None or end > buffers[0].shape[-2] or buffers[0].shape[0] != key_states.shape[0]
+                or buffers[0].dtype is not key_states.dtype):
             self._reallocate(end, key_states, value_states)
-        keys, values = self._buffers
-        keys[:, :, start:end] = key_states
-        values[:, :, start:end] = value_states
+            buffers = self._buffers
+        keys, values = buffers
+        keys.narrow(2, start, new).copy_(key_states)
+        values.narrow(2, start, new).copy_(value_states)
         self._length = end
-        self.keys, self.values = keys[:, :, :end], values[:, :, :end]
+        self.keys, self.values = keys.narrow(2, 0, end), values.narrow(2, 0, end)
         self._views = (self.keys, self.values)
         return self.keys, self.values
 

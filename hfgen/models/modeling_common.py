@@ -3,6 +3,7 @@ parameters, input checks that fail early with a clear message, and checkpoint ch
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import struct
@@ -109,6 +110,14 @@ class HfGenPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False  # the token-id range check syncs with the device outside torch.compile
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        forward = cls.__dict__.get("forward")
+        if forward is not None and not hasattr(forward, "__signature__"):
+            # generate() inspects the forward's signature at every decoding step for models with an auto class
+            # (``is_remote_code``); a stored signature makes that lookup cheap instead of a rebuild per token.
+            forward.__signature__ = inspect.signature(forward)
 
     def __init__(self, config, *inputs, **kwargs):
         # from_pretrained(path, softmax_variant=...) sets config attributes after the config's own checks ran:
