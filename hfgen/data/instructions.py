@@ -235,7 +235,12 @@ def preference_dataset(max_response_chars: int = 400, seed: int = 0, rejected_pe
                         key=lambda t: _rank(f"{topic.key}>{t.key}", seed))
         for other in others[:rejected_per_prompt]:
             rows.append((topic, answers[topic.key], answers[other.key]))
-    rows.sort(key=lambda row: _rank(f"{row[0].key}>{row[2]}", seed))
+    return _preference_rows(rows, seed)
+
+
+def _preference_rows(rows: list, seed: int) -> Dataset:
+    """``(topic, chosen, rejected)`` triples as TRL's conversational preference format, in a seeded order."""
+    rows = sorted(rows, key=lambda row: _rank(f"{row[0].key}>{row[2]}", seed))
     return Dataset.from_dict({
         "prompt": [[{"role": "user", "content": query_for(t)}] for t, _, _ in rows],
         "chosen": [[{"role": "assistant", "content": c}] for _, c, _ in rows],
@@ -256,14 +261,7 @@ def length_preference_dataset(max_response_chars: int = 300, seed: int = 0) -> D
         scores = one_sentence(answers)
         for good in (a for a, s in zip(answers, scores) if s):
             rows.extend((topic, good, bad) for bad, s in zip(answers, scores) if not s)
-    rows.sort(key=lambda row: _rank(f"{row[0].key}>{row[2]}", seed))
-    return Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": query_for(t)}] for t, _, _ in rows],
-        "chosen": [[{"role": "assistant", "content": c}] for _, c, _ in rows],
-        "rejected": [[{"role": "assistant", "content": r}] for _, _, r in rows],
-        "topic": [t.key for t, _, _ in rows],
-        "keyword": [t.keyword for t, _, _ in rows],
-    })
+    return _preference_rows(rows, seed)
 
 
 def prompt_dataset(seed: int = 0) -> Dataset:
