@@ -31,6 +31,9 @@ T5_LIKE_KEYS = dict(
 )
 
 
+INITIALIZER_SCHEMES = ("normal", "t5")
+
+
 class HfGenSeq2SeqConfig(PreTrainedConfig):
     r"""Configuration of :class:`HfGenSeq2SeqModel` and :class:`HfGenSeq2SeqForConditionalGeneration`.
 
@@ -53,6 +56,15 @@ class HfGenSeq2SeqConfig(PreTrainedConfig):
             head, as T5 does with tied embeddings; defaults to ``tie_word_embeddings``.
         hidden_dropout (`float`, 0.0): dropout on the embeddings, every residual branch and the final output
             (T5's ``dropout_rate``; ``attention_dropout`` is the one on attention probabilities).
+        initializer_scheme (`str`, "normal"): how fresh weights are drawn. ``"normal"``: every matrix and embedding
+            from N(0, ``initializer_range``), as every hfgen family. ``"t5"``: the scales of Mesh TensorFlow T5
+            (Raffel et al. 2020) that give every projection unit-variance outputs: token embeddings (and an untied
+            LM head) std 1, query ``(hidden_size * head_dim)**-0.5`` with unscaled ``dot_product`` scoring
+            (``hidden_size**-0.5`` when the scoring divides by ``sqrt(head_dim)`` itself), key / value
+            ``hidden_size**-0.5``, attention output ``(heads * head_dim)**-0.5``, MLP input ``hidden_size**-0.5``
+            and output ``intermediate_size**-0.5``, relative position bias ``hidden_size**-0.5``. With 0.02
+            everywhere a tied, rescaled LM head (``scale_decoder_outputs``) starts with logits of std about 0.02
+            (gradients to match) and cross-attention nearly uniform.
 
     Variant keys, shared by every family (meaning: :class:`HfGenDecoderConfig`; defaults:
     ``configuration_common.VARIANT_DEFAULTS``): ``attention_scoring``, ``softmax_variant``, ``softmax_temperature``,
@@ -87,6 +99,7 @@ class HfGenSeq2SeqConfig(PreTrainedConfig):
         tie_word_embeddings: bool = True,
         scale_decoder_outputs: bool | None = None,
         hidden_dropout: float = 0.0,
+        initializer_scheme: str = "normal",
         **kwargs,
     ):
         kwargs.pop("is_encoder_decoder", None)  # always True here
@@ -119,3 +132,6 @@ def validate_seq2seq_config(config) -> None:
     check_positive_int("num_decoder_layers", config.num_decoder_layers)
     if not 0.0 <= config.hidden_dropout < 1.0:
         raise ValueError(f"hidden_dropout must be in [0, 1), got {config.hidden_dropout}.")
+    scheme = getattr(config, "initializer_scheme", "normal")  # absent from configs saved before the key existed
+    if scheme not in INITIALIZER_SCHEMES:
+        raise ValueError(f"initializer_scheme must be one of {', '.join(INITIALIZER_SCHEMES)}, got {scheme!r}.")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationMixin
 from transformers.loss.loss_utils import ForMaskedLMLoss
@@ -124,9 +125,55 @@ class HfGenSeq2SeqPreTrainedModel(HfGenPreTrainedModel):
         validate_seq2seq_config(config)  # again: from_pretrained(path, key=value) bypasses the config's own checks
         super().__init__(config, *inputs, **kwargs)
 
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """hfgen's N(0, initializer_range) everywhere, or with ``initializer_scheme="t5"`` T5's scales (see
+        :class:`HfGenSeq2SeqConfig`): each projection's std is ``fan_in**-0.5`` so that its outputs have unit
+        variance, and token embeddings have std 1. Weights of the classification head keep the normal scheme."""
+        super()._init_weights(module)
+        config = self.config
+        if getattr(config, "initializer_scheme", "normal") != "t5":
+            return
+        width = config.hidden_size
+        if isinstance(module, nn.Embedding) and tuple(module.weight.shape) == (config.vocab_size, width):
+            init.normal_(module.weight, mean=0.0, std=1.0)  # the shared token embedding (relative biases differ)
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
+            # transformers calls this per module that holds parameters: the projections, never the attention / MLP
+            # blocks around them, so a projection's role comes from a map of this model's blocks.
+            std = _t5_init_stds(self).get(id(module))
+            if std is not None:
+                init.normal_(module.weight, mean=0.0, std=std)
+
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Used by ``DataCollatorForSeq2Seq`` (and by ``forward`` when only ``labels`` are given)."""
         return shift_tokens_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
+
+
+def _t5_init_stds(model: nn.Module) -> dict[int, float]:
+    """``id(module) -> std`` of T5's initialisation for every projection of ``model`` and the relative position bias
+    table (see ``initializer_scheme``)."""
+    config = model.config
+    width = config.hidden_size
+    stds: dict[int, float] = {}
+    lm_head = getattr(model, "lm_head", None)
+    if isinstance(lm_head, nn.Linear):
+        stds[id(lm_head)] = 1.0  # untied (tied: it is the embedding, which the embedding branch draws)
+    for block in model.modules():
+        bias = getattr(block, "relative_attention_bias", None)
+        if isinstance(bias, nn.Embedding):  # T5's relative position bias table
+            stds[id(bias)] = width**-0.5
+        if isinstance(block, HfGenAttention):
+            # T5 folds 1/sqrt(head_dim) into the query weights because it does not scale QK^T.
+            stds[id(block.q_proj)] = width**-0.5 * (block.head_dim**-0.5 if config.attention_scoring == "dot_product"
+                                                    else 1.0)
+            stds[id(block.k_proj)] = stds[id(block.v_proj)] = width**-0.5
+            stds[id(block.o_proj)] = block.o_proj.in_features**-0.5
+        elif isinstance(block, HfGenMLP):
+            for name in ("gate_proj", "up_proj"):
+                if hasattr(block, name):
+                    stds[id(getattr(block, name))] = width**-0.5
+            stds[id(block.down_proj)] = block.down_proj.in_features**-0.5
+    return stds
 
 
 class _HfGenSeq2SeqStack(HfGenSeq2SeqPreTrainedModel):

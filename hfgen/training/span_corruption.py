@@ -82,6 +82,45 @@ def check_sentinels(data_args: SpanCorruptionDataArguments, tokenizer: PreTraine
     return raw, target
 
 
+def encoder_use_gap(model: HfGenSeq2SeqForConditionalGeneration, collator: DataCollatorForSpanCorruption,
+                    blocks, batch_size: int = 64, seed: int = 1) -> dict[str, float]:
+    """How much the decoder reads its encoder: the loss on ``blocks`` (corrupted by ``collator`` with
+    ``np.random.default_rng(seed)``) with each row's own encoder input, and with the next row's (the batch rolled by
+    one: a real corrupted input, of another block). Token-weighted means over the targets; the collator's own random
+    stream is restored afterwards.
+
+    Returns:
+        ``eval_loss_own_encoder``, ``eval_loss_shuffled_encoder`` and ``encoder_use_gap`` (shuffled minus own, in
+        nats per target token): about 0 for a decoder that ignores its encoder, whatever its loss.
+    """
+    import torch
+
+    if len(blocks) < 2:
+        raise ValueError(f"encoder_use_gap needs at least 2 blocks to swap encoder inputs, got {len(blocks)}.")
+    state, collator.rng = collator.rng, np.random.default_rng(seed)
+    was_training = model.training
+    model.eval()
+    totals, tokens = [0.0, 0.0], 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(blocks), batch_size):
+                batch = collator([blocks[i] for i in range(start, min(start + batch_size, len(blocks)))])
+                if batch["input_ids"].shape[0] < 2:  # a last batch of one row has no other row to swap in
+                    continue
+                batch = {key: value.to(model.device) for key, value in batch.items()}
+                count = int((batch["labels"] != -100).sum())
+                swapped = {**batch, "input_ids": batch["input_ids"].roll(1, 0),
+                           "attention_mask": batch["attention_mask"].roll(1, 0)}
+                for k, inputs in enumerate((batch, swapped)):
+                    totals[k] += float(model(**inputs).loss) * count
+                tokens += count
+    finally:
+        collator.rng = state
+        model.train(was_training)
+    own, shuffled = totals[0] / tokens, totals[1] / tokens
+    return {"eval_loss_own_encoder": own, "eval_loss_shuffled_encoder": shuffled, "encoder_use_gap": shuffled - own}
+
+
 def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorruptionDataArguments,
                              training_args: TrainingArguments,
                              callbacks: list[TrainerCallback] | None = None) -> PretrainResult:
@@ -139,6 +178,8 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     after_metrics = evaluate()
     after = after_metrics["eval_loss"]
+    gap = encoder_use_gap(trainer.model, collator, validation, training_args.per_device_eval_batch_size,
+                          seed=training_args.seed + 1) if len(validation) >= 2 else {}
     trainer.log_metrics("train", train_output.metrics)
     trainer.log_metrics("eval", after_metrics)
 
@@ -147,6 +188,7 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
         "eval_perplexity": perplexity(after),
         "eval_loss": after,
         "train_loss": train_output.metrics.get("train_loss"),
+        **gap,  # does the decoder read its encoder (about 0 when it does not)
         "train_runtime_s": train_output.metrics.get("train_runtime"),
         "global_step": trainer.state.global_step,
         "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.world_size

@@ -1,0 +1,72 @@
+"""``initializer_scheme="t5"``: T5's initialisation scales, compared with transformers' own T5 initialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from hfgen import HfGenSeq2SeqConfig, HfGenSeq2SeqForConditionalGeneration
+from hfgen.models import T5_LIKE_KEYS
+from hfgen.models.t5_conversion import hfgen_key_to_t5
+
+SIZES = dict(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+             pad_token_id=0)
+
+
+def hfgen_t5(**keys) -> HfGenSeq2SeqForConditionalGeneration:
+    torch.manual_seed(0)
+    return HfGenSeq2SeqForConditionalGeneration(HfGenSeq2SeqConfig(**{**T5_LIKE_KEYS, **SIZES, **keys}))
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_t5_scheme_matches_transformers_t5_initialisation(gated):
+    """Every weight's std equals the std transformers' T5ForConditionalGeneration draws for the same weight (same
+    sizes, names through the documented T5 mapping), within sampling error."""
+    mlp = dict(mlp_type="gated", hidden_act="gelu_new") if gated else {}
+    ours = hfgen_t5(initializer_scheme="t5", **mlp)
+    torch.manual_seed(0)
+    reference = T5ForConditionalGeneration(T5Config(
+        vocab_size=512, d_model=64, d_kv=16, d_ff=256, num_layers=1, num_heads=4, decoder_start_token_id=0,
+        feed_forward_proj="gated-gelu" if gated else "relu", pad_token_id=0))
+    theirs = dict(reference.named_parameters())
+    compared = 0
+    for name, weight in ours.named_parameters():
+        target = theirs[hfgen_key_to_t5(name, gated)]
+        if "norm" in name:
+            assert torch.equal(weight, target), name  # both ones
+            continue
+        ratio = weight.std().item() / target.std().item()
+        # Two std estimates of n draws each: relative standard error sqrt(1 / n); allow 3.5 of them.
+        assert abs(ratio - 1) < 3.5 * weight.numel() ** -0.5, (name, weight.std().item(), target.std().item())
+        compared += 1
+    assert compared == 1 + 2 + 3 * 4 + 2 * (3 if gated else 2)  # embedding, 2 biases, 3 attentions, 2 MLPs
+
+
+def test_t5_scheme_query_scale_follows_the_scoring():
+    """With a scoring that divides QK^T by sqrt(head_dim), the query keeps hidden_size**-0.5 (T5 folds the
+    division into its query weights only because it does not divide)."""
+    scaled = hfgen_t5(initializer_scheme="t5", attention_scoring="scaled_dot_product")
+    q = scaled.model.decoder.layers[0].cross_attn.q_proj.weight
+    k = scaled.model.decoder.layers[0].cross_attn.k_proj.weight
+    assert abs(q.std().item() / 64**-0.5 - 1) < 0.07 and abs(k.std().item() / 64**-0.5 - 1) < 0.07
+
+
+def test_normal_scheme_unchanged_and_t5_scheme_survives_save_load(tmp_path):
+    """The default draws every matrix from N(0, initializer_range); a saved t5-scheme model loads back identical
+    (loading never re-draws weights)."""
+    normal = hfgen_t5()
+    assert normal.config.initializer_scheme == "normal"
+    assert abs(normal.model.shared.weight.std().item() / 0.02 - 1) < 0.05
+    assert abs(normal.model.encoder.layers[0].mlp.down_proj.weight.std().item() / 0.02 - 1) < 0.07
+    model = hfgen_t5(initializer_scheme="t5")
+    model.save_pretrained(tmp_path)
+    loaded = HfGenSeq2SeqForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.config.initializer_scheme == "t5"
+    for (name, weight), (_, again) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(weight, again), name
+
+
+def test_unknown_scheme_is_refused():
+    with pytest.raises(ValueError, match="initializer_scheme must be one of normal, t5"):
+        HfGenSeq2SeqConfig(**SIZES, initializer_scheme="xavier")
