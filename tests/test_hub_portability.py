@@ -120,8 +120,9 @@ def exported(tmp_path_factory):
     workdir = root / "cwd"
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_", "TRANSFORMERS"))}
+    # The same torch thread count as this process: bitwise-equal outputs need the same reduction order.
     env.update(PYTHONPATH=isolated_pythonpath(root), HF_HOME=str(root / "hf_home"), HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(torch.get_num_threads()))
     result = subprocess.run([sys.executable, "-S", "-c", CHILD, str(root / "jobs.json"), str(root / "out.pt")],
                             cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"isolated load failed:\n{result.stdout}\n{result.stderr[-6000:]}"

@@ -189,9 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
         parser.add_argument(f"--{name}", type=kind, default=value, help=f"(default {value})")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads:  # only when asked: main() also runs inside other processes (tests), whose setting it would change
+        torch.set_num_threads(args.threads)
     settings = GistExperimentSettings(**{k: getattr(args, k) for k in asdict(defaults)})
     if settings.word_pool is not None and settings.word_pool <= 0:
         settings.word_pool = None
