@@ -56,15 +56,19 @@ class HfGenSeq2SeqConfig(PreTrainedConfig):
             head, as T5 does with tied embeddings; defaults to ``tie_word_embeddings``.
         hidden_dropout (`float`, 0.0): dropout on the embeddings, every residual branch and the final output
             (T5's ``dropout_rate``; ``attention_dropout`` is the one on attention probabilities).
-        initializer_scheme (`str`, "normal"): how fresh weights are drawn. ``"normal"``: every matrix and embedding
-            from N(0, ``initializer_range``), as every hfgen family. ``"t5"``: the scales of Mesh TensorFlow T5
-            (Raffel et al. 2020) that give every projection unit-variance outputs: token embeddings (and an untied
-            LM head) std 1, query ``(hidden_size * head_dim)**-0.5`` with unscaled ``dot_product`` scoring
-            (``hidden_size**-0.5`` when the scoring divides by ``sqrt(head_dim)`` itself), key / value
+        initializer_scheme (`str`, "t5"): how fresh weights are drawn. ``"t5"`` (the default): the scales of Mesh
+            TensorFlow T5 (Raffel et al. 2020) that give every projection unit-variance outputs: token embeddings
+            (and an untied LM head) std 1, query ``(hidden_size * head_dim)**-0.5`` with unscaled ``dot_product``
+            scoring (``hidden_size**-0.5`` when the scoring divides by ``sqrt(head_dim)`` itself), key / value
             ``hidden_size**-0.5``, attention output ``(heads * head_dim)**-0.5``, MLP input ``hidden_size**-0.5``
-            and output ``intermediate_size**-0.5``, relative position bias ``hidden_size**-0.5``. With 0.02
-            everywhere a tied, rescaled LM head (``scale_decoder_outputs``) starts with logits of std about 0.02
-            (gradients to match) and cross-attention nearly uniform.
+            and output ``intermediate_size**-0.5``, relative position bias ``hidden_size**-0.5``. ``"normal"``:
+            every matrix and embedding from N(0, ``initializer_range``), as the other hfgen families. Why T5's
+            scales are the default here: with 0.02 everywhere cross-attention starts nearly uniform and a tied,
+            rescaled LM head (``scale_decoder_outputs``) starts with logits of std about 0.02, and the decoder
+            learns to read its encoder very slowly: copying 32-token blocks of the corpus (2+2 layers, hidden 128,
+            300 AdamW steps of 32 at 2e-3) ends at loss 6.4 (the unigram level) with ``"normal"`` and at 3.4 with
+            ``"t5"`` (transformers' ``T5ForConditionalGeneration`` of that size: 3.8); in the gist experiment the
+            positive control went from 5% to 96% exact match.
 
     Variant keys, shared by every family (meaning: :class:`HfGenDecoderConfig`; defaults:
     ``configuration_common.VARIANT_DEFAULTS``): ``attention_scoring``, ``softmax_variant``, ``softmax_temperature``,
@@ -99,7 +103,7 @@ class HfGenSeq2SeqConfig(PreTrainedConfig):
         tie_word_embeddings: bool = True,
         scale_decoder_outputs: bool | None = None,
         hidden_dropout: float = 0.0,
-        initializer_scheme: str = "normal",
+        initializer_scheme: str = "t5",
         **kwargs,
     ):
         kwargs.pop("is_encoder_decoder", None)  # always True here
