@@ -5,6 +5,8 @@ Measures, in one run:
     target 4096 / 256 <= 1.2x (flat);
   * the same for the hfgen decoder at 4096, with the KV cache ``generate`` gives it (written in place): target
     decoder / RetNet >= 3x; and, for information, with transformers' concatenating ``DynamicCache``;
+  * for information, the same two models decoding a batch of 8 rows at 4096 (the paper's point: a transformer's
+    step grows with batch x context, RetNet's state does not);
   * decoding memory: bytes held by each cache after each context length (RetNet's must not grow);
   * training throughput (forward + backward, tokens/s) at 4096 tokens: RetNet's chunkwise form vs the decoder (SDPA).
 
@@ -37,8 +39,8 @@ from hfgen import HfGenRetNetForCausalLM
 from hfgen.models.kv_cache import use_preallocated_layers
 
 SECTION = "## RetNet (`benchmarks/retnet.py`)"
-FULL = dict(hidden=256, layers=6, contexts=(256, 4096), train_length=4096, decode_steps=32)
-QUICK = dict(hidden=64, layers=2, contexts=(64, 512), train_length=512, decode_steps=8)
+FULL = dict(hidden=256, layers=6, contexts=(256, 4096), train_length=4096, decode_steps=32, batch=8)
+QUICK = dict(hidden=64, layers=2, contexts=(64, 512), train_length=512, decode_steps=8, batch=2)
 
 
 def models(hidden: int, layers: int, dtype, device):
@@ -58,12 +60,13 @@ def cache_bytes(cache) -> int:
 
 
 @torch.no_grad()
-def decode_latency(model, context: int, steps: int, device, concatenating: bool = False) -> tuple[float, float, int]:
-    """Seconds per new token after ``context`` tokens of prompt (wall clock, thread CPU time), and the cache's
-    bytes after the prompt. The decoder gets the cache ``generate`` gives it by default (keys and values written in
+def decode_latency(model, context: int, steps: int, device, concatenating: bool = False,
+                   batch: int = 1) -> tuple[float, float, int]:
+    """Seconds per decoding step (one new token in each of ``batch`` rows) after ``context`` tokens of prompt (wall
+    clock, thread CPU time), and the cache's bytes after the prompt. The decoder gets the cache ``generate`` gives it by default (keys and values written in
     place into a buffer sized for prompt + new tokens, ``kv_cache.PreallocatedLayer``), or with ``concatenating``
     transformers' plain ``DynamicCache`` (``torch.cat`` of the whole cache at every step)."""
-    ids = torch.randint(1, 8192, (1, context), device=device)
+    ids = torch.randint(1, 8192, (batch, context), device=device)
     if isinstance(model, HfGenRetNetForCausalLM):
         cache = HfGenRetNetCache(model.config)
     else:
@@ -137,12 +140,14 @@ def main() -> None:
     short, long = shape["contexts"]
     samples: dict[str, list[float]] = {}
     sizes: dict[str, int] = {}
-    jobs = [(name, model, context) for name, model in (("retnet", retnet), ("decoder", decoder))
-            for context in (short, long)] + [("decoder-cat", decoder, long)]
+    batch = shape["batch"]
+    jobs = [(name, model, context, 1) for name, model in (("retnet", retnet), ("decoder", decoder))
+            for context in (short, long)] + [("decoder-cat", decoder, long, 1)]
+    jobs += [(f"{name}-b{batch}", model, long, batch) for name, model in (("retnet", retnet), ("decoder", decoder))]
     for _ in tqdm(range(repeats), desc="repetitions"):
-        for name, model, context in jobs:  # interleaved, so drift hits both models alike
+        for name, model, context, rows in jobs:  # interleaved, so drift hits both models alike
             wall, cpu, size = decode_latency(model, context, shape["decode_steps"], args.device,
-                                             concatenating=name == "decoder-cat")
+                                             concatenating=name == "decoder-cat", batch=rows)
             samples.setdefault(f"wall:{name}@{context}", []).append(wall)
             samples.setdefault(f"cpu:{name}@{context}", []).append(cpu)
             sizes[f"{name}@{context}"] = size
@@ -156,6 +161,7 @@ def main() -> None:
     ratios = {c: dict(flat=med[f"{c}:retnet@{long}"] / med[f"{c}:retnet@{short}"],
                       faster=med[f"{c}:decoder@{long}"] / med[f"{c}:retnet@{long}"],
                       faster_cat=med[f"{c}:decoder-cat@{long}"] / med[f"{c}:retnet@{long}"],
+                      faster_batch=med[f"{c}:decoder-b{batch}@{long}"] / med[f"{c}:retnet-b{batch}@{long}"],
                       train=med[f"{c}:train-retnet"] / med[f"{c}:train-decoder"]) for c in ("wall", "cpu")}
     flat, faster, train = (ratios[clock][k] for k in ("flat", "faster", "train"))
     other = "wall" if clock == "cpu" else "cpu"
@@ -176,6 +182,10 @@ def main() -> None:
         f"(wall / CPU) | | {ms(f'decoder-cat@{long}')} | | |",
         f"| decoder with `DynamicCache` / RetNet latency at {long} ({clock}; {other}: "
         f"{ratios[other]['faster_cat']:.2f}×) | {ratios[clock]['faster_cat']:.2f}× | | (information) | |",
+        f"| decoding step, batch {batch}, context {long} (wall / CPU) | {ms(f'retnet-b{batch}@{long}')} | "
+        f"{ms(f'decoder-b{batch}@{long}')} | | |",
+        f"| decoder / RetNet step at {long}, batch {batch} ({clock}; {other}: {ratios[other]['faster_batch']:.2f}×) | "
+        f"{ratios[clock]['faster_batch']:.2f}× | | (information) | |",
         f"| top-level ATen operations per decoding step (torch.profiler) | {ops['retnet']:.0f} | "
         f"{ops['decoder']:.0f} | | |",
         f"| cache memory after {short} tokens | {mib(f'retnet@{short}')} | {mib(f'decoder@{short}')} | | |",
@@ -191,7 +201,7 @@ def main() -> None:
         f"repetitions, medians · {'quick' if args.quick else 'full'} run · verdicts on the {clock} clock", "",
         f"RetNet: {shape['layers']} layers, d={shape['hidden']}, {params[0] / 1e6:.2f}M parameters; hfgen decoder "
         f"(Llama-style, SDPA, KV cache: `generate`'s default, written in place): {params[1] / 1e6:.2f}M parameters. "
-        f"Batch 1, greedy, "
+        f"Batch 1 unless a row says otherwise, greedy, "
         f"{shape['decode_steps']} timed steps per context. Load average (1/5/15 min) at the start "
         f"{'/'.join(f'{x:.1f}' for x in load_before)}, at the end {'/'.join(f'{x:.1f}' for x in load_after)}; "
         f"command: `{' '.join(['python', *sys.argv])}`.", "",
