@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """Pre-train an hfgen encoder-decoder (any attention/softmax/position variant; T5-like with
 config_overrides) with T5's span corruption on the Python reference manual that ships with CPython, and save a
-Hub-ready folder (text2text generation, and the start of recipes/finetune_classification.py).
+Hub-ready folder (text2text generation, and the start of recipes/finetune_classification.py). With
+--objective bart_denoising it pre-trains with BART's objective instead (text infilling, sentence permutation; the
+decoder writes the whole original block).
 
     python recipes/pretrain_span_corruption.py recipes/configs/span_corruption_tiny.yaml
     python recipes/pretrain_span_corruption.py recipes/configs/span_corruption_tiny.yaml --noise_density 0.3
     python recipes/pretrain_span_corruption.py --output_dir out --position_embedding relative_bias
+    python recipes/pretrain_span_corruption.py --output_dir out --objective bart_denoising
     torchrun --nproc_per_node 2 recipes/pretrain_span_corruption.py recipes/configs/span_corruption_tiny.yaml
 
 A YAML file (first argument) gives values for any of the flags below; flags after it override them. Without

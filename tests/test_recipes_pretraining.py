@@ -13,7 +13,7 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from hfgen.data.denoising import sentinel_token_ids
+from hfgen.data.denoising import DataCollatorForBartDenoising, sentinel_token_ids
 from hfgen.training.masked_lm import MaskedLMDataArguments, pretrain_masked_lm
 from hfgen.training.pretrain import ModelArguments
 from hfgen.training.span_corruption import SpanCorruptionDataArguments, pretrain_span_corruption
@@ -76,6 +76,39 @@ def test_span_run_learns_and_reloads_with_identical_logits():
     assert (results["block_size"], results["raw_block_size"], results["target_length"]) == (32, 34, 8)
 
 
+def test_bart_denoising_run_reconstructs_the_block_and_reloads(tmp_path):
+    """objective="bart_denoising": the target is the whole original block then eos (BART), the corrupted input has
+    <mask> tokens and is shorter, and the saved folder (tokenizer with its mask token) reloads with the same logits."""
+    data = SpanCorruptionDataArguments(block_size=32, max_train_samples=32, max_eval_samples=8,
+                                       objective="bart_denoising")
+    run = pretrain_span_corruption(ModelArguments(**TINY_MODEL), data, training_args(tmp_path / "out"))
+    assert run.eval_perplexity_after < run.eval_perplexity_before
+    tokenizer = AutoTokenizer.from_pretrained(run.output_dir)
+    assert tokenizer.mask_token == "<mask>" and len(tokenizer) == run.model.config.vocab_size
+    block = tokenizer(SAMPLE)["input_ids"]
+    batch = DataCollatorForBartDenoising(tokenizer, seed=0)([block])
+    assert batch["labels"][0].tolist() == block + [tokenizer.eos_token_id]
+    assert tokenizer.mask_token_id in batch["input_ids"][0].tolist()
+    assert batch["input_ids"].shape[1] < batch["labels"].shape[1]
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(run.output_dir).eval()
+    with torch.no_grad():
+        expected = run.model.eval()(**batch).logits
+        torch.testing.assert_close(reloaded(**batch).logits, expected, rtol=0, atol=1e-6)
+    card = _card(run.output_dir)
+    assert card.data.pipeline_tag == "text2text-generation" and "BART's denoising" in card.text
+    results = json.loads((Path(run.output_dir) / "all_results.json").read_text())
+    assert results["objective"] == "bart_denoising" and results["infilling_probability"] == 0.3
+    assert (results["raw_block_size"], results["target_length"]) == (32, 33)
+
+
+def test_unknown_seq2seq_objective_is_refused_before_anything(tmp_path):
+    data = SpanCorruptionDataArguments(block_size=32, objective="prefix_lm")
+    with pytest.raises(ValueError, match="Unknown objective='prefix_lm'; valid choices are: 'span_corruption', "
+                                         "'bart_denoising'"):
+        pretrain_span_corruption(ModelArguments(**TINY_MODEL), data, training_args(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("probability", [0, 0.0, 1, 1.0, -0.1, 1.5])
 def test_mlm_probability_outside_open_interval_is_refused_before_anything(probability, tmp_path):
     data = MaskedLMDataArguments(block_size=32, mlm_probability=probability)
@@ -124,9 +157,11 @@ def _recipe(name: str) -> dict:
 
 @pytest.mark.parametrize(("name", "flags"), [
     ("pretrain_masked_lm", ("--mlm_probability", "--position_embedding", "disentangled", "--hold_out_task_test")),
-    ("pretrain_span_corruption", ("--noise_density", "--mean_noise_span_length", "--num_sentinel_tokens")),
+    ("pretrain_span_corruption", ("--noise_density", "--mean_noise_span_length", "--num_sentinel_tokens",
+                                  "--objective", "bart_denoising", "--infilling_probability")),
     ("finetune_classification", ("--model_name_or_path", "--model_type", "hfgen_seq2seq", "--max_train_samples")),
-    ("transfer_learning", ("--train_sizes", "--families", "--pretrain_steps", "--finetune_steps")),
+    ("transfer_learning", ("--train_sizes", "--families", "--pretrain_steps", "--finetune_steps",
+                           "--seq2seq_objective")),
 ])
 def test_recipe_help_lists_flags(name, flags):
     text = _recipe(name)["build_parser"]().format_help()

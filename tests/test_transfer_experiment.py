@@ -139,6 +139,7 @@ def test_fewest_examples_rule():
     ({"finetune_learning_rates": "0"}, "finetune_learning_rates must be comma-separated numbers > 0"),
     ({"selection_validation_fraction": 1.0}, "selection_validation_fraction must be in"),
     ({"seq2seq_head": "lm"}, "seq2seq_head must be one of classification, text_to_text"),
+    ({"seq2seq_objective": "mlm"}, "seq2seq_objective must be one of span_corruption, bart_denoising"),
 ])
 def test_bad_arguments_fail_before_any_training(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):

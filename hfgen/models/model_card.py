@@ -199,6 +199,14 @@ CARD_TASKS = {
               'print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))',
         metric_note="Perplexity is `exp` of the mean cross-entropy on the target tokens (sentinels and the spans "
                     "they hide) of the\nvalidation split, whose documents are never trained on."),
+    "denoising": CardTask(
+        pipeline_tag="text2text-generation", auto_class="AutoModelForSeq2SeqLM",
+        objective="BART's denoising (text infilling: 30% of tokens in Poisson(3) spans, each replaced by one "
+                  "<mask>; sentences shuffled; the target is the original text)",
+        usage='inputs = tokenizer("The with <mask> used to wrap a block", return_tensors="pt")\n'
+              'print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))',
+        metric_note="Perplexity is `exp` of the mean cross-entropy on the target tokens (the whole original "
+                    "text) of the\nvalidation split, whose documents are never trained on."),
     "text-classification": CardTask(
         pipeline_tag="text-classification", auto_class="AutoModelForSequenceClassification",
         objective="supervised fine-tuning for sequence classification",
@@ -379,7 +387,7 @@ def write_model_card(
         datasets: Hub dataset ids trained on, for the metadata (the embedded corpus has none).
         dataset_name: how the card names the training/validation corpus.
         task: the training objective, a key of ``CARD_TASKS`` (pipeline tag, Auto class, metric in the
-            model-index): ``causal-lm`` (default), ``masked-lm``, ``span-corruption``, ``text-classification``,
+            model-index): ``causal-lm`` (default), ``masked-lm``, ``span-corruption``, ``denoising``, ``text-classification``,
             ``text2text-classification``, ``token-classification``, ``feature-extraction`` (a model without a
             head), ``image-text-to-text`` (hfgen_vlm: the card loads a processor instead of a tokenizer).
         license: the Hub license id of the weights (hfgen itself is Apache-2.0).

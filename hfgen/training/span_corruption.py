@@ -1,5 +1,6 @@
 """Span-corruption pre-training of an hfgen encoder-decoder (T5's objective) on the embedded corpus: the core of
-``recipes/pretrain_span_corruption.py``.
+``recipes/pretrain_span_corruption.py``; with ``objective="bart_denoising"`` BART's objective instead (Lewis et al.
+2020: text infilling and sentence permutation, the decoder writes the whole original block).
 
 Seed 003: "a part of the input sequence is masked and replaced by a sentinel token. These sentinel tokens are
 special tokens added to the vocabulary ... The decoder then has to reconstruct the sentence autoregressively."
@@ -16,6 +17,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ..data.denoising import (
+    DataCollatorForBartDenoising,
     DataCollatorForSpanCorruption,
     add_sentinel_tokens,
     sentinel_token_ids,
@@ -26,18 +28,31 @@ from .pretrain import ModelArguments, PretrainResult, build_config, perplexity
 from .recipe_common import PretrainingDataArguments, loss_history, save_run, variant_title
 
 DEFAULT_SENTINELS = 100  # T5's count
+OBJECTIVES = ("span_corruption", "bart_denoising")
+BART_MASK_TOKEN = "<mask>"
 
 
 @dataclass
 class SpanCorruptionDataArguments(PretrainingDataArguments):
-    """Text and noise of span-corruption pre-training. ``block_size`` is the length of the corrupted encoder input
-    (eos included); the raw blocks are longer by the noise tokens a sentinel replaces."""
+    """Text, objective and noise of encoder-decoder pre-training. For span corruption ``block_size`` is the length
+    of the corrupted encoder input (eos included; the raw blocks are longer by the noise tokens a sentinel
+    replaces); for BART denoising it is the length of each original block (the target, eos added; the corrupted
+    input is shorter)."""
 
     noise_density: float = field(default=0.15, metadata={"help": "Share of the tokens hidden in spans, in (0, 1)."})
     mean_noise_span_length: float = field(default=3.0, metadata={"help": "Mean length of a hidden span (>= 1)."})
     num_sentinel_tokens: int = field(default=DEFAULT_SENTINELS, metadata={"help": (
         "Sentinels <extra_id_0>, ... added to a fresh tokenizer (a pre-trained folder's tokenizer keeps its own). "
         "A block must need no more spans than there are sentinels.")})
+    objective: str = field(default="span_corruption", metadata={"help": (
+        "span_corruption (T5: sentinels in the input, the hidden spans as the target; noise_density, "
+        "mean_noise_span_length) or bart_denoising (BART: spans of Poisson(3) tokens covering infilling_probability "
+        "of the block each become one <mask>, sentences shuffled; the target is the whole block, of block_size "
+        "tokens).")})
+    infilling_probability: float = field(default=0.3, metadata={"help": (
+        "bart_denoising: share of the tokens hidden by text infilling, in [0, 1) (BART: 0.3).")})
+    permute_sentences: bool = field(default=True, metadata={"help": (
+        "bart_denoising: shuffle the sentences of each block (BART: yes).")})
 
 
 def load_span_corruption_tokenizer(path: str | None = None,
@@ -56,7 +71,16 @@ def load_span_corruption_tokenizer(path: str | None = None,
 
 
 def check_noise_settings(data_args: SpanCorruptionDataArguments) -> None:
-    """The noise fields' ranges, checked before the tokenizer is even loaded (the collator checks them again)."""
+    """The objective and the noise fields' ranges, checked before the tokenizer is even loaded (the collator checks
+    them again)."""
+    if data_args.objective not in OBJECTIVES:
+        raise ValueError(f"Unknown objective={data_args.objective!r}; valid choices are: "
+                         f"{', '.join(map(repr, OBJECTIVES))}.")
+    if data_args.objective == "bart_denoising":
+        rate = data_args.infilling_probability
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ValueError(f"infilling_probability must be a number in [0, 1), got {rate!r}.")
+        return
     density, mean, count = data_args.noise_density, data_args.mean_noise_span_length, data_args.num_sentinel_tokens
     if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density < 1:
         raise ValueError(f"noise_density must be a number in (0, 1), got {density!r}.")
@@ -124,7 +148,8 @@ def encoder_use_gap(model: HfGenSeq2SeqForConditionalGeneration, collator: DataC
 def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorruptionDataArguments,
                              training_args: TrainingArguments,
                              callbacks: list[TrainerCallback] | None = None) -> PretrainResult:
-    """Pre-train (or continue training) an encoder-decoder with span corruption and save a Hub-ready folder.
+    """Pre-train (or continue training) an encoder-decoder with span corruption (or, with
+    ``data_args.objective="bart_denoising"``, BART's denoising) and save a Hub-ready folder.
 
     Works in one process and under ``torchrun --nproc_per_node N``. The main process saves
     ``training_args.output_dir``: weights, config with ``auto_map`` and the model code (loads with
@@ -141,10 +166,20 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
     """
     check_noise_settings(data_args)
     set_seed(training_args.seed)
+    denoising = data_args.objective == "bart_denoising"
     tokenizer = load_span_corruption_tokenizer(model_args.model_name_or_path, data_args.num_sentinel_tokens)
-    collator = DataCollatorForSpanCorruption(tokenizer, data_args.noise_density, data_args.mean_noise_span_length,
-                                             seed=training_args.seed)  # checks the noise settings
-    raw_length, target_length = check_sentinels(data_args, tokenizer)
+    if denoising:
+        if tokenizer.mask_token is None and model_args.model_name_or_path is None:  # a fresh tokenizer: add it
+            tokenizer.add_special_tokens({"mask_token": BART_MASK_TOKEN})
+        collator = DataCollatorForBartDenoising(tokenizer, permute_sentences=data_args.permute_sentences,
+                                                infilling_probability=data_args.infilling_probability,
+                                                seed=training_args.seed)  # no mask token: a clear error
+        raw_length, target_length = data_args.block_size, data_args.block_size + 1  # target: the block, then eos
+    else:
+        collator = DataCollatorForSpanCorruption(tokenizer, data_args.noise_density,
+                                                 data_args.mean_noise_span_length,
+                                                 seed=training_args.seed)  # checks the noise settings
+        raw_length, target_length = check_sentinels(data_args, tokenizer)
     config = build_config(model_args, tokenizer, HfGenSeq2SeqConfig)
     longest = max(data_args.block_size, target_length)
     if config.position_embedding == "learned" and longest > config.max_position_embeddings:
@@ -161,9 +196,11 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
         blocks = tokenize_for_causal_lm(data_args.load_text(), tokenizer, raw_length,
                                         num_proc=data_args.preprocessing_num_workers)
     train, validation = data_args.select(blocks["train"], blocks["validation"])
+    shape = ("targets are the blocks" if denoising else
+             f"{data_args.block_size} after corruption, targets of {target_length}")
     print(f"[hfgen] process {training_args.process_index} of {training_args.world_size} on {training_args.device}: "
-          f"{len(train)} training blocks of {raw_length} tokens ({data_args.block_size} after corruption, targets "
-          f"of {target_length}), {model.num_parameters():,} parameters", flush=True)
+          f"{len(train)} training blocks of {raw_length} tokens ({data_args.objective}: {shape}), "
+          f"{model.num_parameters():,} parameters", flush=True)
 
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
                       processing_class=tokenizer, data_collator=collator, callbacks=callbacks)
@@ -196,8 +233,10 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
         "block_size": data_args.block_size,
         "raw_block_size": raw_length,
         "target_length": target_length,
-        "noise_density": data_args.noise_density,
-        "mean_noise_span_length": data_args.mean_noise_span_length,
+        "objective": data_args.objective,
+        **({"infilling_probability": data_args.infilling_probability,
+            "permute_sentences": data_args.permute_sentences} if denoising else
+           {"noise_density": data_args.noise_density, "mean_noise_span_length": data_args.mean_noise_span_length}),
         "train_blocks": len(train),
         "eval_blocks": len(validation),
         "learning_rate": training_args.learning_rate,
@@ -205,7 +244,8 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
         "num_parameters": model.num_parameters(),
     }
     metrics = {key: value for key, value in metrics.items() if value is not None}
-    save_run(trainer, config, metrics, task="span-corruption", title=variant_title(config, "span corruption"),
+    save_run(trainer, config, metrics, task="denoising" if denoising else "span-corruption",
+             title=variant_title(config, "BART denoising" if denoising else "span corruption"),
              base_model=model_args.model_name_or_path,
              eval_points=[(0, before), (trainer.state.global_step, after)])
     return PretrainResult(

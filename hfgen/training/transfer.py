@@ -46,6 +46,7 @@ from .classification import ClassificationDataArguments, ClassificationModelArgu
 from .pretrain import ModelArguments, cpu_training_defaults
 
 FAMILY_OBJECTIVES = {"encoder": ("hfgen_encoder", "masked LM"), "seq2seq": ("hfgen_seq2seq", "span corruption")}
+SEQ2SEQ_OBJECTIVE_NAMES = {"span_corruption": "span corruption", "bart_denoising": "BART denoising"}
 RESULTS_JSON, RESULTS_MD, PLOT_FILE = "results.json", "results.md", "accuracy_vs_examples.png"
 
 
@@ -87,6 +88,9 @@ class TransferArguments:
     selection_validation_fraction: float = field(default=0.2, **_help(
         "Share of the train split held out to choose the fine-tuning learning rate (only for the choice: the runs "
         "themselves train on the whole train split)."))
+    seq2seq_objective: str = field(default="span_corruption", **_help(
+        "Pre-training objective of the seq2seq family: span_corruption (T5) or bart_denoising (BART: text "
+        "infilling of 3 tokens in 10 and sentence permutation; the decoder writes the whole block)."))
     seq2seq_head: str = field(default="classification", **_help(
         "How the seq2seq family is fine-tuned: 'classification' (HfGenSeq2SeqForSequenceClassification, as "
         "T5ForSequenceClassification) or 'text_to_text' (the LM head answers a word naming the class)."))
@@ -169,6 +173,9 @@ class TransferArguments:
                              f"{self.selection_validation_fraction!r}.")
         from .classification import SEQ2SEQ_HEADS
 
+        if self.seq2seq_objective not in SEQ2SEQ_OBJECTIVE_NAMES:
+            raise ValueError(f"seq2seq_objective must be one of {', '.join(SEQ2SEQ_OBJECTIVE_NAMES)}, got "
+                             f"{self.seq2seq_objective!r}.")
         if self.seq2seq_head not in SEQ2SEQ_HEADS:
             raise ValueError(f"seq2seq_head must be one of {', '.join(SEQ2SEQ_HEADS)}, got {self.seq2seq_head!r}.")
         self.learning_rate_candidates()
@@ -205,8 +212,15 @@ def pretrain_family(family: str, args: TransferArguments, output_dir: Path, **tr
     else:
         from .span_corruption import SpanCorruptionDataArguments, pretrain_span_corruption
 
-        pretrain_span_corruption(model_args, SpanCorruptionDataArguments(block_size=args.block_size), training_args)
+        pretrain_span_corruption(model_args, SpanCorruptionDataArguments(block_size=args.block_size,
+                                                                         objective=args.seq2seq_objective),
+                                 training_args)
     return str(output_dir)
+
+
+def objective_name(family: str, seq2seq_objective: str = "span_corruption") -> str:
+    """How ``family`` was pre-trained, in words (the seq2seq family's objective is a setting)."""
+    return SEQ2SEQ_OBJECTIVE_NAMES[seq2seq_objective] if family == "seq2seq" else FAMILY_OBJECTIVES[family][1]
 
 
 def fewest_examples(rows: list[dict], accuracy: float) -> int | None:
@@ -317,11 +331,12 @@ def markdown_table(results: list[dict], summary: dict[str, dict[str, Any]], args
              f"{', ' + args.config_overrides if args.config_overrides else ''}. Test accuracy and macro-F1, mean "
              f"+- standard deviation over {len(seeds)} fine-tuning seed{'s' if len(seeds) > 1 else ''} "
              f"({', '.join(map(str, seeds))}).", ""]
-    for family, (model_type, objective) in FAMILY_OBJECTIVES.items():
+    for family, (model_type, _) in FAMILY_OBJECTIVES.items():
         rows = [r for r in means if r["family"] == family]
         if not rows or family not in summary:
             continue
-        lines += [f"## {family} (`{model_type}`), pre-trained with {objective}", ""]
+        lines += [f"## {family} (`{model_type}`), pre-trained with "
+                  f"{objective_name(family, args.seq2seq_objective)}", ""]
         line = _pretraining_line((pretraining or {}).get(family))
         lines += [line, ""] if line else []
         line = _selection_line((selection or {}).get(family))
@@ -348,7 +363,7 @@ def markdown_table(results: list[dict], summary: dict[str, dict[str, Any]], args
     return "\n".join(lines)
 
 
-def plot_results(results: list[dict], path: Path) -> Path:
+def plot_results(results: list[dict], path: Path, seq2seq_objective: str = "span_corruption") -> Path:
     """Accuracy vs labelled examples (log scale): the seed mean with +-1 standard deviation bars, a solid line per
     pre-trained family, dashed from scratch; each run as a faint dot."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -359,7 +374,8 @@ def plot_results(results: list[dict], path: Path) -> Path:
     axes = figure.add_subplot()
     colors = {"encoder": "tab:blue", "seq2seq": "tab:orange"}
     means = aggregate(results)
-    for family, (_, objective) in FAMILY_OBJECTIVES.items():
+    for family in FAMILY_OBJECTIVES:
+        objective = objective_name(family, seq2seq_objective)
         for init, style in (("pretrained", "-o"), ("scratch", "--s")):
             rows = [r for r in means if r["family"] == family and r["init"] == init]
             if not rows:
@@ -412,7 +428,7 @@ def write_outputs(args: TransferArguments, results: list[dict], pretrained_dirs:
                "summary": summary, "majority_accuracy": majority, "wall_time_s": wall_time_s}
     (out / RESULTS_JSON).write_text(json.dumps(payload, indent=2, default=lambda v: None if v is math.inf else v))
     (out / RESULTS_MD).write_text(markdown_table(results, summary, args, pretraining, selection))
-    plot_results(results, out / PLOT_FILE)
+    plot_results(results, out / PLOT_FILE, args.seq2seq_objective)
     return {"results": results, "summary": summary, "files": files, "wall_time_s": wall_time_s,
             "learning_rate_selection": selection or {}}
 
@@ -439,16 +455,28 @@ def merge_results(args: TransferArguments) -> dict[str, Any]:
               "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate", "block_size", "max_length",
               "finetune_steps", "finetune_batch_size", "finetune_learning_rate", "max_eval_samples",
               "finetune_learning_rates", "selection_validation_fraction", "seq2seq_head")
+    defaults = asdict(TransferArguments())  # for keys that runs made before they existed do not record
+
+    def setting(payload: dict, key: str) -> Any:
+        return payload["arguments"].get(key, defaults[key])
+
     first = payloads[0]["arguments"]
     for folder, payload in zip(folders, payloads):
-        differ = [k for k in budget if payload["arguments"].get(k) != first.get(k)]
+        differ = [k for k in budget if setting(payload, k) != setting(payloads[0], k)]
         if differ:
             raise ValueError(f"merge_from: {folder!r} used other settings than {folders[0]!r}: {differ}.")
+    # The seq2seq objective matters only to runs with pre-trained seq2seq rows (scratch rows do not depend on it,
+    # so one scratch run serves several objectives), and must be one for all of them.
+    objectives = {setting(payload, "seq2seq_objective") for payload in payloads
+                  if any(row["family"] == "seq2seq" and row["init"] == "pretrained" for row in payload["results"])}
+    if len(objectives) > 1:
+        raise ValueError(f"merge_from: the seq2seq rows come from different objectives: {sorted(objectives)}.")
     results = [row for payload in payloads for row in payload["results"]]
     keys = [(r["family"], r["init"], r["train_examples"], r.get("seed", 0)) for r in results]
     if len(set(keys)) != len(keys):
         raise ValueError("merge_from: the folders measured the same (family, init, size, seed) more than once.")
-    merged = TransferArguments(**{**first, "output_dir": args.output_dir, "merge_from": args.merge_from,
+    merged = TransferArguments(**{**first, "seq2seq_objective": next(iter(objectives), defaults["seq2seq_objective"]),
+                                  "output_dir": args.output_dir, "merge_from": args.merge_from,
                                   "families": ",".join(dict.fromkeys(r["family"] for r in results)),
                                   "finetune_seeds": ",".join(map(str, sorted({k[3] for k in keys})))})
     pretrained_dirs = {family: folder for payload in payloads for family, folder in payload["pretrained_dirs"].items()}
@@ -538,7 +566,7 @@ def run_transfer_experiment(args: TransferArguments, **training_extra: Any) -> d
     started = time.monotonic()
     results, pretrained_dirs, selection = [], {}, {}
     for family in families:
-        objective = FAMILY_OBJECTIVES[family][1]
+        objective = objective_name(family, args.seq2seq_objective)
         if family in given:
             pretrained_dirs[family] = given[family]
         elif "pretrained" not in args.init_list():
