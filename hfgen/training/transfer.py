@@ -74,6 +74,9 @@ class TransferArguments:
         "Optimizer steps of each pre-training (300 of 16 blocks left masked LM at the unigram plateau)."))
     pretrain_batch_size: int = field(default=32, **_help("Sequences per pre-training step."))
     pretrain_learning_rate: float = field(default=2e-3, **_help("Peak learning rate of pre-training."))
+    pretrain_include_docstrings: bool = field(default=False, **_help(
+        "Pre-train on the reference manual plus the standard library's docstrings (about 6x the text; the task's "
+        "test paragraphs stay out either way)."))
     max_length: int = field(default=64, **_help("Tokens per labelled example (most paragraphs fit in 64)."))
     finetune_steps: int = field(default=120, **_help("Optimizer steps of every fine-tuning run (the same budget)."))
     finetune_batch_size: int = field(default=16, **_help("Examples per fine-tuning step."))
@@ -208,13 +211,15 @@ def pretrain_family(family: str, args: TransferArguments, output_dir: Path, **tr
     if family == "encoder":
         from .masked_lm import MaskedLMDataArguments, pretrain_masked_lm
 
-        pretrain_masked_lm(model_args, MaskedLMDataArguments(block_size=args.block_size), training_args)
+        pretrain_masked_lm(model_args, MaskedLMDataArguments(block_size=args.block_size,
+                                                             include_docstrings=args.pretrain_include_docstrings),
+                           training_args)
     else:
         from .span_corruption import SpanCorruptionDataArguments, pretrain_span_corruption
 
-        pretrain_span_corruption(model_args, SpanCorruptionDataArguments(block_size=args.block_size,
-                                                                         objective=args.seq2seq_objective),
-                                 training_args)
+        data_args = SpanCorruptionDataArguments(block_size=args.block_size, objective=args.seq2seq_objective,
+                                                include_docstrings=args.pretrain_include_docstrings)
+        pretrain_span_corruption(model_args, data_args, training_args)
     return str(output_dir)
 
 
@@ -326,7 +331,8 @@ def markdown_table(results: list[dict], summary: dict[str, dict[str, Any]], args
     lines = ["# Transfer learning on the reference-manual groups task", "",
              f"Fine-tuning budget per run: {args.finetune_steps} steps x {args.finetune_batch_size} examples, "
              f"{rate}{head}; pre-training: {args.pretrain_steps} steps x "
-             f"{args.pretrain_batch_size} blocks of {args.block_size} tokens at learning rate "
+             f"{args.pretrain_batch_size} blocks of {args.block_size} tokens"
+             f"{' of the manual and the docstrings' if args.pretrain_include_docstrings else ''} at learning rate "
              f"{args.pretrain_learning_rate}; models: {args.num_hidden_layers} layers, hidden {args.hidden_size}"
              f"{', ' + args.config_overrides if args.config_overrides else ''}. Test accuracy and macro-F1, mean "
              f"+- standard deviation over {len(seeds)} fine-tuning seed{'s' if len(seeds) > 1 else ''} "
@@ -452,7 +458,8 @@ def merge_results(args: TransferArguments) -> dict[str, Any]:
     if not payloads:
         raise ValueError("merge_from names no folder.")
     budget = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "config_overrides",
-              "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate", "block_size", "max_length",
+              "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate", "pretrain_include_docstrings",
+              "block_size", "max_length",
               "finetune_steps", "finetune_batch_size", "finetune_learning_rate", "max_eval_samples",
               "finetune_learning_rates", "selection_validation_fraction", "seq2seq_head")
     defaults = asdict(TransferArguments())  # for keys that runs made before they existed do not record
