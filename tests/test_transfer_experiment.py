@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hfgen.training.transfer import TransferArguments, fewest_examples, pretrain_family, run_transfer_experiment
+from hfgen.training.transfer import (TransferArguments, examples_to_match, fewest_examples, pretrain_family,
+                                     run_transfer_experiment)
 from transfer_fixtures import TINY_MODEL, mlm_run, span_run
 
 
@@ -66,6 +67,10 @@ def test_files_and_summary(experiment):
         assert summary["target_accuracy"] == pytest.approx(target)
         reach = [n for n in (8, 16) if mean[("pretrained", n)] >= target - 1e-12]
         assert summary["pretrained_examples_to_target"] == (min(reach) if reach else None)
+        matches = summary["examples_to_match_scratch"]
+        assert [(m["scratch_examples"], m["scratch_accuracy"]) for m in matches] == [
+            (n, pytest.approx(mean[("scratch", n)])) for n in (8, 16)]
+        assert all(m["how"] in ("at_most", "interpolated", "not_reached") for m in matches)
         for n in (8, 16):
             aggregated = next(r for r in payload["means"] if (r["family"], r["init"], r["train_examples"]) ==
                               (family, "scratch", n))
@@ -126,6 +131,18 @@ def test_fewest_examples_rule():
             {"train_examples": 100, "accuracy": 0.45}]
     assert fewest_examples(rows, 0.45) == 50 and fewest_examples(rows, 0.3) == 10
     assert fewest_examples(rows, 0.6) is None
+
+
+def test_examples_to_match_interpolates_in_log_examples():
+    """Written out: between (10, 0.3) and (50, 0.5), accuracy 0.4 is halfway in log(n), so n = sqrt(10 * 50)."""
+    rows = [{"train_examples": 50, "accuracy": 0.5}, {"train_examples": 10, "accuracy": 0.3},
+            {"train_examples": 100, "accuracy": 0.45}]
+    n, how = examples_to_match(rows, 0.4)
+    assert how == "interpolated" and n == pytest.approx((10 * 50) ** 0.5)
+    n, how = examples_to_match(rows, 0.5)  # reached exactly at a measured size
+    assert how == "interpolated" and n == pytest.approx(50)
+    assert examples_to_match(rows, 0.25) == (10.0, "at_most")  # the smallest size already does better
+    assert examples_to_match(rows, 0.55) == (None, "not_reached")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -18,7 +18,8 @@ Procedure (every number from real runs, nothing assumed):
    on the fixed test split (accuracy, macro-F1 through the shipped ``evaluate`` metric).
 4. Write ``results.json`` (every run and the learning-rate choice), ``results.md`` (mean +- standard deviation
    over the seeds, and for each family the fewest examples with which the pre-trained model's mean accuracy
-   reaches the best mean accuracy from scratch) and ``accuracy_vs_examples.png`` (means with +-1 standard
+   reaches the best mean accuracy from scratch, and for every size n the examples it needs to match scratch's
+   accuracy with n, :func:`examples_to_match`) and ``accuracy_vs_examples.png`` (means with +-1 standard
    deviation bars) into the output folder.
 
 Runs made in parallel (one process per family or per seed, each with its own ``output_dir``) combine into one
@@ -234,6 +235,25 @@ def fewest_examples(rows: list[dict], accuracy: float) -> int | None:
     return min(reached) if reached else None
 
 
+def examples_to_match(rows: list[dict], accuracy: float) -> tuple[float | None, str]:
+    """How many labelled examples the curve ``rows`` (mean accuracy per ``train_examples``) needs to reach
+    ``accuracy``: ``(n, "interpolated")`` between the last size below it and the first size at or above it,
+    linearly in log(examples) (the shape learning curves take between such points); ``(smallest size, "at_most")``
+    when the smallest size already reaches it; ``(None, "not_reached")`` when no size does. Only the first crossing
+    counts: a curve that dips again later does not move the answer."""
+    rows = sorted(rows, key=lambda r: r["train_examples"])
+    for index, row in enumerate(rows):
+        if row["accuracy"] >= accuracy - 1e-12:
+            if index == 0:
+                return float(row["train_examples"]), "at_most"
+            below = rows[index - 1]
+            fraction = (accuracy - below["accuracy"]) / (row["accuracy"] - below["accuracy"])
+            log_n = math.log(below["train_examples"]) + fraction * (
+                math.log(row["train_examples"]) - math.log(below["train_examples"]))
+            return math.exp(log_n), "interpolated"
+    return None, "not_reached"
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     mean = sum(values) / len(values)
@@ -284,6 +304,12 @@ def summarise(results: list[dict]) -> dict[str, dict[str, Any]]:
             "target_accuracy": target,  # the best mean accuracy from scratch, at any size
             "scratch_examples_to_target": fewest_examples(scratch, target),
             "pretrained_examples_to_target": fewest_examples(pretrained, target),
+            # the second half of the claim at every size: labelled examples the pre-trained model needs to match
+            # the mean accuracy scratch reaches with n
+            "examples_to_match_scratch": [
+                dict(zip(("scratch_examples", "scratch_accuracy", "pretrained_examples", "how"),
+                         (s["train_examples"], s["accuracy"], *examples_to_match(pretrained, s["accuracy"]))))
+                for s in scratch],
         }
     return summary
 
@@ -309,6 +335,18 @@ def _selection_line(chosen: dict[str, dict[str, Any]] | None) -> str:
             parts.append(f"{'from scratch' if init == 'scratch' else 'pre-trained'} "
                          f"**{chosen[init]['learning_rate']:g}** (validation accuracy {scores})")
     return "Fine-tuning learning rate chosen on the validation split: " + "; ".join(parts) + "."
+
+
+def _matching_line(matches: list[dict]) -> str:
+    """Per scratch size: the labelled examples with which the pre-trained model matches its accuracy."""
+    parts = []
+    for m in matches:
+        n, how = m["pretrained_examples"], m["how"]
+        answer = ("not reached" if n is None else f"≤ {n:.0f}" if how == "at_most" else f"≈ {n:.0f}")
+        parts.append(f"{m['scratch_examples']} ({m['scratch_accuracy']:.3f}) → {answer}")
+    return ("Labelled examples the pre-trained model needs to match scratch's mean accuracy with n examples "
+            "(n (accuracy) → examples; ≈: interpolated linearly in log(examples) between the sizes run, ≤: "
+            "already matched at the smallest size): " + "; ".join(parts) + ".")
 
 
 def markdown_table(results: list[dict], summary: dict[str, dict[str, Any]], args: TransferArguments,
@@ -363,6 +401,8 @@ def markdown_table(results: list[dict], summary: dict[str, dict[str, Any]], args
                       f"{info['target_accuracy']:.3f} with {info['scratch_examples_to_target']} examples; "
                       f"pre-trained reaches it with {reach if reach is not None else 'none of the sizes tried'}"
                       f"{' examples' if reach is not None else ''}.", ""]
+        if info.get("examples_to_match_scratch"):
+            lines += [_matching_line(info["examples_to_match_scratch"]), ""]
     majority = results[0].get("majority_accuracy") if results else None
     if majority is not None:
         lines += [f"Majority-class accuracy on the test split: {majority:.3f}.", ""]
