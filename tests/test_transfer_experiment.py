@@ -126,6 +126,27 @@ def test_learning_rate_is_chosen_on_validation_for_each_start(experiment):
     assert "chosen on the validation split" in (Path(args.output_dir) / "results.md").read_text()
 
 
+def test_learning_rate_per_size_is_chosen_on_that_many_validation_examples(tmp_path):
+    """learning_rate_per_size: every (start, size) tried every candidate on the validation split, and each run
+    used the best candidate of its own size (recomputed here); the table says so."""
+    args = TransferArguments(
+        output_dir=str(tmp_path), families="encoder", train_sizes="8,16", **TINY_MODEL, max_length=32,
+        finetune_steps=2, finetune_batch_size=8, max_eval_samples=16, finetune_seeds="0",
+        finetune_learning_rates="1e-3,5e-3", learning_rate_per_size=True,
+        pretrained_dirs=f"encoder={mlm_run().output_dir}")
+    outcome = run_transfer_experiment(args, disable_tqdm=True)
+    for init in ("scratch", "pretrained"):
+        per_size = outcome["learning_rate_selection"]["encoder"][init]["per_size"]
+        assert sorted(per_size) == ["16", "8"]
+        for n in (8, 16):
+            scores = per_size[str(n)]["validation"]
+            assert [row["learning_rate"] for row in scores] == [1e-3, 5e-3]
+            best = max(scores, key=lambda r: (r["accuracy"], r["macro_f1"], -r["learning_rate"]))
+            assert [r["learning_rate"] for r in outcome["results"]
+                    if (r["init"], r["train_examples"]) == (init, n)] == [best["learning_rate"]]
+    assert "chosen on the validation split for each size" in (tmp_path / "results.md").read_text()
+
+
 def test_fewest_examples_rule():
     rows = [{"train_examples": 10, "accuracy": 0.3}, {"train_examples": 50, "accuracy": 0.5},
             {"train_examples": 100, "accuracy": 0.45}]

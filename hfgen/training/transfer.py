@@ -11,6 +11,7 @@ Procedure (every number from real runs, nothing assumed):
    ``finetune_learning_rates`` by accuracy on a validation split carved out of the train split
    (:func:`select_learning_rates`): one procedure for both starts, and the test split is never read for it. A
    pre-trained model may want another rate than a fresh one; choosing both the same way keeps the comparison fair.
+   With ``learning_rate_per_size`` the choice is made for every number of labelled examples separately.
 3. For every fine-tuning seed and every number n of labelled examples (the first n of a shuffle by that seed, so
    within a seed the sets are nested), fine-tune the pre-trained model and a fresh model of the same config with
    the same steps, batch size, schedule and seed, each at its chosen rate, with a classification head (the
@@ -89,6 +90,10 @@ class TransferArguments:
         "(selection_validation_fraction; all its remaining examples, the first fine-tuning seed): the same "
         "procedure for both starts, and test is never read. One rate: every run uses it, no selection. Empty or "
         "null: every run uses finetune_learning_rate."))
+    learning_rate_per_size: bool = field(default=False, **_help(
+        "Choose the fine-tuning learning rate separately for every number n of labelled examples (fine-tuning on n "
+        "examples of the selection split, scored on its validation part), instead of once with all of them: a rate "
+        "that suits 800 examples can overwrite a pre-trained model in the 60 epochs that 32 examples get."))
     selection_validation_fraction: float = field(default=0.2, **_help(
         "Share of the train split held out to choose the fine-tuning learning rate (only for the choice: the runs "
         "themselves train on the whole train split)."))
@@ -330,11 +335,16 @@ def _selection_line(chosen: dict[str, dict[str, Any]] | None) -> str:
         return ""
     parts = []
     for init in ("scratch", "pretrained"):
-        if init in chosen:
+        if init in chosen and "per_size" in chosen[init]:
+            rates = ", ".join(f"{n}: **{v['learning_rate']:g}**" for n, v in chosen[init]["per_size"].items())
+            parts.append(f"{'from scratch' if init == 'scratch' else 'pre-trained'} {rates}")
+        elif init in chosen:
             scores = ", ".join(f"{row['learning_rate']:g}: {row['accuracy']:.3f}" for row in chosen[init]["validation"])
             parts.append(f"{'from scratch' if init == 'scratch' else 'pre-trained'} "
                          f"**{chosen[init]['learning_rate']:g}** (validation accuracy {scores})")
-    return "Fine-tuning learning rate chosen on the validation split: " + "; ".join(parts) + "."
+    per_size = any("per_size" in v for v in chosen.values())
+    return (f"Fine-tuning learning rate chosen on the validation split{' for each size' if per_size else ''}: "
+            + "; ".join(parts) + ".")
 
 
 def _matching_line(matches: list[dict]) -> str:
@@ -359,7 +369,8 @@ def markdown_table(results: list[dict], summary: dict[str, dict[str, Any]], args
     seeds = sorted({r.get("seed", 0) for r in results})
     candidates = args.learning_rate_candidates()
     if selection and len(candidates) > 1:
-        rate = (f"peak learning rate chosen for each family and start (scratch, pre-trained) among "
+        rate = (f"peak learning rate chosen for each family and start (scratch, pre-trained)"
+                f"{' and number of labelled examples' if args.learning_rate_per_size else ''} among "
                 f"{', '.join(f'{r:g}' for r in sorted(candidates))} by accuracy on a validation split "
                 f"({args.selection_validation_fraction:g} of the train split, held out for this choice only; the "
                 f"same procedure for both starts, the test split never read)")
@@ -501,7 +512,7 @@ def merge_results(args: TransferArguments) -> dict[str, Any]:
               "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate", "pretrain_include_docstrings",
               "block_size", "max_length",
               "finetune_steps", "finetune_batch_size", "finetune_learning_rate", "max_eval_samples",
-              "finetune_learning_rates", "selection_validation_fraction", "seq2seq_head")
+              "finetune_learning_rates", "learning_rate_per_size", "selection_validation_fraction", "seq2seq_head")
     defaults = asdict(TransferArguments())  # for keys that runs made before they existed do not record
 
     def setting(payload: dict, key: str) -> Any:
@@ -553,7 +564,7 @@ def _finetune(family: str, init: str, n: int | None, seed: int, learning_rate: f
 
 
 def select_learning_rates(family: str, args: TransferArguments, pretrained_dirs: dict[str, str], output_dir: Path,
-                          seed: int, **training_extra: Any) -> dict[str, dict[str, Any]]:
+                          seed: int, sizes: list[int] | None = None, **training_extra: Any) -> dict[str, dict[str, Any]]:
     """Choose the fine-tuning learning rate of each start of ``family`` on validation data only.
 
     For every start in ``args.inits`` and every rate of ``args.finetune_learning_rates``: fine-tune with the
@@ -563,23 +574,44 @@ def select_learning_rates(family: str, args: TransferArguments, pretrained_dirs:
     validation accuracy (ties: better macro-F1, then the smaller rate). Scratch and pre-trained go through the
     same procedure; the test split is not read.
 
+    With ``sizes`` (``args.learning_rate_per_size``): the same for every size n, fine-tuning on the first n
+    examples (by ``seed``) of that reduced train split, or all of them when it has fewer than n.
+
     Returns:
-        ``{init: {"learning_rate": chosen, "validation": [{"learning_rate", "accuracy", "macro_f1"}, ...]}}``.
+        ``{init: {"learning_rate": chosen, "validation": [{"learning_rate", "accuracy", "macro_f1"}, ...]}}``;
+        with ``sizes``: ``{init: {"per_size": {str(n): {"learning_rate": ..., "validation": [...]}}}}``.
     """
+    available = None
+    if sizes:
+        from ..data.labelled import load_reference_manual_groups
+
+        available = len(load_reference_manual_groups(
+            validation_fraction=args.selection_validation_fraction)["train"])
     chosen = {}
     for init in args.init_list():
-        scores = []
-        for rate in sorted(args.learning_rate_candidates()):
-            result = _finetune(family, init, None, seed, rate, args, pretrained_dirs,
-                               output_dir / "select" / f"{family}_{init}_lr{rate:g}",
-                               validation_fraction=args.selection_validation_fraction, **training_extra)
-            scores.append({"learning_rate": rate, "accuracy": result.eval_accuracy,
-                           "macro_f1": result.eval_macro_f1})
-            print(f"[hfgen] {family} {init:>10} learning rate {rate:g}: validation accuracy "
-                  f"{result.eval_accuracy:.3f}", flush=True)
-        best = max(scores, key=lambda row: (row["accuracy"], row["macro_f1"], -row["learning_rate"]))
-        chosen[init] = {"learning_rate": best["learning_rate"], "validation": scores}
+        per_size = {}
+        for n in sizes or [None]:
+            subset = None if n is None or n >= available else n
+            scores = []
+            for rate in sorted(args.learning_rate_candidates()):
+                name = f"{family}_{init}_lr{rate:g}" + ("" if n is None else f"_n{n}")
+                result = _finetune(family, init, subset, seed, rate, args, pretrained_dirs,
+                                   output_dir / "select" / name,
+                                   validation_fraction=args.selection_validation_fraction, **training_extra)
+                scores.append({"learning_rate": rate, "accuracy": result.eval_accuracy,
+                               "macro_f1": result.eval_macro_f1})
+                print(f"[hfgen] {family} {init:>10}{'' if n is None else f' n={n:4d}'} learning rate {rate:g}: "
+                      f"validation accuracy {result.eval_accuracy:.3f}", flush=True)
+            best = max(scores, key=lambda row: (row["accuracy"], row["macro_f1"], -row["learning_rate"]))
+            per_size[n] = {"learning_rate": best["learning_rate"], "validation": scores}
+        chosen[init] = per_size[None] if sizes is None else {"per_size": {str(n): v for n, v in per_size.items()}}
     return chosen
+
+
+def chosen_rate(chosen: dict[str, Any], n: int) -> float:
+    """The learning rate one start's selection (see :func:`select_learning_rates`) gives the runs with n
+    examples."""
+    return chosen["per_size"][str(n)]["learning_rate"] if "per_size" in chosen else chosen["learning_rate"]
 
 
 def run_transfer_experiment(args: TransferArguments, **training_extra: Any) -> dict[str, Any]:
@@ -621,22 +653,22 @@ def run_transfer_experiment(args: TransferArguments, **training_extra: Any) -> d
         else:
             print(f"[hfgen] pre-training the {family} with {objective}", flush=True)
             pretrained_dirs[family] = pretrain_family(family, args, out / f"pretrained_{family}", **training_extra)
-        rates = {init: args.finetune_learning_rate for init in args.init_list()}
         candidates = args.learning_rate_candidates()
-        if len(candidates) == 1:
-            rates = {init: candidates[0] for init in args.init_list()}
-        elif candidates:
-            chosen = select_learning_rates(family, args, pretrained_dirs, out, seeds[0], **training_extra)
+        rates = {(init, n): candidates[0] if len(candidates) == 1 else args.finetune_learning_rate
+                 for init in args.init_list() for n in sizes}
+        if len(candidates) > 1:
+            chosen = select_learning_rates(family, args, pretrained_dirs, out, seeds[0],
+                                           sizes if args.learning_rate_per_size else None, **training_extra)
             selection[family] = chosen
-            rates = {init: chosen[init]["learning_rate"] for init in chosen}
+            rates = {(init, n): chosen_rate(chosen[init], n) for init in chosen for n in sizes}
         for seed in seeds:
             for n in sizes:
                 for init in args.init_list():
-                    result = _finetune(family, init, n, seed, rates[init], args, pretrained_dirs,
+                    result = _finetune(family, init, n, seed, rates[init, n], args, pretrained_dirs,
                                        out / "finetune" / f"{family}_{init}_{n}_seed{seed}", **training_extra)
                     results.append({"family": family, "init": init, "train_examples": n, "seed": seed,
                                     "accuracy": result.eval_accuracy, "macro_f1": result.eval_macro_f1,
-                                    "accuracy_before": result.eval_accuracy_before, "learning_rate": rates[init],
+                                    "accuracy_before": result.eval_accuracy_before, "learning_rate": rates[init, n],
                                     "train_runtime_s": result.train_runtime, "majority_accuracy": majority})
                     print(f"[hfgen] {family} {init:>10} n={n:4d} seed {seed}: accuracy {result.eval_accuracy:.3f}",
                           flush=True)
