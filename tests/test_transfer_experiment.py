@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hfgen.training.transfer import (TransferArguments, examples_to_match, fewest_examples, pretrain_family,
-                                     run_transfer_experiment)
+                                     run_transfer_experiment, sign_test_p_value)
 from transfer_fixtures import TINY_MODEL, mlm_run, span_run
 
 
@@ -19,7 +19,7 @@ def experiment(tmp_path_factory):
     args = TransferArguments(
         output_dir=str(tmp_path_factory.mktemp("transfer")), train_sizes="8,16", **TINY_MODEL, max_length=32,
         finetune_steps=2, finetune_batch_size=8, max_eval_samples=16, finetune_seeds="0,1",
-        finetune_learning_rates="1e-3,5e-3",
+        finetune_learning_rates="1e-3,5e-3", learning_rate_per_size=False,  # (per size: its own test below)
         pretrained_dirs=f"encoder={mlm_run().output_dir},seq2seq={span_run().output_dir}")
     return args, run_transfer_experiment(args, disable_tqdm=True)
 
@@ -63,6 +63,9 @@ def test_files_and_summary(experiment):
         assert summary["pretrained_wins"] == sum(g > 0 for g in gains)
         assert summary["runs"] == 4 and summary["run_wins"] == sum(
             runs[("pretrained", n, s)] > runs[("scratch", n, s)] for n in (8, 16) for s in (0, 1))
+        # sign test, written out for 4 runs: P(at least w heads in 4 fair tosses)
+        assert summary["run_wins_p_value"] == pytest.approx(
+            {0: 16, 1: 15, 2: 11, 3: 5, 4: 1}[summary["run_wins"]] / 16)
         target = max(mean[("scratch", n)] for n in (8, 16))
         assert summary["target_accuracy"] == pytest.approx(target)
         reach = [n for n in (8, 16) if mean[("pretrained", n)] >= target - 1e-12]
@@ -81,7 +84,8 @@ def test_files_and_summary(experiment):
 
 def test_runs_made_in_parallel_merge_into_the_same_summary(experiment, tmp_path):
     """Split the run's rows by seed into two folders (as two processes would write them), merge: the same
-    summary, table and plot as the single run; mismatched budgets and duplicated runs are refused."""
+    summary, table and plot as the single run (also when one folder predates learning_rate_per_size); mismatched
+    budgets and duplicated runs are refused."""
     args, outcome = experiment
     payload = json.loads((Path(args.output_dir) / "results.json").read_text())
     folders = []
@@ -90,6 +94,8 @@ def test_runs_made_in_parallel_merge_into_the_same_summary(experiment, tmp_path)
         folder.mkdir()
         part = {**payload, "results": [r for r in payload["results"] if r["seed"] == seed]}
         part["arguments"] = {**payload["arguments"], "finetune_seeds": str(seed)}
+        if seed == 1:  # as a run made before the key existed, when one rate served every size
+            del part["arguments"]["learning_rate_per_size"]
         (folder / "results.json").write_text(json.dumps(part))
         folders.append(str(folder))
     merged = run_transfer_experiment(TransferArguments(output_dir=str(tmp_path / "merged"),
@@ -106,6 +112,32 @@ def test_runs_made_in_parallel_merge_into_the_same_summary(experiment, tmp_path)
         run_transfer_experiment(TransferArguments(output_dir=str(tmp_path / "mixed"), merge_from=",".join(folders)))
     with pytest.raises(ValueError, match="has no results.json"):
         run_transfer_experiment(TransferArguments(output_dir=str(tmp_path / "none"), merge_from=str(tmp_path)))
+
+
+def test_merge_checks_the_seq2seq_head_only_where_seq2seq_rows_are(experiment, tmp_path):
+    """An encoder-only folder merges whatever its seq2seq_head; two folders of seq2seq rows with different heads
+    are refused."""
+    args, outcome = experiment
+    payload = json.loads((Path(args.output_dir) / "results.json").read_text())
+
+    def folder(name: str, keep, head: str) -> str:
+        path = tmp_path / name
+        path.mkdir()
+        part = {**payload, "results": [r for r in payload["results"] if keep(r)],
+                "arguments": {**payload["arguments"], "seq2seq_head": head}}
+        (path / "results.json").write_text(json.dumps(part))
+        return str(path)
+
+    encoder = folder("encoder", lambda r: r["family"] == "encoder", "classification")
+    seq2seq = folder("seq2seq", lambda r: r["family"] == "seq2seq", "text_to_text")
+    merged = run_transfer_experiment(TransferArguments(output_dir=str(tmp_path / "merged"),
+                                                       merge_from=f"{encoder},{seq2seq}"))
+    assert merged["summary"] == outcome["summary"]
+    assert "seq2seq fine-tuned text to text" in (tmp_path / "merged" / "results.md").read_text()
+    other = folder("other", lambda r: r["family"] == "seq2seq" and r["seed"] == 0, "classification")
+    rest = folder("rest", lambda r: r["family"] == "seq2seq" and r["seed"] == 1, "text_to_text")
+    with pytest.raises(ValueError, match="different seq2seq_head settings"):
+        run_transfer_experiment(TransferArguments(output_dir=str(tmp_path / "mixed"), merge_from=f"{other},{rest}"))
 
 
 def test_learning_rate_is_chosen_on_validation_for_each_start(experiment):
@@ -145,6 +177,12 @@ def test_learning_rate_per_size_is_chosen_on_that_many_validation_examples(tmp_p
             assert [r["learning_rate"] for r in outcome["results"]
                     if (r["init"], r["train_examples"]) == (init, n)] == [best["learning_rate"]]
     assert "chosen on the validation split for each size" in (tmp_path / "results.md").read_text()
+
+
+def test_sign_test_p_value():
+    assert sign_test_p_value(12, 12) == pytest.approx(1 / 4096)
+    assert sign_test_p_value(10, 12) == pytest.approx((1 + 12 + 66) / 4096)  # C(12,12) + C(12,11) + C(12,10)
+    assert sign_test_p_value(0, 5) == pytest.approx(1.0)
 
 
 def test_fewest_examples_rule():
