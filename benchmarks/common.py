@@ -73,6 +73,16 @@ def interleaved(fns: dict[str, Callable], device: str, repeats: int, warmup: int
     return times
 
 
+GENERATION_REPEATS_HELP = ("interleaved repetitions of the generation rows (default: 3x --repeats): a generation "
+                           "call is short, and on a shared machine single calls vary by +-15 percent, so its median "
+                           "needs more of them than a training step's")
+
+
+def generation_repeats(given: int | None, repeats: int) -> int:
+    """Repetitions of the generation rows: ``given``, or three times the other rows' ``repeats``."""
+    return given or 3 * repeats
+
+
 def ratios(times: dict[str, list[float]], reference: str, name: str) -> list[float]:
     """Speed of ``name`` over ``reference`` in each repetition: reference's time over name's."""
     return [r / v for r, v in zip(times[reference], times[name])]

@@ -46,8 +46,9 @@ import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from common import (CLOCK_HELP, CLOCKS, CPU_MEMORY_METHOD, clock_description, interleaved, machine,
-                    measure_peak, paired_ratio, run_probe, use_clock, write_section)
+from common import (CLOCKS, CLOCK_HELP, CPU_MEMORY_METHOD, GENERATION_REPEATS_HELP, clock_description,
+                    generation_repeats, interleaved, machine, measure_peak, paired_ratio, run_probe, use_clock,
+                    write_section)
 from hfgen import HfGenDecoderConfig, HfGenDecoderForCausalLM
 
 VOCAB = 8192
@@ -254,7 +255,7 @@ def bench_llama(size_name: str, args, notes: list[str]) -> list[Row]:
         prompt = token_ids(batch, PROMPT, device, seed=3)
         fns = {"llama": generation(llama, prompt, new_tokens), "hfgen": generation(ours, prompt, new_tokens)}
         same = torch.equal(fns["llama"](), fns["hfgen"]())
-        times = interleaved(fns, device, args.repeats)
+        times = interleaved(fns, device, args.generation_repeats)
         rows.append(throughput_row("llama", f"{label}: generation, batch {batch}, {PROMPT}+{new_tokens} tokens",
                                    batch * new_tokens, times, "llama", "hfgen", 1.0, "new tok/s"))
         if not same:
@@ -346,6 +347,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="smoke run: tiny model only, smaller batches and sequences, 2 repeats, long context at "
                              "1k/2k; writes no results file unless --out is given")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions per model (default 5; quick 2)")
+    parser.add_argument("--generation-repeats", type=int, default=None, help=GENERATION_REPEATS_HELP)
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=None,
                         help="model sizes compared with Llama (default: tiny small; quick: tiny)")
     parser.add_argument("--sections", nargs="+", choices=list(SECTION_TITLES), default=list(SECTION_TITLES),
@@ -364,6 +366,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--device cuda: no CUDA device is available")
     args.dtype = getattr(torch, args.dtype_name)
     args.repeats = args.repeats or (2 if args.quick else 5)
+    args.generation_repeats = generation_repeats(args.generation_repeats, args.repeats)
     args.sizes = args.sizes or (["tiny"] if args.quick else ["tiny", "small"])
     return args
 
@@ -403,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
         f"- machine: {machine(args.device, threads=False)}; torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); transformers {transformers.__version__}; hfgen {revision()}",
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; {args.dtype_name}; "
-        f"{args.repeats} repetitions; run took {elapsed:.0f} s; timed by "
+        f"{args.repeats} repetitions ({args.generation_repeats} for generation); run took {elapsed:.0f} s; timed by "
         f"{clock_description(args.clock)}",
         f"- command: `{command.strip()}`",
         f"- peak memory: {memory_method}",

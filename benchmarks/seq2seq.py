@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from common import (CLOCK_HELP, CLOCKS, clock_description, interleaved, machine, measure_peak, paired_ratio, run_probe,
-                    use_clock, write_section)
+from common import (CLOCKS, CLOCK_HELP, GENERATION_REPEATS_HELP, clock_description, generation_repeats, interleaved,
+                    machine, measure_peak, paired_ratio, run_probe, use_clock, write_section)
 from hfgen import HfGenSeq2SeqForConditionalGeneration
 
 VOCAB = 8192
@@ -122,7 +122,7 @@ def bench_size(name: str, args, notes: list[str]) -> list[dict]:
         fns = {"t5": generation(t5, source, new_tokens), "hfgen": generation(ours, source, new_tokens)}
         if not torch.equal(fns["t5"](), fns["hfgen"]()):
             notes.append(f"{label}: greedy tokens differ at batch {gen_batch} ({args.dtype_name}).")
-        times = interleaved(fns, args.device, args.repeats)
+        times = interleaved(fns, args.device, args.generation_repeats)
         rows.append(throughput_row(f"{label}: generation, batch {gen_batch}, {size['source']}+{new_tokens} tokens",
                                    gen_batch * new_tokens, times, "new tok/s"))
 
@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions; writes nothing")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 5, quick 2)")
+    parser.add_argument("--generation-repeats", type=int, default=None, help=GENERATION_REPEATS_HELP)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -182,6 +183,7 @@ def main() -> None:
     args.clock = use_clock(args.clock, args.device)
     args.dtype_name, args.dtype = args.dtype, getattr(torch, args.dtype)
     args.repeats = args.repeats or (2 if args.quick else 5)
+    args.generation_repeats = generation_repeats(args.generation_repeats, args.repeats)
     notes: list[str] = []
     rows = [row for name in args.sizes for row in bench_size(name, args, notes)]
     passed = sum(r["ratio"] >= r["target"] for r in rows if r["target"] is not None)
@@ -189,7 +191,7 @@ def main() -> None:
     body = "\n".join([
         f"{SECTION}, {args.device}, {args.dtype_name}", "",
         f"{datetime.date.today()} · {machine(args.device)} · {args.dtype_name} · torch {torch.__version__} · "
-        f"{args.repeats} interleaved repetitions, medians · {'quick' if args.quick else 'full'} run · timed by "
+        f"{args.repeats} interleaved repetitions ({args.generation_repeats} for generation), medians · {'quick' if args.quick else 'full'} run · timed by "
         f"{clock_description(args.clock)}", "",
         "hfgen with T5-like keys (relative bias, RMSNorm pre-norm, unscaled dot product, ReLU MLP, tied embeddings) "
         "and the weights of `T5ForConditionalGeneration` of the same size (`from_t5`); dropout 0.1 on both; SDPA on "
