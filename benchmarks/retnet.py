@@ -156,6 +156,8 @@ def main() -> None:
             samples.setdefault(f"wall:train-{name}", []).append(wall)
             samples.setdefault(f"cpu:train-{name}", []).append(cpu)
     load_after = os.getloadavg()
+    plan = retnet.model._decoding_plan  # made by the decoding above (config.decoding_weight_copies)
+    weight_bytes = sum(p.numel() * p.element_size() for p in retnet.parameters())
     ops = {name: ops_per_step(model, args.device) for name, model in (("retnet", retnet), ("decoder", decoder))}
     med = {k: statistics.median(v) for k, v in samples.items()}
     ratios = {c: dict(flat=med[f"{c}:retnet@{long}"] / med[f"{c}:retnet@{short}"],
@@ -188,6 +190,8 @@ def main() -> None:
         f"{ratios[clock]['faster_batch']:.2f}× | | (information) | |",
         f"| top-level ATen operations per decoding step (torch.profiler) | {ops['retnet']:.0f} | "
         f"{ops['decoder']:.0f} | | |",
+        f"| decoding plan's weight copies (RetNet's weights: {weight_bytes / 2**20:,.2f} MiB) | "
+        f"{(plan.copy_bytes if plan is not None else 0) / 2**20:,.2f} MiB | | | |",
         f"| cache memory after {short} tokens | {mib(f'retnet@{short}')} | {mib(f'decoder@{short}')} | | |",
         f"| cache memory after {long} tokens | {mib(f'retnet@{long}')} | {mib(f'decoder@{long}')} | flat | "
         f"{'PASS' if sizes[f'retnet@{long}'] == sizes[f'retnet@{short}'] else 'FAIL'} |",
@@ -205,10 +209,12 @@ def main() -> None:
         f"{shape['decode_steps']} timed steps per context. Load average (1/5/15 min) at the start "
         f"{'/'.join(f'{x:.1f}' for x in load_before)}, at the end {'/'.join(f'{x:.1f}' for x in load_after)}; "
         f"command: `{' '.join(['python', *sys.argv])}`.", "",
-        "RetNet decodes with its functional recurrent step (`HfGenRetNetLayer.step`: one fused q/k/v/g matmul "
-        "against an input-major copy of the four weights, rotation by a roll and a signed sine, state updated in "
-        "place, residuals inside `addmm`, rotation tables per block of 256 positions); the numbers equal the "
-        "modules' path (tests/test_retnet.py, `test_decoding_step_*`).", "",
+        "RetNet decodes through its decoding plan (`hfgen/models/retnet_decoding.py`, on by default: "
+        "`decoding_weight_copies=True`): from `HfGenRetNetForCausalLM.forward` straight to the layers, every look-up "
+        "done once per model, the recurrent step against input-major copies of the matrices (q/k/v/g as one), the "
+        "states updated in place (in inference mode), the residuals inside `addmm`; the numbers equal the modules' "
+        "path (tests/test_retnet.py and tests/test_retnet_decoding.py). The decoder decodes through its modules "
+        "(`nn.Linear` weights) with its in-place KV cache.", "",
         "| measurement | RetNet | decoder | target | verdict |", "| --- | ---: | ---: | --- | --- |", *rows,
     ])
     print(body)

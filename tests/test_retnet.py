@@ -307,9 +307,10 @@ def assert_same_decoding(model, ids, mask, steps=4, **kwargs):
 def test_decoding_step_equals_the_modules(overrides):
     model = build_retnet(retnet_config(**overrides))
     ids, mask = left_padded(ROWS)
-    assert model.model.layers[0].retention._fused_projection is None
+    assert model.model._decoding_plan is None
     assert_same_decoding(model, ids, mask)
-    assert model.model.layers[0].retention._fused_projection is not None  # the fused path did run
+    planned = model.model._decoding_plan is not None  # the plan's path did run, except with experts
+    assert planned == (not model.config.num_experts)
 
 
 def test_decoding_step_follows_weight_updates():

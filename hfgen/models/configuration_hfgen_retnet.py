@@ -41,6 +41,12 @@ class HfGenRetNetConfig(PreTrainedConfig):
             every norm, the retention group norm included.
         num_experts / num_experts_per_tok / router_*: a mixture of experts in place of the FFN (see ``moe.py``).
         max_position_embeddings (`int`, 2048): informational only (no learned positions, no limit in the model).
+        decoding_weight_copies (`bool`, True): decode one token at a time through a plan that multiplies
+            input-major ``[in, out]`` copies of the matrices of the step (the four input projections as one, the
+            output projection, the FFN, the head), made on the first decoding step and remade when a weight changes.
+            A single row times such a matrix reads memory about twice as fast in CPU BLAS as against the
+            ``[out, in]`` layout of ``nn.Linear`` (see ``retnet_decoding.py``); the price is one more copy of those
+            weights while the model decodes. ``False``: no copies, the modules decode (slower per token).
     """
 
     model_type = "hfgen_retnet"
@@ -69,6 +75,7 @@ class HfGenRetNetConfig(PreTrainedConfig):
         bos_token_id: int | None = None,
         eos_token_id: int | list[int] | None = None,
         tie_word_embeddings: bool = False,
+        decoding_weight_copies: bool = True,
         **kwargs,
     ):
         kwargs.pop("model_type", None)
@@ -90,6 +97,7 @@ class HfGenRetNetConfig(PreTrainedConfig):
         self.initializer_range = initializer_range
         self.use_cache = use_cache
         self.tie_word_embeddings = tie_word_embeddings
+        self.decoding_weight_copies = decoding_weight_copies
         init_moe_config(self, kwargs)
         validate_retnet_config(self)
         kwargs["auto_map"] = {**RETNET_AUTO_MAP, **(kwargs.get("auto_map") or {})}
@@ -120,6 +128,9 @@ def validate_retnet_config(config) -> None:
     if (hidden // heads) % 2 != 0:
         raise ValueError(f"The xPos-style rotation turns pairs of channels: the retention head width hidden_size / "
                          f"num_attention_heads must be even, got {hidden} / {heads} = {hidden // heads}.")
+    copies = getattr(config, "decoding_weight_copies", True)
+    if not isinstance(copies, bool):
+        raise ValueError(f"decoding_weight_copies must be True or False, got {copies!r}.")
     theta = config.rope_theta
     if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 1:
         raise ValueError(f"rope_theta must be a number > 1, got {theta!r}.")

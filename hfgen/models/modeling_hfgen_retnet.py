@@ -23,137 +23,46 @@ left-padded row computes exactly what the row computes alone.
 Cache: :class:`HfGenRetNetCache` holds one ``[B, H, d_k, d_v]`` state per layer, whatever the context length (the
 recurrent form's O(1) memory per token). ``generate`` receives it from the first forward and passes it back.
 
-Decoding: one new token without gradients takes ``HfGenRetNetLayer.step``, the same arithmetic in fewer operations
-(a step is ~30 small operations per layer, so per-operation overhead is a large part of it): the four input
-projections as one matmul against a cached input-major copy of their weights (remade when a weight changes), the
-rotation as a roll and a signed sine, the state updated in place when no autograd graph holds it, the residual
-additions inside ``addmm``, no ``nn.Module`` calls below the layer, rotation tables made per block of positions.
-Anything it cannot take (hooks, PEFT adapters, a mixture of experts) goes through the modules, as do gradients.
+Decoding: one new token per row without gradients takes ``RetNetDecodingPlan`` (``retnet_decoding``), the same
+arithmetic with every look-up done once per model instead of once per token (a step is ~20 small operations per
+layer, so the Python around them costs as much as they do): the four input projections as one matmul against an
+input-major copy of their weights, the rotation as a roll and a signed sine, the state updated in place when no
+autograd graph holds it, the residual additions inside ``addmm``, rotation tables made per block of positions, and
+from ``HfGenRetNetForCausalLM`` no ``nn.Module`` calls or output-capturing decorators below the head. The plan is
+remade when a module or weight changes; anything it cannot take (hooks, PEFT adapters, a mixture of experts,
+``output_hidden_states``) goes through the modules, as do gradients.
 """
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_hfgen_retnet import HfGenRetNetConfig, validate_retnet_config
-from .layers import HfGenLayerNorm, HfGenMLP, HfGenRMSNorm, build_norm
+from .layers import HfGenMLP, build_norm
 from .model_card import HfGenHubCardMixin
 from .modeling_common import check_checkpoint_folder, check_inputs
 from .moe import HfGenSparseMoeBlock, build_feed_forward, moe_causal_lm_output, validate_moe_config
-
-# ---------------------------------------------------------------------------------------------------- the math
-
-
-def retention_log_decays(num_heads: int, device=None) -> torch.Tensor:
-    """``log(gamma_h)``, ``gamma_h = 1 - 2^(-5-h)`` for ``h = 0..H-1`` (the paper's multi-scale decays)."""
-    return torch.log1p(-torch.exp2(-5.0 - torch.arange(num_heads, dtype=torch.float64, device=device))).float()
-
-
-def rotation_frequencies(dim: int, theta: float, device=None) -> torch.Tensor:
-    """``theta_i = theta^(-2i/d)`` for ``i = 0..d/2-1`` (float32)."""
-    return 1.0 / (theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
-
-
-def rotation_tables(position_ids: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cos, signed sin)`` of the angles ``n theta_i``, each channel pair's angle written twice: ``[B|1, 1, L, d]``;
-    the sine is negated on the first half of the channels, the sign of the rotate-half pairing (see ``rotate``)."""
-    angles = position_ids.float()[:, None, :, None] * inv_freq  # [B, 1, L, d/2]
-    sin = angles.sin()
-    return torch.cat((angles, angles), -1).cos(), torch.cat((-sin, sin), -1)
-
-
-def rotate(x: torch.Tensor, position_ids: torch.Tensor, theta: float,
-           tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """``x * e^{i n theta}`` with channel pairs ``(i, i + d/2)`` as the complex numbers (rotate-half layout):
-    ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = (-x_2, x_1)``, computed as
-    ``x * cos + (x_2, x_1) * (-sin, sin)`` (a roll by ``d/2`` and a signed sine: the same products, three operations
-    instead of seven in the per-token path). ``x``: ``[B, H, L, d]``; ``position_ids``: ``[B|1, L]``; ``tables``:
-    ``rotation_tables`` of these positions, when the caller has them already (one computation for all layers)."""
-    dim = x.shape[-1]
-    cos, signed_sin = tables if tables is not None else rotation_tables(
-        position_ids, rotation_frequencies(dim, theta, x.device))
-    if x.dtype == torch.float32:
-        return torch.addcmul(x * cos, x.roll(dim // 2, -1), signed_sin)
-    x32 = x.float()
-    return torch.addcmul(x32 * cos, x32.roll(dim // 2, -1), signed_sin).to(x.dtype)
-
-
-def retention_parallel(q, k, v, log_decay, state=None):
-    """One block in the parallel form, continuing from ``state`` (``None``: zeros). ``q, k``: ``[B, H, L, d_k]``,
-    ``v``: ``[B, H, L, d_v]``, ``log_decay``: ``[H]``. Returns ``(output [B, H, L, d_v], state [B, H, d_k, d_v])``
-    where the new state is ``sum_m gamma^(L-1-m) k_m^T v_m + gamma^L state``."""
-    length = q.shape[2]
-    index = torch.arange(length, device=q.device, dtype=torch.float32)
-    distance = index[:, None] - index[None, :]  # n - m
-    log_decay = log_decay.to(q.device)[:, None, None]
-    decay = torch.exp(distance.clamp(min=0) * log_decay).masked_fill(distance < 0, 0.0)  # [H, L, L]
-    scores = torch.matmul(q, k.transpose(-1, -2)) * decay.to(q.dtype)
-    out = torch.matmul(scores, v)
-    key_decay = torch.exp((length - 1 - index)[:, None] * log_decay).to(k.dtype)  # [H, L, 1]: gamma^(L-1-m)
-    new_state = torch.matmul((k * key_decay).transpose(-1, -2), v)
-    if state is not None:
-        query_decay = torch.exp((index + 1)[:, None] * log_decay).to(q.dtype)  # gamma^(n+1)
-        out = out + torch.matmul(q, state.to(q.dtype)) * query_decay
-        new_state = new_state + torch.exp(length * log_decay).to(state.dtype) * state
-    return out, new_state
-
-
-def retention_chunkwise(q, k, v, log_decay, chunk_size: int, state=None):
-    """Chunkwise recurrent form: the parallel form inside chunks of ``chunk_size`` tokens, the state carried from
-    chunk to chunk. Time linear in the length, memory ``O(chunk_size^2)`` per head."""
-    outputs = []
-    for start in range(0, q.shape[2], chunk_size):
-        rows = slice(start, start + chunk_size)
-        out, state = retention_parallel(q[:, :, rows], k[:, :, rows], v[:, :, rows], log_decay, state)
-        outputs.append(out)
-    return torch.cat(outputs, dim=2), state
-
-
-def retention_recurrent(q, k, v, log_decay, state=None):
-    """Recurrent form, token by token: ``S_n = gamma S_(n-1) + k_n^T v_n``, ``o_n = q_n S_n``."""
-    batch, heads, length, _ = q.shape
-    gamma = torch.exp(log_decay.to(q.device)).to(q.dtype)[None, :, None, None]
-    if length == 1:
-        return retention_step(q, k, v, gamma, state)
-    if state is None:
-        state = q.new_zeros(batch, heads, q.shape[-1], v.shape[-1])
-    outputs = []
-    for n in range(length):
-        state = gamma * state.to(q.dtype) + k[:, :, n, :, None] * v[:, :, n, None, :]
-        outputs.append(torch.matmul(q[:, :, n, None, :], state))
-    return torch.cat(outputs, dim=2), state
-
-
-def retention_step(q, k, v, gamma, state=None, in_place: bool = False):
-    """One token of the recurrent form (the decoding step), in as few operations as possible since it runs once per
-    layer per generated token: ``S_n = gamma S_(n-1) + k_n^T v_n``, ``o_n = q_n S_n``. ``q, k``: ``[B, H, 1, d_k]``,
-    ``v``: ``[B, H, 1, d_v]``, ``gamma``: ``[1, H, 1, 1]`` in the dtype of ``q``.
-
-    ``in_place``: update ``state`` in its own memory (``S *= gamma; S += k^T v``), when that is safe (no autograd
-    graph holds it, same dtype, not an inference tensor outside inference mode). The state is the largest tensor of
-    the step ([B, H, d_k, d_v]); allocating two new ones per layer per token costs more than the arithmetic."""
-    if state is None:
-        state = k.transpose(-1, -2) * v  # the outer product k_n^T v_n, [B, H, d_k, d_v]
-    elif (in_place and state.dtype == q.dtype and not state.requires_grad
-          and (torch.is_inference_mode_enabled() or not state.is_inference())):
-        state = state.mul_(gamma).addcmul_(k.transpose(-1, -2), v)
-    else:
-        state = torch.addcmul(k.transpose(-1, -2) * v, gamma, state.to(q.dtype))
-    return torch.matmul(q, state), state
-
+from .retention import (  # noqa: F401  (the arithmetic, importable from here as before)
+    retention_chunkwise,
+    retention_log_decays,
+    retention_parallel,
+    retention_recurrent,
+    retention_step,
+    rotate,
+    rotation_frequencies,
+    rotation_tables,
+)
+from .retnet_decoding import RetNetDecodingPlan
 
 # ---------------------------------------------------------------------------------------------------- the cache
 
@@ -221,41 +130,19 @@ class HfGenRetNetCache(Cache):
         super().reset()
         self.seen_tokens = 0
 
+    def check_batch(self, batch: int) -> None:
+        """``ValueError`` when the states hold another number of rows than the input (before any state changes:
+        an in-place update would fail half-way, an out-of-place one would broadcast one row's state to all)."""
+        state = self.get_state(0) if self.layers else None
+        if state is not None and state.shape[0] != batch:
+            raise ValueError(f"The cache holds retention states for a batch of {state.shape[0]} rows, but the input "
+                             f"has {batch} rows. Pass the cache of this batch (or a new HfGenRetNetCache).")
+
     def crop(self, tokens_to_remove: int) -> None:
         raise ValueError("A retention state cannot forget tokens: HfGenRetNetCache cannot be cropped.")
 
 
 # ---------------------------------------------------------------------------------------------------- the layers
-
-
-def plain_module(module: nn.Module, cls: type) -> bool:
-    """Whether ``module`` is exactly a ``cls`` with no hooks (none on it, none global): then the decoding step may
-    use its weights with functional calls, skipping ``nn.Module.__call__``. Anything else (a PEFT adapter, a
-    quantized layer, a hooked module) is called as a module."""
-    return (type(module) is cls and not (module._forward_hooks or module._forward_pre_hooks)
-            and not (_global_forward_hooks or _global_forward_pre_hooks))
-
-
-def linear(module: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``module(x)`` (``+ residual``) for a linear layer and 2D ``x``, functionally when it is a plain ``nn.Linear``
-    (see ``plain_module``): ``residual + x W^T`` is then one ``addmm``."""
-    if plain_module(module, nn.Linear):
-        if residual is not None and module.bias is None:
-            return torch.addmm(residual, x, module.weight.t())
-        out = F.linear(x, module.weight, module.bias)
-    else:
-        out = module(x)
-    return out if residual is None else residual + out
-
-
-def norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` for an ``HfGenLayerNorm`` / ``HfGenRMSNorm``, functionally when plain (the same calls their
-    forwards make: ``F.layer_norm``; ``F.rms_norm`` for float32)."""
-    if plain_module(module, HfGenLayerNorm):
-        return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
-    if plain_module(module, HfGenRMSNorm) and x.dtype == torch.float32 and module.weight.dtype == torch.float32:
-        return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
-    return module(x)
 
 
 class HfGenMultiScaleRetention(nn.Module):
@@ -278,7 +165,6 @@ class HfGenMultiScaleRetention(nn.Module):
         # Constants of the layer, made once per device on first use (not buffers: from_pretrained builds on the
         # meta device, and recomputing them per token is measurable Python overhead in decoding).
         self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self._fused_projection: tuple | None = None  # (key, weak references, weight): see fused_projection_weight
 
     def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log_decay [H], gamma [1, H, 1, 1], rotation frequencies [d_k / 2])`` on ``device``, float32."""
@@ -288,76 +174,10 @@ class HfGenMultiScaleRetention(nn.Module):
                                        rotation_frequencies(self.head_dim, self.rope_theta, device))
         return self._constants[device]
 
-    def fused_projection_weight(self) -> torch.Tensor | None:
-        """``[W_Q / sqrt(d_k); W_K; W_V; W_G]^T``, the four input projections as one ``[hidden, 2 H d_k + 2 H d_v]``
-        matrix, for the decoding step: one matmul instead of four, queries and keys side by side for one rotation,
-        and stored input-major because a single row times a wide row-major ``[in, out]`` matrix is 2-3x faster in
-        CPU BLAS than the same product against the ``[out, in]`` layout of ``nn.Linear`` (measured with
-        benchmarks/retnet.py's sizes: 1536 x 256, 61 vs 157 us). A copy made once and remade
-        when a weight changes (a new tensor, new storage, or an in-place update such as an optimizer step, which
-        bumps the tensor's version). ``None`` when a projection is not a plain bias-free ``nn.Linear`` without hooks
-        (a PEFT adapter, a quantized layer, a hooked module): then the modules themselves must run."""
-        q, k, v, g = self.q_proj, self.k_proj, self.v_proj, self.g_proj
-        if not (plain_module(q, nn.Linear) and plain_module(k, nn.Linear) and plain_module(v, nn.Linear)
-                and plain_module(g, nn.Linear)) or q.bias is not None or k.bias is not None or v.bias is not None \
-                or g.bias is not None:
-            return None
-        weights = (q.weight, k.weight, v.weight, g.weight)
-        try:  # (written out, not as a loop: this runs once per layer per generated token)
-            key = (weights[0].data_ptr(), weights[0]._version, weights[1].data_ptr(), weights[1]._version,
-                   weights[2].data_ptr(), weights[2]._version, weights[3].data_ptr(), weights[3]._version)
-        except RuntimeError:  # inference-mode tensors keep no version counter: no safe cache
-            return None
-        cached = self._fused_projection
-        if (cached is not None and cached[0] == key and cached[1][0]() is weights[0] and cached[1][1]() is weights[1]
-                and cached[1][2]() is weights[2] and cached[1][3]() is weights[3]):
-            return cached[2]
-        with torch.no_grad():
-            fused = torch.cat((weights[0] * self.head_dim**-0.5, *weights[1:])).t().contiguous()
-        self._fused_projection = (key, tuple(weakref.ref(w) for w in weights), fused)
-        return fused
-
-    def step(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None, cache: HfGenRetNetCache | None,
-             rotation: tuple[torch.Tensor, torch.Tensor], fused: torch.Tensor,
-             residual: torch.Tensor | None = None) -> torch.Tensor:
-        """One new token without gradients, ``hidden_states``: ``[B, hidden]`` (2D: the per-token path keeps no
-        length axis) -> ``[B, hidden]`` (plus ``residual`` when given, in the output projection's matmul). The
-        recurrent step with the fused input projection: the same arithmetic as ``forward`` in fewer operations (no
-        module calls for the projections, no transposes, one group-norm call)."""
-        batch = hidden_states.shape[0]
-        heads, head_dim, value_head_dim = self.num_heads, self.head_dim, self.value_head_dim
-        width, value_width = 2 * heads * head_dim, heads * value_head_dim
-        projected = torch.mm(hidden_states, fused)  # [B, 2 H d_k + 2 H d_v]: q / sqrt(d_k), k, v, g
-        qk = rotate(projected[:, :width].view(batch, 2 * heads, 1, head_dim), None, self.rope_theta, rotation)
-        q, k = qk[:, :heads], qk[:, heads:]
-        if key_mask is not None:
-            k = k * key_mask[:, None, :, None].to(k.dtype)
-        v = projected[:, width:width + value_width].view(batch, heads, 1, value_head_dim)
-        gamma = self.constants(hidden_states.device)[1]
-        state = cache.get_state(self.layer_idx) if cache is not None else None
-        out, state = retention_step(q, k, v, gamma if gamma.dtype == q.dtype else gamma.to(q.dtype), state,
-                                    in_place=True)
-        if cache is not None:
-            cache.update_state(state, self.layer_idx)
-        group_norm = self.group_norm
-        if plain_module(group_norm, nn.GroupNorm):
-            out = F.group_norm(out.view(batch, value_width), heads, group_norm.weight, group_norm.bias, group_norm.eps)
-        else:
-            out = group_norm(out.view(batch, value_width))
-        return linear(self.o_proj, F.silu(projected[:, width + value_width:]) * out, residual)
-
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, key_mask: torch.Tensor | None,
                 cache: HfGenRetNetCache | None = None, mode: str | None = None,
                 rotation: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """``rotation``: ``rotation_tables`` of ``position_ids`` when the caller computed them once for all layers.
-        One token without gradients (decoding) takes ``step``."""
-        if hidden_states.shape[1] == 1 and not torch.is_grad_enabled():
-            fused = self.fused_projection_weight()
-            if fused is not None:
-                if rotation is None:
-                    rotation = rotation_tables(position_ids, self.constants(hidden_states.device)[2])
-                batch, _, hidden = hidden_states.shape
-                return self.step(hidden_states.view(batch, hidden), key_mask, cache, rotation, fused)[:, None]
+        """``rotation``: ``rotation_tables`` of ``position_ids`` when the caller computed them once for all layers."""
         batch, length, _ = hidden_states.shape
         heads = self.num_heads
         q = self.q_proj(hidden_states).view(batch, length, heads, self.head_dim).transpose(1, 2)
@@ -411,36 +231,6 @@ class HfGenRetNetLayer(GradientCheckpointingLayer):
         # (a flag, not hasattr: a missing nn.Module attribute costs a raised exception on every token)
         feed_forward = self.block_sparse_moe if self.is_moe else self.mlp
         return hidden_states + feed_forward(self.post_attention_layernorm(hidden_states))
-
-    def step(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None, cache: HfGenRetNetCache | None,
-             rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
-        """``forward`` for one new token without gradients, ``hidden_states [B, hidden]`` (2D) -> ``[B, hidden]``,
-        in functional calls (no ``nn.Module.__call__`` per sub-module: the per-token path runs this once per
-        layer). ``None``, before computing anything, when this layer cannot take it (hooks on it, a mixture of
-        experts, an MLP other than ``HfGenMLP``, projections that are not plain linear layers): the caller then calls
-        the layer as a module."""
-        if self.is_moe or self._forward_hooks or self._forward_pre_hooks:
-            return None
-        mlp = self.mlp
-        if type(mlp) is not HfGenMLP or mlp._forward_hooks or mlp._forward_pre_hooks:
-            return None
-        act_fn = mlp.act_fn
-        if act_fn._forward_hooks or act_fn._forward_pre_hooks:
-            return None
-        retention = self.retention
-        if retention._forward_hooks or retention._forward_pre_hooks:
-            return None
-        fused = retention.fused_projection_weight()
-        if fused is None:
-            return None
-        hidden_states = retention.step(norm(self.input_layernorm, hidden_states), key_mask, cache, rotation, fused,
-                                       residual=hidden_states)
-        x = norm(self.post_attention_layernorm, hidden_states)
-        if mlp.gated:
-            x = act_fn.forward(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x)
-        else:
-            x = act_fn.forward(linear(mlp.up_proj, x))
-        return linear(mlp.down_proj, x, residual=hidden_states)
 
 
 # ---------------------------------------------------------------------------------------------------- the models
@@ -500,9 +290,51 @@ class HfGenRetNetModel(HfGenRetNetPreTrainedModel):
         self.gradient_checkpointing = False
         # rotation tables of a block of positions, for decoding one token at a time: (device, first position, tables)
         self._rotation_block: tuple[torch.device, int, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._decoding_plan: RetNetDecodingPlan | None = None  # see decoding_plan
         self.post_init()
 
     ROTATION_BLOCK = 256
+
+    def __getstate__(self) -> dict:
+        # (derived from the weights, remade on first use: not part of a pickled or deep-copied model)
+        return {**super().__getstate__(), "_rotation_block": None, "_decoding_plan": None}
+
+    def decoding_plan(self, head: nn.Linear | None = None) -> RetNetDecodingPlan | None:
+        """The plan of the per-token decoding step (``retnet_decoding``), with ``head`` (the language-modelling head)
+        when given; remade when a module or weight changed. ``None`` when ``config.decoding_weight_copies`` is off or
+        the model has parts the plan cannot run: then the modules decode."""
+        if not self.config.decoding_weight_copies:
+            self._decoding_plan = None  # (its copies freed)
+            return None
+        plan = self._decoding_plan
+        if plan is None or (head is not None and plan.head_module is not head) or not plan.is_current():
+            self._decoding_plan = None  # (the old copies freed before new ones are made)
+            plan = self._decoding_plan = RetNetDecodingPlan.build(self, HfGenRetNetLayer, HfGenMultiScaleRetention,
+                                                                  head)
+        return plan
+
+    def decode_token(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None,
+                     cache: HfGenRetNetCache | None, head: nn.Linear) -> tuple[torch.Tensor, HfGenRetNetCache] | None:
+        """``head(forward(...).last_hidden_state)`` for one new token per row (``input_ids [B, 1]``) without
+        gradients, through the decoding plan and without the module call and its decorators: ``(logits [B, 1,
+        vocab], cache)``, the numbers of the modules' path (up to float rounding). ``None``, before anything is
+        computed or changed, when the plan cannot take this call (then call the model)."""
+        if (torch.is_grad_enabled() or input_ids.dim() != 2 or input_ids.shape[1] != 1 or self.config.output_hidden_states
+                or (attention_mask is not None and attention_mask.dim() != 2) or torch.compiler.is_compiling()):
+            return None
+        plan = self.decoding_plan(head)
+        if plan is None:
+            return None
+        past_length = cache.get_seq_length() if cache is not None else 0
+        check_inputs(self.config, input_ids, None, attention_mask, past_length)
+        if cache is None:
+            cache = HfGenRetNetCache(self.config)
+        cache.check_batch(input_ids.shape[0])
+        hidden = plan.embed(input_ids[:, 0])
+        key_mask = attention_mask[:, -1:].to(hidden.dtype) if attention_mask is not None else None
+        hidden = plan.step(hidden, key_mask, cache, self.step_rotation(past_length, hidden.device))
+        cache.seen_tokens += 1
+        return plan.logits(plan.final_norm(hidden))[:, None], cache
 
     def step_rotation(self, position: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``rotation_tables`` of the single position ``position`` (``[1, 1, 1, d_k]`` each), sliced from tables made
@@ -543,6 +375,8 @@ class HfGenRetNetModel(HfGenRetNetPreTrainedModel):
             raise ValueError(f"HfGenRetNet takes a 2D attention_mask [batch, tokens] (1 = token, 0 = padding); "
                              f"got {attention_mask.dim()} dimensions. Retention has no attention matrix to mask.")
         check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
+        if cache is not None:
+            cache.check_batch((input_ids if input_ids is not None else inputs_embeds).shape[0])
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         length = inputs_embeds.shape[1]
@@ -560,13 +394,9 @@ class HfGenRetNetModel(HfGenRetNetPreTrainedModel):
             rotation = rotation_tables(position_ids, self.layers[0].retention.constants(inputs_embeds.device)[2])
 
         layer_cache = cache if use_cache else None
-        if decoding:  # the per-token path: the layers' functional step, in 2D
-            hidden = inputs_embeds[:, 0]
-            for layer in self.layers:
-                out = layer.step(hidden, key_mask, layer_cache, rotation)
-                hidden = out if out is not None else layer(hidden[:, None], position_ids, key_mask, cache=layer_cache,
-                                                           mode=retention_mode, rotation=rotation)[:, 0]
-            hidden_states = hidden[:, None]
+        plan = self.decoding_plan() if decoding and not torch.compiler.is_compiling() else None
+        if plan is not None and plan.dtype == inputs_embeds.dtype:  # the per-token path, in 2D
+            hidden_states = plan.step(inputs_embeds[:, 0], key_mask, layer_cache, rotation)[:, None]
         else:
             hidden_states = inputs_embeds
             for layer in self.layers:
@@ -614,6 +444,15 @@ class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, GenerationMixin):
                 past_key_values: HfGenRetNetCache | None = None, **kwargs):
         """``labels`` are the input ids (shifted inside the loss); -100 marks positions to ignore. With
         ``num_experts`` the output is ``HfGenMoeCausalLMOutputWithPast`` (router losses and statistics)."""
+        if (input_ids is not None and labels is None and inputs_embeds is None and position_ids is None
+                and (use_cache if use_cache is not None else self.config.use_cache)
+                and kwargs.keys() <= {"output_attentions", "output_hidden_states"}
+                and not kwargs.get("output_hidden_states")):
+            # One token per row while decoding: the model's plan, without its module call (see decode_token).
+            decoded = self.model.decode_token(input_ids, attention_mask, resolve_cache(cache, past_key_values),
+                                              self.lm_head)
+            if decoded is not None:
+                return CausalLMOutputWithPast(logits=decoded[0], cache=decoded[1])
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=resolve_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)

@@ -1,0 +1,125 @@
+"""RetNet's decoding plan (``hfgen/models/retnet_decoding.py``): one token without gradients runs through input-major
+copies of the weights, from ``HfGenRetNetForCausalLM`` straight to the layers. Every test compares it with the
+modules' path (the same token with gradients enabled), or checks that it steps aside when it must."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+from conftest import random_ids
+from hfgen import HfGenRetNetCache
+from test_retnet import GREEDY, ROWS, assert_same_decoding, build_retnet, decode, left_padded, retnet_config
+
+
+def test_the_plan_follows_the_head_and_can_be_switched_off():
+    model = build_retnet()
+    ids, mask = left_padded(ROWS)
+    before, _, _ = decode(model, ids, mask, 2, grad=False)
+    plan = model.model._decoding_plan
+    assert plan is not None and plan.head_module is model.lm_head
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)  # an in-place update of a copied matrix: the copy must be remade
+    after, _ = assert_same_decoding(model, ids, mask, steps=2)
+    assert model.model._decoding_plan is not plan
+    assert not torch.allclose(after[0].logits, before[:, :1], atol=1e-3)
+
+    model.config.decoding_weight_copies = False  # no copies: the modules decode, with the same numbers
+    off, _, _ = decode(model, ids, mask, 2, grad=False)
+    assert model.model._decoding_plan is None
+    torch.testing.assert_close(off, torch.cat([out.logits for out in after], dim=1), atol=1e-5, rtol=1e-5)
+
+
+def test_the_plan_steps_aside_for_hooks_and_replaced_forwards():
+    """A hook added after the plan was made, or a ``forward`` replaced on the instance (as Accelerate's device hooks
+    do), must run: the step then goes through the modules."""
+    model = build_retnet()
+    ids, mask = left_padded(ROWS)
+    decode(model, ids, mask, 1, grad=False)
+    assert model.model._decoding_plan is not None
+    calls = []
+
+    def double(module, inputs, output):
+        calls.append(1)
+        return output * 2
+
+    handle = model.model.layers[1].mlp.register_forward_hook(double)
+    fast, _ = assert_same_decoding(model, ids, mask, steps=2)
+    assert calls and model.model._decoding_plan is None
+    handle.remove()
+    plain, _, _ = decode(model, ids, mask, 2, grad=False)
+    assert not torch.allclose(plain, torch.cat([out.logits for out in fast], dim=1), atol=1e-3)
+
+    o_proj = model.model.layers[0].retention.o_proj
+    original = o_proj.forward
+    o_proj.forward = lambda x: original(x) * 0.5
+    halved, _ = assert_same_decoding(model, ids, mask, steps=2)
+    assert model.model._decoding_plan is None
+    assert not torch.allclose(plain, torch.cat([out.logits for out in halved], dim=1), atol=1e-3)
+
+
+@pytest.mark.parametrize("prompt_length", [1, 5])  # 1: the first step makes the states
+def test_decoded_states_stay_usable_by_autograd(prompt_length):
+    """The step runs in inference mode when it updates every state in place; the states must stay ordinary tensors
+    (also those a step makes, and those replacing states a graph holds): later forwards with gradients from the same
+    cache train."""
+    model = build_retnet()
+    cache = HfGenRetNetCache(model.config)
+    token = random_ids(2, prompt_length)
+    for _ in range(2):  # no-grad decoding, a forward with gradients, no-grad decoding again, then gradients
+        with torch.no_grad():
+            for _ in range(3):
+                out = model(token, cache=cache, use_cache=True)
+                token = out.logits[:, -1:].argmax(-1)
+        assert model.model._decoding_plan is not None
+        assert not out.logits.is_inference()
+        assert not any(cache.get_state(i).is_inference() for i in range(model.config.num_hidden_layers))
+        more = random_ids(2, 3, seed=5)
+        model(more, labels=more, cache=cache, use_cache=True).loss.backward()
+    assert model.lm_head.weight.grad is not None
+
+
+def test_a_cache_of_another_batch_is_refused_before_any_state_changes():
+    model = build_retnet()
+    cache = HfGenRetNetCache(model.config)
+    with torch.no_grad():
+        model(random_ids(2, 5), cache=cache, use_cache=True)
+    states = [cache.get_state(i).clone() for i in range(model.config.num_hidden_layers)]
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=r"batch of 2 rows, but the input has 1"):
+            model(random_ids(1, 1), cache=cache, use_cache=True)
+    for i, state in enumerate(states):
+        torch.testing.assert_close(cache.get_state(i), state, atol=0, rtol=0)
+
+
+def test_a_model_that_decoded_copies_and_pickles():
+    """The plan (weight copies) is not part of a copied or pickled model; the copy decodes the same tokens."""
+    model = build_retnet()
+    ids, mask = left_padded(ROWS)
+    expected, _, _ = decode(model, ids, mask, 3, grad=False)
+    assert model.model._decoding_plan is not None
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+        assert other.model._decoding_plan is None
+        got, _, _ = decode(other, ids, mask, 3, grad=False)
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_generation_inside_inference_mode_equals_no_grad():
+    model = build_retnet(retnet_config(norm_type="rmsnorm", mlp_type="gated", hidden_act="silu"))
+    ids, mask = left_padded(ROWS)
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=mask, **GREEDY)
+    with torch.inference_mode():
+        got = model.generate(ids, attention_mask=mask, **GREEDY)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_bad_decoding_weight_copies():
+    with pytest.raises(ValueError, match=r"decoding_weight_copies must be True or False, got 'yes'"):
+        retnet_config(decoding_weight_copies="yes")
