@@ -52,7 +52,7 @@ from .layers import HfGenMLP, build_norm
 from .model_card import HfGenHubCardMixin
 from .modeling_common import check_checkpoint_folder, check_inputs
 from .moe import HfGenSparseMoeBlock, build_feed_forward, moe_causal_lm_output, validate_moe_config
-from .retention import (  # noqa: F401  (the arithmetic, importable from here as before)
+from .retention import (  # (the arithmetic, importable from here as before)
     retention_chunkwise,
     retention_log_decays,
     retention_parallel,

@@ -19,10 +19,11 @@ without version counters) gives no plan, and the modules run instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from itertools import repeat
 from operator import attrgetter, contains, is_
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
