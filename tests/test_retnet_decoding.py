@@ -115,6 +115,7 @@ def test_generation_inside_inference_mode_equals_no_grad():
     ids, mask = left_padded(ROWS)
     with torch.no_grad():
         expected = model.generate(ids, attention_mask=mask, **GREEDY)
+    assert model.model._decoding_plan is not None  # generate's steps went through the plan
     with torch.inference_mode():
         got = model.generate(ids, attention_mask=mask, **GREEDY)
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
