@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 
 import pytest
 import torch
 
 from conftest import random_ids
 from hfgen import HfGenRetNetCache
+from hfgen.models.retnet_decoding import HUGE_PAGE, exact_gelu, in_huge_pages
 from test_retnet import GREEDY, ROWS, assert_same_decoding, build_retnet, decode, left_padded, retnet_config
 
 
@@ -124,3 +126,23 @@ def test_generation_inside_inference_mode_equals_no_grad():
 def test_bad_decoding_weight_copies():
     with pytest.raises(ValueError, match=r"decoding_weight_copies must be True or False, got 'yes'"):
         retnet_config(decoding_weight_copies="yes")
+
+
+def test_exact_gelu_is_the_formula():
+    """GELU(x) = x Phi(x), Phi the standard normal CDF, written out with math.erf (Hendrycks & Gimpel)."""
+    x = torch.linspace(-6, 6, 241, dtype=torch.float64)
+    expected = torch.tensor([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(exact_gelu(x), expected, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(exact_gelu(x.float()), expected.float(), atol=1e-6, rtol=1e-6)
+
+
+def test_copies_in_one_block_are_equal_and_aligned():
+    tensors = [torch.randn(5, 7), torch.randn(3, dtype=torch.float64), torch.randn(2, 4, 6).to(torch.bfloat16)]
+    block, views = in_huge_pages(tensors)
+    for view, tensor in zip(views, tensors):
+        assert view.dtype == tensor.dtype and view.shape == tensor.shape
+        torch.testing.assert_close(view, tensor, atol=0, rtol=0)
+    if block is not None:  # Linux: one block, the first view on a 2 MiB boundary, every view 64-byte aligned
+        assert views[0].data_ptr() % HUGE_PAGE == 0 and all(view.data_ptr() % 64 == 0 for view in views)
+        tensors[0].add_(1)  # copies, not views of the originals
+        assert not torch.equal(views[0], tensors[0])

@@ -45,8 +45,8 @@ class HfGenRetNetConfig(PreTrainedConfig):
             input-major ``[in, out]`` copies of the matrices of the step (the four input projections as one, the
             output projection, the FFN, the head), made on the first decoding step and remade when a weight changes.
             A single row times such a matrix reads memory about twice as fast in CPU BLAS as against the
-            ``[out, in]`` layout of ``nn.Linear`` (see ``retnet_decoding.py``); the price is one more copy of those
-            weights while the model decodes. ``False``: no copies, the modules decode (slower per token).
+            ``[out, in]`` layout of ``nn.Linear`` (see ``retnet_decoding.py``; on Linux the copies are one block of
+            2 MiB pages); the price is one more copy of those weights while the model decodes. ``False``: no copies, the modules decode (slower per token).
     """
 
     model_type = "hfgen_retnet"
