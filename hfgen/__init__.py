@@ -1,5 +1,6 @@
 """hfgen: the architectures and attention/softmax variants of the generative-AI survey notes as native
-Hugging Face models. Importing hfgen registers every model with transformers' Auto classes."""
+Hugging Face models. Importing hfgen registers every model with transformers' Auto classes (their public ``register``) and
+changes nothing else in other libraries; see :mod:`hfgen.compat`."""
 
 from .models import (
     HfGenDecoderConfig,
@@ -31,11 +32,9 @@ from .models import (
     register_auto_classes,
 )
 
+# transformers' public registration API, for hfgen's own classes only: nothing else of any other library changes on
+# import (what needs more than a public API lives in hfgen.compat and runs only when called).
 register_auto_classes()
-
-from .training.peft_defaults import register_peft_defaults  # noqa: E402  (PEFT's default target modules)
-
-register_peft_defaults()
 
 __version__ = "0.1.0"
 

@@ -121,10 +121,12 @@ def finetune(args: FinetuneArguments, training_args) -> dict[str, Any]:
     from peft import get_peft_model
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer
 
-    import hfgen  # noqa: F401  (registers the Auto classes and PEFT's defaults for the hfgen model types)
+    import hfgen  # noqa: F401  (registers the Auto classes)
+    from hfgen.compat import register_peft_target_modules
     from hfgen.data import load_corpus, load_tokenizer, tokenize_for_causal_lm
     from hfgen.training.peft_defaults import check_peft_targets
 
+    register_peft_target_modules()  # --target_modules unset: PEFT's defaults for the hfgen model types too
     peft_config = build_peft_config(args)
     model, tokenizer = load_base(args)
     check_peft_targets(model, peft_config)  # before any training state exists

@@ -49,9 +49,9 @@ def run(script_args: SFTScriptArguments, sft_config) -> dict[str, Any]:
     )
     from hfgen.models import HfGenDecoderForCausalLM
     from hfgen.training.rlhf import chat_decoder_config, evaluate_policy
-    from hfgen.training.trl_cpu import use_plain_logprobs
+    from hfgen.compat import use_plain_trl_logprobs
 
-    use_plain_logprobs()  # on a CPU: TRL's fused LM head with plain torch ops (same numbers, faster)
+    use_plain_trl_logprobs()  # on a CPU: TRL's fused LM head with plain torch ops (same numbers, faster)
 
     tokenizer = load_tokenizer()
     dataset = instruction_dataset(script_args.instruction_source, script_args.max_response_chars, sft_config.seed)

@@ -1,4 +1,5 @@
-"""PEFT on hfgen models: default target modules registered on ``import hfgen``; LoRA, IA3, prompt tuning and prefix
+"""PEFT on hfgen models: default target modules (registered explicitly with
+``hfgen.compat.register_peft_target_modules``, or read with ``default_target_modules``); LoRA, IA3, prompt tuning and prefix
 tuning train, save, reload with identical outputs, merge, and load through ``AutoPeftModelForCausalLM``; prefix
 tuning's pre-filled cache gives the same logits as the real tokens it stands for."""
 
@@ -22,7 +23,12 @@ from transformers import AutoModelForCausalLM
 
 from conftest import build, random_ids, tiny_config
 from hfgen import HfGenDecoderForCausalLM, HfGenSeq2SeqConfig, HfGenSeq2SeqForConditionalGeneration
-from hfgen.training.peft_defaults import HFGEN_MODEL_TYPES, PEFT_TEMPLATES, check_peft_targets
+from hfgen.compat import register_peft_target_modules
+from hfgen.training.peft_defaults import HFGEN_MODEL_TYPES, PEFT_TEMPLATES, check_peft_targets, default_target_modules
+
+# What a user of LoraConfig() without target_modules does once; tests/test_compat.py checks, in fresh processes,
+# that nothing of this happens on `import hfgen` alone.
+register_peft_target_modules()
 
 METHODS = {
     "lora": lambda: LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8),
@@ -199,9 +205,10 @@ def test_target_names_that_match_nothing_raise_with_choices():
 
 
 @pytest.mark.parametrize("method", ["prefix_tuning", "prompt_tuning"])
-def test_llama_prompt_learning_generation_also_repaired(method):
-    """The generation repair is not specific to hfgen: transformers' own Llama shows the same PEFT/transformers
-    cache-name mismatch, and generates what its uncached forward predicts once hfgen is imported."""
+def test_llama_prompt_learning_generation_unchanged_by_hfgen(method):
+    """transformers' own Llama with prompt learning, in a process where hfgen is imported (and its PEFT defaults
+    registered): cached generation is what the uncached forward predicts. An earlier hfgen wrapped PEFT's
+    ``prepare_inputs_for_generation`` on import, which made this fail for every model in the process."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from conftest import LLAMA_KEYS
@@ -217,3 +224,50 @@ def test_llama_prompt_learning_generation_also_repaired(method):
         for _ in range(6):
             tokens = torch.cat([tokens, model(input_ids=tokens).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(cached, tokens)
+
+
+def test_default_target_modules_reads_pefts_tables_for_every_family():
+    """``default_target_modules`` gives the template's names (Llama's or BERT's) for every hfgen model type and
+    PEFT's own entry for a type PEFT knows; an unknown method or type is refused with the valid choices."""
+    from transformers import LlamaConfig
+
+    from conftest import LLAMA_KEYS
+
+    class Stub(torch.nn.Module):
+        def __init__(self, model_type):
+            super().__init__()
+            self.config = type("Config", (), {"model_type": model_type})()
+
+    for model_type, template in PEFT_TEMPLATES.items():
+        expected = list(constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[template])
+        assert default_target_modules(Stub(model_type)) == expected
+    assert default_target_modules(Stub("hfgen_decoder"), "ia3") == ["k_proj", "v_proj", "down_proj"]
+    llama = LlamaConfig(**LLAMA_KEYS)
+    assert default_target_modules(Stub(llama.model_type)) == ["q_proj", "v_proj"]
+    with pytest.raises(ValueError, match=r"method='lorax' has no default target modules in PEFT; valid: .*'lora'"):
+        default_target_modules(Stub("hfgen_decoder"), "lorax")
+    with pytest.raises(ValueError, match=r"model_type='mystery'.*hfgen knows"):
+        default_target_modules(Stub("mystery"))
+
+
+@pytest.mark.parametrize("family", ["vlm", "gato", "vit"])
+def test_lora_without_targets_on_the_multimodal_families(family):
+    """The README says the defaults cover every family: LoRA without target_modules adapts the q/v projections of
+    the VLM (text decoder and vision encoder), Gato and the ViT, and trains only the adapters."""
+    from hfgen import HfGenGatoConfig, HfGenGatoForCausalLM, HfGenViTConfig, HfGenViTModel, HfGenVlmConfig
+    from hfgen import HfGenVlmForConditionalGeneration
+
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    if family == "vlm":
+        model = HfGenVlmForConditionalGeneration(HfGenVlmConfig(
+            text_config=dict(vocab_size=64, pad_token_id=0, **sizes), vision_config=dict(image_size=8, patch_size=4,
+                                                                                          **sizes)))
+    elif family == "gato":
+        model = HfGenGatoForCausalLM(HfGenGatoConfig(text_vocab_size=64, num_bins=16, **sizes))
+    else:
+        model = HfGenViTModel(HfGenViTConfig(image_size=8, patch_size=4, **sizes))
+    attention_layers = sum(name.endswith("q_proj") for name, _ in model.named_modules())
+    peft_model = get_peft_model(model, LoraConfig(r=2))
+    adapted = [name.rsplit(".", 2)[-2] for name, _ in peft_model.named_modules() if name.endswith("lora_A")]
+    assert sorted(set(adapted)) == ["q_proj", "v_proj"] and len(adapted) == 2 * attention_layers
+    assert all("lora_" in name for name, p in peft_model.named_parameters() if p.requires_grad)

@@ -47,6 +47,8 @@ class HfGenDecoderConfig(PreTrainedConfig):
     """
 
     model_type = "hfgen_decoder"
+    # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
+    AUTO_MAP = DECODER_AUTO_MAP
     keys_to_ignore_at_inference = ["cache", *MOE_OUTPUT_KEYS]
 
     def __init__(
@@ -97,6 +99,6 @@ class HfGenDecoderConfig(PreTrainedConfig):
         validate_attention_config(self)
         # Every Auto class this folder serves, so a saved checkpoint loads through any of them with
         # trust_remote_code (save_pretrained alone would list only the class that was saved).
-        kwargs["auto_map"] = {**DECODER_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
 

@@ -95,6 +95,8 @@ class HfGenEncoderConfig(PreTrainedConfig):
     """
 
     model_type = "hfgen_encoder"
+    # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
+    AUTO_MAP = ENCODER_AUTO_MAP
     keys_to_ignore_at_inference = list(MOE_OUTPUT_KEYS)  # Trainer's predictions: the logits alone
 
     def __init__(
@@ -138,7 +140,7 @@ class HfGenEncoderConfig(PreTrainedConfig):
         init_model_keys(self, init_arguments(locals()), kwargs)
         init_moe_config(self, kwargs)  # num_experts / num_experts_per_tok / router_*: see moe.py (0: plain MLP)
         validate_encoder_config(self)
-        kwargs["auto_map"] = {**ENCODER_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
 
     @property

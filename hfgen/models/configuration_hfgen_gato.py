@@ -35,6 +35,8 @@ class HfGenGatoConfig(HfGenDecoderConfig):
     """
 
     model_type = "hfgen_gato"
+    # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
+    AUTO_MAP = GATO_AUTO_MAP
 
     def __init__(self, text_vocab_size: int = 8192, num_bins: int = 1024, mu_law_mu: float = 100.0,
                  mu_law_max: float = 256.0, image_size: int = 8, patch_size: int = 2, num_channels: int = 1,
@@ -55,7 +57,6 @@ class HfGenGatoConfig(HfGenDecoderConfig):
         self.patch_size = patch_size
         self.num_channels = num_channels
         kwargs["vocab_size"] = text_vocab_size + num_bins + 2
-        kwargs["auto_map"] = {**GATO_AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(**kwargs)
 
     @property

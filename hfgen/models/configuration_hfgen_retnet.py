@@ -50,6 +50,8 @@ class HfGenRetNetConfig(PreTrainedConfig):
     """
 
     model_type = "hfgen_retnet"
+    # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
+    AUTO_MAP = RETNET_AUTO_MAP
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     def __init__(
@@ -100,7 +102,7 @@ class HfGenRetNetConfig(PreTrainedConfig):
         self.decoding_weight_copies = decoding_weight_copies
         init_moe_config(self, kwargs)
         validate_retnet_config(self)
-        kwargs["auto_map"] = {**RETNET_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
 
     @property

@@ -79,6 +79,8 @@ class HfGenSeq2SeqConfig(PreTrainedConfig):
     """
 
     model_type = "hfgen_seq2seq"
+    # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
+    AUTO_MAP = SEQ2SEQ_AUTO_MAP
     keys_to_ignore_at_inference = ["cache", "encoder_last_hidden_state"]
 
     def __init__(
@@ -115,7 +117,7 @@ class HfGenSeq2SeqConfig(PreTrainedConfig):
         validate_seq2seq_config(self)
         if decoder_start_token_id is None:
             decoder_start_token_id = pad_token_id
-        kwargs["auto_map"] = {**SEQ2SEQ_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
                          decoder_start_token_id=decoder_start_token_id, is_encoder_decoder=True, **kwargs)
 

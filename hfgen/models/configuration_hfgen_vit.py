@@ -41,6 +41,8 @@ class HfGenViTConfig(PreTrainedConfig):
     """
 
     model_type = "hfgen_vit"
+    # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
+    AUTO_MAP = VIT_AUTO_MAP
     base_config_key = "vision_config"
 
     def __init__(
@@ -72,7 +74,7 @@ class HfGenViTConfig(PreTrainedConfig):
         kwargs.pop("max_position_embeddings", None)
         init_model_keys(self, init_arguments(locals()), kwargs)
         validate_vision_config(self)
-        kwargs["auto_map"] = {**VIT_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(**kwargs)
 
     @property

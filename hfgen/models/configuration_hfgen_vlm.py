@@ -58,6 +58,8 @@ class HfGenVlmConfig(PreTrainedConfig):
     """
 
     model_type = "hfgen_vlm"
+    # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
+    AUTO_MAP = VLM_AUTO_MAP
     sub_configs_defaults = {"text_config": HfGenDecoderConfig, "vision_config": HfGenViTConfig}
 
     def __init__(
@@ -101,7 +103,7 @@ class HfGenVlmConfig(PreTrainedConfig):
         self.tie_word_embeddings = self.text_config.tie_word_embeddings
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             kwargs.setdefault(key, getattr(self.text_config, key, None))
-        kwargs["auto_map"] = {**VLM_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(**kwargs)
 
     @property

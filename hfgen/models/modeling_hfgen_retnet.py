@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
-from transformers.generation import GenerationMixin
+from transformers.generation import GenerationMixin, GenerationMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import can_return_tuple
@@ -426,7 +426,13 @@ class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, *args, **kwargs):
+        if generation_mode == GenerationMode.ASSISTED_GENERATION:
+            # Assisted decoding crops the cache after rejected drafts; a recurrent state cannot be un-updated.
+            raise ValueError(
+                "Assisted generation (assistant_model, prompt_lookup_num_tokens) cannot be used with HfGenRetNet: "
+                "it rolls the cache back after rejected draft tokens, and a recurrent state cannot be rolled back. "
+                "Use greedy search, sampling or beam search.")
         implementation = generation_config.cache_implementation
         if implementation not in (None, "dynamic"):
             raise ValueError(
@@ -434,7 +440,8 @@ class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, GenerationMixin):
                 f"recurrent state (HfGenRetNetCache, made by the model). Valid choices: None, 'dynamic'."
             )
         resolve_cache(model_kwargs.get("cache"), model_kwargs.get("past_key_values"))
-        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, *args,
+                                                     **kwargs)
 
     @can_return_tuple
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,

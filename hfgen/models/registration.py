@@ -3,10 +3,13 @@
 In process: ``AutoConfig.register`` / ``AutoModel*.register`` so ``AutoModelForCausalLM.from_config(cfg)`` and
 ``from_pretrained`` work with hfgen imported. For code on the Hub: ``register_for_auto_class`` makes
 ``save_pretrained`` copy the defining files next to the weights; the configs preset ``auto_map`` with every Auto
-class so the folder loads through any of them with ``trust_remote_code=True`` where hfgen is not installed.
+class (their ``AUTO_MAP``, the one list both registrations read) so the folder loads through any of them with
+``trust_remote_code=True`` where hfgen is not installed.
 """
 
 from __future__ import annotations
+
+import importlib
 
 from transformers import (
     AutoConfig,
@@ -23,70 +26,34 @@ from transformers import (
 )
 
 from .configuration_hfgen_decoder import HfGenDecoderConfig
-from .modeling_hfgen_decoder import (
-    HfGenDecoderForCausalLM,
-    HfGenDecoderForSequenceClassification,
-    HfGenDecoderModel,
-)
-from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig
-from .modeling_hfgen_seq2seq import (
-    HfGenSeq2SeqForConditionalGeneration,
-    HfGenSeq2SeqForSequenceClassification,
-    HfGenSeq2SeqModel,
-)
 from .configuration_hfgen_encoder import HfGenEncoderConfig
-from .modeling_hfgen_encoder import (
-    HfGenEncoderForMaskedLM,
-    HfGenEncoderForPreTraining,
-    HfGenEncoderForSequenceClassification,
-    HfGenEncoderForTokenClassification,
-    HfGenEncoderModel,
-)
-from .configuration_hfgen_retnet import HfGenRetNetConfig
-from .modeling_hfgen_retnet import HfGenRetNetForCausalLM, HfGenRetNetModel
-from .configuration_hfgen_vit import HfGenViTConfig
-from .modeling_hfgen_vit import HfGenViTModel
-from .configuration_hfgen_vlm import HfGenVlmConfig
-from .modeling_hfgen_vlm import HfGenVlmForConditionalGeneration, HfGenVlmModel
-from .processing_hfgen_vlm import HfGenVlmImageProcessor, HfGenVlmProcessor
 from .configuration_hfgen_gato import HfGenGatoConfig
-from .modeling_hfgen_gato import HfGenGatoForCausalLM
+from .configuration_hfgen_retnet import HfGenRetNetConfig
+from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig
+from .configuration_hfgen_vit import HfGenViTConfig
+from .configuration_hfgen_vlm import HfGenVlmConfig
+from .processing_hfgen_vlm import HfGenVlmImageProcessor, HfGenVlmProcessor
 
-# (config class, [(Auto class, model class), ...]) per family.
-FAMILIES = [
-    (HfGenViTConfig, [
-        (AutoModel, HfGenViTModel),
-    ]),
-    (HfGenGatoConfig, [
-        (AutoModelForCausalLM, HfGenGatoForCausalLM),
-    ]),
-    (HfGenVlmConfig, [
-        (AutoModel, HfGenVlmModel),
-        (AutoModelForImageTextToText, HfGenVlmForConditionalGeneration),
-        (AutoModelForCausalLM, HfGenVlmForConditionalGeneration),
-    ]),
-    (HfGenRetNetConfig, [
-        (AutoModel, HfGenRetNetModel),
-        (AutoModelForCausalLM, HfGenRetNetForCausalLM),
-    ]),
-    (HfGenDecoderConfig, [
-        (AutoModel, HfGenDecoderModel),
-        (AutoModelForCausalLM, HfGenDecoderForCausalLM),
-        (AutoModelForSequenceClassification, HfGenDecoderForSequenceClassification),
-    ]),
-    (HfGenSeq2SeqConfig, [
-        (AutoModel, HfGenSeq2SeqModel),
-        (AutoModelForSeq2SeqLM, HfGenSeq2SeqForConditionalGeneration),
-        (AutoModelForSequenceClassification, HfGenSeq2SeqForSequenceClassification),
-    ]),
-    (HfGenEncoderConfig, [
-        (AutoModel, HfGenEncoderModel),
-        (AutoModelForMaskedLM, HfGenEncoderForMaskedLM),
-        (AutoModelForPreTraining, HfGenEncoderForPreTraining),
-        (AutoModelForSequenceClassification, HfGenEncoderForSequenceClassification),
-        (AutoModelForTokenClassification, HfGenEncoderForTokenClassification),
-    ]),
-]
+CONFIGS = (HfGenViTConfig, HfGenGatoConfig, HfGenVlmConfig, HfGenRetNetConfig, HfGenDecoderConfig,
+           HfGenSeq2SeqConfig, HfGenEncoderConfig)
+AUTO_CLASSES = {auto_class.__name__: auto_class for auto_class in (
+    AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForMaskedLM, AutoModelForPreTraining,
+    AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoModelForTokenClassification)}
+
+
+def family_models(config_class: type) -> list[tuple[type, type]]:
+    """``(Auto class, model class)`` for every entry of the family's ``AUTO_MAP`` (``"AutoModel":
+    "modeling_hfgen_decoder.HfGenDecoderModel"``, ...): the one list that both ``config.json``'s ``auto_map`` and
+    the in-process registration come from."""
+    models = []
+    for auto_name, reference in config_class.AUTO_MAP.items():
+        if auto_name == "AutoConfig":
+            continue
+        module_name, class_name = reference.split(".")
+        module = importlib.import_module(f".{module_name}", __package__)
+        models.append((AUTO_CLASSES[auto_name], getattr(module, class_name)))
+    return models
+
 
 _registered = False
 
@@ -96,10 +63,10 @@ def register_auto_classes() -> None:
     global _registered
     if _registered:
         return
-    for config_class, models in FAMILIES:
+    for config_class in CONFIGS:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         config_class.register_for_auto_class()
-        for auto_class, model_class in models:
+        for auto_class, model_class in family_models(config_class):
             auto_class.register(config_class, model_class, exist_ok=True)
             model_class.register_for_auto_class(auto_class.__name__)
     # The vision-language processor and its image processor: in process, and copied into saved folders.

@@ -5,7 +5,7 @@ TRL 1.16's SFT, DPO, GRPO and RLOO trainers score tokens through ``add_fused_lm_
 Triton (every CPU) the tiles are folded by a chain of element-wise torch ops, forward and again in a hand-written
 backward: on a small model it makes an SFT step several times slower than computing the logits. For the vocabularies
 this project trains on a CPU (8k tokens), the ``[tokens, vocab]`` logits fit in memory easily, so
-:func:`use_plain_logprobs` swaps the function for :class:`PlainLogProbFunction`, which computes the same quantities
+:func:`hfgen.compat.use_plain_trl_logprobs` swaps the function for :class:`PlainLogProbFunction`, which computes the same quantities
 from ``log_softmax`` and lets autograd differentiate them:
 
 - ``z = softcap * tanh(logit_scale * (h W^T + b) / softcap) / T`` (the softcap only when the model has one),
@@ -43,13 +43,3 @@ class PlainLogProbFunction:
             mean_logits = z.mean(-1) if "mean_logits" in outputs else None
             is_top1 = z.argmax(-1) == targets if "is_top1" in outputs else None
         return log_probs, entropy, log_sum_sq, mean_logits, is_top1
-
-
-def use_plain_logprobs(force: bool = False) -> bool:
-    """On a machine without CUDA (or with ``force``), make TRL's fused LM head use :class:`PlainLogProbFunction`.
-    Idempotent; returns whether the plain function is in use. Call it before ``trainer.train()``."""
-    import trl.trainer.utils as trl_utils
-
-    if force or not torch.cuda.is_available():
-        trl_utils._ChunkedLogProbFunction = PlainLogProbFunction
-    return trl_utils._ChunkedLogProbFunction is PlainLogProbFunction

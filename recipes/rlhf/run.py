@@ -249,9 +249,9 @@ def run(args: RLHFArguments) -> dict[str, Any]:
     )
     from hfgen.training.rlhf import trl_cpu_defaults, win_rate
     from hfgen.training.rlhf_feedback import sampled_preference_dataset
-    from hfgen.training.trl_cpu import use_plain_logprobs
+    from hfgen.compat import use_plain_trl_logprobs
 
-    use_plain_logprobs()  # on a CPU: TRL's fused LM head with plain torch ops (same numbers, faster)
+    use_plain_trl_logprobs()  # on a CPU: TRL's fused LM head with plain torch ops (same numbers, faster)
     out = Path(args.output_dir)
     tokenizer = load_tokenizer()
     stages: dict[str, Any] = {}
