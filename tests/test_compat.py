@@ -49,7 +49,8 @@ print(json.dumps(results))
 """
 
 # Every callable reachable as an attribute of a module or class of the five libraries, by identity, and PEFT's
-# default-target tables; then `import hfgen`; then the same again: the names whose object changed.
+# default-target tables; then `import hfgen` and every hfgen module; then the same again: the names whose object
+# changed.
 SNAPSHOT = """
 import inspect, json, sys
 import accelerate, diffusers, peft, peft.peft_model, peft.utils.constants, transformers, trl
@@ -79,7 +80,10 @@ def snapshot():
     return seen
 
 before = snapshot()
-import hfgen  # noqa: F401
+import importlib, pkgutil
+import hfgen
+for module in pkgutil.walk_packages(hfgen.__path__, "hfgen."):  # every module of hfgen, not only the package
+    importlib.import_module(module.name)
 after = snapshot()
 print(json.dumps(sorted(key for key in before if after.get(key) != before[key])))
 """
@@ -108,7 +112,7 @@ def test_llama_with_peft_is_identical_with_and_without_hfgen():
 
 def test_import_hfgen_replaces_no_function_of_other_libraries():
     """No function, method or class of transformers, peft, trl, diffusers or accelerate is a different object after
-    ``import hfgen``, and PEFT's default-target tables gain no entry (hfgen registers Auto classes through
+    ``import hfgen`` and the import of every hfgen module, and PEFT's default-target tables gain no entry (hfgen registers Auto classes through
     transformers' public ``register`` only, which adds to its mappings and replaces nothing)."""
     assert json.loads(_run(SNAPSHOT)) == []
 
