@@ -13,13 +13,18 @@ DEMO_PROMPT = "The with statement"
 
 
 class _HelpFormatter(argparse.HelpFormatter):
-    """Shows a flag's default where it has one; None means "the model config's default", said once per group."""
+    """Shows every flag's default: its value, "off" for a switch, "unset" for None (for a variant flag: the model
+    config's default, as its group's title says), unless the help text already says what the default is."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in help_text:
-            help_text += " (default: %(default)s)"
-        return help_text
+        if action.default is argparse.SUPPRESS or "default" in help_text:
+            return help_text
+        if action.default is None:
+            return help_text + " (default: unset)"
+        if action.default is False:
+            return help_text + " (default: off)"
+        return help_text + " (default: %(default)s)"
 
 
 def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -115,7 +120,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"\nvalidation perplexity: {result.eval_perplexity_before:.1f} before training, "
           f"{result.eval_perplexity_after:.1f} after {result.metrics['global_step']} steps "
           f"({result.train_runtime:.0f} s)")
-    print(f"saved to {result.output_dir}/ (model card README.md, loss curve loss_curve.png)")
 
     # Reload the way a Hub user would, through the model code saved in the folder.
     model = AutoModelForCausalLM.from_pretrained(result.output_dir, trust_remote_code=True)
@@ -125,6 +129,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=True, temperature=0.8,
                             top_k=50, pad_token_id=tokenizer.pad_token_id)
     print(f"\nsample from the reloaded {type(model).__name__}:\n{tokenizer.decode(output[0])}")
+    # Last, so that a run's final line says where its result is, as every recipe's does.
+    print(f"\nsaved to {result.output_dir}/ (model card README.md, loss curve loss_curve.png)")
     return 0
 
 

@@ -19,6 +19,7 @@ after it override them.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from transformers import HfArgumentParser, TrainingArguments
@@ -28,13 +29,20 @@ from hfgen.training.classification import (
     ClassificationModelArguments,
     finetune_classification,
 )
-from hfgen.training.recipe_common import build_recipe_parser, parse_recipe_arguments
+from hfgen.training.recipe_common import build_recipe_parser, check_model_folder, parse_recipe_arguments
+
+logger = logging.getLogger(__name__)
+
+# What --model_name_or_path may name; checked before transformers would look a missing folder up on the Hub.
+VALID_MODEL_FOLDERS = ("a folder written by an earlier run (e.g. outputs/mlm_tiny from "
+                       "recipes/pretrain_masked_lm.py), or unset to train from scratch")
 
 
 def build_parser() -> HfArgumentParser:
     return build_recipe_parser((ClassificationModelArguments, ClassificationDataArguments, TrainingArguments),
                                description=__doc__.split("\n\n")[0],
-                               epilog="Model fields left unset take the family's (or the checkpoint's) config.")
+                               epilog="Model fields left unset take the family's (or the checkpoint's) config.",
+                               output_dir="outputs/classification")
 
 
 def parse_arguments(argv: list[str]) -> tuple[ClassificationModelArguments, ClassificationDataArguments,
@@ -45,12 +53,14 @@ def parse_arguments(argv: list[str]) -> tuple[ClassificationModelArguments, Clas
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    check_model_folder(model_args.model_name_or_path, "--model_name_or_path", VALID_MODEL_FOLDERS)
     result = finetune_classification(model_args, data_args, training_args)
     if training_args.process_index == 0:
-        print(f"test accuracy: {result.eval_accuracy_before:.3f} before, {result.eval_accuracy:.3f} after "
-              f"(macro-F1 {result.eval_macro_f1:.3f}, {result.train_examples} labelled examples); saved to "
+        logger.info(f"test accuracy: {result.eval_accuracy_before:.3f} before, {result.eval_accuracy:.3f} after "
+                    f"(macro-F1 {result.eval_macro_f1:.3f}, {result.train_examples} labelled examples); saved to "
               f"{result.output_dir}")
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

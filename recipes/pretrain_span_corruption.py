@@ -18,19 +18,27 @@ input; the labelled task's test paragraphs are left out of the text unless --hol
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from transformers import HfArgumentParser, TrainingArguments
 
 from hfgen.training.pretrain import ModelArguments
-from hfgen.training.recipe_common import build_recipe_parser, parse_recipe_arguments
+from hfgen.training.recipe_common import build_recipe_parser, check_model_folder, parse_recipe_arguments
 from hfgen.training.span_corruption import SpanCorruptionDataArguments, pretrain_span_corruption
+
+logger = logging.getLogger(__name__)
+
+# What --model_name_or_path may name; checked before transformers would look a missing folder up on the Hub.
+VALID_MODEL_FOLDERS = ("an encoder-decoder folder written by an earlier run (e.g. "
+                       "outputs/span_corruption_tiny), or unset for a fresh model")
 
 
 def build_parser() -> HfArgumentParser:
     return build_recipe_parser((ModelArguments, SpanCorruptionDataArguments, TrainingArguments),
                                description=__doc__.split("\n\n")[0],
-                               epilog="Model fields left unset take HfGenSeq2SeqConfig's defaults.")
+                               epilog="Model fields left unset take HfGenSeq2SeqConfig's defaults.",
+                               output_dir="outputs/span_corruption")
 
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, SpanCorruptionDataArguments, TrainingArguments]:
@@ -40,11 +48,13 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, SpanCorruptionData
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    check_model_folder(model_args.model_name_or_path, "--model_name_or_path", VALID_MODEL_FOLDERS)
     result = pretrain_span_corruption(model_args, data_args, training_args)
     if training_args.process_index == 0:
-        print(f"target validation perplexity: {result.eval_perplexity_before:.2f} before, "
-              f"{result.eval_perplexity_after:.2f} after; saved to {result.output_dir}")
+        logger.info(f"target validation perplexity: {result.eval_perplexity_before:.2f} before, "
+                    f"{result.eval_perplexity_after:.2f} after; saved to {result.output_dir}")
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

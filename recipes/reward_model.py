@@ -12,15 +12,20 @@ trunk carries over and only the score head is new (InstructGPT's recipe); withou
 from __future__ import annotations
 
 import json
+import logging
 import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class RewardScriptArguments:
+    """The model to start from and the preference pairs."""
+
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "Causal-LM or classifier folder to start from (e.g. the SFT output); unset: a fresh decoder."})
     hidden_size: int = field(default=64, metadata={"help": "Width of a fresh model."})
@@ -61,17 +66,21 @@ def split_by_topic(pairs, eval_fraction: float, seed: int, exclusive_answers: bo
 def run(script_args: RewardScriptArguments, reward_config, split: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train and save the reward model; ``split`` ({"train": pairs, "test": pairs}) replaces the corpus pairs (the
     RLHF recipe passes pairs sampled from the SFT model)."""
-    import torch
+    from transformers import set_seed
     from trl import RewardTrainer
 
     import hfgen  # noqa: F401
     from hfgen.data import load_tokenizer
     from hfgen.data.instructions import preference_dataset
     from hfgen.models import HfGenDecoderForSequenceClassification
+    from hfgen.training.recipe_common import check_model_folder
     from hfgen.training.rlhf import chat_decoder_config, reward_model_from
 
     if not 0.0 < script_args.eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {script_args.eval_fraction}.")
+    check_model_folder(script_args.model_name_or_path, "--model_name_or_path",
+                       "a causal-LM or classifier folder written by an earlier run, e.g. the --output_dir of "
+                       "recipes/sft.py")
     tokenizer = load_tokenizer()
     if split is None:
         pairs = preference_dataset(script_args.max_response_chars, reward_config.seed,
@@ -81,10 +90,12 @@ def run(script_args: RewardScriptArguments, reward_config, split: dict[str, Any]
         raise ValueError("No training pair for the reward model.")
     if len(split["test"]) == 0:
         raise ValueError("No held-out pair: raise eval_fraction or rejected_per_prompt.")
+    # Seeded before the model exists (the Trainer seeds only later): the fresh score head, or the whole fresh
+    # model, is drawn from the global generator, which would otherwise carry whatever ran before in the process.
+    set_seed(reward_config.seed)
     if script_args.model_name_or_path:
         model = reward_model_from(script_args.model_name_or_path, tokenizer)
     else:
-        torch.manual_seed(reward_config.seed)
         model = HfGenDecoderForSequenceClassification(chat_decoder_config(
             tokenizer, hidden_size=script_args.hidden_size, intermediate_size=2 * script_args.hidden_size,
             num_hidden_layers=script_args.num_hidden_layers, num_labels=1))
@@ -100,7 +111,8 @@ def run(script_args: RewardScriptArguments, reward_config, split: dict[str, Any]
     return metrics
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def build_parser():
+    """The recipe's ``HfArgumentParser``: the script fields, then TRL's RewardConfig with CPU-safe defaults."""
     from transformers import HfArgumentParser
     from trl import RewardConfig
 
@@ -108,15 +120,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     parser = HfArgumentParser((RewardScriptArguments, RewardConfig), description=__doc__.split("\n\n")[0])
     parser.set_defaults(**trl_cpu_defaults(), max_length=192, learning_rate=1e-3, max_steps=60,
-                        per_device_train_batch_size=8, logging_steps=10)
-    script_args, reward_config = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+                        per_device_train_batch_size=8, logging_steps=10, output_dir="outputs/reward_model")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    script_args, reward_config = build_parser().parse_args_into_dataclasses(
+        args=sys.argv[1:] if argv is None else argv)
     metrics = run(script_args, reward_config)
     if reward_config.process_index == 0:
-        print(f"reward model: held-out pairwise accuracy {metrics['heldout_accuracy_before']:.2%} -> "
-              f"{metrics['heldout_accuracy_after']:.2%} on {metrics['heldout_pairs']} pairs; saved to "
-              f"{reward_config.output_dir}")
+        logger.info(f"reward model: held-out pairwise accuracy {metrics['heldout_accuracy_before']:.2%} -> "
+                    f"{metrics['heldout_accuracy_after']:.2%} on {metrics['heldout_pairs']} pairs; saved to "
+                    f"{reward_config.output_dir}")
     return metrics
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

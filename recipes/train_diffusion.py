@@ -27,6 +27,7 @@ from a prompt: ``pipe(prompt="a handwritten three", guidance_scale=2)``. Conditi
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -42,7 +43,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from image_common import add_common_arguments, load_split, report  # noqa: E402
+from image_common import add_common_arguments, check_arguments, is_save_step, load_split, report  # noqa: E402
 
 from hfgen import HfGenEncoderConfig, HfGenEncoderModel  # noqa: E402
 from hfgen.data.captions import caption  # noqa: E402
@@ -56,43 +57,55 @@ from hfgen.diffusion import (  # noqa: E402
     HfGenVAEModel,
 )
 from hfgen.models.variants import ATTENTION_SCORINGS, SOFTMAX_VARIANTS  # noqa: E402
+from hfgen.training.recipe_common import check_model_folder  # noqa: E402
+
+
+logger = logging.getLogger(__name__)
+
+# Measured on 2 CPU cores (OMP_NUM_THREADS=1, load average about 1): see the README for the whole run.
+MAX_TRAIN_STEPS = 3000
+STEPS_HELP = "training steps"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_arguments(parser)
+    add_common_arguments(parser, "diffusion")
     model = parser.add_argument_group("denoiser")
-    model.add_argument("--model", choices=("unet", "dit"), default="unet")
-    model.add_argument("--conditioning", choices=("none", "class", "text"), default="class")
+    model.add_argument("--model", choices=("unet", "dit"), default="unet", help="the denoiser's architecture")
+    model.add_argument("--conditioning", choices=("none", "class", "text"), default="class",
+                       help="what the denoiser is told: nothing, the digit's label, or its caption")
     model.add_argument("--text_encoder", default=None,
                        help="--conditioning text: a saved hfgen encoder folder with its tokenizer (default: a fresh "
                             "seeded HfGenEncoderModel, hidden 64, 2 layers, with the shipped tokenizer)")
     model.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64], help="UNet levels")
-    model.add_argument("--layers_per_block", type=int, default=1)
+    model.add_argument("--layers_per_block", type=int, default=1, help="residual blocks per UNet level")
     model.add_argument("--hidden_size", type=int, default=64, help="DiT width")
     model.add_argument("--num_layers", type=int, default=4, help="DiT blocks")
     model.add_argument("--patch_size", type=int, default=2, help="DiT patch size")
-    model.add_argument("--num_attention_heads", type=int, default=4)
+    model.add_argument("--num_attention_heads", type=int, default=4, help="heads of every attention block")
     model.add_argument("--vae", default=None,
                        help="a saved HfGenVAEModel folder (recipes/train_vae.py): latent diffusion in its space")
-    model.add_argument("--softmax_variant", choices=SOFTMAX_VARIANTS, default="standard")
-    model.add_argument("--attention_scoring", choices=ATTENTION_SCORINGS, default="scaled_dot_product")
+    model.add_argument("--softmax_variant", choices=SOFTMAX_VARIANTS, default="standard",
+                       help="the attention softmax (as the text models' config key)")
+    model.add_argument("--attention_scoring", choices=ATTENTION_SCORINGS, default="scaled_dot_product",
+                       help="the attention score function (as the text models' config key)")
     train = parser.add_argument_group("training")
-    train.add_argument("--num_train_timesteps", type=int, default=1000)
-    train.add_argument("--beta_schedule", default="squaredcos_cap_v2")
-    train.add_argument("--train_batch_size", type=int, default=64)
-    train.add_argument("--max_train_steps", type=int, default=3000)
-    train.add_argument("--learning_rate", type=float, default=1e-3)
-    train.add_argument("--lr_warmup_steps", type=int, default=100)
-    train.add_argument("--ema_decay", type=float, default=0.999)
+    train.add_argument("--num_train_timesteps", type=int, default=1000, help="DDPM's noise levels T")
+    train.add_argument("--beta_schedule", default="squaredcos_cap_v2", help="DDPMScheduler's beta schedule")
+    train.add_argument("--train_batch_size", type=int, default=64, help="images per step")
+    train.add_argument("--max_train_steps", type=int, default=MAX_TRAIN_STEPS, help=STEPS_HELP)
+    train.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW's peak learning rate")
+    train.add_argument("--lr_warmup_steps", type=int, default=100, help="linear warm-up before the cosine decay")
+    train.add_argument("--ema_decay", type=float, default=0.999, help="decay of the EMA weights that are saved")
     train.add_argument("--class_dropout", type=float, default=0.1,
                        help="probability of training without the condition: the 'no label' class or no caption "
                             "(classifier-free guidance)")
     train.add_argument("--save_images_steps", type=int, default=500, help="sample grid every N steps (0: never)")
     sample = parser.add_argument_group("sampling")
-    sample.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="ddim")
-    sample.add_argument("--num_inference_steps", type=int, default=50)
+    sample.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="ddim",
+                        help="the diffusers scheduler used to sample")
+    sample.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps per sample")
     sample.add_argument("--guidance_scale", type=float, default=None,
                         help="classifier-free guidance (class or text models)")
     return parser
@@ -171,10 +184,15 @@ def sample_images(pipe, args, count: int, seed: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    check_arguments(args)
     if args.guidance_scale is not None and args.conditioning == "none":
         raise ValueError("--guidance_scale needs a conditional model: --conditioning class or text.")
     if args.text_encoder and args.conditioning != "text":
         raise ValueError("--text_encoder is only used with --conditioning text.")
+    check_model_folder(args.vae, "--vae", "a saved HfGenVAEModel folder, e.g. outputs/vae/vae from "
+                       "recipes/train_vae.py", hub=False)
+    check_model_folder(args.text_encoder, "--text_encoder", "a saved hfgen encoder folder with its tokenizer, "
+                       "e.g. outputs/mlm_tiny from recipes/pretrain_masked_lm.py")
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     split = load_split(args)
@@ -238,6 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
                 save_image_grid(sample_images(pipe, args, 20, args.seed),
                                 os.path.join(args.output_dir, f"samples_step_{step}.png"), columns=10)
                 ema.restore(accelerator.unwrap_model(model).parameters())
+            if accelerator.is_main_process and is_save_step(args, step):
+                save_pipeline(ema_pipeline(), args, step)
+                ema.restore(accelerator.unwrap_model(model).parameters())
             if step >= args.max_train_steps:
                 break
     progress.close()
@@ -245,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {}
     if accelerator.is_main_process:
         pipe = ema_pipeline()  # keeps the EMA weights: they are what is saved and measured
-        pipe.save_pretrained(os.path.join(args.output_dir, "pipeline"))
+        save_pipeline(pipe, args, step)
         samples = sample_images(pipe, args, args.num_eval_samples, args.seed + 1) if args.num_eval_samples else None
         tail = losses[-50:]
         name = f"{'latent-' if vae is not None else ''}diffusion-{args.model}-{args.conditioning}"
@@ -257,8 +278,16 @@ def main(argv: list[str] | None = None) -> dict:
                                 "num_inference_steps": args.num_inference_steps,
                                 "guidance_scale": args.guidance_scale})
     accelerator.end_training()
+    logger.info("saved to %s (pipeline/, samples.png, metrics.json)", args.output_dir)
     return metrics
 
 
+def save_pipeline(pipe: HfGenDiffusionPipeline, args: argparse.Namespace, step: int) -> None:
+    """Write the EMA pipeline to OUTPUT_DIR/pipeline (a checkpoint along the way, replaced at the end)."""
+    pipe.save_pretrained(os.path.join(args.output_dir, "pipeline"))
+    logger.info("step %d: pipeline saved to %s", step, os.path.join(args.output_dir, "pipeline"))
+
+
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

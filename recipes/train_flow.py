@@ -13,6 +13,7 @@ likelihood, which makes bits/dim an honest bound for the discrete data.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -22,23 +23,30 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from image_common import add_common_arguments, load_split, report  # noqa: E402
+from image_common import add_common_arguments, check_arguments, is_save_step, load_split, report  # noqa: E402
 
 from hfgen.data.images import save_image_grid  # noqa: E402
 from hfgen.diffusion import HfGenFlowModel  # noqa: E402
 
 
+logger = logging.getLogger(__name__)
+
+# Measured on 2 CPU cores (OMP_NUM_THREADS=1, load average about 1): see the README for the whole run.
+MAX_TRAIN_STEPS = 3000
+STEPS_HELP = "training steps"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_arguments(parser)
+    add_common_arguments(parser, "flow")
     parser.add_argument("--num_steps", type=int, default=8, help="flow steps (actnorm, 1x1, coupling)")
-    parser.add_argument("--hidden_channels", type=int, default=64)
-    parser.add_argument("--train_batch_size", type=int, default=64)
-    parser.add_argument("--max_train_steps", type=int, default=3000)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--hidden_channels", type=int, default=64, help="width of each coupling's network")
+    parser.add_argument("--train_batch_size", type=int, default=64, help="images per step")
+    parser.add_argument("--max_train_steps", type=int, default=MAX_TRAIN_STEPS, help=STEPS_HELP)
+    parser.add_argument("--learning_rate", type=float, default=1e-3, help="Adam's peak learning rate (cosine decay)")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
-    parser.add_argument("--save_images_steps", type=int, default=500)
+    parser.add_argument("--save_images_steps", type=int, default=500, help="sample grid every N steps (0: never)")
     return parser
 
 
@@ -51,6 +59,7 @@ def dequantize(images: torch.Tensor, num_bins: int, generator=None) -> torch.Ten
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    check_arguments(args)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     split = load_split(args)
@@ -83,6 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
                 save_image_grid(flow.sample(20, torch.Generator().manual_seed(args.seed), args.temperature).clamp(-1, 1),
                                 os.path.join(args.output_dir, f"samples_step_{step}.png"), columns=10)
                 flow.train()
+            if accelerator.is_main_process and is_save_step(args, step):
+                save_flow(accelerator.unwrap_model(model), args, step)
             if step >= args.max_train_steps:
                 break
     progress.close()
@@ -90,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {}
     if accelerator.is_main_process:
         flow = accelerator.unwrap_model(model).eval()
-        flow.save_pretrained(os.path.join(args.output_dir, "flow"))
+        save_flow(flow, args, step)
         with torch.no_grad():
             held = flow(dequantize(split.test_images, bins, torch.Generator().manual_seed(args.seed)).to(flow.device))
         samples = (flow.sample(args.num_eval_samples, torch.Generator().manual_seed(args.seed + 1),
@@ -98,8 +109,16 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = report(args, "flow", split, samples, {"bits_per_dim": held.bits_per_dim.mean().item(),
                                                          "steps": step, "temperature": args.temperature})
     accelerator.end_training()
+    logger.info("saved to %s (flow/, samples.png, metrics.json)", args.output_dir)
     return metrics
 
 
+def save_flow(flow: HfGenFlowModel, args: argparse.Namespace, step: int) -> None:
+    """Write the flow to OUTPUT_DIR/flow (a checkpoint along the way, replaced by the final model at the end)."""
+    flow.save_pretrained(os.path.join(args.output_dir, "flow"))
+    logger.info("step %d: flow saved to %s", step, os.path.join(args.output_dir, "flow"))
+
+
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

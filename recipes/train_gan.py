@@ -10,6 +10,7 @@ networks Hub-loadable and report the quality numbers (the class spread is the mo
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -19,7 +20,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from image_common import add_common_arguments, load_split, report  # noqa: E402
+from image_common import add_common_arguments, check_arguments, is_save_step, load_split, report  # noqa: E402
 
 from hfgen.data.images import save_image_grid  # noqa: E402
 from hfgen.diffusion import (  # noqa: E402
@@ -31,23 +32,32 @@ from hfgen.diffusion import (  # noqa: E402
 )
 
 
+logger = logging.getLogger(__name__)
+
+# Measured on 2 CPU cores (OMP_NUM_THREADS=1, load average about 1): see the README for the whole run.
+MAX_TRAIN_STEPS = 3000
+STEPS_HELP = "training steps"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_arguments(parser)
-    parser.add_argument("--latent_dim", type=int, default=32)
-    parser.add_argument("--base_channels", type=int, default=64)
+    add_common_arguments(parser, "gan")
+    parser.add_argument("--latent_dim", type=int, default=32, help="size of the generator's noise input z")
+    parser.add_argument("--base_channels", type=int, default=64, help="channels of both networks' widest level")
     parser.add_argument("--no_spectral_norm", action="store_true", help="drop the discriminator's spectral norm")
     parser.add_argument("--r1_gamma", type=float, default=0.0, help="R1 penalty weight gamma (0: off)")
-    parser.add_argument("--train_batch_size", type=int, default=64)
-    parser.add_argument("--max_train_steps", type=int, default=3000)
-    parser.add_argument("--learning_rate", type=float, default=2e-4)
-    parser.add_argument("--save_images_steps", type=int, default=500)
+    parser.add_argument("--train_batch_size", type=int, default=64, help="real images per step")
+    parser.add_argument("--max_train_steps", type=int, default=MAX_TRAIN_STEPS, help=STEPS_HELP)
+    parser.add_argument("--learning_rate", type=float, default=2e-4, help="Adam's learning rate (both networks)")
+    parser.add_argument("--save_images_steps", type=int, default=500,
+                        help="grid of the same 20 latents every N steps (0: never)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    check_arguments(args)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     split = load_split(args)
@@ -91,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
                     save_image_grid(g(fixed_z.to(real.device)), os.path.join(args.output_dir,
                                                                              f"samples_step_{step}.png"), columns=10)
                 g.train()
+            if accelerator.is_main_process and is_save_step(args, step):
+                save_gan(accelerator.unwrap_model(generator), accelerator.unwrap_model(discriminator), args, step)
             if step >= args.max_train_steps:
                 break
     progress.close()
@@ -98,15 +110,24 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {}
     if accelerator.is_main_process:
         g = accelerator.unwrap_model(generator).eval()
-        g.save_pretrained(os.path.join(args.output_dir, "generator"))
-        accelerator.unwrap_model(discriminator).save_pretrained(os.path.join(args.output_dir, "discriminator"))
+        save_gan(g, accelerator.unwrap_model(discriminator), args, step)
         samples = (g.sample(args.num_eval_samples, torch.Generator().manual_seed(args.seed + 1)).cpu()
                    if args.num_eval_samples else None)
         metrics = report(args, "gan", split, samples, {"steps": step, "spectral_norm": not args.no_spectral_norm,
                                                        "r1_gamma": args.r1_gamma})
     accelerator.end_training()
+    logger.info("saved to %s (generator/, discriminator/, samples.png, metrics.json)", args.output_dir)
     return metrics
 
 
+def save_gan(generator: HfGenGANGenerator, discriminator: HfGenGANDiscriminator, args: argparse.Namespace,
+             step: int) -> None:
+    """Write both networks to OUTPUT_DIR (a checkpoint along the way, replaced by the final ones at the end)."""
+    generator.save_pretrained(os.path.join(args.output_dir, "generator"))
+    discriminator.save_pretrained(os.path.join(args.output_dir, "discriminator"))
+    logger.info("step %d: generator and discriminator saved to %s", step, args.output_dir)
+
+
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

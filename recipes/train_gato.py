@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import random
@@ -31,21 +32,24 @@ from hfgen.models.configuration_hfgen_gato import MODALITIES, HfGenGatoConfig
 from hfgen.models.modeling_hfgen_gato import HfGenGatoForCausalLM
 
 
+logger = logging.getLogger(__name__)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output_dir", default="outputs/gato")
-    parser.add_argument("--hidden_size", type=int, default=64)
-    parser.add_argument("--num_hidden_layers", type=int, default=2)
-    parser.add_argument("--max_train_steps", type=int, default=600)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--block_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=3e-3)
-    parser.add_argument("--expert_episodes", type=int, default=500)
-    parser.add_argument("--eval_episodes", type=int, default=50)
-    parser.add_argument("--eval_images", type=int, default=100)
-    parser.add_argument("--eval_text_blocks", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_dir", default="outputs/gato", help="where the model, plot and results go")
+    parser.add_argument("--hidden_size", type=int, default=64, help="width of the decoder")
+    parser.add_argument("--num_hidden_layers", type=int, default=2, help="decoder layers")
+    parser.add_argument("--max_train_steps", type=int, default=600, help="training steps (each samples all domains)")
+    parser.add_argument("--batch_size", type=int, default=16, help="sequences per domain per step")
+    parser.add_argument("--block_size", type=int, default=64, help="tokens per text sequence")
+    parser.add_argument("--learning_rate", type=float, default=3e-3, help="AdamW's learning rate")
+    parser.add_argument("--expert_episodes", type=int, default=500, help="grid-world episodes of the scripted expert")
+    parser.add_argument("--eval_episodes", type=int, default=50, help="grid-world episodes played in the evaluation")
+    parser.add_argument("--eval_images", type=int, default=100, help="held-out digits captioned in the evaluation")
+    parser.add_argument("--eval_text_blocks", type=int, default=64, help="held-out text blocks scored")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data and evaluation")
     return parser
 
 
@@ -164,10 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
     probe.pop("labels")
     with torch.no_grad():
         results["identical_logits_after_reload"] = torch.equal(model(**probe).logits, reloaded(**probe).logits)
-    print(f"gato: {results} identical logits: {results['identical_logits_after_reload']}")
+    logger.info(f"gato: {results} identical logits: {results['identical_logits_after_reload']}")
     plot(curves, os.path.join(args.output_dir, "losses.png"))
     with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
         json.dump({"args": vars(args), "results": results}, handle, indent=2)
+    logger.info("saved to %s (model/, losses.png, results.json)", args.output_dir)
     return results
 
 
@@ -190,4 +195,5 @@ def plot(curves: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

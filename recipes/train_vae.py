@@ -12,6 +12,7 @@ The saved VAE is the latent space of a latent-diffusion pipeline: pass ``HfGenVA
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -21,28 +22,37 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from image_common import add_common_arguments, load_split, report  # noqa: E402
+from image_common import add_common_arguments, check_arguments, is_save_step, load_split, report  # noqa: E402
 
 from hfgen.data.images import save_image_grid  # noqa: E402
 from hfgen.diffusion import HfGenVAEModel  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# Measured on 2 CPU cores (OMP_NUM_THREADS=1, load average about 1): see the README for the whole run.
+MAX_TRAIN_STEPS = 3000
+STEPS_HELP = "training steps"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_arguments(parser)
-    parser.add_argument("--latent_channels", type=int, default=4)
-    parser.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64])
+    add_common_arguments(parser, "vae")
+    parser.add_argument("--latent_channels", type=int, default=4, help="channels of the latent z")
+    parser.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64],
+                        help="channels of each encoder level (the decoder mirrors them)")
     parser.add_argument("--decoder_std", type=float, default=0.2, help="std of the Gaussian decoder p(x|z)")
-    parser.add_argument("--train_batch_size", type=int, default=64)
-    parser.add_argument("--max_train_steps", type=int, default=3000)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--save_images_steps", type=int, default=500)
+    parser.add_argument("--train_batch_size", type=int, default=64, help="images per step")
+    parser.add_argument("--max_train_steps", type=int, default=MAX_TRAIN_STEPS, help=STEPS_HELP)
+    parser.add_argument("--learning_rate", type=float, default=2e-3, help="Adam's peak learning rate (cosine decay)")
+    parser.add_argument("--save_images_steps", type=int, default=500,
+                        help="grid of prior samples every N steps (0: never)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    check_arguments(args)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     split = load_split(args)
@@ -73,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
                 save_image_grid(vae.sample_prior(20, torch.Generator().manual_seed(args.seed)),
                                 os.path.join(args.output_dir, f"samples_step_{step}.png"), columns=10)
                 vae.train()
+            if accelerator.is_main_process and is_save_step(args, step):
+                save_vae(accelerator.unwrap_model(model), args, step)
             if step >= args.max_train_steps:
                 break
     progress.close()
@@ -80,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {}
     if accelerator.is_main_process:
         vae = accelerator.unwrap_model(model).eval()
-        vae.save_pretrained(os.path.join(args.output_dir, "vae"))
+        save_vae(vae, args, step)
         with torch.no_grad():
             held = vae(split.test_images.to(accelerator.device), generator=torch.Generator().manual_seed(args.seed))
         dims = split.test_images[0].numel()
@@ -93,8 +105,16 @@ def main(argv: list[str] | None = None) -> dict:
                           "reconstruction_per_image": held.reconstruction.mean().item(),
                           "kl_per_image": held.kl.mean().item(), "steps": step})
     accelerator.end_training()
+    logger.info("saved to %s (vae/, samples.png, interpolation.png, metrics.json)", args.output_dir)
     return metrics
 
 
+def save_vae(vae: HfGenVAEModel, args: argparse.Namespace, step: int) -> None:
+    """Write the VAE to OUTPUT_DIR/vae (a checkpoint along the way, replaced by the final model at the end)."""
+    vae.save_pretrained(os.path.join(args.output_dir, "vae"))
+    logger.info("step %d: VAE saved to %s", step, os.path.join(args.output_dir, "vae"))
+
+
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

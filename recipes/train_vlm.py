@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 
@@ -33,21 +34,25 @@ from hfgen.models.configuration_hfgen_vlm import FUSIONS, HfGenVlmConfig
 from hfgen.models.modeling_hfgen_vlm import HfGenVlmForConditionalGeneration
 
 
+logger = logging.getLogger(__name__)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output_dir", default="outputs/vlm")
-    parser.add_argument("--fusions", nargs="+", default=list(FUSIONS), choices=FUSIONS)
-    parser.add_argument("--hidden_size", type=int, default=64)
-    parser.add_argument("--num_hidden_layers", type=int, default=2)
-    parser.add_argument("--vision_hidden_size", type=int, default=64)
-    parser.add_argument("--vision_layers", type=int, default=2)
+    parser.add_argument("--output_dir", default="outputs/vlm", help="where the models, plot and results go")
+    parser.add_argument("--fusions", nargs="+", default=list(FUSIONS), choices=FUSIONS, help="the fusions to train")
+    parser.add_argument("--hidden_size", type=int, default=64, help="width of the language model")
+    parser.add_argument("--num_hidden_layers", type=int, default=2, help="language-model layers")
+    parser.add_argument("--vision_hidden_size", type=int, default=64, help="width of the ViT (late fusions)")
+    parser.add_argument("--vision_layers", type=int, default=2, help="ViT layers (late fusions)")
     parser.add_argument("--patch_size", type=int, default=2, help="patches of the 8x8 digits")
     parser.add_argument("--lm_steps", type=int, default=300, help="text-only steps of the language model")
     parser.add_argument("--bridge_steps", type=int, default=600, help="steps of a late-fusion bridge (LM frozen)")
     parser.add_argument("--early_steps", type=int, default=None, help="default: lm_steps + bridge_steps")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=3e-3)
+    parser.add_argument("--batch_size", type=int, default=32, help="examples per step")
+    parser.add_argument("--learning_rate", type=float, default=3e-3,
+                        help="learning rate of the language model and of early fusion")
     parser.add_argument("--bridge_learning_rate", type=float, default=1e-3,
                         help="late fusions' bridge (1e-2 made the cross-attention gates close again)")
     parser.add_argument("--gate_init", type=float, default=1.0,
@@ -57,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plain_lm_text", action="store_true",
                         help="train the late fusions' language model on the text with the image placeholder removed "
                              "instead of replaced by the digit's name (text_only(describe_image=False))")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data and evaluation")
     return parser
 
 
@@ -195,12 +200,14 @@ def main(argv: list[str] | None = None) -> dict:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         results[fusion] = {**accuracy, "train_steps": steps, "trainable_parameters": trainable,
                            "language_model_frozen": late, "identical_logits_after_reload": identical}
-        print(f"{fusion}: {accuracy} identical logits: {identical}")
+        logger.info(f"{fusion}: {accuracy} identical logits: {identical}")
     plot_losses(curves, os.path.join(args.output_dir, "losses.png"))
     with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
         json.dump({"args": vars(args), "results": results}, handle, indent=2)
+    logger.info("saved to %s (one folder per fusion, losses.png, results.json)", args.output_dir)
     return results
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

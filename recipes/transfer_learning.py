@@ -17,10 +17,14 @@ A YAML file (first argument) gives values for any of the flags below; flags afte
 
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
-from hfgen.training.recipe_common import parse_recipe_arguments
+from hfgen.training.recipe_common import check_model_folder, parse_recipe_arguments
 from hfgen.training.transfer import TransferArguments, run_transfer_experiment
+
+logger = logging.getLogger(__name__)
 
 
 def build_parser():
@@ -33,16 +37,21 @@ def parse_arguments(argv: list[str]) -> TransferArguments:
     """Parse ``[config.yaml] [--flag value ...]``: YAML values become defaults, flags override them."""
     (args,) = parse_recipe_arguments(build_parser(), argv)
     args.check()  # a bad value fails here, before any training
+    for folder in args.pretrained_dir_map().values():
+        check_model_folder(folder, "--pretrained_dirs", "family=folder pairs whose folders an earlier run wrote, "
+                           "e.g. encoder=outputs/mlm_tiny", hub=False)
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     outcome = run_transfer_experiment(args)
-    print(open(outcome["files"]["markdown"]).read())
-    print(f"wall time {outcome['wall_time_s']:.0f} s; files: {', '.join(outcome['files'].values())}")
+    logger.info(Path(outcome["files"]["markdown"]).read_text())
+    logger.info(f"wall time {outcome['wall_time_s']:.0f} s; saved to {args.output_dir} "
+                f"({', '.join(outcome['files'].values())})")
     return outcome
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

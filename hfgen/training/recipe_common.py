@@ -7,6 +7,7 @@ Used by ``recipes/pretrain_causal_lm.py``, ``recipes/pretrain_masked_lm.py``, ``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,9 @@ from transformers import HfArgumentParser, Trainer
 
 from ..hub import push_training_output, write_model_card
 from .pretrain import LOSS_CURVE_FILE, DataArguments, cpu_training_defaults, write_loss_curve
+
+# Where every recipe writes by default (git-ignored): a path under it is always meant as a local folder.
+OUTPUT_ROOT = "outputs"
 
 
 @dataclass
@@ -103,3 +107,56 @@ def variant_title(config: Any, objective: str) -> str:
     """A plot title naming the family, the objective and the variant keys that matter most."""
     keys = ("softmax_variant", "position_embedding")
     return f"{config.model_type} {objective}: " + ", ".join(f"{k}={getattr(config, k, None)}" for k in keys)
+
+
+def check_model_folder(value: str | None, argument: str, valid: str, *, hub: bool = True) -> None:
+    """Raise ``ValueError`` ("no such folder") when ``value`` names no local folder and cannot be a Hub model.
+
+    transformers treats any name that is not a local folder as a Hub id; where the Hub cannot be reached that ends,
+    after several retries, in an ``OSError`` about the network that never names the argument. This check runs
+    before the model is loaded: ``value`` passes when it is a folder, or (with ``hub``) a ``namespace/name`` id
+    that the Hub answers for. A path under ``outputs/`` or under a folder that exists here, or any name while
+    ``HF_HUB_OFFLINE`` is set, is taken as a local folder without asking the Hub.
+
+    Args:
+        value: what the user gave; ``None`` (not given) passes.
+        argument: the flag, e.g. ``"--model_name_or_path"``, named in the error.
+        valid: what would be valid, e.g. ``"a folder written by recipes/pretrain_causal_lm.py
+            (outputs/pretrain_tiny)"``, named in the error.
+        hub: whether a Hub id is valid for this argument at all.
+    """
+    if value is None or os.path.isdir(os.path.expanduser(value)):
+        return
+    where = f"{value!r} is a file, not a folder" if os.path.exists(value) else \
+        f"no such folder: {value!r} (relative to {os.getcwd()})"
+    reason = _not_on_hub(value) if hub and not os.path.exists(value) else None
+    if hub and reason is None:
+        return
+    valid_text = f"{valid}, or a Hub model id 'namespace/name'" if hub else valid
+    raise ValueError(f"{argument}: {where}{f'; {reason}' if reason else ''}. Valid: {valid_text}.")
+
+
+def _not_on_hub(value: str) -> str | None:
+    """Why ``value`` is not a model on the Hub, or ``None`` where the Hub has it (or it may exist but is gated)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return "it is not a Hub model id either"
+    top = value.split("/")[0]
+    if top == OUTPUT_ROOT or os.path.isdir(top):
+        return f"'{top}/' is a local folder, so this is read as a local path, not a Hub id"
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set, so the Hub is not asked"
+    try:  # one request with a short timeout, instead of from_pretrained's retries
+        HfApi().model_info(value, timeout=10)
+    except GatedRepoError:
+        return None
+    except RepositoryNotFoundError:
+        return "the Hub has no model of that name either"
+    except Exception as error:  # noqa: BLE001  (any network failure: the name cannot be a reachable Hub model)
+        return f"the Hub could not be asked either ({type(error).__name__}: {error})"
+    return None
