@@ -2,22 +2,42 @@
 """Instruction-tune a causal LM (a fresh hfgen decoder, an hfgen checkpoint or a Llama-architecture one) with TRL's
 SFTTrainer on instruction pairs built from the embedded corpus, in the shipped tokenizer's ChatML template.
 
-    python recipes/sft.py --output_dir out/sft
-    python recipes/sft.py --model_name_or_path out/pretrain --instruction_source responses --max_steps 200
+    python recipes/sft.py --output_dir outputs/sft            # stage 1 of recipes/rlhf/run.py, same numbers
+    python recipes/sft.py --model_name_or_path outputs/pretrain_tiny --instruction_source responses \\
+        --output_dir outputs/sft_responses
 
 Seed 001, "Instruction Tuning": "provide examples of how the prompt should be answered". The loss covers the
-assistant's tokens only (``assistant_only_loss``, through the template's generation markers). At the end the rule
-of the embedded task is measured on every query: does the answer name what it was asked about
-(``mentions_keyword``), or, with ``--instruction_source lengths``, is it one sentence (``one_sentence``)?
+assistant's tokens only (``assistant_only_loss``, through the template's generation markers). The defaults are
+those of the RLHF ladder's first stage (``--instruction_source lengths``: each query answered by the manual's
+opening prose cut after one, two or three sentences; 400 steps), so this command and ``recipes/rlhf/run.py`` make
+the same model for the same ``--seed``.
+
+At the end the rule of the embedded task is measured on one sampled answer per query (78 queries, temperature 1,
+seeded): with ``--instruction_source lengths`` "is the answer one sentence" (``one_sentence``), otherwise "does the
+answer name what it was asked about" (``mentions_keyword``). Two references make the number readable: the same
+rule on the model before training, and on the training answers themselves (what imitating them perfectly would
+give). The output folder holds the model, ``sft_results.json``, ``all_results.json``, ``loss_curve.png`` and the
+hfgen model card ``README.md``.
+
+Measured (``python recipes/sft.py --output_dir outputs/sft``, seeds 0, 1, 2; see ``recipes/rlhf/results/``):
+SEE_RESULTS
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger("hfgen.recipes.sft")
+
+# The SFT stage of the RLHF ladder; recipes/rlhf/run.py builds its SFTConfig from the same values, so the two
+# commands give the same model for a seed (a smaller max_length or another step count would change it).
+LADDER_SFT_DEFAULTS = dict(assistant_only_loss=True, max_length=128, learning_rate=3e-3, max_steps=400,
+                           per_device_train_batch_size=16, logging_steps=20)
 
 
 @dataclass
@@ -27,16 +47,17 @@ class SFTScriptArguments:
     hidden_size: int = field(default=64, metadata={"help": "Width of a fresh model."})
     num_hidden_layers: int = field(default=2, metadata={"help": "Layers of a fresh model."})
     softmax_variant: str = field(default="standard", metadata={"help": "Attention softmax of a fresh model."})
-    instruction_source: str = field(default="all", metadata={
-        "help": "responses (answers to help() queries), backtranslation, all, or lengths (each query answered in "
-                "1, 2 and 3 sentences; the rule measured is then one_sentence instead of mentions_keyword)."})
+    instruction_source: str = field(default="lengths", metadata={
+        "help": "lengths (each query answered in 1, 2 and 3 sentences; rule one_sentence), responses (answers to "
+                "help() queries), backtranslation, or all (both; the last three are measured by mentions_keyword)."})
     max_response_chars: int = field(default=300, metadata={"help": "Clip responses to this many characters."})
-    eval_max_new_tokens: int = field(default=32, metadata={"help": "Tokens per answer in the final evaluation."})
+    eval_max_new_tokens: int = field(default=40, metadata={
+        "help": "Tokens per answer in the final evaluation (an answer cut off there is not one sentence)."})
 
 
 def run(script_args: SFTScriptArguments, sft_config) -> dict[str, Any]:
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTTrainer
 
     import hfgen  # noqa: F401
@@ -48,6 +69,7 @@ def run(script_args: SFTScriptArguments, sft_config) -> dict[str, Any]:
         prompt_dataset,
     )
     from hfgen.models import HfGenDecoderForCausalLM
+    from hfgen.training.recipe_common import save_run
     from hfgen.training.rlhf import chat_decoder_config, evaluate_policy
     from hfgen.compat import use_plain_trl_logprobs
 
@@ -55,24 +77,45 @@ def run(script_args: SFTScriptArguments, sft_config) -> dict[str, Any]:
 
     tokenizer = load_tokenizer()
     dataset = instruction_dataset(script_args.instruction_source, script_args.max_response_chars, sft_config.seed)
+    # Seeded here, not only by the Trainer: a fresh model's weights are drawn before the Trainer exists.
+    set_seed(sft_config.seed)
     if script_args.model_name_or_path:
         model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path, trust_remote_code=True)
     else:
-        torch.manual_seed(sft_config.seed)
         model = HfGenDecoderForCausalLM(chat_decoder_config(
             tokenizer, hidden_size=script_args.hidden_size, intermediate_size=2 * script_args.hidden_size,
             num_hidden_layers=script_args.num_hidden_layers, softmax_variant=script_args.softmax_variant))
+    rule = one_sentence if script_args.instruction_source == "lengths" else mentions_keyword
+    prompts = prompt_dataset()
+    is_main = sft_config.process_index == 0
+
+    def rule_success(policy) -> tuple[float, list[str]]:
+        # evaluate_policy seeds its own sampling and restores the global random state, so measuring the model
+        # before training changes nothing of the training run.
+        evaluation = evaluate_policy(policy, tokenizer, prompts, max_new_tokens=script_args.eval_max_new_tokens,
+                                     seed=sft_config.seed, rule=rule)
+        return evaluation.rule_success, evaluation.responses
+
+    metrics: dict[str, Any] = {"rows": len(dataset), "rule": rule.__name__}
+    if is_main:
+        answers = [messages[-1]["content"] for messages in dataset["messages"]]
+        metrics["rule_success_of_training_answers"] = sum(rule(completions=answers, keyword=dataset["keyword"])) \
+            / len(answers)
+        metrics["rule_success_before"] = rule_success(model)[0]
     trainer = SFTTrainer(model=model, args=sft_config, train_dataset=dataset, processing_class=tokenizer)
     result = trainer.train()
-    trainer.save_model(sft_config.output_dir)
-    metrics: dict[str, Any] = {"train_loss": result.training_loss, "rows": len(dataset)}
-    if sft_config.process_index == 0:
-        rule = one_sentence if script_args.instruction_source == "lengths" else mentions_keyword
-        evaluation = evaluate_policy(trainer.model, tokenizer, prompt_dataset(),
-                                     max_new_tokens=script_args.eval_max_new_tokens, seed=sft_config.seed, rule=rule)
-        metrics["rule"] = rule.__name__
-        metrics["rule_success"] = evaluation.rule_success
-        metrics["examples"] = evaluation.responses[:3]
+    metrics.update(train_loss=result.training_loss, global_step=trainer.state.global_step,
+                   learning_rate=sft_config.learning_rate, num_parameters=trainer.model.num_parameters())
+    if is_main:
+        metrics["rule_success"], responses = rule_success(trainer.model)
+        metrics["examples"] = responses[:3]
+    # The run time goes to the card only: sft_results.json holds what a seed determines.
+    card_metrics = {**{key: value for key, value in metrics.items() if key != "examples"},
+                    "train_runtime_s": result.metrics.get("train_runtime")}
+    save_run(trainer, trainer.model.config, card_metrics, task="causal-lm",
+             title=f"SFT on {script_args.instruction_source} instruction pairs (assistant tokens)",
+             base_model=script_args.model_name_or_path)
+    if is_main:
         Path(sft_config.output_dir, "sft_results.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -83,14 +126,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from hfgen.training.rlhf import trl_cpu_defaults
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = HfArgumentParser((SFTScriptArguments, SFTConfig), description=__doc__.split("\n\n")[0])
-    parser.set_defaults(**trl_cpu_defaults(), assistant_only_loss=True, max_length=192, learning_rate=3e-3,
-                        max_steps=100, per_device_train_batch_size=16, logging_steps=10)
+    # seed 0 (not TrainingArguments' 42): the ladder's default, so both commands make the same model unchanged.
+    parser.set_defaults(**trl_cpu_defaults(), **LADDER_SFT_DEFAULTS, seed=0)
     script_args, sft_config = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
     metrics = run(script_args, sft_config)
     if sft_config.process_index == 0:
-        print(f"SFT on {metrics['rows']} instruction pairs: final loss {metrics['train_loss']:.3f}; rule success "
-              f"{metrics['rule_success']:.2%} ({metrics['rule']}); saved to {sft_config.output_dir}")
+        logger.info("SFT on %d instruction pairs: final loss %.3f; rule %s on one answer per query: %.2f%% before "
+                    "training -> %.2f%% after (training answers themselves: %.2f%%); saved to %s", metrics["rows"],
+                    metrics["train_loss"], metrics["rule"], 100 * metrics["rule_success_before"],
+                    100 * metrics["rule_success"], 100 * metrics["rule_success_of_training_answers"],
+                    sft_config.output_dir)
     return metrics
 
 

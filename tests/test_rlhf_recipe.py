@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,45 @@ def test_dpo_and_grpo_variants_reuse_the_sft_and_reward_stages(ppo_run, method, 
     assert 0.0 <= results["after"]["win_rate_vs_sft"] <= 1.0
 
 
+def _seeded(results: dict) -> dict:
+    """What a seed determines: everything in results.json but the run's timing and environment."""
+    return {key: value for key, value in results.items() if key not in ("timing", "environment")}
+
+
+def _weights(folder: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(folder.glob("*.safetensors")))
+
+
+def test_same_seed_same_results_in_a_fresh_process(ppo_run, tmp_path):
+    """The whole ladder again in a fresh process (with this process's thread count, on which the last bits of a
+    float reduction depend): the same pairs, reward model, PPO curve, responses and weights as the run in this
+    process, which ran after other tests."""
+    out, results = ppo_run
+    again = tmp_path / "again"
+    subprocess.run([sys.executable, str(RUN), "--output_dir", str(again), *TINY], check=True, capture_output=True,
+                   timeout=300, env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    assert _seeded(json.loads((again / "results.json").read_text())) == _seeded(json.loads(
+        (out / "results.json").read_text()))
+    assert (again / "responses.json").read_text() == (out / "responses.json").read_text()
+    for folder in ("sft", "reward_model", "ppo"):
+        assert _weights(again / folder) == _weights(out / folder), folder
+
+
+def test_reused_stages_give_the_same_policy_and_another_seed_another(ppo_run, tmp_path):
+    """--sft_model / --reward_model reuse gives the full run's PPO result (the stage seeds itself instead of
+    inheriting the generator's state from the stages before it); --seed 1 on the same folders gives other
+    policy, so the comparisons above can tell seeds apart."""
+    out, results = ppo_run
+    run = _module(RUN, "rlhf_run")
+    reused = {"--sft_model": str(out / "sft"), "--reward_model": str(out / "reward_model")}
+    flags = [item for pair in reused.items() for item in pair]
+    same = run.main(["--output_dir", str(tmp_path / "reused"), *flags, *TINY])
+    assert same["curve"] == results["curve"] and same["after"] == results["after"]
+    assert _weights(tmp_path / "reused" / "ppo") == _weights(out / "ppo")
+    other = run.main(["--output_dir", str(tmp_path / "seed1"), *flags, *TINY, "--seed", "1"])
+    assert _weights(tmp_path / "seed1" / "ppo") != _weights(out / "ppo")
+
+
 def test_evaluation_is_seeded_and_batch_free():
     tokenizer = load_tokenizer()
     torch.manual_seed(0)
@@ -127,3 +167,35 @@ def test_ppo_stage_under_torchrun_with_two_processes(ppo_run, tmp_path):
     # 2 steps x 4 prompts x 2 processes.
     assert "'episodes': 16" in log or "'episodes': '16'" in log, log[-3000:]
     assert len(saved["curve"]) == 2 and (tmp_path / "rlhf_ppo.png").is_file()
+
+
+def test_summary_over_seeds():
+    summarize = _module(REPO / "recipes" / "rlhf" / "summarize.py", "rlhf_summarize").summarize
+    runs = [{"method": "ppo", "reward": "model", "rl": {"kl_coef": 0.2}, "seed": seed,
+             "before": {"rule_success": 0.5}, "after": {"rule_success": after, "win_rate_vs_sft": 0.75}}
+            for seed, after in ((0, 0.6), (1, 0.8), (2, 1.0))]
+    summary = summarize(runs)
+    assert summary["seeds"] == [0, 1, 2] and summary["per_seed"]["rule_success_after"] == [0.6, 0.8, 1.0]
+    stats = summary["stats"]["rule_success_after"]
+    # Sample standard deviation of 0.6, 0.8, 1.0: sqrt((0.04 + 0 + 0.04) / 2) = 0.2.
+    assert stats["mean"] == pytest.approx(0.8) and stats["std"] == pytest.approx(0.2)
+    assert (stats["min"], stats["max"]) == (0.6, 1.0)
+    assert summary["stats"]["rule_success_before"]["std"] == 0.0 and "kl_to_sft" not in summary["stats"]
+    with pytest.raises(ValueError, match="differ in method, reward or RL settings"):
+        summarize([runs[0], {**runs[1], "rl": {"kl_coef": 0.5}}])
+
+
+def test_sft_recipe_alone_makes_the_ladders_sft_model_with_card_and_curve(ppo_run, tmp_path):
+    """recipes/sft.py with the ladder's sizes and steps makes the same weights as the ladder's first stage (the
+    two share their defaults), and writes the loss curve and the hfgen model card beside them."""
+    out, results = ppo_run
+    sft = _module(REPO / "recipes" / "sft.py", "sft_recipe")
+    metrics = sft.main(["--output_dir", str(tmp_path), "--hidden_size", "32", "--num_hidden_layers", "1",
+                        "--max_steps", "3", "--logging_steps", "1", "--eval_max_new_tokens", "6"])
+    assert _weights(tmp_path) == _weights(out / "sft")
+    assert metrics["rule"] == "one_sentence" and metrics["rule_success"] == results["stages"]["sft"]["rule_success"]
+    # The training answers of the "lengths" source are one sentence for a third to a half of the rows.
+    assert 0.3 < metrics["rule_success_of_training_answers"] < 0.6
+    assert (tmp_path / "loss_curve.png").read_bytes()[:8] == PNG
+    card = (tmp_path / "README.md").read_text()
+    assert "hfgen_decoder" in card and "rule_success" in card and "loss_curve.png" in card

@@ -60,11 +60,14 @@ temperature 1 drifts into fragments; what the feedback changes is where the answ
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger("hfgen.recipes.rlhf")
 RECIPES = Path(__file__).resolve().parents[1]
 METHODS = ("ppo", "dpo", "grpo")
 REWARDS = ("model", "rule")
@@ -143,7 +146,12 @@ def _train_rl(args: RLHFArguments, out: Path, tokenizer, sft_dir: str, reward_mo
     )
     from hfgen.training.rlhf import IM_END, trl_cpu_defaults
     from hfgen.training.rlhf_feedback import RewardModelFunction
+    from transformers import set_seed
 
+    # Every method's fresh parameters (PPO's value head) and its first samples come from the global generator:
+    # seeded here, so the stage does not depend on what ran before it in the process (a run that reuses
+    # --sft_model / --reward_model gives the same policy as the full ladder).
+    set_seed(args.seed)
     reward_function = RewardModelFunction(reward_model, tokenizer) if args.reward == "model" else one_sentence
     common = dict(output_dir=str(out / args.method), max_steps=args.rl_steps, learning_rate=args.rl_learning_rate,
                   per_device_train_batch_size=args.rl_batch_size, logging_steps=1, seed=args.seed,
@@ -217,14 +225,31 @@ def _plot(path: Path, method: str, curve: list, key: str, before: dict, after: d
     plt.close(figure)
 
 
+def _environment() -> dict[str, Any]:
+    """What the numbers of a run may depend on beyond its arguments: torch's thread count (the order of float
+    reductions, hence the last bits of every result, depends on it) and the library versions."""
+    import os
+    from importlib.metadata import version
+
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            **{name: version(name) for name in ("torch", "transformers", "trl", "accelerate", "datasets")}}
+
+
 def _evaluate(model, reference, tokenizer, prompts, reward_model, args: RLHFArguments, heldout: set) -> Any:
-    from hfgen.data.instructions import one_sentence
+    from hfgen.data.instructions import ONE_SENTENCE_MIN_WORDS, one_sentence
     from hfgen.training.rlhf import evaluate_policy
 
     evaluation = evaluate_policy(model, tokenizer, prompts, reward_model, reference, args.max_new_tokens, args.seed,
                                  rule=one_sentence)
     held = [score for score, topic in zip(evaluation.rule_scores, prompts["topic"]) if topic in heldout]
-    return evaluation, {**evaluation.as_dict(), "rule_success_heldout": sum(held) / max(1, len(held))}
+    words = [len(response.split()) for response in evaluation.responses]
+    # Answers of fewer words than the rule's minimum are what reward hacking of this reward model looks like
+    # ("This.", "."): counted, so a gain in reward-model score that the rule does not share is visible.
+    return evaluation, {**evaluation.as_dict(), "rule_success_heldout": sum(held) / max(1, len(held)),
+                        "mean_words": sum(words) / len(words),
+                        "short_answers": sum(n < ONE_SENTENCE_MIN_WORDS for n in words)}
 
 
 def run(args: RLHFArguments) -> dict[str, Any]:
@@ -255,17 +280,26 @@ def run(args: RLHFArguments) -> dict[str, Any]:
     out = Path(args.output_dir)
     tokenizer = load_tokenizer()
     stages: dict[str, Any] = {}
+    # Wall and CPU seconds per stage: kept apart from the results, which a seed determines and these do not.
+    timing: dict[str, float] = {}
+    clock = [time.perf_counter(), time.process_time()]
+
+    def lap(name: str) -> None:
+        now = [time.perf_counter(), time.process_time()]
+        timing[f"{name}_wall_s"], timing[f"{name}_cpu_s"] = now[0] - clock[0], now[1] - clock[1]
+        clock[:] = now
+
     sft_dir = args.sft_model
     if sft_dir is None:
         sft = _stage("sft")
         sft_dir = str(out / "sft")
+        sft_config = SFTConfig(output_dir=sft_dir, **{**sft.LADDER_SFT_DEFAULTS, "max_steps": args.sft_steps},
+                               seed=args.seed, disable_tqdm=True, **trl_cpu_defaults())
         stages["sft"] = sft.run(sft.SFTScriptArguments(hidden_size=args.hidden_size,
                                                        num_hidden_layers=args.num_hidden_layers,
                                                        instruction_source="lengths",
-                                                       eval_max_new_tokens=args.max_new_tokens),
-                                SFTConfig(output_dir=sft_dir, max_steps=args.sft_steps, learning_rate=3e-3,
-                                          per_device_train_batch_size=16, assistant_only_loss=True, max_length=128,
-                                          logging_steps=20, seed=args.seed, disable_tqdm=True, **trl_cpu_defaults()))
+                                                       eval_max_new_tokens=args.max_new_tokens), sft_config)
+        lap("sft")
     # Preference pairs from the SFT model's own responses, labelled by the rule; topics held out of RM and RL.
     all_prompts = prompt_dataset(seed=args.seed)
     topics = sorted(set(all_prompts["topic"]))
@@ -280,6 +314,7 @@ def run(args: RLHFArguments) -> dict[str, Any]:
     stages["pairs"] = {"sampled": len(sampled), "corpus": len(corpus), "train": len(split["train"]),
                        "heldout": len(split["test"]), "queries_with_sampled_pairs": len(set(sampled["topic"])),
                        "heldout_topics": len(heldout)}
+    lap("pairs")
     reward_dir = args.reward_model
     if reward_dir is None:
         reward = _stage("reward_model")
@@ -289,16 +324,18 @@ def run(args: RLHFArguments) -> dict[str, Any]:
             RewardConfig(output_dir=reward_dir, max_steps=args.reward_steps, learning_rate=1e-3,
                          per_device_train_batch_size=8, max_length=192, logging_steps=10, seed=args.seed,
                          disable_tqdm=True, **trl_cpu_defaults()), split=split)
+        lap("reward_model")
     reward_model = HfGenDecoderForSequenceClassification.from_pretrained(reward_dir).eval()
 
-    torch.manual_seed(args.seed)
     train_prompts = all_prompts.filter(lambda row: row["topic"] not in heldout)
     policy, curve, key = _train_rl(args, out, tokenizer, sft_dir, reward_model, train_prompts, split["train"])
+    lap(args.method)
     results: dict[str, Any] = {"method": args.method, "reward": args.reward, "rule": "one_sentence",
                                "rl": {"steps": args.rl_steps, "learning_rate": args.rl_learning_rate,
                                       "kl_coef": args.kl_coef, "batch_size": args.rl_batch_size,
                                       **({"dpo_sft_weight": args.dpo_sft_weight} if args.method == "dpo" else {})},
-                               "stages": stages, "curve": curve, "heldout_topics": sorted(heldout)}
+                               "seed": args.seed, "stages": stages, "curve": curve,
+                               "heldout_topics": sorted(heldout)}
     if int(os.environ.get("RANK", "0")) == 0:
         prompts = all_prompts.select(range(min(args.eval_prompts, len(all_prompts))))
         prompts = concatenate_datasets([prompts] * args.eval_samples)
@@ -307,6 +344,8 @@ def run(args: RLHFArguments) -> dict[str, Any]:
         after, results["after"] = _evaluate(policy, sft_model, tokenizer, prompts, reward_model, args, heldout)
         results["before"]["win_rate_vs_sft"] = 0.5
         results["after"]["win_rate_vs_sft"] = win_rate(after.reward_scores, before.reward_scores)
+        lap("evaluation")
+        results["timing"], results["environment"] = timing, _environment()
         results["examples"] = [{"prompt": p[0]["content"], "sft": b, args.method: a} for p, b, a in
                                zip(prompts["prompt"][:4], before.responses[:4], after.responses[:4])]
         out.mkdir(parents=True, exist_ok=True)
@@ -322,15 +361,22 @@ def run(args: RLHFArguments) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import HfArgumentParser
 
+    from hfgen.data.instructions import ONE_SENTENCE_MIN_WORDS
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = HfArgumentParser(RLHFArguments, description=__doc__.split("\n\n")[0])
     (args,) = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
     results = run(args)
     if "after" in results:
         b, a = results["before"], results["after"]
-        print(f"[{args.method}] rule success {b['rule_success']:.2%} -> {a['rule_success']:.2%} (held-out topics "
-              f"{b['rule_success_heldout']:.2%} -> {a['rule_success_heldout']:.2%}); reward-model score "
-              f"{b['mean_reward']:.3f} -> {a['mean_reward']:.3f}; win rate vs SFT {a['win_rate_vs_sft']:.2%}; "
-              f"KL to SFT {a['kl_to_reference']:.3f}; see {args.output_dir}/results.json")
+        logger.info(f"[{args.method}, seed {args.seed}] rule success {b['rule_success']:.2%} -> "
+                    f"{a['rule_success']:.2%} (held-out topics {b['rule_success_heldout']:.2%} -> "
+                    f"{a['rule_success_heldout']:.2%}); reward-model score {b['mean_reward']:.3f} -> "
+                    f"{a['mean_reward']:.3f}; win rate vs SFT {a['win_rate_vs_sft']:.2%}; KL to SFT "
+                    f"{a['kl_to_reference']:.3f}; words per answer {b['mean_words']:.1f} -> {a['mean_words']:.1f}, "
+                    f"under {ONE_SENTENCE_MIN_WORDS} words {b['short_answers']} -> {a['short_answers']}; saved to "
+                    f"{args.output_dir} "
+                    f"(results.json, responses.json, rlhf_{args.method}.png)")
     return results
 
 
