@@ -7,7 +7,8 @@ through evaluate and the metric module hfgen ships.
     python recipes/finetune_classification.py recipes/configs/classification_tiny.yaml
     python recipes/finetune_classification.py recipes/configs/classification_tiny.yaml \
         --model_name_or_path outputs/mlm_tiny --max_train_samples 100
-    python recipes/finetune_classification.py --model_type hfgen_decoder --hidden_size 128 --output_dir out
+    python recipes/finetune_classification.py --model_type hfgen_decoder --hidden_size 128 \
+        --output_dir outputs/classification_decoder
     torchrun --nproc_per_node 2 recipes/finetune_classification.py recipes/configs/classification_tiny.yaml
 
 Every family gets a sequence-classification head (AutoModelForSequenceClassification; an encoder-decoder as

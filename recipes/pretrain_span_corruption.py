@@ -7,8 +7,9 @@ decoder writes the whole original block).
 
     python recipes/pretrain_span_corruption.py recipes/configs/span_corruption_tiny.yaml
     python recipes/pretrain_span_corruption.py recipes/configs/span_corruption_tiny.yaml --noise_density 0.3
-    python recipes/pretrain_span_corruption.py --output_dir out --position_embedding relative_bias
-    python recipes/pretrain_span_corruption.py --output_dir out --objective bart_denoising
+    python recipes/pretrain_span_corruption.py --output_dir outputs/span_relative_bias \
+        --position_embedding relative_bias
+    python recipes/pretrain_span_corruption.py --output_dir outputs/bart_denoising --objective bart_denoising
     torchrun --nproc_per_node 2 recipes/pretrain_span_corruption.py recipes/configs/span_corruption_tiny.yaml
 
 A YAML file (first argument) gives values for any of the flags below; flags after it override them. Without

@@ -2,7 +2,7 @@
 """Train a reward model -- HfGenDecoderForSequenceClassification with one score -- with TRL's RewardTrainer on
 preference pairs built from the embedded corpus, and report its pairwise accuracy on held-out pairs.
 
-    python recipes/reward_model.py --model_name_or_path out/sft --output_dir out/rm
+    python recipes/reward_model.py --model_name_or_path outputs/sft --output_dir outputs/reward_model
 
 Seed 001, "Feedback Tuning": "Different outputs from a prompt are ranked and the rankings (rewards) are used";
 seed 003: "Generation of preference data from existing prompt/response LLM pairs". Started from an SFT folder the

@@ -209,6 +209,10 @@ def _run(command: Command, workdir: Path) -> None:
         assert (workdir / out).is_dir() and any((workdir / out).iterdir()), f"{command.line}: {out} empty\n{log}"
         assert re.search(rf"saved to {re.escape(out)}/?\b", result.stdout + result.stderr), \
             f"{command.line}: no 'saved to {out}' line\n{log}"
+        if command.yaml_values.get("save_strategy") == "steps":  # a run stopped early leaves a loadable model
+            checkpoints = sorted((workdir / out).glob("checkpoint-*"))
+            assert checkpoints, f"{command.line}: no checkpoint in {out}"
+            assert {"config.json", "model.safetensors"} <= {p.name for p in checkpoints[-1].iterdir()}
 
 
 def _run_in_order(commands: list[Command], workdir: Path) -> None:

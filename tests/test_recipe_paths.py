@@ -54,6 +54,24 @@ def test_offline_mode_does_not_ask_the_hub(no_hub, tmp_path, monkeypatch):
         check_model_folder("someone/model", "--model_name_or_path", "a folder")
 
 
+def test_hub_id_in_the_cache_passes_offline(no_hub, tmp_path, monkeypatch):
+    """A model downloaded before loads offline from the Hub cache: the check must not refuse it."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--model" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--someone--model" / "refs").mkdir()
+    (cache / "models--someone--model" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    check_model_folder("someone/model", "--model_name_or_path", "a folder")
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE"):
+        check_model_folder("someone/other", "--model_name_or_path", "a folder")
+
+
 def test_existing_folder_and_unset_pass(no_hub, tmp_path):
     check_model_folder(str(tmp_path), "--model_name_or_path", "a folder")
     check_model_folder(None, "--model_name_or_path", "a folder")

@@ -115,8 +115,9 @@ def check_model_folder(value: str | None, argument: str, valid: str, *, hub: boo
     transformers treats any name that is not a local folder as a Hub id; where the Hub cannot be reached that ends,
     after several retries, in an ``OSError`` about the network that never names the argument. This check runs
     before the model is loaded: ``value`` passes when it is a folder, or (with ``hub``) a ``namespace/name`` id
-    that the Hub answers for. A path under ``outputs/`` or under a folder that exists here, or any name while
-    ``HF_HUB_OFFLINE`` is set, is taken as a local folder without asking the Hub.
+    that the Hub answers for or whose files are in the Hub cache. A path under ``outputs/`` or under a folder that
+    exists here, or any uncached name while ``HF_HUB_OFFLINE`` is set, is taken as a local folder without asking
+    the Hub.
 
     Args:
         value: what the user gave; ``None`` (not given) passes.
@@ -138,7 +139,7 @@ def check_model_folder(value: str | None, argument: str, valid: str, *, hub: boo
 
 def _not_on_hub(value: str) -> str | None:
     """Why ``value`` is not a model on the Hub, or ``None`` where the Hub has it (or it may exist but is gated)."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
     from huggingface_hub.utils import validate_repo_id
 
@@ -149,6 +150,8 @@ def _not_on_hub(value: str) -> str | None:
     top = value.split("/")[0]
     if top == OUTPUT_ROOT or os.path.isdir(top):
         return f"'{top}/' is a local folder, so this is read as a local path, not a Hub id"
+    if isinstance(try_to_load_from_cache(value, "config.json"), str):
+        return None  # downloaded before: transformers loads it from the cache, offline too
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set, so the Hub is not asked"
     try:  # one request with a short timeout, instead of from_pretrained's retries
