@@ -5,6 +5,7 @@ anything is sent), ``push_folder`` / ``push_to_hub`` / ``push_training_output``,
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,8 @@ from .models.model_card import (  # noqa: F401  (the card API, re-exported)
     write_model_card,
 )
 
+logger = logging.getLogger(__name__)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pushing to the Hub
@@ -36,6 +39,9 @@ from .models.model_card import (  # noqa: F401  (the card API, re-exported)
 
 # What a push leaves out of a saved folder: Trainer checkpoints and logs, hidden and private files.
 PUSH_IGNORE = ("checkpoint-*", "runs", "_*", ".*", "__pycache__", "*.pyc")
+# What a push uploads at all: weights as safetensors, JSON, code, cards, plots and tokenizer files. Never a pickle
+# (Trainer's training_args.bin, optimizer.pt, ...): loading one runs whatever code it names.
+PUSH_SUFFIXES = (".safetensors", ".json", ".py", ".md", ".txt", ".png", ".jinja", ".model", ".yaml")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "tokenizer.model")
 
 
@@ -62,6 +68,27 @@ def check_repo_id(repo_id: Any) -> str:
     return repo_id
 
 
+def check_push_arguments(training_args: Any) -> None:
+    """Before a recipe trains with ``--push_to_hub``: a bad repo id fails now, not after training; and Trainer's
+    own uploads, which include its pickled ``training_args.bin`` (and, for ``checkpoint`` / ``all_checkpoints``,
+    optimizer states), are turned off: hfgen pushes the finished folder itself (``push_training_output``).
+    ``hub_strategy`` ``every_save`` (transformers' default) becomes ``end``; the checkpoint strategies are refused.
+    """
+    from transformers.trainer_utils import HubStrategy
+
+    if not training_args.push_to_hub:
+        return
+    check_repo_id(training_args.hub_model_id or Path(training_args.output_dir).absolute().name)
+    if training_args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+        raise ValueError(f"--hub_strategy {training_args.hub_strategy.value} uploads Trainer checkpoints, whose "
+                         "optimizer and training-argument files are pickles (loading one runs code). hfgen pushes "
+                         "the finished folder (safetensors, JSON, code, card): use --hub_strategy end.")
+    if training_args.hub_strategy != HubStrategy.END:
+        logger.info("hub_strategy %s -> end: hfgen pushes the finished folder, without Trainer's pickles",
+                    training_args.hub_strategy.value)
+        training_args.hub_strategy = HubStrategy.END
+
+
 def _ignored(relative: str) -> bool:
     import fnmatch
 
@@ -69,14 +96,15 @@ def _ignored(relative: str) -> bool:
 
 
 def folder_files(folder: str | os.PathLike) -> list[str]:
-    """The files of a saved folder that a push uploads (relative POSIX paths, sorted), without ``PUSH_IGNORE``."""
+    """The files of a saved folder that a push uploads (relative POSIX paths, sorted): those ending in one of
+    ``PUSH_SUFFIXES``, without ``PUSH_IGNORE``."""
+    return [relative for relative in _all_files(folder) if relative.endswith(PUSH_SUFFIXES)]
+
+
+def _all_files(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
-    files = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder).as_posix()
-        if path.is_file() and not _ignored(relative):
-            files.append(relative)
-    return files
+    return [path.relative_to(folder).as_posix() for path in sorted(folder.rglob("*"))
+            if path.is_file() and not _ignored(path.relative_to(folder).as_posix())]
 
 
 def _read_json(path: Path) -> dict:
@@ -273,12 +301,14 @@ def push_folder(
     token: str | bool | None = None,
     endpoint: str | None = None,
     create_pr: bool = False,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Any:
     """Upload a saved hfgen folder to the Hub as one commit, after checking it loads there without hfgen.
 
     Checks first (``inspect_saved_folder`` and ``check_repo_id``; a ``ValueError`` naming the problem before
     anything is sent), then creates the repository if needed (``private`` applies to a new one), creates the
-    branch ``revision`` from ``main`` if it does not exist, and commits every file but ``PUSH_IGNORE``. A folder
+    branch ``revision`` from ``main`` if it does not exist, and commits the files ``folder_files`` lists (safetensors,
+JSON, code, cards, plots, tokenizer files; never a pickle: anything else is named in a warning). A folder
     without ``README.md`` gets a model card built from its config (and ``all_results.json``), added to the commit
     only: the folder is not changed.
 
@@ -290,6 +320,7 @@ def push_folder(
         commit_message: the commit's title (default ``"Upload <kind> with hfgen"``).
         token: the Hub token (default: huggingface_hub's, e.g. ``HF_TOKEN``).
         endpoint: the Hub URL (default: ``HF_ENDPOINT``, else huggingface.co).
+        extra_files: ``{path in the repository: content}`` added to the commit (the folder is not changed).
 
     Returns:
         huggingface_hub's ``CommitInfo`` (``.oid`` is the commit id, a revision to load).
@@ -306,16 +337,54 @@ def push_folder(
     found = inspect_saved_folder(folder)
     operations = [CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(folder / relative))
                   for relative in folder_files(folder)]
+    left_out = sorted(set(_all_files(folder)) - set(folder_files(folder)))
+    if left_out:
+        logger.warning("not uploaded (only %s files are): %s", ", ".join(PUSH_SUFFIXES), ", ".join(left_out))
+    for path_in_repo, content in (extra_files or {}).items():
+        operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=content))
     if not (folder / "README.md").is_file():
         card = _card_for_folder(folder, found["kind"], found["config"], repo_id)
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
     api = HfApi(endpoint=endpoint, token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if revision not in (None, "main") and not create_pr:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    return api.create_commit(
-        repo_id, operations, commit_message=commit_message or f"Upload {found['kind']} with hfgen",
-        commit_description=commit_description, revision=revision, create_pr=create_pr)
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision not in (None, "main") and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.create_commit(
+            repo_id, operations, commit_message=commit_message or f"Upload {found['kind']} with hfgen",
+            commit_description=commit_description, revision=revision, create_pr=create_pr)
+    except Exception as error:
+        failure = push_failure(error, api.endpoint, repo_id)
+        if failure is None:
+            raise
+        raise failure from error
+
+
+class PushError(ValueError):
+    """A push the Hub refused or could not receive; the message says what failed and what to do. Nothing was
+    committed (a push is one commit)."""
+
+
+def push_failure(error: BaseException, endpoint: str, repo_id: str) -> PushError | None:
+    """``error`` from huggingface_hub as a one-line :class:`PushError`, or ``None`` for anything not about
+    reaching or logging in to the Hub."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(error, OfflineModeIsEnabled):
+        return PushError("Cannot push: offline mode is on (HF_HUB_OFFLINE=1). Unset HF_HUB_OFFLINE to push.")
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(error.response, "status_code", None)
+        if status in (401, 403):
+            return PushError(f"The Hub at {endpoint} refused the push to {repo_id!r} (HTTP {status}: not logged in, "
+                             "or the token cannot write there). Log in with `hf auth login`, or set HF_TOKEN / "
+                             "pass --token with a write token for that namespace.")
+        message = (getattr(error, "server_message", None) or str(error)).splitlines()[0]
+        return PushError(f"The Hub at {endpoint} refused the push to {repo_id!r} (HTTP {status}): {message}")
+    # httpx (huggingface_hub's client) reports network failures as TransportError subclasses; requests as OSError.
+    if isinstance(error, OSError) or any(cls.__name__ == "TransportError" for cls in type(error).__mro__):
+        return PushError(f"Cannot reach the Hub at {endpoint} ({type(error).__name__}: {error}). Check the network, "
+                         "or HF_ENDPOINT if you use another Hub.")
+    return None
 
 
 def push_to_hub(
@@ -381,7 +450,9 @@ def push_training_output(trainer: Any, folder: str | os.PathLike | None = None,
     if getattr(trainer, "push_in_progress", None) is not None:  # checkpoints Trainer is still uploading
         trainer.push_in_progress.wait_until_done()
     repo_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id
+    # The training arguments as JSON, in place of Trainer's pickled training_args.bin (which push_folder leaves out).
     commit = push_folder(folder or args.output_dir, repo_id, private=args.hub_private_repo,
-                         revision=args.hub_revision, token=args.hub_token, commit_message=commit_message)
-    print(f"[hfgen] pushed {folder or args.output_dir} to {repo_id}: commit {commit.oid}", flush=True)
+                         revision=args.hub_revision, token=args.hub_token, commit_message=commit_message,
+                         extra_files={"training_args.json": args.to_json_string().encode()})
+    logger.info("pushed %s to %s: commit %s", folder or args.output_dir, repo_id, commit.oid)
     return commit.oid

@@ -46,6 +46,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import yaml
 
 USER = "hfgen-tester"
+VALID_TOKEN = "hf_local_fixture_token"  # the one token this Hub accepts for writes and private repositories
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".png", ".npy", ".gguf")
 REGULAR_MAX_BYTES = 10 * 1024 * 1024
@@ -247,7 +248,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json({"error": error.message}, error.status, headers)
 
     def _authorized(self) -> bool:
-        return self.headers.get("Authorization", "").startswith("Bearer ")
+        # As the Hub: a token it did not issue is no login (clients here use VALID_TOKEN).
+        return self.headers.get("Authorization", "") == f"Bearer {VALID_TOKEN}"
 
     def _repo(self, repo_id: str) -> Repo:
         repo = self.hub.repos.get(repo_id)

@@ -199,7 +199,10 @@ def test_valid_folder_is_pushed_unchanged_with_a_generated_card(server, saved):
 def test_adapter_folder_is_accepted_and_needs_its_weights(saved, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(build(HfGenDecoderForCausalLM, tiny_config()), LoraConfig(task_type="CAUSAL_LM", r=2))
+    from hfgen.training.peft_defaults import default_target_modules
+
+    base = build(HfGenDecoderForCausalLM, tiny_config())
+    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=default_target_modules(base)))
     model.peft_config["default"].base_model_name_or_path = "hfgen-tester/base"
     model.save_pretrained(tmp_path / "adapter")
     found = inspect_saved_folder(tmp_path / "adapter")

@@ -24,6 +24,8 @@ from test_hub_portability import isolated_pythonpath
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKEN = "hf_local_fixture_token"
+# What may be on the Hub after an hfgen push: safetensors, JSON, code, cards, plots, tokenizer files; no pickle.
+PUSHABLE = (".safetensors", ".json", ".py", ".md", ".txt", ".png", ".jinja", ".model", ".gitattributes")
 
 
 def hub_env(server: HubServer, home: Path, pythonpath: str | None = None) -> dict[str, str]:
@@ -287,6 +289,8 @@ def test_recipe_pushes_with_training_arguments_flags(roundtrip):
     [result] = card.data.eval_results
     assert result.metric_value == round(roundtrip["local"]["mlm-recipe-results"]["eval_perplexity"], 4)
     assert 'AutoTokenizer.from_pretrained("hfgen-tester/mlm-recipe", trust_remote_code=True)' in card.text
+    files = roundtrip["api"].list_repo_files("hfgen-tester/mlm-recipe")
+    assert "training_args.json" in files and all(name.endswith(PUSHABLE) for name in files), sorted(files)
     loaded = roundtrip["loaded"]["mlm-recipe"]
     assert loaded["module"].startswith("transformers_modules")
     assert torch.equal(loaded["logits"], roundtrip["local"]["mlm-recipe"]["logits"])
@@ -361,7 +365,10 @@ def test_pretrain_pushes_its_folder_with_card_and_curve(roundtrip):
     assert api.list_repo_refs("hfgen-tester/pretrained").branches[0].target_commit == commit
     files = set(api.list_repo_files("hfgen-tester/pretrained"))
     assert {"model.safetensors", "config.json", "modeling_hfgen_decoder.py", "tokenizer.json", "loss_curve.png",
-            "README.md"} <= files
+            "README.md", "training_args.json"} <= files
+    # nothing pickled left the machine: the output folder holds Trainer's training_args.bin, the Hub does not
+    assert all(name.endswith(PUSHABLE) for name in files), sorted(files)
+    assert (roundtrip["root"] / "pretrained" / "training_args.bin").is_file()
     card = hub_card(roundtrip, "hfgen-tester/pretrained")
     [result] = card.data.eval_results
     metrics = roundtrip["local"]["pretrained-metrics"]

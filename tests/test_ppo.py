@@ -187,10 +187,13 @@ def test_value_head_folder_loads_without_hfgen(tmp_path):
 def test_peft_policy_reference_is_the_model_without_adapters(tmp_path):
     from peft import LoraConfig, get_peft_model
 
+    from hfgen.training.peft_defaults import default_target_modules
+
     torch.manual_seed(0)
     base = HfGenDecoderForCausalLMWithValueHead(tiny_config())
     original = copy.deepcopy(base).eval()
-    policy = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, modules_to_save=["v_head"]))
+    policy = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, modules_to_save=["v_head"],
+                                             target_modules=default_target_modules(base)))
     trainer = PPOTrainer(args=ppo_args(tmp_path, max_steps=3), processing_class=word_tokenizer(), model=policy,
                          train_dataset=prompts(), reward_funcs=target_share)
     assert trainer.ref_model is None
@@ -249,7 +252,7 @@ def test_bad_input_fails_before_training(tmp_path):
     from peft import LoraConfig, get_peft_model
 
     no_value_head_saved = get_peft_model(HfGenDecoderForCausalLMWithValueHead(tiny_config()),
-                                         LoraConfig(task_type="CAUSAL_LM"))
+                                         LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"]))
     with pytest.raises(ValueError, match=r"modules_to_save=\['v_head'\]"):
         make(model=no_value_head_saved)
     with pytest.raises(ValueError, match="valid choices: k1, k3"):

@@ -80,9 +80,11 @@ def test_bad_variant_is_a_value_error_before_loading():
 def test_lora_steps_lower_the_loss(smollm2):
     from peft import LoraConfig, get_peft_model
 
+    from hfgen.training.peft_defaults import default_target_modules
+
     _, tokenizer = smollm2
     model, _ = load_smollm2()  # a fresh copy: the shared fixture stays untouched
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16))  # hfgen's registered default targets
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=default_target_modules(model)))
     text = tokenizer.apply_chat_template(
         [*MESSAGES, {"role": "assistant", "content": "The with statement wraps a block in a context manager."}],
         tokenize=False)

@@ -582,6 +582,21 @@ def _repo_has(repo_id: str, filename: str, revision: str | None, token: Any) -> 
     return False
 
 
+def _config_from_repo(repo_id: str, revision: str | None, token: Any) -> Any:
+    """The repository's ``config.json`` as a plain ``PreTrainedConfig`` (sub-configs too), read as JSON: a push
+    never imports code that the target repository's ``auto_map`` names."""
+    from huggingface_hub import hf_hub_download
+    from transformers import PreTrainedConfig
+
+    path = hf_hub_download(repo_id, "config.json", revision=revision, token=token if token is not True else None)
+    with open(path) as handle:
+        data = json.load(handle)
+    for key in ("text_config", "vision_config"):
+        if isinstance(data.get(key), dict):
+            data[key] = PreTrainedConfig.from_dict(data[key])
+    return PreTrainedConfig.from_dict(data)
+
+
 def _preprocessor_files(task: CardTask) -> tuple[str, ...]:
     return ("processor_config.json",) if task.preprocessor == "AutoProcessor" else ("tokenizer_config.json",)
 
@@ -605,9 +620,7 @@ def write_hub_card(obj: Any, working_dir: str | os.PathLike, repo_id: str, revis
     if not is_model:
         if not _repo_has(repo_id, "config.json", revision, token):
             return False  # nothing to describe yet: the model's own push writes the card
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(repo_id, revision=revision, token=token, trust_remote_code=True)
+        config = _config_from_repo(repo_id, revision, token)
         if not str(getattr(config, "model_type", "")).startswith("hfgen"):
             return False
         architecture = (getattr(config, "architectures", None) or [""])[0]

@@ -46,6 +46,7 @@ from transformers import (
     set_seed,
 )
 
+from ..hub import check_push_arguments
 from ..models import (
     HfGenDecoderConfig,
     HfGenDecoderForSequenceClassification,
@@ -246,6 +247,7 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
     text_to_text = family == "hfgen_seq2seq" and model_args.seq2seq_head == "text_to_text"
     if family == "hfgen_seq2seq":
         model_class = SEQ2SEQ_HEADS[model_args.seq2seq_head]
+    check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
     set_seed(training_args.seed)
     tokenizer = load_classification_tokenizer(family, model_args.model_name_or_path)
     config = build_config(model_args, tokenizer, config_class)

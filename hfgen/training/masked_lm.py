@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from ..hub import check_push_arguments
 from ..models import HfGenEncoderConfig, HfGenEncoderForMaskedLM
 from ..models.modeling_hfgen_encoder import check_mlm_labels
 from ..models.variants import position_embeddings_of
@@ -133,6 +134,7 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
     """
     from ..data import MaskedLMCollator
 
+    check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
     set_seed(training_args.seed)
     tokenizer = _load_tokenizer(model_args)
     collator = MaskedLMCollator(tokenizer, mlm_probability=data_args.mlm_probability)  # checks the probability

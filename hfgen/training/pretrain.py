@@ -292,10 +292,9 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
         Validation perplexity before and after training, the logged training losses and the training time.
     """
     hub_commit = None
-    if training_args.push_to_hub:  # a bad repo id fails now, not after training
-        from ..hub import check_repo_id
+    from ..hub import check_push_arguments
 
-        check_repo_id(training_args.hub_model_id or Path(training_args.output_dir).absolute().name)
+    check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
     set_seed(training_args.seed)  # before the model is built, so that every rank starts from the same weights
     tokenizer = _load_tokenizer(model_args)
     config = build_config(model_args, tokenizer)  # fails fast on a bad key, before the data is tokenized

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from ..hub import check_push_arguments
 from ..data.denoising import (
     DataCollatorForBartDenoising,
     DataCollatorForSpanCorruption,
@@ -165,6 +166,7 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
             -- before any data is tokenized or weight is made.
     """
     check_noise_settings(data_args)
+    check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
     set_seed(training_args.seed)
     denoising = data_args.objective == "bart_denoising"
     tokenizer = load_span_corruption_tokenizer(model_args.model_name_or_path, data_args.num_sentinel_tokens)

@@ -1,0 +1,143 @@
+"""No code runs without the user's consent and nothing pickled leaves the machine (issue 19), against the local Hub
+endpoint of tests/hub_server.py with the real huggingface_hub / transformers clients.
+
+A "booby-trapped" repository or folder names, in ``auto_map``, a module whose import writes a marker file: any
+code path that executes it without ``trust_remote_code`` leaves the marker behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+from hub_server import HubServer
+from test_hub_roundtrip import TOKEN, hub_env
+
+TRAP_MODULE = """
+from pathlib import Path
+Path({marker!r}).write_text("executed")
+from transformers import PreTrainedConfig
+class TrapConfig(PreTrainedConfig):
+    model_type = "hfgen_vlm"
+"""
+
+
+def trapped_config(marker: Path) -> dict:
+    """A config.json that looks like an hfgen VLM's and whose AutoConfig entry is the trap module."""
+    return {"model_type": "hfgen_vlm", "architectures": ["HfGenVlmForConditionalGeneration"],
+            "auto_map": {"AutoConfig": "trap.TrapConfig"},
+            "text_config": {"model_type": "hfgen_decoder", "num_attention_heads": 4, "num_key_value_heads": 4,
+                            "hidden_size": 32},
+            "vision_config": {"model_type": "hfgen_vit", "num_attention_heads": 4, "hidden_size": 32}}
+
+
+def test_pushing_a_processor_never_runs_the_target_repositorys_code(tmp_path):
+    """The VLM processor's push reads the repository's config.json to build hfgen's card: as JSON, so the module
+    its auto_map names is never imported (an earlier version loaded it with trust_remote_code=True)."""
+    marker = tmp_path / "marker"
+    child = textwrap.dedent(f"""
+        from hfgen.data.captions import vlm_processor, vlm_tokenizer
+        from hfgen.models import HfGenDecoderConfig, HfGenVlmConfig
+        tokenizer = vlm_tokenizer()
+        config = HfGenVlmConfig(text_config=HfGenDecoderConfig(vocab_size=len(tokenizer)),
+                                image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+        vlm_processor(config, tokenizer).push_to_hub("hfgen-tester/trapped")
+    """)
+    with HubServer() as server:
+        api = HfApi(endpoint=server.url, token=TOKEN)
+        api.create_repo("hfgen-tester/trapped")
+        api.upload_file(path_or_fileobj=json.dumps(trapped_config(marker)).encode(), path_in_repo="config.json",
+                        repo_id="hfgen-tester/trapped")
+        api.upload_file(path_or_fileobj=TRAP_MODULE.format(marker=str(marker)).encode(), path_in_repo="trap.py",
+                        repo_id="hfgen-tester/trapped")
+        result = subprocess.run([sys.executable, "-c", child], env=hub_env(server, tmp_path / "home"),
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        card = Path(api.hf_hub_download("hfgen-tester/trapped", "README.md", cache_dir=tmp_path / "cache"))
+        card_text = card.read_text()
+    assert not marker.exists(), "pushing executed the target repository's code"
+    # the card was still built from the repository's config: hfgen's, loading the processor just pushed
+    assert "hfgen_vlm" in card_text and "AutoProcessor.from_pretrained" in card_text
+
+
+def test_push_uploads_no_pickle_and_names_what_it_left_out(tmp_path):
+    """A saved model folder with Trainer's pickles beside it (training_args.bin, optimizer.pt): the push uploads
+    the weights, config, code and card, never the pickles, and the log names each file it left out."""
+    import torch
+
+    from conftest import build, tiny_config
+    from hfgen import HfGenDecoderForCausalLM
+
+    folder = tmp_path / "run"
+    build(HfGenDecoderForCausalLM, tiny_config()).save_pretrained(folder)
+    torch.save({"lr": 1.0}, folder / "training_args.bin")
+    torch.save({"state": {}}, folder / "optimizer.pt")
+    child = f"from hfgen.hub import push_folder; push_folder({str(folder)!r}, 'hfgen-tester/no-pickle')"
+    with HubServer() as server:
+        result = subprocess.run([sys.executable, "-c", child], env=hub_env(server, tmp_path / "home"),
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        files = set(HfApi(endpoint=server.url, token=TOKEN).list_repo_files("hfgen-tester/no-pickle"))
+    assert {"model.safetensors", "config.json", "modeling_hfgen_decoder.py", "README.md"} <= files
+    assert not {"training_args.bin", "optimizer.pt"} & files
+    assert "not uploaded" in result.stderr and "optimizer.pt, training_args.bin" in result.stderr
+
+
+def test_push_arguments_turn_off_trainers_pickled_uploads(tmp_path):
+    """--push_to_hub: Trainer's default hub_strategy (every_save uploads training_args.bin) becomes 'end'; the
+    checkpoint strategies (optimizer pickles) are refused by name; a bad repo id fails before training."""
+    import pytest
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import HubStrategy
+
+    from hfgen.hub import check_push_arguments
+
+    def arguments(**kwargs):
+        return TrainingArguments(output_dir=str(tmp_path / "out"), push_to_hub=True, hub_model_id="u/model",
+                                 report_to=[], **kwargs)
+
+    default = arguments()
+    check_push_arguments(default)
+    assert default.hub_strategy == HubStrategy.END
+    for strategy in ("checkpoint", "all_checkpoints"):
+        with pytest.raises(ValueError, match=rf"--hub_strategy {strategy} uploads Trainer checkpoints.*pickles.*"
+                                             r"use --hub_strategy end"):
+            check_push_arguments(arguments(hub_strategy=strategy))
+    with pytest.raises(ValueError, match=r"Invalid repo id 'u/bad name'"):
+        check_push_arguments(TrainingArguments(output_dir=str(tmp_path / "out"), push_to_hub=True,
+                                               hub_model_id="u/bad name", report_to=[]))
+
+
+def test_push_failures_are_one_clear_line_and_upload_nothing(tmp_path):
+    """`hfgen push` without a login, with a token the Hub did not issue, to an endpoint nobody listens on, and in
+    offline mode: exit code 2, one line on stderr saying what failed and what to do, no traceback, no repository
+    made and nothing committed."""
+    from conftest import build, tiny_config
+    from hfgen import HfGenDecoderForCausalLM
+
+    folder = tmp_path / "model"
+    build(HfGenDecoderForCausalLM, tiny_config()).save_pretrained(folder)
+    with HubServer() as server:
+        base = {k: v for k, v in hub_env(server, tmp_path / "home").items() if k != "HF_TOKEN"}
+        cases = {
+            "no login": ({}, r"refused the push .*HTTP 401.*Log in with `hf auth login`"),
+            "bad token": ({"HF_TOKEN": "hf_not_issued"}, r"HTTP 401: not logged in"),
+            "unreachable": ({"HF_TOKEN": TOKEN, "HF_ENDPOINT": "http://127.0.0.1:9"},
+                            r"Cannot reach the Hub at http://127\.0\.0\.1:9 .*Check the network, or HF_ENDPOINT"),
+            "offline": ({"HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1"}, r"offline mode is on .*Unset HF_HUB_OFFLINE"),
+        }
+        for name, (env, message) in cases.items():
+            result = subprocess.run([sys.executable, "-m", "hfgen.cli", "push", str(folder), "hfgen-tester/fail"],
+                                    env={**base, **env}, capture_output=True, text=True, timeout=600)
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 2, (name, result.stderr[-2000:])
+            assert len(lines) == 1 and "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+            assert re.search(message, lines[0]), (name, lines[0])
+        assert "hfgen-tester/fail" not in server.repos
+        assert not [r for r in server.requests if "/commit/" in r[1]]
