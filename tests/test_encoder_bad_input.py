@@ -91,11 +91,12 @@ def test_bad_config(overrides, message):
         HfGenEncoderConfig(**overrides)
 
 
-def test_bad_config_set_after_the_fact_is_caught_before_weights():
+def test_bad_config_set_after_the_fact_is_refused_where_it_is_set():
     config = tiny_encoder_config()
-    config.type_vocab_size = -3
-    with pytest.raises(ValueError, match="type_vocab_size must be an integer >= 0"):
-        HfGenEncoderForMaskedLM(config)
+    with pytest.raises(ValueError, match="type_vocab_size must be an integer >= 0.*got -3"):
+        config.type_vocab_size = -3
+    assert config.type_vocab_size == 2  # the refused value was never stored
+    HfGenEncoderForMaskedLM(config)
 
 
 def test_next_sentence_pairs_needs_documents_and_separators():

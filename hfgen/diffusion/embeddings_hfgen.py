@@ -57,6 +57,11 @@ class ConditionEmbedding(nn.Module):
         timestep = timestep.expand(batch) if timestep.shape[0] == 1 else timestep
         if timestep.shape[0] != batch:
             raise ValueError(f"Got {timestep.shape[0]} timesteps for a batch of {batch} samples.")
+        # A NaN or inf timestep turns the whole embedding, and so every output pixel, into NaN. (One device sync
+        # per denoising step: small beside the denoiser itself.)
+        if timestep.is_floating_point() and not torch.compiler.is_compiling() and not torch.isfinite(timestep).all():
+            raise ValueError(f"timestep must be finite, got {timestep.tolist()[:8]}: NaN or inf would make every "
+                             f"output NaN. Timesteps come from the scheduler (scheduler.timesteps).")
         emb = self.linear_2(self.act(self.linear_1(timestep_embedding(timestep, self.base_dim).to(dtype))))
         if self.class_embedding is not None:
             if class_labels is None:  # an unconditional call of a class-conditional model: the null class

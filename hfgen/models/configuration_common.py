@@ -1,11 +1,19 @@
 """What every hfgen family config does with the keys they share (sizes, heads, positions, the variant keys):
-derive ``head_dim`` and ``num_key_value_heads``, build ``rope_parameters`` with rotary positions only, set them all.
+derive ``head_dim`` and ``num_key_value_heads``, build ``rope_parameters`` with rotary positions only, set them all;
+and how every family config checks its values where they are set (:class:`ValidatedConfigMixin`).
 
 A family's ``__init__`` keeps its explicit, documented signature and hands this its keyword arguments."""
 
 from __future__ import annotations
 
-from .variants import check_no_chunked_attention
+import dataclasses
+import functools
+import inspect
+from collections.abc import Iterable
+
+from transformers import PreTrainedConfig
+
+from .variants import check_config_value, close_match
 
 # Passed to PreTrainedConfig.__init__ rather than set here.
 SPECIAL_TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
@@ -38,7 +46,6 @@ def init_model_keys(config, keys: dict, kwargs: dict, rope_theta: float | None =
     ``head_dim=None``: ``hidden_size // num_attention_heads``; ``num_key_value_heads=None``: multi-head. Without
     rotary positions ``rope_parameters`` stays unset: transformers validates it on every config and would reject
     an odd ``head_dim`` that ALiBi or relative bias handle fine."""
-    check_no_chunked_attention(kwargs.get("attention_chunk_size"))
     keys = {**{k: kwargs.pop(k, v) for k, v in VARIANT_DEFAULTS.items()}, **keys}
     keys["rope_parameters"] = kwargs.pop("rope_parameters", keys.get("rope_parameters"))
     hidden_size, heads = keys["hidden_size"], keys["num_attention_heads"]
@@ -54,9 +61,6 @@ def init_model_keys(config, keys: dict, kwargs: dict, rope_theta: float | None =
         rope = dict(rope or {})
         rope.setdefault("rope_type", "default")
         rope.setdefault("rope_theta", float(rope_theta) if rope_theta is not None else 10000.0)
-        if rope["rope_type"] != "default":
-            raise ValueError(f"Unsupported rope_parameters['rope_type']={rope['rope_type']!r}; valid choices: "
-                             f"'default'.")
         config.rope_parameters = rope
     for key, value in keys.items():
         setattr(config, key, value)
@@ -67,3 +71,67 @@ def init_arguments(local_variables: dict) -> dict:
     cell ``super()`` adds) and the special-token ids."""
     skip = ("self", "kwargs", "__class__", *SPECIAL_TOKEN_KEYS)
     return {k: v for k, v in local_variables.items() if k not in skip}
+
+
+# Attributes any transformers config may carry (from config.json, from transformers or from the libraries around it):
+# never taken for a misspelling of a family key, however close.
+PRETRAINED_CONFIG_KEYS = frozenset(
+    {f.name for f in dataclasses.fields(PreTrainedConfig)}
+    | {k for k in dir(PreTrainedConfig) if not k.startswith("__")}
+    | {"transformers_version", "architectures", "auto_map", "torch_dtype", "dtype", "id2label", "label2id",
+       "num_labels", "problem_type", "tokenizer_class", "prefix", "task_specific_params", "finetuning_task",
+       "pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id", "model_type",
+       "name_or_path", "use_cache", "tie_word_embeddings", "is_decoder", "add_cross_attention",
+       "cross_attention_hidden_size", "tie_encoder_decoder", "output_attentions", "output_hidden_states",
+       "return_dict", "chunk_size_feed_forward", "is_encoder_decoder", "layer_types", "base_model_tp_plan",
+       "base_model_pp_plan", "keys_to_ignore_at_inference", "attribute_map"})
+
+
+@functools.cache
+def family_keys(config_class: type) -> frozenset[str]:
+    """The keys a family's config documents: the ``__init__`` arguments of the class and its hfgen bases, the shared
+    variant keys and the mixture-of-experts keys."""
+    keys = set(VARIANT_DEFAULTS) | set(getattr(config_class, "extra_config_keys", ()))
+    for klass in config_class.__mro__:
+        if klass is PreTrainedConfig:
+            break
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            keys |= {name for name, parameter in inspect.signature(init).parameters.items()
+                     if parameter.kind is parameter.KEYWORD_ONLY or parameter.kind is parameter.POSITIONAL_OR_KEYWORD}
+    keys.discard("self")
+    return frozenset(keys)
+
+
+def check_misspelt_keys(config_class: type, keys: Iterable[str], known: Iterable[str] = ()) -> None:
+    """``ValueError`` for a key that is not one of ``config_class``'s own keys but close to one (a misspelling such as
+    ``softmax_varient`` or ``num_kv_heads``), naming the key it is probably meant to be. Keys of every
+    transformers config (``architectures``, ``torch_dtype``, ``id2label``, ...), private ones and ``known`` never
+    count: transformers and config.json pass many legitimate keys a family does not declare."""
+    own = family_keys(config_class)
+    known = set(known)
+    for key in keys:
+        if not isinstance(key, str) or key in own or key in known or key.startswith("_") \
+                or key in PRETRAINED_CONFIG_KEYS:
+            continue
+        suggestion = close_match(key, own)
+        if suggestion is not None:
+            raise ValueError(f"Unknown {config_class.__name__} key {key!r}: did you mean {suggestion!r}? (A "
+                             f"misspelt key would otherwise be stored and silently ignored.)")
+
+
+class ValidatedConfigMixin:
+    """Checks every value of an hfgen config where it is set: the family ``__init__``, ``from_pretrained(path,
+    key=value)`` (transformers sets such keys after building the config) and ``config.key = value`` alike.
+
+    One value: :data:`variants.VALUE_CHECKS` (key -> check), the same table for every family. A new key close to one
+    of the family's own keys is refused as a misspelling (:func:`check_misspelt_keys`). The ``ValueError`` is raised
+    before the attribute changes, so a refused assignment leaves the config as it was. How keys fit together is
+    checked by each family's ``validate_*_config`` once the ``__init__`` has set them all, and again before a model
+    builds its weights (an assignment cannot be checked against keys that may be changed next)."""
+
+    def __setattr__(self, key: str, value: object) -> None:
+        check_config_value(key, value, getattr(type(self), "model_type", None))
+        if key not in self.__dict__ and not hasattr(type(self), key):
+            check_misspelt_keys(type(self), (key,), known=self.__dict__)
+        super().__setattr__(key, value)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from .configuration_common import init_arguments, init_model_keys
-from .moe import MOE_OUTPUT_KEYS, init_moe_config
+from .configuration_common import ValidatedConfigMixin, init_arguments, init_model_keys
+from .moe import MOE_DEFAULTS, MOE_OUTPUT_KEYS, init_moe_config
 from .variants import validate_attention_config
 
 DECODER_AUTO_MAP = {
@@ -16,7 +16,7 @@ DECODER_AUTO_MAP = {
 }
 
 
-class HfGenDecoderConfig(PreTrainedConfig):
+class HfGenDecoderConfig(ValidatedConfigMixin, PreTrainedConfig):
     r"""Configuration of :class:`HfGenDecoderModel` and its heads.
 
     With the default variant keys the model is Llama: the Llama keys below have Llama's names and meaning, so a
@@ -47,6 +47,7 @@ class HfGenDecoderConfig(PreTrainedConfig):
     """
 
     model_type = "hfgen_decoder"
+    extra_config_keys = tuple(MOE_DEFAULTS)
     # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
     AUTO_MAP = DECODER_AUTO_MAP
     keys_to_ignore_at_inference = ["cache", *MOE_OUTPUT_KEYS]

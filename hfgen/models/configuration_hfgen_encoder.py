@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from .configuration_common import init_arguments, init_model_keys
-from .moe import MOE_OUTPUT_KEYS, init_moe_config, validate_moe_config
-from .variants import check_positive_int, validate_attention_config
+from .configuration_common import ValidatedConfigMixin, init_arguments, init_model_keys
+from .moe import MOE_DEFAULTS, MOE_OUTPUT_KEYS, init_moe_config, validate_moe_config
+from .variants import validate_attention_config
 
 ENCODER_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_encoder.HfGenEncoderConfig",
@@ -44,7 +44,7 @@ BERT_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_atten
                     "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id")
 
 
-class HfGenEncoderConfig(PreTrainedConfig):
+class HfGenEncoderConfig(ValidatedConfigMixin, PreTrainedConfig):
     r"""Configuration of :class:`HfGenEncoderModel` and its heads (masked LM, pre-training = MLM + next sentence
     prediction, sequence and token classification).
 
@@ -95,6 +95,7 @@ class HfGenEncoderConfig(PreTrainedConfig):
     """
 
     model_type = "hfgen_encoder"
+    extra_config_keys = tuple(MOE_DEFAULTS)
     # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
     AUTO_MAP = ENCODER_AUTO_MAP
     keys_to_ignore_at_inference = list(MOE_OUTPUT_KEYS)  # Trainer's predictions: the logits alone
@@ -162,20 +163,11 @@ class HfGenEncoderConfig(PreTrainedConfig):
 
 
 def validate_encoder_config(config) -> None:
-    """The shared variant checks plus the encoder's own."""
+    """The shared variant checks plus the encoder's own (how its keys fit together; each value is checked where it
+    is set)."""
     validate_attention_config(config)
     validate_moe_config(config)
-    check_positive_int("max_position_embeddings", config.max_position_embeddings)
-    if isinstance(config.type_vocab_size, bool) or not isinstance(config.type_vocab_size, int) \
-            or config.type_vocab_size < 0:
-        raise ValueError(f"type_vocab_size must be an integer >= 0 (0: no token types), got "
-                         f"{config.type_vocab_size!r}.")
-    for key in ("hidden_dropout_prob", "classifier_dropout"):
-        value = getattr(config, key)
-        if value is not None and not 0.0 <= value < 1.0:
-            raise ValueError(f"{key} must be in [0, 1), got {value}.")
     if config.position_embedding == "disentangled":
-        check_positive_int("position_buckets", config.position_buckets)
         if config.position_buckets < 4:
             raise ValueError(f"position_buckets must be at least 4 (half of it are exact distances), got "
                              f"{config.position_buckets}.")

@@ -11,7 +11,7 @@ placeholder token (replaced by one patch embedding each).
 from __future__ import annotations
 
 from .configuration_hfgen_decoder import HfGenDecoderConfig
-from .variants import check_positive_int
+from .variants import check_config_value, is_number
 
 GATO_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_gato.HfGenGatoConfig",
@@ -41,18 +41,15 @@ class HfGenGatoConfig(HfGenDecoderConfig):
     def __init__(self, text_vocab_size: int = 8192, num_bins: int = 1024, mu_law_mu: float = 100.0,
                  mu_law_max: float = 256.0, image_size: int = 8, patch_size: int = 2, num_channels: int = 1,
                  **kwargs):
-        check_positive_int("text_vocab_size", text_vocab_size)
-        check_positive_int("num_bins", num_bins)
-        if num_bins < 2:
-            raise ValueError(f"num_bins must be at least 2, got {num_bins}.")
-        if not (mu_law_mu > 0 and mu_law_max > 0):
-            raise ValueError(f"mu_law_mu and mu_law_max must be > 0, got {mu_law_mu} and {mu_law_max}.")
+        # (checked before the vocabulary size and the patch count are derived from them)
+        for key in ("text_vocab_size", "num_bins", "mu_law_mu", "mu_law_max", "image_size", "patch_size"):
+            check_config_value(key, locals()[key])
         if image_size % patch_size:
             raise ValueError(f"image_size ({image_size}) is not divisible by patch_size ({patch_size}).")
         self.text_vocab_size = text_vocab_size
         self.num_bins = num_bins
-        self.mu_law_mu = float(mu_law_mu)
-        self.mu_law_max = float(mu_law_max)
+        self.mu_law_mu = float(mu_law_mu) if is_number(mu_law_mu) else mu_law_mu
+        self.mu_law_max = float(mu_law_max) if is_number(mu_law_max) else mu_law_max
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from .moe import init_moe_config
-from .variants import MLP_TYPES, NORM_TYPES, check_choice, check_positive_int
-
-RETENTION_MODES = ("parallel", "chunkwise", "recurrent")
+from .configuration_common import ValidatedConfigMixin
+from .moe import MOE_DEFAULTS, init_moe_config
+from .variants import RETENTION_MODES  # noqa: F401  (re-exported)
 
 RETNET_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_retnet.HfGenRetNetConfig",
@@ -17,7 +16,7 @@ RETNET_AUTO_MAP = {
 }
 
 
-class HfGenRetNetConfig(PreTrainedConfig):
+class HfGenRetNetConfig(ValidatedConfigMixin, PreTrainedConfig):
     r"""Configuration of :class:`HfGenRetNetModel` and :class:`HfGenRetNetForCausalLM`.
 
     A RetNet layer is ``Y = MSR(LN(X)) + X``, ``X' = FFN(LN(Y)) + Y`` (the paper's eq. 9). Multi-scale retention
@@ -50,6 +49,7 @@ class HfGenRetNetConfig(PreTrainedConfig):
     """
 
     model_type = "hfgen_retnet"
+    extra_config_keys = tuple(MOE_DEFAULTS)
     # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
     AUTO_MAP = RETNET_AUTO_MAP
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
@@ -116,13 +116,8 @@ class HfGenRetNetConfig(PreTrainedConfig):
 
 
 def validate_retnet_config(config) -> None:
-    """``ValueError`` naming the key and the valid values, before any weight is created."""
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "value_factor", "retention_chunk_size"):
-        check_positive_int(key, getattr(config, key))
-    check_choice("retention_mode", config.retention_mode, RETENTION_MODES)
-    check_choice("norm_type", config.norm_type, NORM_TYPES)
-    check_choice("mlp_type", config.mlp_type, MLP_TYPES)
+    """``ValueError`` naming the keys and the valid values, before any weight is created: how the sizes fit together
+    (each value is checked where it is set: ``variants.VALUE_CHECKS``)."""
     hidden, heads = config.hidden_size, config.num_attention_heads
     if hidden % heads != 0:
         raise ValueError(f"hidden_size ({hidden}) must be divisible by num_attention_heads ({heads}): each retention "
@@ -130,9 +125,3 @@ def validate_retnet_config(config) -> None:
     if (hidden // heads) % 2 != 0:
         raise ValueError(f"The xPos-style rotation turns pairs of channels: the retention head width hidden_size / "
                          f"num_attention_heads must be even, got {hidden} / {heads} = {hidden // heads}.")
-    copies = getattr(config, "decoding_weight_copies", True)
-    if not isinstance(copies, bool):
-        raise ValueError(f"decoding_weight_copies must be True or False, got {copies!r}.")
-    theta = config.rope_theta
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 1:
-        raise ValueError(f"rope_theta must be a number > 1, got {theta!r}.")

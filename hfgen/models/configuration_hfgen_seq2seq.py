@@ -6,8 +6,8 @@ import copy
 
 from transformers import PreTrainedConfig
 
-from .configuration_common import init_arguments, init_model_keys
-from .variants import check_positive_int, validate_attention_config
+from .configuration_common import ValidatedConfigMixin, init_arguments, init_model_keys
+from .variants import INITIALIZER_SCHEMES, validate_attention_config  # noqa: F401  (re-exported)
 
 SEQ2SEQ_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_seq2seq.HfGenSeq2SeqConfig",
@@ -31,10 +31,8 @@ T5_LIKE_KEYS = dict(
 )
 
 
-INITIALIZER_SCHEMES = ("normal", "t5")
 
-
-class HfGenSeq2SeqConfig(PreTrainedConfig):
+class HfGenSeq2SeqConfig(ValidatedConfigMixin, PreTrainedConfig):
     r"""Configuration of :class:`HfGenSeq2SeqModel` and :class:`HfGenSeq2SeqForConditionalGeneration`.
 
     An encoder (bidirectional self-attention) and a decoder (causal self-attention, then cross-attention over the
@@ -133,11 +131,6 @@ class HfGenSeq2SeqConfig(PreTrainedConfig):
 
 
 def validate_seq2seq_config(config) -> None:
-    """The shared variant checks plus the encoder-decoder ones."""
+    """The shared variant checks (how the keys fit together; each value is checked where it is set, including
+    ``num_decoder_layers``, ``hidden_dropout`` and ``initializer_scheme``: ``variants.VALUE_CHECKS``)."""
     validate_attention_config(config)
-    check_positive_int("num_decoder_layers", config.num_decoder_layers)
-    if not 0.0 <= config.hidden_dropout < 1.0:
-        raise ValueError(f"hidden_dropout must be in [0, 1), got {config.hidden_dropout}.")
-    scheme = getattr(config, "initializer_scheme", "normal")  # absent from configs saved before the key existed
-    if scheme not in INITIALIZER_SCHEMES:
-        raise ValueError(f"initializer_scheme must be one of {', '.join(INITIALIZER_SCHEMES)}, got {scheme!r}.")

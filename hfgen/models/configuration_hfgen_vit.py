@@ -7,12 +7,10 @@ attend to; here the image is cut into ``patch_size`` x ``patch_size`` squares, e
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from transformers import PreTrainedConfig
 
-from .configuration_common import init_arguments, init_model_keys
-from .variants import check_positive_int, validate_attention_config
+from .configuration_common import ValidatedConfigMixin, init_arguments, init_model_keys
+from .variants import check_config_value, validate_attention_config
 
 VIT_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_vit.HfGenViTConfig",
@@ -24,7 +22,7 @@ VIT_DEFAULT_KEYS = dict(position_embedding="learned", norm_type="layernorm", mlp
                         mlp_bias=True)
 
 
-class HfGenViTConfig(PreTrainedConfig):
+class HfGenViTConfig(ValidatedConfigMixin, PreTrainedConfig):
     r"""Configuration of :class:`HfGenViTModel`.
 
     Args:
@@ -44,6 +42,7 @@ class HfGenViTConfig(PreTrainedConfig):
     # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
     AUTO_MAP = VIT_AUTO_MAP
     base_config_key = "vision_config"
+    extra_config_keys = ("max_position_embeddings",)  # derived: the patch count
 
     def __init__(
         self,
@@ -62,14 +61,10 @@ class HfGenViTConfig(PreTrainedConfig):
         **kwargs,
     ):
         kwargs = {**VIT_DEFAULT_KEYS, **kwargs}
-        check_positive_int("image_size", image_size)
-        check_positive_int("patch_size", patch_size)
-        check_positive_int("num_channels", num_channels)
-        if image_size % patch_size != 0:
-            raise ValueError(
-                f"image_size ({image_size}) is not divisible by patch_size ({patch_size}): the image must be cut into "
-                f"whole patches; valid patch sizes for this image size are "
-                f"{[p for p in range(1, image_size + 1) if image_size % p == 0]}.")
+        # (checked before the patch count is derived from them; no loop: init_arguments reads locals())
+        check_config_value("image_size", image_size)
+        check_config_value("patch_size", patch_size)
+        check_config_value("num_channels", num_channels)
         max_position_embeddings = (image_size // patch_size) ** 2
         kwargs.pop("max_position_embeddings", None)
         init_model_keys(self, init_arguments(locals()), kwargs)
@@ -88,8 +83,10 @@ class HfGenViTConfig(PreTrainedConfig):
 
 
 def validate_vision_config(config) -> None:
-    """The shared attention checks; a vision encoder has no vocabulary, which those checks would otherwise ask for."""
-    keys = {k: v for k, v in vars(config).items() if not k.startswith("__")}
-    keys.setdefault("vocab_size", 1)
-    keys["model_type"] = config.model_type
-    validate_attention_config(SimpleNamespace(**keys))
+    """How the keys fit together (the shared attention checks) and the image geometry."""
+    validate_attention_config(config)
+    if config.image_size % config.patch_size != 0:
+        raise ValueError(
+            f"image_size ({config.image_size}) is not divisible by patch_size ({config.patch_size}): the image must "
+            f"be cut into whole patches; valid patch sizes for this image size are "
+            f"{[p for p in range(1, config.image_size + 1) if config.image_size % p == 0]}.")

@@ -20,10 +20,9 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 
 from .configuration_hfgen_decoder import HfGenDecoderConfig
+from .configuration_common import ValidatedConfigMixin
 from .configuration_hfgen_vit import HfGenViTConfig
-from .variants import check_choice, check_positive_int
-
-FUSIONS = ("early", "projection", "cross_attention")
+from .variants import FUSIONS, is_number  # noqa: F401  (FUSIONS re-exported)
 
 VLM_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_vlm.HfGenVlmConfig",
@@ -33,7 +32,7 @@ VLM_AUTO_MAP = {
 }
 
 
-class HfGenVlmConfig(PreTrainedConfig):
+class HfGenVlmConfig(ValidatedConfigMixin, PreTrainedConfig):
     r"""Configuration of :class:`HfGenVlmForConditionalGeneration`.
 
     Args:
@@ -74,7 +73,7 @@ class HfGenVlmConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
-        check_choice("fusion", fusion, FUSIONS)
+        self.fusion = fusion  # (checked where set, first: it decides what the sub-configs are for)
         if isinstance(text_config, dict):
             text_config = HfGenDecoderConfig(**{k: v for k, v in text_config.items() if k != "model_type"})
         if isinstance(vision_config, dict):
@@ -87,15 +86,10 @@ class HfGenVlmConfig(PreTrainedConfig):
         if isinstance(image_token_id, bool) or not isinstance(image_token_id, int) or not 0 <= image_token_id < vocab:
             raise ValueError(f"image_token_id must be a token id in [0, {vocab}) (text_config.vocab_size), got "
                              f"{image_token_id!r}.")
-        check_positive_int("cross_attention_interval", cross_attention_interval)
-        if isinstance(cross_attention_gate_init, bool) or not isinstance(cross_attention_gate_init, (int, float)) \
-                or not -10.0 <= cross_attention_gate_init <= 10.0:
-            raise ValueError(f"cross_attention_gate_init must be a number in [-10, 10] (the gates pass through tanh), "
-                             f"got {cross_attention_gate_init!r}.")
-        self.fusion = fusion
         self.image_token_id = image_token_id
         self.cross_attention_interval = cross_attention_interval
-        self.cross_attention_gate_init = float(cross_attention_gate_init)
+        self.cross_attention_gate_init = float(cross_attention_gate_init) if is_number(cross_attention_gate_init) \
+            else cross_attention_gate_init
         self.projector_hidden_act = projector_hidden_act
         self.initializer_range = initializer_range
         # What generate() and the loss read from the top-level config: the decoder's.

@@ -1,5 +1,5 @@
 """What every hfgen transformers model shares: the base ``PreTrainedModel``, weight initialisation of the variant
-parameters, input checks that fail early with a clear message, and checkpoint checks before loading."""
+parameters, checkpoint checks before loading (the input checks: ``input_checks.py``)."""
 
 from __future__ import annotations
 
@@ -14,44 +14,11 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .attention import HfGenAttention
+from .configuration_common import check_misspelt_keys
+from .input_checks import check_inputs  # noqa: F401  (where the families import it from)
 from .model_card import HfGenHubCardMixin
 from .positions import RotaryEmbedding
 from .variants import validate_attention_config
-
-
-def check_inputs(config, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
-                 attention_mask: torch.Tensor | None, past_length: int) -> None:
-    """Raise a ``ValueError`` for token ids outside the vocabulary or a mask that does not fit the input, before
-    any state (cache, weights) is touched -- instead of an index error deep inside torch, or silent garbage."""
-    if input_ids is not None:
-        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
-        if input_ids.numel() and not torch.compiler.is_compiling():
-            low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one kernel, one device sync
-            if low < 0 or high >= config.vocab_size:
-                raise ValueError(
-                    f"Token ids must lie in [0, {config.vocab_size}) (vocab_size); got ids from {low} to {high}. "
-                    f"Was the input encoded with a different tokenizer?"
-                )
-    reference = input_ids if input_ids is not None else inputs_embeds
-    batch, length = reference.shape[:2]
-    if attention_mask is None:
-        return
-    if attention_mask.dim() == 2:
-        expected = (batch, past_length + length)
-        if tuple(attention_mask.shape) != expected:
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {expected}: one row per sequence "
-                f"and one column per token seen so far ({past_length} cached + {length} new)."
-            )
-    elif attention_mask.dim() == 4:
-        if attention_mask.shape[0] not in (1, batch) or attention_mask.shape[2] != length:
-            raise ValueError(
-                f"A 4D attention_mask must have shape [batch|1, 1|heads, {length}, keys]; got "
-                f"{tuple(attention_mask.shape)} for a batch of {batch}."
-            )
-    else:
-        raise ValueError(f"attention_mask must be 2D [batch, keys] or 4D, got {attention_mask.dim()} dimensions.")
 
 
 def last_token_indices(config, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
@@ -67,6 +34,25 @@ def last_token_indices(config, input_ids: torch.Tensor | None, attention_mask: t
     if batch > 1:
         raise ValueError("Cannot find each row's last token in a batch without attention_mask or pad_token_id.")
     return torch.full((batch,), length - 1, device=logits.device)
+
+
+# The keyword arguments of PreTrainedModel.from_pretrained (and what it forwards to the Hub client): never taken for a
+# misspelt config key.
+FROM_PRETRAINED_KEYS = frozenset(inspect.signature(PreTrainedModel.from_pretrained).parameters) | {
+    "trust_remote_code", "attn_implementation", "experts_implementation", "dtype", "torch_dtype", "device_map",
+    "max_memory", "offload_folder", "offload_buffers", "offload_state_dict", "quantization_config", "subfolder",
+    "variant", "revision", "token", "cache_dir", "local_files_only", "force_download", "proxies",
+    "output_loading_info", "use_safetensors", "weights_only", "key_mapping", "adapter_name", "adapter_kwargs",
+    "gguf_file", "tp_plan", "tp_size", "distributed_config", "generation_config", "use_kernels", "kernel_config",
+    "low_cpu_mem_usage", "from_tf", "from_flax", "code_revision", "_from_auto", "_from_pipeline", "_commit_hash"}
+
+
+def check_pretrained_kwargs(model_class: type, kwargs: dict) -> None:
+    """``from_pretrained(path, softmax_varient=...)``: transformers sets the keys the config has and hands the
+    others to the model's ``__init__``, which fails with a bare ``TypeError``. Name the config key meant instead."""
+    config_class = getattr(model_class, "config_class", None)
+    if config_class is not None and not isinstance(kwargs.get("config"), (str, os.PathLike)):
+        check_misspelt_keys(config_class, kwargs, known=FROM_PRETRAINED_KEYS)
 
 
 def check_checkpoint_folder(path: str | os.PathLike) -> None:
@@ -127,6 +113,7 @@ class HfGenPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        check_pretrained_kwargs(cls, kwargs)
         if pretrained_model_name_or_path is not None:
             check_checkpoint_folder(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -25,6 +24,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .attention import HfGenAttention
 from .configuration_hfgen_decoder import HfGenDecoderConfig
+from .input_checks import HfGenGenerationMixin, check_head_inputs
 from .kv_cache import PreallocatedCacheMixin
 from .layers import HfGenMLP, build_norm
 from .modeling_common import HfGenPreTrainedModel, check_inputs, last_token_indices
@@ -109,7 +109,7 @@ class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         past_length = cache.get_seq_length() if cache is not None else 0
-        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
+        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length, position_ids)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and cache is None:
@@ -131,7 +131,7 @@ class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
                                        cache=cache if use_cache else None)
 
 
-class HfGenDecoderForCausalLM(PreallocatedCacheMixin, HfGenDecoderPreTrainedModel, GenerationMixin):
+class HfGenDecoderForCausalLM(PreallocatedCacheMixin, HfGenDecoderPreTrainedModel, HfGenGenerationMixin):
     """Decoder with a language-modelling head. Works with ``generate`` (DynamicCache and static cache, left-padded
     batches, every decoding strategy), ``pipeline("text-generation")`` and the TRL trainers. ``generate``'s default
     cache writes keys and values in place (``kv_cache.PreallocatedLayer``) instead of concatenating at every step."""
@@ -159,6 +159,7 @@ class HfGenDecoderForCausalLM(PreallocatedCacheMixin, HfGenDecoderPreTrainedMode
                 use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
                 **kwargs) -> CausalLMOutputWithPast:
         """``labels`` are the input ids (shifted inside the loss); -100 marks positions to ignore."""
+        check_head_inputs(self.config, input_ids, inputs_embeds, labels, logits_to_keep)
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)

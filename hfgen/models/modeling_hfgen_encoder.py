@@ -47,6 +47,7 @@ from .attention import HfGenAttention, repeat_kv
 from .configuration_hfgen_encoder import HfGenEncoderConfig, validate_encoder_config
 from .disentangled import add_disentangled_modules, disentangled_bias, relative_embeddings
 from .layers import HfGenLayerNorm, HfGenRMSNorm
+from .input_checks import check_head_inputs, check_lm_labels
 from .modeling_common import HfGenPreTrainedModel, check_inputs
 from .moe import (
     HfGenMoeMaskedLMOutput,
@@ -386,7 +387,7 @@ class HfGenEncoderModel(HfGenEncoderPreTrainedModel):
         ``type_vocab_size`` (zeros when absent); ``position_ids``: ``0..S-1`` when absent (BERT)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, 0)
+        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, 0, position_ids)
         reference = input_ids if input_ids is not None else inputs_embeds
         check_token_types(self.config, token_type_ids, reference.shape[:2])
         if position_ids is None:
@@ -429,7 +430,7 @@ class HfGenEncoderForMaskedLM(HfGenEncoderPreTrainedModel):
                 token_type_ids: torch.LongTensor | None = None, position_ids: torch.LongTensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 **kwargs) -> MaskedLMOutput:
-        check_mlm_labels(self.config, labels)
+        check_mlm_labels(self.config, labels, input_ids, inputs_embeds)
         outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
         logits = self.cls(outputs.last_hidden_state)
@@ -441,16 +442,15 @@ class HfGenEncoderForMaskedLM(HfGenEncoderPreTrainedModel):
                           loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
-def check_mlm_labels(config: HfGenEncoderConfig, labels: torch.Tensor | None) -> None:
+def check_mlm_labels(config: HfGenEncoderConfig, labels: torch.Tensor | None,
+                     input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> None:
+    """Masked-LM labels: token ids or -100, one per input token (the input's shape when it is given)."""
     if labels is None:
         return
-    if labels.is_floating_point():
-        raise ValueError(f"labels must hold integer token ids, got dtype {labels.dtype}.")
-    if labels.numel() and not torch.compiler.is_compiling():
-        bad = (labels != -100) & ((labels < 0) | (labels >= config.vocab_size))
-        if bad.any():
-            raise ValueError(f"labels must be token ids in [0, {config.vocab_size}) (vocab_size) or -100 (ignored); "
-                             f"got {labels[bad].unique().tolist()[:8]}.")
+    if input_ids is None and inputs_embeds is None:  # (the training loop's own check, before the model runs)
+        check_lm_labels(labels, config.vocab_size, labels.shape)
+    else:
+        check_head_inputs(config, input_ids, inputs_embeds, labels)
 
 
 @dataclass
@@ -500,7 +500,7 @@ class HfGenEncoderForPreTraining(HfGenEncoderPreTrainedModel):
                 token_type_ids: torch.LongTensor | None = None, position_ids: torch.LongTensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 next_sentence_label: torch.LongTensor | None = None, **kwargs) -> HfGenEncoderForPreTrainingOutput:
-        check_mlm_labels(self.config, labels)
+        check_mlm_labels(self.config, labels, input_ids, inputs_embeds)
         if next_sentence_label is not None and next_sentence_label.numel() and not torch.compiler.is_compiling():
             if ((next_sentence_label != 0) & (next_sentence_label != 1)).any():
                 raise ValueError("next_sentence_label must be 0 (B follows A) or 1 (B is random), got "

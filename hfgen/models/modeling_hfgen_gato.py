@@ -14,12 +14,12 @@ import math
 import torch
 from torch import nn
 from transformers.cache_utils import Cache
-from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_hfgen_gato import MODALITIES, HfGenGatoConfig
+from .input_checks import HfGenGenerationMixin, check_finite, check_head_inputs
 from .modeling_common import check_inputs
 from .modeling_hfgen_decoder import HfGenDecoderModel, HfGenDecoderPreTrainedModel
 from .modeling_hfgen_vit import patchify
@@ -56,7 +56,7 @@ def undiscretize(bins: torch.Tensor, num_bins: int = 1024, mu: float = 100.0, ma
     return mu_law_decode(centres, mu, max_value)
 
 
-class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, GenerationMixin):
+class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, HfGenGenerationMixin):
     """Gato-like decoder with a head over the whole token space. ``forward(input_ids, pixel_values=None,
     modality_ids=None, labels=None, ...)``: ``modality_ids`` (``[B, S]``, indices into :data:`MODALITIES`) default to
     what the ids say (text below ``text_vocab_size``, image for the placeholder, continuous for the bins); pass
@@ -74,6 +74,9 @@ class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, GenerationMixin):
         self.modality_embedding = nn.Embedding(len(MODALITIES), config.hidden_size)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        # The image placeholder is an input-only token: a generated one would ask for an image that is not there.
+        if self.generation_config is not None:
+            self.generation_config.suppress_tokens = [config.image_token_id]
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -95,20 +98,44 @@ class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, GenerationMixin):
         modality[input_ids == c.image_token_id] = MODALITIES.index("image")
         return modality
 
+    def check_modalities(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+                         modality_ids: torch.Tensor | None, id_range: tuple[int, int] | None) -> None:
+        """``modality_ids`` (shape of ``input_ids``, indices into :data:`MODALITIES`) and image placeholders that have
+        an image: a placeholder without ``pixel_values`` would be embedded as a word."""
+        c = self.config
+        if modality_ids is not None:
+            if not isinstance(modality_ids, torch.Tensor) or modality_ids.shape != input_ids.shape:
+                shape = tuple(modality_ids.shape) if isinstance(modality_ids, torch.Tensor) else type(modality_ids)
+                raise ValueError(f"modality_ids must have the shape of input_ids {tuple(input_ids.shape)}, got "
+                                 f"{shape}.")
+            if modality_ids.is_floating_point() or modality_ids.dtype == torch.bool:
+                raise ValueError(f"modality_ids must hold integer indices into {MODALITIES}, got dtype "
+                                 f"{modality_ids.dtype}.")
+            if not torch.compiler.is_compiling():
+                low, high = torch.stack(torch.aminmax(modality_ids)).tolist()
+                if low < 0 or high >= len(MODALITIES):
+                    names = ", ".join(f"{i}: {m}" for i, m in enumerate(MODALITIES))
+                    raise ValueError(f"modality_ids must lie in [0, {len(MODALITIES)}) ({names}); got values from "
+                                     f"{low} to {high}.")
+        # The placeholder is the largest id of the token space, so the id range already read says whether the
+        # input holds one (no second device sync per decoding step).
+        if pixel_values is None and id_range is not None and id_range[1] == c.image_token_id:
+            raise ValueError(f"input_ids hold the image placeholder (id {c.image_token_id}) but no pixel_values were "
+                             f"given: each placeholder is replaced by one patch of an image ({c.num_patches} per "
+                             f"image). Pass the images, or remove the placeholders.")
+
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
               modality_ids: torch.Tensor | None) -> torch.Tensor:
         c = self.config
         if modality_ids is None:
             modality_ids = self.default_modality_ids(input_ids)
-        elif modality_ids.shape != input_ids.shape:
-            raise ValueError(f"modality_ids must have the shape of input_ids {tuple(input_ids.shape)}, got "
-                             f"{tuple(modality_ids.shape)}.")
         embeds = self.model.embed_tokens(input_ids)
         slots = input_ids == c.image_token_id
         if pixel_values is not None:
             if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (c.num_channels, c.image_size, c.image_size):
                 raise ValueError(f"pixel_values must have shape [images, {c.num_channels}, {c.image_size}, "
                                  f"{c.image_size}], got {tuple(pixel_values.shape)}.")
+            check_finite("pixel_values", pixel_values)
             if int(slots.sum()) != pixel_values.shape[0] * c.num_patches:
                 raise ValueError(f"{int(slots.sum())} image tokens in the input, but {pixel_values.shape[0]} image(s) "
                                  f"of {c.num_patches} patches each were given (more images than image placeholders "
@@ -127,8 +154,10 @@ class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, GenerationMixin):
                 logits_to_keep: int | torch.Tensor = 0, **kwargs) -> CausalLMOutputWithPast:
         if input_ids is None:
             raise ValueError("HfGenGatoForCausalLM needs input_ids (the mixed token stream).")
+        check_head_inputs(self.config, input_ids, None, labels, logits_to_keep)
         past_length = cache.get_seq_length() if cache is not None else 0
-        check_inputs(self.config, input_ids, None, attention_mask, past_length)
+        id_range = check_inputs(self.config, input_ids, None, attention_mask, past_length, position_ids)
+        self.check_modalities(input_ids, pixel_values, modality_ids, id_range)
         outputs = self.model(inputs_embeds=self.embed(input_ids, pixel_values, modality_ids),
                              attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                              use_cache=use_cache, **kwargs)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
-from transformers.generation import GenerationMixin, GenerationMode
+from transformers.generation import GenerationMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import can_return_tuple
@@ -48,9 +48,10 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_hfgen_retnet import HfGenRetNetConfig, validate_retnet_config
+from .input_checks import HfGenGenerationMixin, check_head_inputs
 from .layers import HfGenMLP, build_norm
 from .model_card import HfGenHubCardMixin
-from .modeling_common import check_checkpoint_folder, check_inputs
+from .modeling_common import check_checkpoint_folder, check_inputs, check_pretrained_kwargs
 from .moe import HfGenSparseMoeBlock, build_feed_forward, moe_causal_lm_output, validate_moe_config
 from .retention import (  # (the arithmetic, importable from here as before)
     retention_chunkwise,
@@ -255,6 +256,7 @@ class HfGenRetNetPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        check_pretrained_kwargs(cls, kwargs)
         if pretrained_model_name_or_path is not None:
             check_checkpoint_folder(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
@@ -374,7 +376,7 @@ class HfGenRetNetModel(HfGenRetNetPreTrainedModel):
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(f"HfGenRetNet takes a 2D attention_mask [batch, tokens] (1 = token, 0 = padding); "
                              f"got {attention_mask.dim()} dimensions. Retention has no attention matrix to mask.")
-        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
+        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length, position_ids)
         if cache is not None:
             cache.check_batch((input_ids if input_ids is not None else inputs_embeds).shape[0])
         if inputs_embeds is None:
@@ -407,7 +409,7 @@ class HfGenRetNetModel(HfGenRetNetPreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache if use_cache else None)
 
 
-class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, GenerationMixin):
+class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, HfGenGenerationMixin):
     """RetNet with a language-modelling head. ``generate`` decodes with the recurrent form from the state cache
     (O(1) time and memory per token, whatever the context); left-padded batches give the rows' own tokens."""
 
@@ -451,6 +453,7 @@ class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, GenerationMixin):
                 past_key_values: HfGenRetNetCache | None = None, **kwargs):
         """``labels`` are the input ids (shifted inside the loss); -100 marks positions to ignore. With
         ``num_experts`` the output is ``HfGenMoeCausalLMOutputWithPast`` (router losses and statistics)."""
+        check_head_inputs(self.config, input_ids, inputs_embeds, labels, logits_to_keep)
         if (input_ids is not None and labels is None and inputs_embeds is None and position_ids is None
                 and (use_cache if use_cache is not None else self.config.use_cache)
                 and kwargs.keys() <= {"output_attentions", "output_hidden_states"}

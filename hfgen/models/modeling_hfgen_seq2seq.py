@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.generation import GenerationMixin
 from transformers.loss.loss_utils import ForMaskedLMLoss
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -40,6 +39,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from .attention import HfGenAttention
 from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig, validate_seq2seq_config
 from .layers import HfGenMLP, build_norm
+from .input_checks import HfGenGenerationMixin, check_lm_labels, check_logits_to_keep
 from .modeling_common import HfGenPreTrainedModel, check_inputs
 from .position_inputs import add_position_modules, position_inputs, positions_from_mask
 
@@ -65,14 +65,12 @@ def shift_tokens_right(labels: torch.Tensor, decoder_start_token_id: int | None,
     return shifted
 
 
-def check_labels(config, labels: torch.Tensor) -> None:
-    if labels.is_floating_point():
-        raise ValueError(f"labels must hold integer token ids, got dtype {labels.dtype}.")
-    if labels.numel() and not torch.compiler.is_compiling():
-        bad = (labels != -100) & ((labels < 0) | (labels >= config.vocab_size))
-        if bad.any():
-            raise ValueError(f"labels must be token ids in [0, {config.vocab_size}) (vocab_size) or -100 (ignored); "
-                             f"got {labels[bad].unique().tolist()[:8]}.")
+def check_labels(config, labels: torch.Tensor, decoder_input_ids: torch.Tensor | None = None,
+                 decoder_inputs_embeds: torch.Tensor | None = None) -> None:
+    """Target ids or -100, one per decoder position (the decoder input's shape when it is given)."""
+    reference = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
+    shape = reference.shape[:2] if isinstance(reference, torch.Tensor) and reference.dim() >= 2 else None
+    check_lm_labels(labels, config.vocab_size, shape if shape is not None else getattr(labels, "shape", ()))
 
 
 class HfGenSeq2SeqLayer(GradientCheckpointingLayer):
@@ -229,7 +227,7 @@ class HfGenSeq2SeqEncoder(_HfGenSeq2SeqStack):
                 inputs_embeds: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
                 **kwargs) -> BaseModelOutput:
         reference = self._shape_reference(input_ids, inputs_embeds)
-        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, 0)
+        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, 0, position_ids)
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=reference, attention_mask=attention_mask)
         hidden_states = self._run(input_ids, inputs_embeds, attention_mask, position_ids, 0,
                                   dict(attention_mask=mask, **kwargs))
@@ -259,10 +257,6 @@ class HfGenSeq2SeqDecoder(_HfGenSeq2SeqStack):
         reference = self._shape_reference(input_ids, inputs_embeds)
         if encoder_hidden_states is None:
             raise ValueError("The decoder cross-attends to the encoder output: pass encoder_hidden_states.")
-        if reference.shape[0] != encoder_hidden_states.shape[0]:
-            raise ValueError(f"The decoder inputs hold {reference.shape[0]} rows but the encoder output "
-                             f"{encoder_hidden_states.shape[0]}: one target per source.")
-        check_encoder_mask(encoder_attention_mask, encoder_hidden_states)
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         elif isinstance(cache, Cache) and not isinstance(cache, EncoderDecoderCache):
@@ -270,7 +264,11 @@ class HfGenSeq2SeqDecoder(_HfGenSeq2SeqStack):
             cache = EncoderDecoderCache(cache, DynamicCache(config=self.config))
         self_cache = cache.self_attention_cache if cache is not None else None
         past_length = self_cache.get_seq_length() if self_cache is not None else 0
-        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
+        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length, position_ids, "decoder_")
+        if reference.shape[0] != encoder_hidden_states.shape[0]:
+            raise ValueError(f"The decoder inputs hold {reference.shape[0]} rows but the encoder output "
+                             f"{encoder_hidden_states.shape[0]}: one target per source.")
+        check_encoder_mask(encoder_attention_mask, encoder_hidden_states)
         if position_ids is None:
             position_ids = torch.arange(reference.shape[1], device=reference.device).unsqueeze(0) + past_length
         mask = create_causal_mask(config=self.config, inputs_embeds=reference, attention_mask=attention_mask,
@@ -372,7 +370,7 @@ class HfGenSeq2SeqModel(HfGenSeq2SeqPreTrainedModel):
         )
 
 
-class HfGenSeq2SeqForConditionalGeneration(HfGenSeq2SeqPreTrainedModel, GenerationMixin):
+class HfGenSeq2SeqForConditionalGeneration(HfGenSeq2SeqPreTrainedModel, HfGenGenerationMixin):
     """Encoder-decoder with a language-modelling head: ``generate`` (the encoder runs once; self- and
     cross-attention caches, dynamic or static; greedy, sampling, beam search), ``Seq2SeqTrainer``, PEFT's
     ``SEQ_2_SEQ_LM`` task. ``labels`` alone give the decoder inputs (shifted right) and the loss."""
@@ -421,8 +419,9 @@ class HfGenSeq2SeqForConditionalGeneration(HfGenSeq2SeqPreTrainedModel, Generati
         """``labels``: the target ids, -100 where ignored. Without decoder inputs they are shifted right into
         ``decoder_input_ids``; the loss compares position i's logits with ``labels[:, i]`` (no further shift).
         ``cross_attention_mask``: see :meth:`HfGenSeq2SeqModel.forward` (gist training)."""
+        check_logits_to_keep(logits_to_keep)
         if labels is not None:
-            check_labels(self.config, labels)
+            check_labels(self.config, labels, decoder_input_ids, decoder_inputs_embeds)
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
         outputs: Seq2SeqModelOutput = self.model(

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_hfgen_decoder import HfGenDecoderConfig
+from .input_checks import HfGenGenerationMixin
 from .kv_cache import PreallocatedCacheMixin
 from .modeling_hfgen_decoder import HfGenDecoderModel, HfGenDecoderPreTrainedModel
 
@@ -64,7 +64,7 @@ class HfGenValueHead(nn.Module):
         return self.summary(hidden_states).squeeze(-1)
 
 
-class HfGenDecoderForCausalLMWithValueHead(PreallocatedCacheMixin, HfGenDecoderPreTrainedModel, GenerationMixin):
+class HfGenDecoderForCausalLMWithValueHead(PreallocatedCacheMixin, HfGenDecoderPreTrainedModel, HfGenGenerationMixin):
     """``HfGenDecoderForCausalLM`` plus ``v_head`` (:class:`HfGenValueHead`): ``forward`` returns
     :class:`CausalLMOutputWithValue` with ``logits`` and per-position ``value``; ``generate`` works as for the
     causal LM."""

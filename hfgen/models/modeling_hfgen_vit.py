@@ -17,6 +17,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .attention import HfGenAttention
 from .configuration_hfgen_vit import HfGenViTConfig, validate_vision_config
+from .input_checks import check_finite
 from .layers import HfGenMLP, build_norm
 from .modeling_common import HfGenPreTrainedModel
 from .position_inputs import add_position_modules, position_inputs
@@ -32,7 +33,7 @@ def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 def check_pixel_values(config: HfGenViTConfig, pixel_values: torch.Tensor) -> None:
-    """A clear error for images of the wrong shape, before any weight is used."""
+    """A clear error for images of the wrong shape or dtype, or holding NaN or inf, before any weight is used."""
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
         shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
         raise ValueError(f"pixel_values must be a 4D tensor [images, channels, height, width]; got {shape}.")
@@ -47,6 +48,9 @@ def check_pixel_values(config: HfGenViTConfig, pixel_values: torch.Tensor) -> No
                          f"(num_channels, image_size, image_size).")
     if not pixel_values.is_floating_point():
         raise ValueError(f"pixel_values must be floating point (scaled images), got dtype {pixel_values.dtype}.")
+    if pixel_values.shape[0] == 0:
+        raise ValueError(f"pixel_values hold no image (shape {tuple(pixel_values.shape)}): pass None instead.")
+    check_finite("pixel_values", pixel_values)
 
 
 class HfGenViTPatchEmbedding(nn.Module):

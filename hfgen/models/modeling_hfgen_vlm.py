@@ -17,7 +17,6 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 from transformers.utils import can_return_tuple
@@ -25,6 +24,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from .attention import HfGenAttention
 from .configuration_hfgen_vlm import HfGenVlmConfig
+from .input_checks import HfGenGenerationMixin, check_head_inputs
 from .layers import HfGenMLP, build_norm
 from .modeling_common import HfGenPreTrainedModel, check_inputs
 from .modeling_hfgen_decoder import HfGenDecoderLayer, HfGenDecoderModel
@@ -205,7 +205,7 @@ class HfGenVlmModel(HfGenVlmPreTrainedModel):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         text_config = self.config.text_config
         past_length = cache.get_seq_length() if cache is not None else 0
-        check_inputs(text_config, input_ids, inputs_embeds, attention_mask, past_length)
+        check_inputs(text_config, input_ids, inputs_embeds, attention_mask, past_length, position_ids)
         batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
         self._check_images(input_ids, pixel_values, batch, past_length)
         use_cache = use_cache if use_cache is not None else text_config.use_cache
@@ -246,7 +246,7 @@ class HfGenVlmModel(HfGenVlmPreTrainedModel):
                                            image_hidden_states=image_features)
 
 
-class HfGenVlmForConditionalGeneration(HfGenVlmPreTrainedModel, GenerationMixin):
+class HfGenVlmForConditionalGeneration(HfGenVlmPreTrainedModel, HfGenGenerationMixin):
     """Vision-language model with a language-modelling head: captions, answers, any text about the images.
     Works with ``generate`` (cache, left padding, every decoding strategy) and
     ``pipeline("image-text-to-text")`` (with :class:`HfGenVlmProcessor`)."""
@@ -300,6 +300,8 @@ class HfGenVlmForConditionalGeneration(HfGenVlmPreTrainedModel, GenerationMixin)
                 logits_to_keep: int | torch.Tensor = 0, **kwargs) -> HfGenVlmCausalLMOutputWithPast:
         """``labels``: the input ids (shifted inside the loss), -100 where no loss is wanted (image tokens, the
         prompt)."""
+        check_head_inputs(self.config, input_ids, inputs_embeds, labels, logits_to_keep,
+                          vocab_size=self.config.text_config.vocab_size)
         outputs = self.model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
                              position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
                              use_cache=use_cache, **kwargs)

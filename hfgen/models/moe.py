@@ -86,21 +86,16 @@ def init_moe_config(config, kwargs: dict) -> None:
 
 
 def validate_moe_config(config) -> None:
-    """``ValueError`` naming the key and its valid range, before any weight is created."""
+    """``ValueError`` naming the keys and their valid range, before any weight is created: how the MoE keys fit the
+    rest of the config (each value of its own -- ``num_experts`` an integer >= 0, the coefficients finite and >= 0 --
+    is checked where it is set: ``variants.VALUE_CHECKS``)."""
     experts = getattr(config, "num_experts", 0) or 0
     top_k = getattr(config, "num_experts_per_tok", 2)
-    if isinstance(experts, bool) or not isinstance(experts, int) or experts < 0:
-        raise ValueError(f"num_experts must be 0 (no mixture of experts: a plain MLP) or a positive integer, "
-                         f"got {experts!r}.")
     if experts == 0:
         return
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= experts:
         raise ValueError(f"num_experts_per_tok must be an integer between 1 and num_experts ({experts}): each token "
                          f"goes to that many distinct experts; got {top_k!r}.")
-    for key in ("router_aux_loss_coef", "router_z_loss_coef", "router_jitter_noise"):
-        value = getattr(config, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{key} must be a number >= 0, got {value!r}.")
     if getattr(config, "mlp_type", "gated") not in EXPERT_TYPES:
         raise ValueError(f"Experts take the form of the family's MLP; mlp_type={config.mlp_type!r} has none. Valid "
                          f"choices with num_experts > 0: {', '.join(map(repr, EXPERT_TYPES))}.")

@@ -1,12 +1,22 @@
-"""The names of every attention, softmax, position, norm and MLP variant, and the checks on them.
+"""The names of every attention, softmax, position, norm and MLP variant, and the checks on every config value.
 
 One registry of valid names per config key, shared by every family's config, so that an unknown value fails
 the same way everywhere: a ``ValueError`` that names the key, the bad value and the valid choices.
+
+:data:`VALUE_CHECKS` is the one table of what each config key may hold (key -> check). Every family's config
+applies it where a value is set -- in its ``__init__`` and on any later assignment, ``from_pretrained(path,
+key=value)`` and ``config.key = value`` included (``configuration_common.ValidatedConfigMixin``). Checks that
+relate several keys (heads that must divide, a temperature that needs its variant) run once the whole config is
+known: at the end of the config's ``__init__`` and again before a model builds its weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import difflib
+import math
+from collections.abc import Callable, Iterable
+
+from transformers.activations import ACT2FN
 
 ATTENTION_SCORINGS = ("scaled_dot_product", "dot_product", "general", "additive")
 SOFTMAX_VARIANTS = ("standard", "temperature", "adaptive_temperature", "off_by_one", "clipped")
@@ -17,6 +27,9 @@ FAMILY_POSITION_EMBEDDINGS = {"disentangled": ("hfgen_encoder",)}
 NORM_TYPES = ("rmsnorm", "layernorm")
 NORM_POSITIONS = ("pre", "post")
 MLP_TYPES = ("gated", "standard")
+RETENTION_MODES = ("parallel", "chunkwise", "recurrent")
+FUSIONS = ("early", "projection", "cross_attention")
+INITIALIZER_SCHEMES = ("normal", "t5")
 
 
 def check_choice(key: str, value: object, choices: Iterable[str]) -> None:
@@ -33,32 +46,222 @@ def position_embeddings_of(model_type: str | None) -> tuple[str, ...]:
 
 
 def check_positive_int(key: str, value: object) -> None:
+    """``ValueError`` naming ``key`` unless ``value`` is an integer > 0 (``bool`` is not a size)."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{key} must be a positive integer, got {value!r}.")
 
 
+def is_number(value: object) -> bool:
+    """A real number that JSON can hold: ``int`` or ``float``, not ``bool``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_number(key: str, value: object, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, what: str = "") -> None:
+    """``ValueError`` naming ``key`` unless ``value`` is a finite number within the given bounds. NaN and inf are
+    never valid: NaN compares false with everything and inf turns into NaN one product later, so either would
+    surface (if at all) as garbage logits far from the config."""
+    finite = is_number(value) and math.isfinite(value)
+    inside = finite
+    if inside and low is not None:
+        inside = value > low if low_open else value >= low
+    if inside and high is not None:
+        inside = value < high if high_open else value <= high
+    if not inside:
+        if low is not None and high is not None:
+            bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            bounds = f" {'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            bounds = f" {'<' if high_open else '<='} {high:g}"
+        else:
+            bounds = ""
+        why = [] if finite or not is_number(value) else ["finite: NaN and inf are never valid"]
+        why += [what] if what else []
+        explanation = f" ({'; '.join(why)})" if why else ""
+        raise ValueError(f"{key} must be a number{bounds}, got {value!r}{explanation}.")
+
+
+def check_int_at_least(minimum: int, why: str = "") -> Callable[[str, object], None]:
+    def check(key: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{key} must be an integer >= {minimum}{why}, got {value!r}.")
+    return check
+
+
+def check_bool(key: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be True or False, got {value!r}.")
+
+
+def check_activation(key: str, value: object) -> None:
+    """An activation name from transformers' ``ACT2FN`` table, the one every layer looks its function up in."""
+    if not isinstance(value, str) or value not in ACT2FN:
+        suggestion = close_match(value, ACT2FN.keys()) if isinstance(value, str) else None
+        hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+        raise ValueError(f"Unknown {key}={value!r} (not in transformers.activations.ACT2FN).{hint} Valid choices "
+                         f"are: {', '.join(map(repr, sorted(ACT2FN.keys())))}.")
+
+
+def check_probability(key: str, value: object) -> None:
+    if not (is_number(value) and 0.0 <= value < 1.0):  # (NaN fails the comparison)
+        raise ValueError(f"{key} must be in [0, 1) (a dropout probability), got {value!r}.")
+
+
+def check_optional_probability(key: str, value: object) -> None:
+    if value is not None:
+        check_probability(key, value)
+
+
+def check_rope_theta(key: str, value: object) -> None:
+    # theta^(-2i/d) are the rotation frequencies: theta <= 1 makes them grow with i (or all equal 1 at theta = 1),
+    # inf makes every angle 0 -- no position information at all -- and 0 or less gives inf or NaN.
+    check_number(key, value, 1.0, low_open=True, what="the base of the rotation frequencies theta^(-2i/d)")
+
+
+def check_rope_parameters(key: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be a dict such as {{'rope_type': 'default', 'rope_theta': 10000.0}}, "
+                         f"got {value!r}.")
+    if value.get("rope_type", "default") != "default":
+        raise ValueError(f"Unsupported {key}['rope_type']={value['rope_type']!r}; valid choices: 'default'.")
+    if "rope_theta" in value:
+        check_rope_theta(f"{key}['rope_theta']", value["rope_theta"])
+
+
+def check_position_embedding(key: str, value: object, model_type: str | None = None) -> None:
+    families = FAMILY_POSITION_EMBEDDINGS.get(value) if isinstance(value, str) else None
+    if families is not None and model_type not in families:
+        raise ValueError(
+            f"{key}={value!r} is implemented only by the {', '.join(families)} family, not by {model_type!r}; "
+            f"valid choices here are: {', '.join(map(repr, POSITION_EMBEDDINGS))}.")
+    check_choice(key, value, position_embeddings_of(model_type))
+
+
+def choice_of(choices: Iterable[str]) -> Callable[[str, object], None]:
+    choices = tuple(choices)
+    return lambda key, value: check_choice(key, value, choices)
+
+
+def check_no_chunked_attention(attention_chunk_size) -> None:
+    """transformers reads ``attention_chunk_size`` as Llama 4's chunked attention and would build a sliding-window
+    KV cache that silently forgets every token older than the chunk: refuse the key instead."""
+    if attention_chunk_size is not None:
+        raise ValueError(
+            f"attention_chunk_size={attention_chunk_size} is Llama 4's chunked attention, which hfgen does not "
+            f"implement; the rows per query chunk of hfgen's chunked kernels are set with query_chunk_size."
+        )
+
+
+def _check_num_experts(key: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key} must be 0 (no mixture of experts: a plain MLP) or a positive integer, got {value!r}.")
+
+
+def check_initializer_scheme(key: str, value: object) -> None:
+    if value not in INITIALIZER_SCHEMES:
+        raise ValueError(f"{key} must be one of {', '.join(INITIALIZER_SCHEMES)}, got {value!r}.")
+
+
+def _positive_number(what: str = "") -> Callable[[str, object], None]:
+    return lambda key, value: check_number(key, value, 0.0, low_open=True, what=what)
+
+
+def _non_negative_number(what: str = "") -> Callable[[str, object], None]:
+    return lambda key, value: check_number(key, value, 0.0, what=what)
+
+
+# key -> check(key, value): what every hfgen config key may hold, whichever family holds it (a family holds only
+# some of them; a key it does not hold is never looked up). Checks of one value only: those relating two keys are
+# in the families' validate_* functions.
+VALUE_CHECKS: dict[str, Callable[[str, object], None]] = {
+    # sizes
+    **{key: check_positive_int for key in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_decoder_layers",
+        "num_attention_heads", "num_key_value_heads", "head_dim", "query_chunk_size", "max_position_embeddings",
+        "relative_attention_max_distance", "image_size", "patch_size", "num_channels", "text_vocab_size",
+        "value_factor", "retention_chunk_size", "cross_attention_interval", "position_buckets")},
+    # (num_experts_per_tok: between 1 and num_experts, checked with it in moe.validate_moe_config)
+    # T5 buckets: half of them (of each direction's half, bidirectionally) are exact distances, the rest logarithmic;
+    # fewer than 4 leaves no exact bucket and the log buckets divide by zero.
+    "relative_attention_num_buckets": check_int_at_least(4, " (half of each direction's buckets are exact distances)"),
+    "num_bins": check_int_at_least(2),
+    "num_experts": _check_num_experts,
+    "type_vocab_size": check_int_at_least(0, " (0: no token types)"),
+    "max_relative_positions": lambda key, value: (
+        None if value == -1 and not isinstance(value, bool) else check_positive_int(key + " (or -1)", value)),
+    # epsilons, temperatures, bases
+    "rms_norm_eps": _positive_number("added to the variance before its square root"),
+    "layer_norm_eps": _positive_number("added to the variance before its square root"),
+    "softmax_temperature": _positive_number("softmax(z / temperature)"),
+    "clipped_softmax_gamma": lambda key, value: check_number(
+        key, value, high=0.0, what="clipped softmax stretches p to (zeta - gamma) * p + gamma, then clips to [0, 1]"),
+    "clipped_softmax_zeta": lambda key, value: check_number(
+        key, value, low=1.0, what="clipped softmax stretches p to (zeta - gamma) * p + gamma, then clips to [0, 1]"),
+    "rope_theta": check_rope_theta,
+    "rope_parameters": check_rope_parameters,
+    "mu_law_mu": _positive_number("mu-law companding log(|x| mu + 1) / log(M mu + 1)"),
+    "mu_law_max": _positive_number("the largest |value| M that mu-law companding maps onto [-1, 1]"),
+    "cross_attention_gate_init": lambda key, value: check_number(
+        key, value, -10.0, 10.0, what="the gates pass through tanh"),
+    # coefficients and scales
+    "initializer_range": _non_negative_number("the standard deviation of fresh weights"),
+    "router_aux_loss_coef": _non_negative_number(),
+    "router_z_loss_coef": _non_negative_number(),
+    "router_jitter_noise": lambda key, value: check_number(
+        key, value, 0.0, 1.0, high_open=True, what="inputs are scaled by uniform(1 - noise, 1 + noise)"),
+    # probabilities
+    "attention_dropout": check_probability,
+    "hidden_dropout": check_probability,
+    "hidden_dropout_prob": check_probability,
+    "classifier_dropout": check_optional_probability,
+    # activations
+    "hidden_act": check_activation,
+    "projector_hidden_act": check_activation,
+    # choices
+    "attention_scoring": choice_of(ATTENTION_SCORINGS),
+    "softmax_variant": choice_of(SOFTMAX_VARIANTS),
+    "norm_type": choice_of(NORM_TYPES),
+    "norm_position": choice_of(NORM_POSITIONS),
+    "mlp_type": choice_of(MLP_TYPES),
+    "retention_mode": choice_of(RETENTION_MODES),
+    "fusion": choice_of(FUSIONS),
+    "initializer_scheme": check_initializer_scheme,
+    # (position_embedding depends on the family: check_config_value passes the model type)
+    # switches
+    **{key: check_bool for key in ("attention_bias", "mlp_bias", "attention_gate", "decoding_weight_copies",
+                                   "norm_relative_embeddings", "scale_decoder_outputs")},
+    "attention_chunk_size": lambda key, value: check_no_chunked_attention(value),
+}
+
+
+def check_config_value(key: str, value: object, model_type: str | None = None) -> None:
+    """Apply :data:`VALUE_CHECKS` to one key (nothing for a key without a check)."""
+    if key == "position_embedding":
+        check_position_embedding(key, value, model_type)
+        return
+    check = VALUE_CHECKS.get(key)
+    if check is not None:
+        check(key, value)
+
+
+def close_match(key: object, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to ``key`` when one is close enough to be a misspelling of it (``softmax_varient`` ->
+    ``softmax_variant``, ``num_kv_heads`` -> ``num_key_value_heads``), else ``None``."""
+    if not isinstance(key, str):
+        return None
+    matches = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.75)
+    return matches[0] if matches else None
+
+
 def validate_attention_config(config) -> None:
-    """Check every attention-related key of ``config`` before any weight is created.
+    """Check how the attention-related keys of ``config`` fit together, before any weight is created (each key's own
+    value is checked where it is set: :data:`VALUE_CHECKS`).
 
     Shared by all families (decoder, encoder, seq2seq, ...): they hold the same keys with the same meaning.
     """
-    check_choice("attention_scoring", config.attention_scoring, ATTENTION_SCORINGS)
-    check_choice("softmax_variant", config.softmax_variant, SOFTMAX_VARIANTS)
-    model_type = getattr(config, "model_type", None)
-    families = FAMILY_POSITION_EMBEDDINGS.get(config.position_embedding)
-    if families is not None and model_type not in families:
-        raise ValueError(
-            f"position_embedding={config.position_embedding!r} is implemented only by the {', '.join(families)} "
-            f"family, not by {model_type!r}; valid choices here are: {', '.join(map(repr, POSITION_EMBEDDINGS))}."
-        )
-    check_choice("position_embedding", config.position_embedding, position_embeddings_of(model_type))
-    check_choice("norm_type", config.norm_type, NORM_TYPES)
-    check_choice("norm_position", config.norm_position, NORM_POSITIONS)
-    check_choice("mlp_type", config.mlp_type, MLP_TYPES)
-    for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers",
-                "intermediate_size", "vocab_size", "query_chunk_size"):
-        check_positive_int(key, getattr(config, key))
-    check_no_chunked_attention(getattr(config, "attention_chunk_size", None))
     if config.num_attention_heads % config.num_key_value_heads != 0:
         raise ValueError(
             f"num_attention_heads ({config.num_attention_heads}) must be a multiple of num_key_value_heads "
@@ -69,29 +272,15 @@ def validate_attention_config(config) -> None:
         raise ValueError(f"Rotary positions rotate pairs of channels: head_dim must be even, got {config.head_dim}.")
     if config.position_embedding == "sinusoidal" and config.hidden_size % 2 != 0:
         raise ValueError(f"Sinusoidal positions pair sin/cos channels: hidden_size must be even, got {config.hidden_size}.")
+    if config.position_embedding == "relative_bias" \
+            and config.relative_attention_max_distance <= config.relative_attention_num_buckets // 2:
+        raise ValueError(
+            f"relative_attention_max_distance ({config.relative_attention_max_distance}) must exceed "
+            f"relative_attention_num_buckets // 2 ({config.relative_attention_num_buckets // 2}): the logarithmic "
+            f"buckets span the distances between the exact ones and the maximum.")
     temperature = config.softmax_temperature
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"softmax_temperature must be a number > 0, got {temperature!r}.")
     if config.softmax_variant != "temperature" and temperature != 1.0:
         raise ValueError(
             f"softmax_temperature={temperature} only applies with softmax_variant='temperature' "
             f"(got softmax_variant={config.softmax_variant!r})."
-        )
-    gamma, zeta = config.clipped_softmax_gamma, config.clipped_softmax_zeta
-    if not gamma <= 0 < 1 <= zeta:
-        raise ValueError(
-            "Clipped softmax stretches probabilities to (zeta - gamma) * p + gamma before clipping to [0, 1]; "
-            f"it needs clipped_softmax_gamma <= 0 and clipped_softmax_zeta >= 1, got gamma={gamma}, zeta={zeta}."
-        )
-    if not 0.0 <= config.attention_dropout < 1.0:
-        raise ValueError(f"attention_dropout must be in [0, 1), got {config.attention_dropout}.")
-
-
-def check_no_chunked_attention(attention_chunk_size) -> None:
-    """transformers reads ``attention_chunk_size`` as Llama 4's chunked attention and would build a sliding-window
-    KV cache that silently forgets every token older than the chunk: refuse the key instead."""
-    if attention_chunk_size is not None:
-        raise ValueError(
-            f"attention_chunk_size={attention_chunk_size} is Llama 4's chunked attention, which hfgen does not "
-            f"implement; the rows per query chunk of hfgen's chunked kernels are set with query_chunk_size."
         )
