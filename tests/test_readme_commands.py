@@ -22,16 +22,20 @@ that folder non-empty.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+
+logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -201,7 +205,9 @@ def _run(command: Command, workdir: Path) -> None:
         argv += TINY_FLAGS[command.script]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
            "TOKENIZERS_PARALLELISM": "false"}
+    start = time.monotonic()
     result = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    logger.info("%.1f s: %s", time.monotonic() - start, command.line)  # shown with --log-cli-level INFO
     log = result.stdout[-4000:] + result.stderr[-4000:]
     assert result.returncode == 0, f"{command.line}\n-> {shlex.join(argv)}\n{log}"
     out = command.output_dir()
@@ -230,5 +236,6 @@ def test_readme_chain_runs(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # about 20 commands of 10-60 s each; 15 min was not enough on a loaded machine
 def test_readme_all_commands_run(tmp_path):
     _run_in_order([c for c in readme_commands() if not c.needs_hub], tmp_path)
