@@ -141,3 +141,50 @@ def test_push_failures_are_one_clear_line_and_upload_nothing(tmp_path):
             assert re.search(message, lines[0]), (name, lines[0])
         assert "hfgen-tester/fail" not in server.repos
         assert not [r for r in server.requests if "/commit/" in r[1]]
+
+
+def trapped_tokenizer_folder(folder: Path, marker: Path) -> Path:
+    """A saved hfgen tokenizer whose tokenizer_config.json names, in auto_map, a module that writes ``marker``."""
+    from hfgen.data import load_tokenizer
+
+    load_tokenizer().save_pretrained(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["trap.TrapTokenizer", "trap.TrapTokenizer"]}
+    config["tokenizer_class"] = "TrapTokenizer"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "trap.py").write_text(textwrap.dedent(f"""
+        from pathlib import Path
+        Path({str(marker)!r}).write_text("executed")
+        from transformers import PreTrainedTokenizerFast
+        class TrapTokenizer(PreTrainedTokenizerFast):
+            pass
+    """))
+    return folder
+
+
+def test_training_cores_run_no_folder_code_without_consent(tmp_path):
+    """Every training core's tokenizer loading (causal LM, masked LM, span corruption, classification): a folder
+    naming code is refused by transformers unless the run says --trust_remote_code, and the code never ran; with
+    it, the code runs (the trap is real)."""
+    import pytest
+
+    from hfgen.training.classification import load_classification_tokenizer
+    from hfgen.training.masked_lm import _load_tokenizer as masked_lm_tokenizer
+    from hfgen.training.pretrain import ModelArguments, _load_tokenizer
+    from hfgen.training.span_corruption import load_span_corruption_tokenizer
+
+    marker = tmp_path / "marker"
+    folder = str(trapped_tokenizer_folder(tmp_path / "trapped", marker))
+    loaders = {
+        "pretrain": lambda trust: _load_tokenizer(ModelArguments(model_name_or_path=folder, trust_remote_code=trust)),
+        "masked_lm": lambda trust: masked_lm_tokenizer(ModelArguments(model_name_or_path=folder,
+                                                                      trust_remote_code=trust)),
+        "span_corruption": lambda trust: load_span_corruption_tokenizer(folder, trust_remote_code=trust),
+        "classification": lambda trust: load_classification_tokenizer("hfgen_encoder", folder, trust),
+    }
+    for name, load in loaders.items():
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            load(False)
+        assert not marker.exists(), f"{name} ran the folder's code without consent"
+    loaders["pretrain"](True)
+    assert marker.exists()

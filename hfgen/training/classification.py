@@ -184,13 +184,15 @@ def model_family(model_args: ClassificationModelArguments) -> str:
     return family
 
 
-def load_classification_tokenizer(family: str, path: str | None = None) -> PreTrainedTokenizerBase:
-    """A saved folder's tokenizer, or the one the family's pre-training recipe starts from (so that a model from
-    scratch has the same vocabulary as a pre-trained one)."""
+def load_classification_tokenizer(family: str, path: str | None = None,
+                                  trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A saved folder's tokenizer (running code its ``auto_map`` names only with ``trust_remote_code``), or the one
+    the family's pre-training recipe starts from (so that a model from scratch has the same vocabulary as a
+    pre-trained one)."""
     if path is not None and os.path.exists(os.path.join(path, "tokenizer_config.json")):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if family == "hfgen_encoder":
         from ..data import load_encoder_tokenizer
 
@@ -249,7 +251,7 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
         model_class = SEQ2SEQ_HEADS[model_args.seq2seq_head]
     check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
     set_seed(training_args.seed)
-    tokenizer = load_classification_tokenizer(family, model_args.model_name_or_path)
+    tokenizer = load_classification_tokenizer(family, model_args.model_name_or_path, model_args.trust_remote_code)
     config = build_config(model_args, tokenizer, config_class)
     config.id2label = dict(enumerate(LABELS))
     config.label2id = {name: index for index, name in enumerate(LABELS)}

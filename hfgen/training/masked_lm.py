@@ -89,7 +89,7 @@ def _load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
         return load_encoder_tokenizer()  # the shipped tokenizer with mask, cls and sep tokens
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
 
 
 def mlm_blocks(corpus, tokenizer: PreTrainedTokenizerBase, block_size: int, num_proc: int | None = None):

@@ -37,7 +37,7 @@ from ..models.configuration_common import VARIANT_DEFAULTS
 
 LOSS_CURVE_FILE = "loss_curve.png"
 # Fields of ModelArguments that are not config keys.
-_NOT_CONFIG_KEYS = ("model_name_or_path", "config_overrides")
+_NOT_CONFIG_KEYS = ("model_name_or_path", "config_overrides", "trust_remote_code")
 # PreTrainedConfig bookkeeping that a user must not set by hand (the class and save_pretrained write them).
 _RESERVED_CONFIG_KEYS = {"_name_or_path", "architectures", "auto_map", "model_type", "transformers_version"}
 
@@ -74,6 +74,9 @@ class ModelArguments:
         "Normalise before (pre) or after (post) each residual block."))
     mlp_type: Literal[variants.MLP_TYPES] | None = field(default=None, **_help("gated (SwiGLU) or standard MLP."))
     tie_word_embeddings: bool | None = field(default=None, **_help("Share the input embedding with the LM head."))
+    trust_remote_code: bool = field(default=False, **_help(
+        "Run code that the model_name_or_path folder or repository names in its auto_map (tokenizer classes, ...). "
+        "Only for sources you trust: that code runs on this machine. hfgen's own models never need it."))
     config_overrides: str | None = field(default=None, **_help(
         "Any other config keys as 'key=value,key=value' (values read as JSON, else true/false/none, else "
         "text), e.g. 'rope_parameters={\"rope_theta\": 500000.0},attention_dropout=0.1'. Applied last."))
@@ -220,7 +223,7 @@ def _load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
         return load_tokenizer()  # the tokenizer shipped with hfgen
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
 
 
 def _load_blocks(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, training_args: TrainingArguments):

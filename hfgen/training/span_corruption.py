@@ -56,14 +56,15 @@ class SpanCorruptionDataArguments(PretrainingDataArguments):
         "bart_denoising: shuffle the sentences of each block (BART: yes).")})
 
 
-def load_span_corruption_tokenizer(path: str | None = None,
-                                   num_sentinel_tokens: int = DEFAULT_SENTINELS) -> PreTrainedTokenizerBase:
-    """The tokenizer of a saved folder, or hfgen's shipped tokenizer with ``num_sentinel_tokens`` sentinels added
-    after its vocabulary (existing ids unchanged)."""
+def load_span_corruption_tokenizer(path: str | None = None, num_sentinel_tokens: int = DEFAULT_SENTINELS,
+                                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer of a saved folder (running code its ``auto_map`` names only with ``trust_remote_code``), or
+    hfgen's shipped tokenizer with ``num_sentinel_tokens`` sentinels added after its vocabulary (existing ids
+    unchanged)."""
     if path is not None:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     from ..data import load_tokenizer
 
     tokenizer = load_tokenizer()
@@ -169,7 +170,8 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
     check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
     set_seed(training_args.seed)
     denoising = data_args.objective == "bart_denoising"
-    tokenizer = load_span_corruption_tokenizer(model_args.model_name_or_path, data_args.num_sentinel_tokens)
+    tokenizer = load_span_corruption_tokenizer(model_args.model_name_or_path, data_args.num_sentinel_tokens,
+                                               model_args.trust_remote_code)
     if denoising:
         if tokenizer.mask_token is None and model_args.model_name_or_path is None:  # a fresh tokenizer: add it
             tokenizer.add_special_tokens({"mask_token": BART_MASK_TOKEN})
