@@ -16,7 +16,7 @@ import torch
 from hfgen import (HfGenDecoderConfig, HfGenDecoderForCausalLM, HfGenEncoderConfig, HfGenEncoderForMaskedLM,
                    HfGenRetNetConfig, HfGenRetNetForCausalLM, HfGenSeq2SeqConfig,
                    HfGenSeq2SeqForConditionalGeneration, HfGenVlmConfig, HfGenVlmForConditionalGeneration)
-from hfgen.diffusion import HfGenDiTModel, HfGenUNet2DModel
+from hfgen.diffusion import HfGenDiTModel, HfGenUNet2DModel, HfGenVAEModel
 from hfgen.models.configuration_hfgen_gato import MODALITIES, HfGenGatoConfig
 from hfgen.models.configuration_hfgen_vit import HfGenViTConfig
 from hfgen.models.modeling_hfgen_gato import HfGenGatoForCausalLM
@@ -328,6 +328,12 @@ def test_gato_image_placeholders_without_pixel_values():
     call("gato", input_ids=gato_stream(True), pixel_values=gato_images())  # with the image: fine
 
 
+def test_vlm_image_placeholders_without_pixel_values():
+    model = model_of("vlm")
+    stream = torch.tensor([[VOCAB - 1] * model.config.num_image_tokens + [5, 6]])
+    expect(["image tokens", f"id {VOCAB - 1}", "0 image(s)"], call, "vlm", input_ids=stream)
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf], ids=["nan", "inf"])
 @pytest.mark.parametrize("family", ["gato", "vlm", "vit"])
 def test_non_finite_pixel_values(family, value):
@@ -369,6 +375,18 @@ def test_non_finite_diffusion_timesteps(kind, timestep):
                model, sample, timestep)
 
 
+@pytest.mark.parametrize("value", [math.nan, -math.inf], ids=["nan", "-inf"])
+def test_non_finite_images_into_the_vae(value):
+    torch.manual_seed(0)
+    vae = HfGenVAEModel(in_channels=1, latent_channels=2, block_out_channels=(8, 8), norm_num_groups=4).eval()
+    images = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        vae.encode(images)  # finite images: fine
+        images[1, 0, 2, 2] = value
+        expect(["x", "1 NaN or inf", "of 128"], vae.encode, images)
+        expect(["z", "NaN or inf"], vae.decode, torch.full((1, 2, 4, 4), value))
+
+
 # ------------------------------------------------------------------------------------------------ speed
 
 HOST_READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__,
@@ -405,3 +423,51 @@ def test_one_host_read_per_decoding_step(family):
             model(prompt[:, :1], attention_mask=mask, position_ids=torch.tensor([[4], [5]]), cache=cache,
                   use_cache=True)
     assert len(counter.reads) == 1, counter.reads
+
+
+# ------------------------------------------------------------------------------------- classification labels
+
+def classifier(kind: str, **keys):
+    from hfgen import (HfGenDecoderForSequenceClassification, HfGenEncoderForSequenceClassification,
+                       HfGenEncoderForTokenClassification, HfGenSeq2SeqForSequenceClassification)
+    torch.manual_seed(0)
+    config_class, model_class = {
+        "decoder": (HfGenDecoderConfig, HfGenDecoderForSequenceClassification),
+        "encoder": (HfGenEncoderConfig, HfGenEncoderForSequenceClassification),
+        "seq2seq": (HfGenSeq2SeqConfig, HfGenSeq2SeqForSequenceClassification),
+        "encoder-tokens": (HfGenEncoderConfig, HfGenEncoderForTokenClassification),
+    }[kind]
+    return model_class(config_class(**TEXT, num_labels=3, **keys)).eval()
+
+
+@pytest.mark.parametrize("labels, parts", [
+    (torch.tensor([0, 3]), ["labels", "[0, 3)", "to 3"]),
+    (torch.tensor([-1, 2]), ["labels", "[0, 3)", "from -1"]),
+    (torch.tensor([0, 1, 2]), ["labels", "(3,)", "(2,)"]),
+    (torch.tensor([[0, 1], [1, 2]]), ["labels", "(2, 2)"]),
+], ids=["too-large", "negative", "batch", "2d"])
+@pytest.mark.parametrize("kind", ["decoder", "encoder", "seq2seq"])
+def test_bad_sequence_classification_labels(kind, labels, parts):
+    model = classifier(kind)
+    assert model(ids(), labels=torch.tensor([0, 2])).loss.isfinite()  # good labels: fine
+    expect(parts, model, ids(), labels=labels)
+
+
+@pytest.mark.parametrize("kind", ["decoder", "encoder", "seq2seq"])
+def test_bad_multi_label_targets(kind):
+    model = classifier(kind, problem_type="multi_label_classification")
+    assert model(ids(), labels=torch.ones(2, 3)).loss.isfinite()
+    expect(["labels", "multi-label", "(2, 2)", "(2, 3)"], model, ids(), labels=torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("labels, parts", [
+    (torch.full((2, 5), 3), ["labels", "[0, 3)", "-100", "to 3"]),
+    (torch.zeros(2, 4, dtype=torch.long), ["labels", "(2, 4)", "(2, 5)"]),
+    (torch.zeros(2, 5), ["labels", "integer", "float32"]),
+], ids=["too-large", "short", "float"])
+def test_bad_token_classification_labels(labels, parts):
+    model = classifier("encoder-tokens")
+    good = torch.zeros(2, 5, dtype=torch.long)
+    good[:, 0] = -100
+    assert model(ids(), labels=good).loss.isfinite()
+    expect(parts, model, ids(), labels=labels)

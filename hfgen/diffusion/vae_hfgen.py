@@ -112,6 +112,12 @@ class HfGenVAEModel(HubExportMixin, ModelMixin, ConfigMixin):
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"Image size {tuple(x.shape[-2:])} is not divisible by the VAE's downsampling factor "
                              f"{factor}.")
+        # NaN or inf would come out as NaN latents, images and loss (one device sync per call, not per step).
+        if x.is_floating_point() and not torch.compiler.is_compiling():
+            bad = int((~torch.isfinite(x)).sum())
+            if bad:
+                raise ValueError(f"{what} hold {bad} NaN or inf value(s) (of {x.numel()}); every value must be "
+                                 f"finite.")
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """``q(z|x)`` as diffusers' ``DiagonalGaussianDistribution`` (``.mean``, ``.logvar``, ``.sample()``)."""

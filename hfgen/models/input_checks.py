@@ -244,6 +244,46 @@ def check_head_inputs(config, input_ids: torch.Tensor | None, inputs_embeds: tor
     check_lm_labels(labels, vocab_size if vocab_size is not None else config.vocab_size, shape)
 
 
+def check_classification_labels(config, labels: torch.Tensor | None, input_ids: torch.Tensor | None,
+                                inputs_embeds: torch.Tensor | None, per_token: bool = False) -> None:
+    """Class labels as transformers' classification losses read them, checked before the model runs: with
+    ``per_token`` one class id in ``[0, num_labels)`` or -100 per input token; otherwise, by ``problem_type`` (unset:
+    regression for ``num_labels == 1``, single-label for integer labels, multi-label for float ones), one value
+    per sequence, one class id in ``[0, num_labels)`` per sequence, or ``[batch, num_labels]`` targets."""
+    if labels is None:
+        return
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be a torch tensor, got {type(labels).__name__}.")
+    reference = input_ids if input_ids is not None else inputs_embeds
+    if not isinstance(reference, torch.Tensor) or reference.dim() < 2:
+        return  # (the model names the bad input)
+    batch, num_labels = reference.shape[0], config.num_labels
+    integer = not labels.is_floating_point() and labels.dtype != torch.bool
+    problem = config.problem_type
+    if not per_token and (problem == "regression" or (problem is None and num_labels == 1)):
+        if labels.numel() != batch * num_labels:
+            raise ValueError(f"labels (regression, num_labels={num_labels}) have shape {tuple(labels.shape)}; "
+                             f"expected {batch * num_labels} values for a batch of {batch}.")
+        return
+    if not per_token and (problem == "multi_label_classification" or (problem is None and not integer)):
+        if tuple(labels.shape) != (batch, num_labels):
+            raise ValueError(f"labels (multi-label classification) have shape {tuple(labels.shape)}, expected "
+                             f"({batch}, {num_labels}): one 0/1 target per class (num_labels) and sequence.")
+        return
+    expected = tuple(reference.shape[:2]) if per_token else (batch,)
+    if not integer:
+        raise ValueError(f"labels must hold integer class ids in [0, {num_labels}), got dtype {labels.dtype}.")
+    if tuple(labels.shape) != expected and not (not per_token and labels.numel() == batch):
+        raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {expected}: one class id per "
+                         f"{'token' if per_token else 'sequence'}.")
+    if labels.numel() and not torch.compiler.is_compiling():
+        ignored = labels == IGNORE_INDEX if per_token else torch.zeros_like(labels, dtype=torch.bool)
+        low, high = torch.stack(torch.aminmax(labels.masked_fill(ignored, 0))).tolist()  # one sync, training only
+        if low < 0 or high >= num_labels:
+            raise ValueError(f"labels must be class ids in [0, {num_labels}) (num_labels)"
+                             f"{' or -100 (ignored)' if per_token else ''}; got values from {low} to {high}.")
+
+
 def check_logits_to_keep(logits_to_keep: object) -> None:
     """``logits_to_keep``: an integer >= 0 (0: every position, k: the last k) or a 1D tensor of positions."""
     if isinstance(logits_to_keep, torch.Tensor):

@@ -24,7 +24,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .attention import HfGenAttention
 from .configuration_hfgen_decoder import HfGenDecoderConfig
-from .input_checks import HfGenGenerationMixin, check_head_inputs
+from .input_checks import HfGenGenerationMixin, check_classification_labels, check_head_inputs
 from .kv_cache import PreallocatedCacheMixin
 from .layers import HfGenMLP, build_norm
 from .modeling_common import HfGenPreTrainedModel, check_inputs, last_token_indices
@@ -194,6 +194,7 @@ class HfGenDecoderForSequenceClassification(HfGenDecoderPreTrainedModel):
                 position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, **kwargs) -> SequenceClassifierOutputWithPast:
+        check_classification_labels(self.config, labels, input_ids, inputs_embeds)
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)

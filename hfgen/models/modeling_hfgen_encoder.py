@@ -47,7 +47,7 @@ from .attention import HfGenAttention, repeat_kv
 from .configuration_hfgen_encoder import HfGenEncoderConfig, validate_encoder_config
 from .disentangled import add_disentangled_modules, disentangled_bias, relative_embeddings
 from .layers import HfGenLayerNorm, HfGenRMSNorm
-from .input_checks import check_head_inputs, check_lm_labels
+from .input_checks import check_classification_labels, check_head_inputs, check_lm_labels
 from .modeling_common import HfGenPreTrainedModel, check_inputs
 from .moe import (
     HfGenMoeMaskedLMOutput,
@@ -542,6 +542,7 @@ class HfGenEncoderForSequenceClassification(HfGenEncoderPreTrainedModel):
                 token_type_ids: torch.LongTensor | None = None, position_ids: torch.LongTensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 **kwargs) -> SequenceClassifierOutput:
+        check_classification_labels(self.config, labels, input_ids, inputs_embeds)
         outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
@@ -571,6 +572,7 @@ class HfGenEncoderForTokenClassification(HfGenEncoderPreTrainedModel):
                 token_type_ids: torch.LongTensor | None = None, position_ids: torch.LongTensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 **kwargs) -> TokenClassifierOutput:
+        check_classification_labels(self.config, labels, input_ids, inputs_embeds, per_token=True)
         outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))

@@ -39,7 +39,8 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from .attention import HfGenAttention
 from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig, validate_seq2seq_config
 from .layers import HfGenMLP, build_norm
-from .input_checks import HfGenGenerationMixin, check_lm_labels, check_logits_to_keep
+from .input_checks import (HfGenGenerationMixin, check_classification_labels, check_lm_labels,
+                           check_logits_to_keep)
 from .modeling_common import HfGenPreTrainedModel, check_inputs
 from .position_inputs import add_position_modules, position_inputs, positions_from_mask
 
@@ -469,6 +470,7 @@ class HfGenSeq2SeqForSequenceClassification(HfGenSeq2SeqPreTrainedModel):
                 labels: torch.LongTensor | None = None, **kwargs) -> Seq2SeqSequenceClassifierOutput:
         """``attention_mask`` (1 = token) also says where each row's last token is; without decoder inputs the
         decoder reads ``input_ids`` shifted right (``input_ids`` needed then)."""
+        check_classification_labels(self.config, labels, input_ids, inputs_embeds)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("HfGenSeq2SeqForSequenceClassification needs input_ids (the decoder reads them "
