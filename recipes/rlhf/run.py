@@ -30,28 +30,60 @@ The stages:
    ``results.json`` and the plot ``rlhf_<method>.png``; every evaluated response is in ``responses.json``.
 
 Steps already done can be reused with ``--sft_model`` / ``--reward_model`` (the pairs are sampled again: they are
-seeded and cheap).
+seeded and cheap); every stage seeds itself, so a reused stage gives the same result as the full ladder.
 
-Measured with the defaults (seed 0, fresh 2-layer 64-wide decoder; ``nice -n 5``, ``OMP_NUM_THREADS=1`` on the
-shared 2-core machine at load average 5.5-12; 156 evaluated responses per model = 78 queries x 2; copies of the
-outputs in ``recipes/rlhf/results/``):
+Deterministic for a seed: the same command with the same ``--seed`` gives the same ``results.json`` (but for its
+``timing`` and ``environment``), the same responses and the same weights, in a fresh process
+(``tests/test_rlhf_recipe.py`` checks it on a tiny ladder; two full default runs of seed 0 in fresh processes gave
+identical results and weights). One and two torch threads gave bit-identical results on the tiny ladder. Another
+CPU, another torch / transformers / TRL release can change the last bits of a float and, through 400 SFT steps and
+sampling, every number below: they vary far more between seeds than that, so they are quoted as mean +- sample
+standard deviation over seeds, with each seed's value.
 
-- SFT, 400 steps: rule success 52.6% (78 responses). Pairs: 624 sampled + 106 corpus, 546 for training, 184 on
-  the 20 held-out topics. Reward model: held-out pairwise accuracy 51.1% -> 90.2%.
-- PPO (reward model; the full run: 15 min 26 s wall, 5 min 7 s CPU): rule success 47.4% -> 75.0% (held-out topics
-  40.0% -> 70.0%), reward-model score -0.47 -> 2.73, win rate vs SFT 80.8%, KL 9.1 nats per response. The answers
-  get shorter (21.6 -> 6.4 words on average) and 26 of the 156 are one sentence of fewer than four words (e.g.
-  "This."), which the rule rejects but the reward model scores high: the proxy gap of RLHF, visible because the
-  rule is there.
-- PPO with ``--reward rule``: 47.4% -> 79.5% (held-out 40.0% -> 72.5%), reward-model score 2.42, win rate 76.3%,
-  KL 7.3.
-- GRPO (reward model; SFT and reward model reused, 18 min wall, 2 min 30 s CPU): 47.4% -> 84.6% (held-out 40.0% ->
-  80.0%), reward-model score 2.38, win rate 77.9%, KL 6.3; 11.9 words on average, 6 answers under four words.
-- DPO (SFT and reward model reused; 80 steps, lr 2e-4, beta 0.1) with the default ``--dpo_sft_weight 1.0``
-  (DPO loss + NLL of the chosen answer, TRL's ``loss_type=["sigmoid", "sft"]``; 11 min 25 s wall, 2 min 20 s
-  CPU): 47.4% -> 77.6% (held-out 40.0% -> 80.0%), reward-model score 1.17, win rate 66.0%, KL 3.4; 16.4 words on
-  average, 1 answer under four words. Plain DPO (``--dpo_sft_weight 0``) gained less and drifted further: 47.4% -> 52.6%,
-  KL 17.2 (beta 0.1); 47.4% -> 68.6%, KL 5.5 (beta 0.3).
+Why one run said 75.0% and a later one 48.1% (issue 18): each was a single draw, and not from the same
+generator. Until 2026-12-07 the reward model's fresh score head was drawn from whatever state SFT training had
+left the global generator in, so a library release that changes what SFT draws (the SFT loss of the 75.0% run
+differs from today's in the sixth digit) changed the reward model and all that followed, while the SFT model's
+rule success (47.4% before PPO in both runs) stayed the same; and PPO's outcome varies between reward models and
+seeds by tens of points (below). SFT alone varies as much between seeds
+(52.6% for seed 0, 35.9% for seed 1), and an earlier note's 30.8% vs 52.6% fits that: ``recipes/sft.py`` then
+ran with other defaults than the ladder's stage (seed 42 instead of 0, ``max_length`` 192 instead of 128, 32
+evaluation tokens instead of 40); its defaults are now the stage's, and both make the same model for a seed.
+
+Measured on the shared 2-core machine (``OMP_NUM_THREADS=1 nice -n 5``, load average 3 to 10 from other users;
+torch 2.13.0+cpu, transformers 5.25.0, TRL 1.16.0, accelerate 1.16.0, datasets 5.2.0), as mean +- sample standard
+deviation over seeds 0, 1 and 2 with each seed's value in brackets; 156 evaluated responses per model and seed (78
+queries x 2), 40 of them on the 20 held-out topics::
+
+    for seed in 0 1 2; do python recipes/rlhf/run.py --seed $seed --output_dir outputs/rlhf_ppo_s$seed; done
+    python recipes/rlhf/summarize.py outputs/rlhf_ppo_s0 outputs/rlhf_ppo_s1 outputs/rlhf_ppo_s2
+
+- SFT, 400 steps: rule success 51.3 +- 14.8% (52.6, 35.9, 65.4) on one answer per query. Pairs: 614 to 624
+  sampled + 106 corpus; 534 to 546 for training, 181 to 186 on the held-out topics. Reward model: held-out pairwise
+  accuracy 45.9 +- 11.8% -> 91.9 +- 4.1% (88.0, 91.4, 96.1).
+- PPO with the defaults (lr 2e-4, kl_coef 0.2, 40 steps of 8 prompts): rule success 43.4 +- 9.3% (47.4, 32.7,
+  50.0) -> 81.4 +- 1.3% (81.4, 80.1, 82.7); held-out topics 40.0 +- 15.0% -> 81.7 +- 3.8% (77.5, 82.5, 85.0);
+  reward-model score -0.23 +- 0.42 -> 2.35 +- 0.10; win rate vs SFT 77.0 +- 3.7%; KL to SFT 4.9 +- 0.5 nats per
+  response (4.8, 5.4, 4.4). Words per answer 20.8 -> 10.9 +- 0.5; answers under four words 3, 0, 3 -> 16, 12, 8
+  (e.g. "The following methods."): the reward model scores these fragments high and the rule rejects them -- the
+  proxy gap of RLHF, visible because the rule is there.
+- The former default, lr 5e-4 (``--rl_learning_rate 5e-4``, same seeds, same SFT and reward models): 75.2 +- 7.3%
+  (69.2, 73.1, 83.3); held-out topics 83.3 +- 3.8% (80.0, 82.5, 87.5); reward-model score 2.44 +- 0.29; win rate
+  79.8 +- 7.2%; KL 10.1 +- 0.6; 7.9 +- 1.8 words; under four words 31, 32, 12. Its first three steps took the
+  policy 5.6 nats from SFT (seed 0), before the KL penalty could act. ``--kl_coef 0.5`` at lr 5e-4 (seeds 0 and
+  1 only): 71.8% and 76.9%, KL 8.6 and 8.8, 28 and 16 answers under four words. On the held-out topics the two
+  learning rates do not differ beyond the spread.
+- Time per full run: 2 min 50 s to 3 min 50 s of CPU (user + system), 3 min 15 s wall at load average 1 to 2.6,
+  15 min 40 s at 9 to 10; SFT is two thirds of it, PPO 10 to 13 s of CPU.
+
+Which commands made them: the PPO rows with the defaults are the three full runs above (4 min 30 s to 5 min 30 s
+wall at load average 3.4 to 6.5); the same PPO stage run on the seeds' saved SFT and reward models with
+``--sft_model`` / ``--reward_model`` had given identical results, as had a second full run of seed 0 with the
+former default in a fresh process. The lr 5e-4 rows reuse the SFT and reward models of the same seeds. Copies of
+the outputs are in ``recipes/rlhf/results/`` (``summary_ppo.json``, ``summary_ppo_lr5e-4.json``,
+``results_ppo_seed<N>.json``, seed 0's plot and responses, ``sft_results_seed<N>.json``,
+``reward_results_seed<N>.json``). DPO, GRPO and ``--reward rule`` were measured once in November 2026 under earlier
+library versions and have not been re-measured since; no number is quoted for them.
 
 The text itself stays poor: a 64-wide model trained for minutes on 186 answers half-memorises them, and sampling at
 temperature 1 drifts into fragments; what the feedback changes is where the answers stop.
@@ -71,8 +103,12 @@ logger = logging.getLogger("hfgen.recipes.rlhf")
 RECIPES = Path(__file__).resolve().parents[1]
 METHODS = ("ppo", "dpo", "grpo")
 REWARDS = ("model", "rule")
-# Defaults of the RL stage per method, chosen on an earlier SFT run of the same recipe (see the measurements above).
-METHOD_DEFAULTS = {"ppo": {"rl_steps": 40, "rl_learning_rate": 5e-4, "kl_coef": 0.2},
+# Defaults of the RL stage per method. PPO's learning rate was 5e-4 until 2026-12-07: its first three steps moved
+# the policy 5.6 nats (per response) from the SFT model, before the KL penalty could act, and PPO ended in short
+# fragments ("This.") that the reward model scores high and the rule rejects (31 and 32 of 156 answers, seeds 0 and
+# 1); kl_coef 0.5 did not stop that first jump (8.6 nats at the end). 2e-4 gained more rule success on both seeds
+# with half the KL (see the docstring). DPO's and GRPO's were chosen on one earlier SFT run and not re-measured.
+METHOD_DEFAULTS = {"ppo": {"rl_steps": 40, "rl_learning_rate": 2e-4, "kl_coef": 0.2},
                    "dpo": {"rl_steps": 80, "rl_learning_rate": 2e-4, "kl_coef": 0.1},
                    "grpo": {"rl_steps": 40, "rl_learning_rate": 5e-4, "kl_coef": 0.05}}
 
