@@ -70,6 +70,7 @@ BAD_VALUES = [
     (("vlm",), "fusion", "late", {}),
     (("retnet",), "retention_mode", "fast", {}),
     (("encoder",), "hidden_dropout_prob", NAN, {}),
+    *[(("encoder",), "max_relative_positions", v, dict(position_embedding="disentangled")) for v in (0, -2, 1.5)],
     (("seq2seq",), "hidden_dropout", INF, {}),
 ]
 CASES = [(family, key, value, extra) for families, key, value, extra in BAD_VALUES for family in families]

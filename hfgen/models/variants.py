@@ -83,6 +83,7 @@ def check_number(key: str, value: object, low: float | None = None, high: float 
 
 
 def check_int_at_least(minimum: int, why: str = "") -> Callable[[str, object], None]:
+    """A check (key, value) that ``value`` is an integer >= ``minimum``; ``why`` explains the bound."""
     def check(key: str, value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{key} must be an integer >= {minimum}{why}, got {value!r}.")
@@ -90,6 +91,7 @@ def check_int_at_least(minimum: int, why: str = "") -> Callable[[str, object], N
 
 
 def check_bool(key: str, value: object) -> None:
+    """A switch: ``True`` or ``False`` (not 0/1 or "yes": a string is always truthy)."""
     if not isinstance(value, bool):
         raise ValueError(f"{key} must be True or False, got {value!r}.")
 
@@ -104,11 +106,13 @@ def check_activation(key: str, value: object) -> None:
 
 
 def check_probability(key: str, value: object) -> None:
+    """A dropout probability in [0, 1) (1 would drop everything)."""
     if not (is_number(value) and 0.0 <= value < 1.0):  # (NaN fails the comparison)
         raise ValueError(f"{key} must be in [0, 1) (a dropout probability), got {value!r}.")
 
 
 def check_optional_probability(key: str, value: object) -> None:
+    """A dropout probability, or ``None`` (fall back to another key's)."""
     if value is not None:
         check_probability(key, value)
 
@@ -120,6 +124,7 @@ def check_rope_theta(key: str, value: object) -> None:
 
 
 def check_rope_parameters(key: str, value: object) -> None:
+    """transformers' ``rope_parameters`` dict: default rotary only, with a valid ``rope_theta``."""
     if value is None:
         return
     if not isinstance(value, dict):
@@ -132,6 +137,7 @@ def check_rope_parameters(key: str, value: object) -> None:
 
 
 def check_position_embedding(key: str, value: object, model_type: str | None = None) -> None:
+    """A position kind the family of ``model_type`` implements (:func:`position_embeddings_of`)."""
     families = FAMILY_POSITION_EMBEDDINGS.get(value) if isinstance(value, str) else None
     if families is not None and model_type not in families:
         raise ValueError(
@@ -141,6 +147,7 @@ def check_position_embedding(key: str, value: object, model_type: str | None = N
 
 
 def choice_of(choices: Iterable[str]) -> Callable[[str, object], None]:
+    """A check (key, value) that ``value`` is one of ``choices`` (:func:`check_choice`)."""
     choices = tuple(choices)
     return lambda key, value: check_choice(key, value, choices)
 
@@ -161,6 +168,7 @@ def _check_num_experts(key: str, value: object) -> None:
 
 
 def check_initializer_scheme(key: str, value: object) -> None:
+    """One of :data:`INITIALIZER_SCHEMES` (the seq2seq family's weight initialisation)."""
     if value not in INITIALIZER_SCHEMES:
         raise ValueError(f"{key} must be one of {', '.join(INITIALIZER_SCHEMES)}, got {value!r}.")
 
@@ -191,7 +199,8 @@ VALUE_CHECKS: dict[str, Callable[[str, object], None]] = {
     "num_experts": _check_num_experts,
     "type_vocab_size": check_int_at_least(0, " (0: no token types)"),
     "max_relative_positions": lambda key, value: (
-        None if value == -1 and not isinstance(value, bool) else check_positive_int(key + " (or -1)", value)),
+        None if value == -1 and type(value) is int else check_positive_int(key + " (-1: max_position_embeddings)",
+                                                                             value)),
     # epsilons, temperatures, bases
     "rms_norm_eps": _positive_number("added to the variance before its square root"),
     "layer_norm_eps": _positive_number("added to the variance before its square root"),
