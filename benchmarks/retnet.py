@@ -47,7 +47,8 @@ def models(hidden: int, layers: int, dtype, device):
     """RetNet (value width 2d, FFN 2d) and the decoder (gated MLP 8d/3): both about 12 d^2 parameters a layer."""
     common = dict(vocab_size=8192, hidden_size=hidden, num_hidden_layers=layers, pad_token_id=0)
     retnet = HfGenRetNetForCausalLM(HfGenRetNetConfig(intermediate_size=2 * hidden, retention_chunk_size=256,
-                                                      num_attention_heads=max(1, hidden // 64), **common))
+                                                      num_attention_heads=max(1, hidden // 64),
+                                                      decoding_weight_copies=True, **common))
     decoder = HfGenDecoderForCausalLM(HfGenDecoderConfig(intermediate_size=8 * hidden // 3,
                                                          num_attention_heads=max(1, hidden // 32), **common))
     return [m.to(device=device, dtype=dtype).eval() for m in (retnet, decoder)]

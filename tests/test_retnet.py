@@ -305,7 +305,7 @@ def assert_same_decoding(model, ids, mask, steps=4, **kwargs):
     dict(num_experts=4, num_experts_per_tok=2, mlp_type="gated", hidden_act="silu"),  # MoE: the modules' path
 ])
 def test_decoding_step_equals_the_modules(overrides):
-    model = build_retnet(retnet_config(**overrides))
+    model = build_retnet(retnet_config(decoding_weight_copies=True, **overrides))
     ids, mask = left_padded(ROWS)
     assert model.model._decoding_plan is None
     assert_same_decoding(model, ids, mask)
@@ -315,7 +315,7 @@ def test_decoding_step_equals_the_modules(overrides):
 
 def test_decoding_step_follows_weight_updates():
     """The fused projection is a copy: an in-place update (an optimizer step) or a new weight tensor must reach it."""
-    model = build_retnet()
+    model = build_retnet(retnet_config(decoding_weight_copies=True))
     ids, mask = random_ids(2, 5), torch.ones(2, 5, dtype=torch.long)
     before, _, _ = decode(model, ids, mask, 2, grad=False)
     retention = model.model.layers[0].retention

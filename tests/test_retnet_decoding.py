@@ -18,7 +18,7 @@ from test_retnet import GREEDY, ROWS, assert_same_decoding, build_retnet, decode
 
 
 def test_the_plan_follows_the_head_and_can_be_switched_off():
-    model = build_retnet()
+    model = build_retnet(retnet_config(decoding_weight_copies=True))
     ids, mask = left_padded(ROWS)
     before, _, _ = decode(model, ids, mask, 2, grad=False)
     plan = model.model._decoding_plan
@@ -38,7 +38,7 @@ def test_the_plan_follows_the_head_and_can_be_switched_off():
 def test_the_plan_steps_aside_for_hooks_and_replaced_forwards():
     """A hook added after the plan was made, or a ``forward`` replaced on the instance (as Accelerate's device hooks
     do), must run: the step then goes through the modules."""
-    model = build_retnet()
+    model = build_retnet(retnet_config(decoding_weight_copies=True))
     ids, mask = left_padded(ROWS)
     decode(model, ids, mask, 1, grad=False)
     assert model.model._decoding_plan is not None
@@ -68,7 +68,7 @@ def test_decoded_states_stay_usable_by_autograd(prompt_length):
     """The step runs in inference mode when it updates every state in place; the states must stay ordinary tensors
     (also those a step makes, and those replacing states a graph holds): later forwards with gradients from the same
     cache train."""
-    model = build_retnet()
+    model = build_retnet(retnet_config(decoding_weight_copies=True))
     cache = HfGenRetNetCache(model.config)
     token = random_ids(2, prompt_length)
     for _ in range(2):  # no-grad decoding, a forward with gradients, no-grad decoding again, then gradients
@@ -85,7 +85,7 @@ def test_decoded_states_stay_usable_by_autograd(prompt_length):
 
 
 def test_a_cache_of_another_batch_is_refused_before_any_state_changes():
-    model = build_retnet()
+    model = build_retnet(retnet_config(decoding_weight_copies=True))
     cache = HfGenRetNetCache(model.config)
     with torch.no_grad():
         model(random_ids(2, 5), cache=cache, use_cache=True)
@@ -99,7 +99,7 @@ def test_a_cache_of_another_batch_is_refused_before_any_state_changes():
 
 def test_a_model_that_decoded_copies_and_pickles():
     """The plan (weight copies) is not part of a copied or pickled model; the copy decodes the same tokens."""
-    model = build_retnet()
+    model = build_retnet(retnet_config(decoding_weight_copies=True))
     ids, mask = left_padded(ROWS)
     expected, _, _ = decode(model, ids, mask, 3, grad=False)
     assert model.model._decoding_plan is not None
@@ -113,7 +113,8 @@ def test_a_model_that_decoded_copies_and_pickles():
 
 
 def test_generation_inside_inference_mode_equals_no_grad():
-    model = build_retnet(retnet_config(norm_type="rmsnorm", mlp_type="gated", hidden_act="silu"))
+    model = build_retnet(retnet_config(norm_type="rmsnorm", mlp_type="gated", hidden_act="silu",
+                                       decoding_weight_copies=True))
     ids, mask = left_padded(ROWS)
     with torch.no_grad():
         expected = model.generate(ids, attention_mask=mask, **GREEDY)
@@ -146,3 +147,21 @@ def test_copies_in_one_block_are_equal_and_aligned():
         assert views[0].data_ptr() % HUGE_PAGE == 0 and all(view.data_ptr() % 64 == 0 for view in views)
         tensors[0].add_(1)  # copies, not views of the originals
         assert not torch.equal(views[0], tensors[0])
+
+
+def test_weights_changed_through_data_are_seen_by_default_and_after_a_reset():
+    """``p.data`` edits (an EMA update, a manual rescale) bump no version counter. Without copies (the default) the
+    next tokens are those of a model built with the new weights; with copies, after ``reset_decoding_plan``."""
+    ids, mask = left_padded(ROWS)
+    for copies in (False, True):
+        model = build_retnet(retnet_config(decoding_weight_copies=copies))
+        decode(model, ids, mask, 2, grad=False)  # (with copies: the plan and its copies are made here)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.data.mul_(1.5)
+        if copies:
+            model.model.reset_decoding_plan()
+        fresh = copy.deepcopy(model)  # the same weights, no plan carried over
+        torch.testing.assert_close(decode(model, ids, mask, 3, grad=False)[0],
+                                   decode(fresh, ids, mask, 3, grad=True)[0], atol=1e-5, rtol=1e-5)
+    assert retnet_config().decoding_weight_copies is False

@@ -40,12 +40,15 @@ class HfGenRetNetConfig(ValidatedConfigMixin, PreTrainedConfig):
             every norm, the retention group norm included.
         num_experts / num_experts_per_tok / router_*: a mixture of experts in place of the FFN (see ``moe.py``).
         max_position_embeddings (`int`, 2048): informational only (no learned positions, no limit in the model).
-        decoding_weight_copies (`bool`, True): decode one token at a time through a plan that multiplies
+        decoding_weight_copies (`bool`, False): decode one token at a time through a plan that multiplies
             input-major ``[in, out]`` copies of the matrices of the step (the four input projections as one, the
-            output projection, the FFN, the head), made on the first decoding step and remade when a weight changes.
-            A single row times such a matrix reads memory about twice as fast in CPU BLAS as against the
-            ``[out, in]`` layout of ``nn.Linear`` (see ``retnet_decoding.py``; on Linux the copies are one block of
-            2 MiB pages); the price is one more copy of those weights while the model decodes. ``False``: no copies, the modules decode (slower per token).
+            output projection, the FFN, the head), made on the first decoding step. A single row times such a
+            matrix reads memory about twice as fast in CPU BLAS as against the ``[out, in]`` layout of
+            ``nn.Linear`` (see ``retnet_decoding.py``); the price is one more copy of those weights while the model
+            decodes, and copies can go stale: the plan is remade when a module, hook, parameter or a weight's
+            version changes, but a change PyTorch does not record (``p.data.mul_()``, an EMA written through
+            ``p.data.copy_()``) is not seen until ``model.model.reset_decoding_plan()``. Hence opt-in. ``False``:
+            no copies, the modules decode (slower per token, never stale).
     """
 
     model_type = "hfgen_retnet"
@@ -77,7 +80,7 @@ class HfGenRetNetConfig(ValidatedConfigMixin, PreTrainedConfig):
         bos_token_id: int | None = None,
         eos_token_id: int | list[int] | None = None,
         tie_word_embeddings: bool = False,
-        decoding_weight_copies: bool = True,
+        decoding_weight_copies: bool = False,
         **kwargs,
     ):
         kwargs.pop("model_type", None)

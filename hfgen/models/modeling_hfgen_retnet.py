@@ -315,6 +315,11 @@ class HfGenRetNetModel(HfGenRetNetPreTrainedModel):
                                                                   head)
         return plan
 
+    def reset_decoding_plan(self) -> None:
+        """Drop the decoding plan and its weight copies (``config.decoding_weight_copies``); the next decoding step
+        makes new ones. Needed after changing weights in a way PyTorch does not record (``p.data`` edits)."""
+        self._decoding_plan = None
+
     def decode_token(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None,
                      cache: HfGenRetNetCache | None, head: nn.Linear) -> tuple[torch.Tensor, HfGenRetNetCache] | None:
         """``head(forward(...).last_hidden_state)`` for one new token per row (``input_ids [B, 1]``) without
