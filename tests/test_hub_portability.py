@@ -175,3 +175,25 @@ def test_saved_folder_lists_every_auto_class_and_holds_the_code(exported, name):
         for line in (folder / source).read_text().splitlines():
             if line.startswith("from .") and " import " in line:
                 assert line.split()[1][1:] + ".py" in files, f"{source}: {line}"
+
+
+def test_every_auto_map_entry_names_a_class_of_its_own_family():
+    """Each family's config.json ``auto_map`` (its ``AUTO_MAP``) and the in-process registration come from one
+    list, and every entry is a class whose ``config_class`` is that family's: Gato no longer carries the decoder's
+    ``AutoModel`` / ``AutoModelForSequenceClassification`` entries (loading through them raised "config_class ...
+    not consistent"). An Auto class a family does not serve is transformers' clear "Unrecognized configuration"."""
+    from transformers import AutoConfig, AutoModel
+
+    from hfgen.models.registration import CONFIGS, family_models
+
+    for config_class in CONFIGS:
+        assert config_class().auto_map == config_class.AUTO_MAP, config_class.__name__
+        assert config_class.AUTO_MAP["AutoConfig"].endswith(f".{config_class.__name__}")
+        for auto_class, model_class in family_models(config_class):
+            assert model_class.config_class is config_class, (auto_class.__name__, model_class.__name__)
+            assert auto_class._model_mapping[config_class] is model_class
+        assert AutoConfig.for_model(config_class.model_type).__class__ is config_class
+    gato = CONFIGS[[c.model_type for c in CONFIGS].index("hfgen_gato")]()
+    assert set(gato.auto_map) == {"AutoConfig", "AutoModelForCausalLM"}
+    with pytest.raises(ValueError, match="Unrecognized configuration class"):
+        AutoModel.from_config(gato)
