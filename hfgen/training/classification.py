@@ -56,6 +56,7 @@ from ..models import (
     HfGenSeq2SeqForConditionalGeneration,
     HfGenSeq2SeqForSequenceClassification,
 )
+from .checkpoints import train_resumable
 from .masked_lm import EncoderModelArguments
 from .pretrain import build_config
 from .recipe_common import loss_history, save_run, variant_title
@@ -311,7 +312,8 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
           f"{len(train)} labelled examples, scored on {len(test)}", flush=True)
 
     before = trainer.evaluate()
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
+    train_output, totals = train_resumable(trainer, training_args.resume_from_checkpoint)
     after = trainer.evaluate()
     trainer.log_metrics("train", train_output.metrics)
     trainer.log_metrics("eval", after)
@@ -321,8 +323,9 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
         "eval_macro_f1": after["eval_macro_f1"],
         "eval_accuracy_before": before["eval_accuracy"],
         "eval_loss": after["eval_loss"],
-        "train_loss": train_output.metrics.get("train_loss"),
-        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "train_loss": totals["train_loss"],
+        "train_runtime_s": totals["train_runtime_s"],
+        "resumed_from_step": totals.get("resumed_from_step"),
         "global_step": trainer.state.global_step,
         "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.world_size
                                    * training_args.gradient_accumulation_steps),
@@ -343,5 +346,5 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
     return ClassificationResult(
         output_dir=str(training_args.output_dir), eval_accuracy_before=before["eval_accuracy"],
         eval_accuracy=after["eval_accuracy"], eval_macro_f1=after["eval_macro_f1"], train_examples=len(train),
-        train_loss_history=loss_history(trainer), train_runtime=float(train_output.metrics.get("train_runtime", 0.0)),
+        train_loss_history=loss_history(trainer), train_runtime=float(totals["train_runtime_s"] or 0.0),
         metrics=metrics, model=trainer.model)

@@ -20,6 +20,7 @@ from ..hub import check_push_arguments
 from ..models import HfGenEncoderConfig, HfGenEncoderForMaskedLM
 from ..models.modeling_hfgen_encoder import check_mlm_labels
 from ..models.variants import position_embeddings_of
+from .checkpoints import train_resumable
 from .pretrain import ModelArguments, PretrainResult, build_config, perplexity
 from .recipe_common import PretrainingDataArguments, loss_history, save_run, variant_title
 
@@ -163,7 +164,8 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
         return trainer.evaluate()
 
     before = evaluate()["eval_loss"]
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
+    train_output, totals = train_resumable(trainer, training_args.resume_from_checkpoint)
     after_metrics = evaluate()
     after = after_metrics["eval_loss"]
     trainer.log_metrics("train", train_output.metrics)
@@ -173,8 +175,9 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
         "eval_perplexity_before": perplexity(before),
         "eval_perplexity": perplexity(after),
         "eval_loss": after,
-        "train_loss": train_output.metrics.get("train_loss"),
-        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "train_loss": totals["train_loss"],
+        "train_runtime_s": totals["train_runtime_s"],
+        "resumed_from_step": totals.get("resumed_from_step"),
         "global_step": trainer.state.global_step,
         "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.world_size
                                    * training_args.gradient_accumulation_steps),
@@ -193,5 +196,5 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
     return PretrainResult(
         output_dir=str(training_args.output_dir), eval_perplexity_before=perplexity(before),
         eval_perplexity_after=perplexity(after), train_loss_history=loss_history(trainer),
-        train_runtime=float(train_output.metrics.get("train_runtime", 0.0)), world_size=training_args.world_size,
+        train_runtime=float(totals["train_runtime_s"] or 0.0), world_size=training_args.world_size,
         metrics=metrics, model=trainer.model)

@@ -34,6 +34,7 @@ from transformers import (
 from ..hub import write_model_card
 from ..models import HfGenDecoderConfig, HfGenDecoderForCausalLM, variants
 from ..models.configuration_common import VARIANT_DEFAULTS
+from .checkpoints import train_resumable
 
 LOSS_CURVE_FILE = "loss_curve.png"
 # Fields of ModelArguments that are not config keys.
@@ -111,7 +112,7 @@ class PretrainResult:
     eval_perplexity_before: float
     eval_perplexity_after: float
     train_loss_history: list[tuple[int, float]]  # (optimizer step, mean training loss since the last log)
-    train_runtime: float  # seconds spent in Trainer.train
+    train_runtime: float  # seconds spent in Trainer.train (a resumed run: its earlier sessions included)
     world_size: int = 1
     metrics: dict[str, Any] = field(default_factory=dict)  # everything reported in the model card
     model: PreTrainedModel | None = field(default=None, repr=False)  # the trained model, as saved
@@ -317,7 +318,8 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
                       processing_class=tokenizer,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=callbacks)
     before = trainer.evaluate()["eval_loss"]
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
+    train_output, totals = train_resumable(trainer, training_args.resume_from_checkpoint)
     after_metrics = trainer.evaluate()
     after = after_metrics["eval_loss"]
     trainer.log_metrics("train", train_output.metrics)
@@ -328,8 +330,9 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
         "eval_perplexity_before": perplexity(before),
         "eval_perplexity": perplexity(after),
         "eval_loss": after,
-        "train_loss": train_output.metrics.get("train_loss"),
-        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "train_loss": totals["train_loss"],
+        "train_runtime_s": totals["train_runtime_s"],
+        "resumed_from_step": totals.get("resumed_from_step"),
         "global_step": trainer.state.global_step,
         "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.world_size
                                    * training_args.gradient_accumulation_steps),
@@ -361,5 +364,5 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
     return PretrainResult(
         output_dir=str(training_args.output_dir), eval_perplexity_before=perplexity(before),
         eval_perplexity_after=perplexity(after), train_loss_history=history,
-        train_runtime=float(train_output.metrics.get("train_runtime", 0.0)), world_size=training_args.world_size,
+        train_runtime=float(totals["train_runtime_s"] or 0.0), world_size=training_args.world_size,
         metrics=metrics, model=trainer.model, hub_commit=hub_commit)

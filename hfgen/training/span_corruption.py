@@ -25,6 +25,7 @@ from ..data.denoising import (
     span_corruption_lengths,
 )
 from ..models import HfGenSeq2SeqConfig, HfGenSeq2SeqForConditionalGeneration
+from .checkpoints import train_resumable
 from .pretrain import ModelArguments, PretrainResult, build_config, perplexity
 from .recipe_common import PretrainingDataArguments, loss_history, save_run, variant_title
 
@@ -216,7 +217,8 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
     before = evaluate()["eval_loss"]
     # Reproducible training noise, a different stream on each rank (each corrupts different blocks).
     collator.rng = np.random.default_rng([training_args.seed, training_args.process_index])
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
+    train_output, totals = train_resumable(trainer, training_args.resume_from_checkpoint)
     after_metrics = evaluate()
     after = after_metrics["eval_loss"]
     gap = encoder_use_gap(trainer.model, collator, validation, training_args.per_device_eval_batch_size,
@@ -228,9 +230,10 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
         "eval_perplexity_before": perplexity(before),
         "eval_perplexity": perplexity(after),
         "eval_loss": after,
-        "train_loss": train_output.metrics.get("train_loss"),
+        "train_loss": totals["train_loss"],
         **gap,  # does the decoder read its encoder (about 0 when it does not)
-        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "train_runtime_s": totals["train_runtime_s"],
+        "resumed_from_step": totals.get("resumed_from_step"),
         "global_step": trainer.state.global_step,
         "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.world_size
                                    * training_args.gradient_accumulation_steps),
@@ -255,5 +258,5 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
     return PretrainResult(
         output_dir=str(training_args.output_dir), eval_perplexity_before=perplexity(before),
         eval_perplexity_after=perplexity(after), train_loss_history=loss_history(trainer),
-        train_runtime=float(train_output.metrics.get("train_runtime", 0.0)), world_size=training_args.world_size,
+        train_runtime=float(totals["train_runtime_s"] or 0.0), world_size=training_args.world_size,
         metrics=metrics, model=trainer.model)
