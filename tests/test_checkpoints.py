@@ -18,9 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from hfgen.training.checkpoints import checkpoint_problems, last_complete_checkpoint, resolve_resume_checkpoint
+from hfgen.training.masked_lm import MaskedLMDataArguments, pretrain_masked_lm
+from hfgen.training.pretrain import ModelArguments, cpu_training_defaults
+from hfgen.training.span_corruption import SpanCorruptionDataArguments, pretrain_span_corruption
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "pretrain_causal_lm.py"
@@ -230,3 +234,44 @@ def test_multi_process_checkpoint_needs_every_rank_rng_file(baseline, tmp_path):
     assert problems == ["no rng_state_1.pth"]
     shutil.copy(checkpoint / "rng_state.pth", checkpoint / "rng_state_1.pth")
     assert checkpoint_problems(checkpoint, world_size=2) == []
+
+
+def _mlm(output_dir: Path, **overrides):
+    return pretrain_masked_lm(
+        ModelArguments(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        MaskedLMDataArguments(block_size=32, max_train_samples=32, max_eval_samples=8),
+        TrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=8, per_device_eval_batch_size=16,
+                          learning_rate=5e-3, logging_steps=3, eval_strategy="no", save_strategy="steps",
+                          save_steps=4, max_steps=8, report_to="none", disable_tqdm=True, seed=0,
+                          **cpu_training_defaults(), **overrides))
+
+
+def test_masked_lm_core_resumes_to_identical_weights_and_whole_run_loss(tmp_path):
+    """The same shared path in another training core (random masks from torch's RNG, restored from rng_state.pth):
+    resumed from a copy of checkpoint-4 of an uninterrupted run, it ends with that run's weights and loss."""
+    full = _mlm(tmp_path / "full")
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
+    resumed = _mlm(tmp_path / "resumed", resume_from_checkpoint="last")
+    assert resumed.metrics["resumed_from_step"] == 4
+    expected, got = _tensors(tmp_path / "full"), _tensors(tmp_path / "resumed")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert resumed.metrics["train_loss"] == pytest.approx(full.metrics["train_loss"], rel=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known gap: span corruption draws its noise from the collator's own numpy "
+                   "Generator, which no checkpoint saves; a resumed run corrupts its blocks differently")
+def test_span_corruption_core_resumes_to_identical_weights(tmp_path):
+    def run(output_dir: Path, **overrides):
+        return pretrain_span_corruption(
+            ModelArguments(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+            SpanCorruptionDataArguments(block_size=32, max_train_samples=32, max_eval_samples=8),
+            TrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=8, save_strategy="steps",
+                              save_steps=4, max_steps=8, report_to="none", disable_tqdm=True, seed=0,
+                              **cpu_training_defaults(), **overrides))
+
+    run(tmp_path / "full")
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
+    assert run(tmp_path / "resumed", resume_from_checkpoint="last").metrics["resumed_from_step"] == 4
+    expected, got = _tensors(tmp_path / "full"), _tensors(tmp_path / "resumed")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
