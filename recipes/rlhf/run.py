@@ -67,6 +67,9 @@ queries x 2), 40 of them on the 20 held-out topics::
   response (4.8, 5.4, 4.4). Words per answer 20.8 -> 10.9 +- 0.5; answers under four words 3, 0, 3 -> 16, 12, 8
   (e.g. "The following methods."): the reward model scores these fragments high and the rule rejects them -- the
   proxy gap of RLHF, visible because the rule is there.
+- Seeds 3 and 4, not used in choosing the learning rate (same command): 32.7% -> 77.6% and 41.0% -> 81.4%; over
+  seeds 0 to 4: 40.8 +- 8.1% -> 80.6 +- 1.9%, held-out topics 42.0 +- 12.2% -> 81.0 +- 4.5%, KL 5.0 +- 0.5, answers
+  under four words 12.2 +- 2.9 of 156; SFT 47.7 +- 11.6% (``summary_ppo_seeds0-4.json``).
 - The former default, lr 5e-4 (``--rl_learning_rate 5e-4``, same seeds, same SFT and reward models): 75.2 +- 7.3%
   (69.2, 73.1, 83.3); held-out topics 83.3 +- 3.8% (80.0, 82.5, 87.5); reward-model score 2.44 +- 0.29; win rate
   79.8 +- 7.2%; KL 10.1 +- 0.6; 7.9 +- 1.8 words; under four words 31, 32, 12. Its first three steps took the
@@ -76,12 +79,13 @@ queries x 2), 40 of them on the 20 held-out topics::
 - Time per full run: 2 min 50 s to 3 min 50 s of CPU (user + system), 3 min 15 s wall at load average 1 to 2.6,
   15 min 40 s at 9 to 10; SFT is two thirds of it, PPO 10 to 13 s of CPU.
 
-Which commands made them: the PPO rows with the defaults are the three full runs above (4 min 30 s to 5 min 30 s
-wall at load average 3.4 to 6.5); the same PPO stage run on the seeds' saved SFT and reward models with
-``--sft_model`` / ``--reward_model`` had given identical results, as had a second full run of seed 0 with the
-former default in a fresh process. The lr 5e-4 rows reuse the SFT and reward models of the same seeds. Copies of
-the outputs are in ``recipes/rlhf/results/`` (``summary_ppo.json``, ``summary_ppo_lr5e-4.json``,
-``results_ppo_seed<N>.json``, seed 0's plot and responses, ``sft_results_seed<N>.json``,
+Which commands made them: the rows with the defaults are five full runs of the command above (seeds 0 to 4; 4 min
+15 s to 5 min 30 s wall at load average 3.4 to 6.5); the PPO stage run on the seeds' saved SFT and reward models
+with ``--sft_model`` / ``--reward_model`` had given identical results for seeds 0 and 1, as had a second full run
+of seed 0 in a fresh process. The lr 5e-4 rows are full runs for seeds 0 and 1 (made before the default changed)
+and, for seed 2, ``--rl_learning_rate 5e-4`` with ``--sft_model`` / ``--reward_model`` of its full default run.
+Copies of the outputs are in ``recipes/rlhf/results/`` (``summary_ppo.json``, ``summary_ppo_seeds0-4.json``,
+``summary_ppo_lr5e-4.json``, ``results_ppo_seed<N>.json``, seed 0's plot and responses, ``sft_results_seed<N>.json``,
 ``reward_results_seed<N>.json``). DPO, GRPO and ``--reward rule`` were measured once in November 2026 under earlier
 library versions and have not been re-measured since; no number is quoted for them.
 
