@@ -40,15 +40,17 @@ CPU, another torch / transformers / TRL release can change the last bits of a fl
 sampling, every number below: they vary far more between seeds than that, so they are quoted as mean +- sample
 standard deviation over seeds, with each seed's value.
 
-Why one run said 75.0% and a later one 48.1% (issue 18): each was a single draw, and not from the same
-generator. Until 2026-12-07 the reward model's fresh score head was drawn from whatever state SFT training had
-left the global generator in, so a library release that changes what SFT draws (the SFT loss of the 75.0% run
-differs from today's in the sixth digit) changed the reward model and all that followed, while the SFT model's
-rule success (47.4% before PPO in both runs) stayed the same; and PPO's outcome varies between reward models and
-seeds by tens of points (below). SFT alone varies as much between seeds
-(52.6% for seed 0, 35.9% for seed 1), and an earlier note's 30.8% vs 52.6% fits that: ``recipes/sft.py`` then
-ran with other defaults than the ladder's stage (seed 42 instead of 0, ``max_length`` 192 instead of 128, 32
-evaluation tokens instead of 40); its defaults are now the stage's, and both make the same model for a seed.
+Why one run said 75.0% and a later one 48.1% (issue 18): not chance between runs -- the code of commit 42a69ef
+(before this fix), run again here with ``OMP_NUM_THREADS=1``, gives exactly 47.4% -> 48.1% (66 of the 156 answers
+under four words, 19 of them empty; ``results/results_ppo_code_42a69ef_seed0.json``). Its reward model matches the
+75.0% run's (held-out accuracy 51.1% -> 90.2% in both), but its SFT loss differs from that run's in the sixth digit:
+the libraries were upgraded in between (transformers 5.25, peft 0.22), and PPO at the former learning rate 5e-4
+turned a last-bit difference into 75.0% vs 48.1%: its first steps jump so far from the SFT model that where it lands
+depends on the last bits. With 2e-4 the five seeds below end between 77.6% and 82.7%. SFT alone varies by tens of
+points between seeds (52.6% for seed 0, 35.9% for seed 1), and an earlier note's 30.8% vs 52.6% fits that:
+``recipes/sft.py`` then ran with other defaults than the ladder's stage (seed 42 instead of 0, ``max_length`` 192
+instead of 128, 32 evaluation tokens instead of 40); its defaults are now the stage's, and both make the same model
+for a seed.
 
 Measured on the shared 2-core machine (``OMP_NUM_THREADS=1 nice -n 5``, load average 3 to 10 from other users;
 torch 2.13.0+cpu, transformers 5.25.0, TRL 1.16.0, accelerate 1.16.0, datasets 5.2.0), as mean +- sample standard
