@@ -86,7 +86,12 @@ def run(script_args: SFTScriptArguments, sft_config) -> dict[str, Any]:
     # Seeded here, not only by the Trainer: a fresh model's weights are drawn before the Trainer exists.
     set_seed(sft_config.seed)
     if script_args.model_name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path, trust_remote_code=True)
+        from hfgen.training.recipe_common import check_model_folder
+
+        check_model_folder(script_args.model_name_or_path, "--model_name_or_path",
+                           "a causal-LM folder written by an earlier run (e.g. outputs/pretrain_tiny) or a Hub id")
+        model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path,
+                                                     trust_remote_code=sft_config.trust_remote_code)
     else:
         model = HfGenDecoderForCausalLM(chat_decoder_config(
             tokenizer, hidden_size=script_args.hidden_size, intermediate_size=2 * script_args.hidden_size,

@@ -82,8 +82,6 @@ TINY_FLAGS: dict[str, tuple[str, ...]] = {
 # The chains of the default (fast) run: pre-training and the fine-tuning that starts from its folder.
 FAST_SCRIPTS = ("hfgen demo", "recipes/pretrain_causal_lm.py", "recipes/finetune_lora.py",
                 "recipes/pretrain_masked_lm.py", "recipes/finetune_classification.py")
-# The RLHF/SFT section's folders (out/...) are moved under outputs/ with that section's rewrite (issue 18, item 7).
-LAYOUT_EXEMPT = ("recipes/sft.py", "recipes/reward_model.py", "recipes/rlhf/run.py")
 
 
 @dataclass
@@ -187,7 +185,7 @@ def test_readme_commands_chain():
                                 f"(written so far: {[out for out, _ in written]})")
         out = command.output_dir()
         if out is not None:
-            if not Path(out).parts[0] == "outputs" and command.script not in LAYOUT_EXEMPT:
+            if not Path(out).parts[0] == "outputs":
                 problems.append(f"{command.line}: writes {out!r}, not under outputs/")
             # A push re-saves the same run to upload it; any other command writing an earlier one's folder
             # would replace what a later command may read.

@@ -212,3 +212,28 @@ def test_finetune_lora_runs_no_folder_code_without_consent(tmp_path):
         _recipe().main(flags)
     assert not marker.exists(), "finetune_lora ran the folder's code without --trust_remote_code"
     assert not (tmp_path / "out").exists()
+
+
+def test_sft_runs_no_folder_code_without_consent(tmp_path):
+    """recipes/sft.py --model_name_or_path on a folder whose config names code in auto_map: without
+    --trust_remote_code the module never runs (hfgen's own class loads the model)."""
+    import importlib.util
+
+    from conftest import build, tiny_config
+    from hfgen import HfGenDecoderForCausalLM
+
+    marker = tmp_path / "marker"
+    folder = tmp_path / "trapped"
+    build(HfGenDecoderForCausalLM, tiny_config(vocab_size=8192)).save_pretrained(folder)
+    (folder / "trap.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('executed')\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"]["AutoModelForCausalLM"] = "trap.TrapModel"
+    (folder / "config.json").write_text(json.dumps(config))
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "sft.py"
+    spec = importlib.util.spec_from_file_location("sft_recipe", recipe)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sft_recipe"] = module
+    spec.loader.exec_module(module)
+    module.main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+                 "--eval_max_new_tokens", "2", "--report_to", "none"])
+    assert not marker.exists(), "sft.py ran the folder's code without --trust_remote_code"
