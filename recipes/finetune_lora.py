@@ -142,6 +142,7 @@ def finetune(args: FinetuneArguments, training_args) -> dict[str, Any]:
     from hfgen.compat import register_peft_target_modules
     from hfgen.data import load_corpus, load_tokenizer, tokenize_for_causal_lm
     from hfgen.training.peft_defaults import check_peft_targets
+    from hfgen.training.start_evaluation import evaluate_then_train
 
     register_peft_target_modules()  # --target_modules unset: PEFT's defaults for the hfgen model types too
     peft_config = build_peft_config(args)
@@ -167,8 +168,9 @@ def finetune(args: FinetuneArguments, training_args) -> dict[str, Any]:
     trainable, total = model.get_nb_trainable_parameters()
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
-    before = trainer.evaluate()["eval_loss"]
-    train_metrics = trainer.train().metrics
+    # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
+    before_metrics, train_output = evaluate_then_train(trainer)
+    before, train_metrics = before_metrics["eval_loss"], train_output.metrics
     after = trainer.evaluate()["eval_loss"]
     metrics = {"eval_perplexity_before": math.exp(before), "eval_perplexity_after": math.exp(after),
                "trainable_parameters": trainable, "total_parameters": total, "peft_method": args.peft_method,

@@ -60,6 +60,7 @@ from .checkpoints import train_resumable
 from .masked_lm import EncoderModelArguments
 from .pretrain import build_config
 from .recipe_common import loss_history, save_run, variant_title
+from .start_evaluation import evaluate_then_train
 
 # model_type -> (config class, model class fine-tuned for classification)
 FAMILIES: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
@@ -311,9 +312,10 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
           f"({'from ' + model_args.model_name_or_path if model_args.model_name_or_path else 'from scratch'}) on "
           f"{len(train)} labelled examples, scored on {len(test)}", flush=True)
 
-    before = trainer.evaluate()
+    # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
     # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
-    train_output, totals = train_resumable(trainer, training_args.resume_from_checkpoint)
+    before, (train_output, totals) = evaluate_then_train(
+        trainer, lambda: train_resumable(trainer, training_args.resume_from_checkpoint))
     after = trainer.evaluate()
     trainer.log_metrics("train", train_output.metrics)
     trainer.log_metrics("eval", after)

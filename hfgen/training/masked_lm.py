@@ -23,6 +23,7 @@ from ..models.variants import position_embeddings_of
 from .checkpoints import train_resumable
 from .pretrain import ModelArguments, PretrainResult, build_config, perplexity
 from .recipe_common import PretrainingDataArguments, loss_history, save_run, variant_title
+from .start_evaluation import evaluate_then_train
 
 
 @dataclass
@@ -163,9 +164,12 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
         set_seed(training_args.seed + 1)  # the same masks before and after training
         return trainer.evaluate()
 
-    before = evaluate()["eval_loss"]
+    # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
     # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
-    train_output, totals = train_resumable(trainer, training_args.resume_from_checkpoint)
+    before_metrics, (train_output, totals) = evaluate_then_train(
+        trainer, lambda: train_resumable(trainer, training_args.resume_from_checkpoint), evaluate)
+    before = before_metrics["eval_loss"]
+    start_step = totals.get("resumed_from_step", 0)  # where "before" was measured (a resume: the checkpoint)
     after_metrics = evaluate()
     after = after_metrics["eval_loss"]
     trainer.log_metrics("train", train_output.metrics)
@@ -192,7 +196,7 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
     metrics = {key: value for key, value in metrics.items() if value is not None}
     save_run(trainer, config, metrics, task="masked-lm", title=variant_title(config, "MLM"),
              base_model=model_args.model_name_or_path,
-             eval_points=[(0, before), (trainer.state.global_step, after)])
+             eval_points=[(start_step, before), (trainer.state.global_step, after)])
     return PretrainResult(
         output_dir=str(training_args.output_dir), eval_perplexity_before=perplexity(before),
         eval_perplexity_after=perplexity(after), train_loss_history=loss_history(trainer),

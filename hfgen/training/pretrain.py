@@ -35,6 +35,7 @@ from ..hub import write_model_card
 from ..models import HfGenDecoderConfig, HfGenDecoderForCausalLM, variants
 from ..models.configuration_common import VARIANT_DEFAULTS
 from .checkpoints import train_resumable
+from .start_evaluation import evaluate_then_train
 
 LOSS_CURVE_FILE = "loss_curve.png"
 # Fields of ModelArguments that are not config keys.
@@ -317,9 +318,12 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
                       processing_class=tokenizer,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=callbacks)
-    before = trainer.evaluate()["eval_loss"]
+    # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
     # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
-    train_output, totals = train_resumable(trainer, training_args.resume_from_checkpoint)
+    before_metrics, (train_output, totals) = evaluate_then_train(
+        trainer, lambda: train_resumable(trainer, training_args.resume_from_checkpoint))
+    before = before_metrics["eval_loss"]
+    start_step = totals.get("resumed_from_step", 0)  # where "before" was measured (a resume: the checkpoint)
     after_metrics = trainer.evaluate()
     after = after_metrics["eval_loss"]
     trainer.log_metrics("train", train_output.metrics)
@@ -350,7 +354,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", metrics)
         out = Path(training_args.output_dir)
-        write_loss_curve(history, out / LOSS_CURVE_FILE, [(0, before), (trainer.state.global_step, after)],
+        write_loss_curve(history, out / LOSS_CURVE_FILE, [(start_step, before), (trainer.state.global_step, after)],
                          title=f"{config.model_type}: " + ", ".join(
                              f"{k}={getattr(config, k)}" for k in ("softmax_variant", "position_embedding")))
         hub_id = getattr(trainer, "hub_model_id", None) if training_args.push_to_hub else None

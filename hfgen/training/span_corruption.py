@@ -28,6 +28,7 @@ from ..models import HfGenSeq2SeqConfig, HfGenSeq2SeqForConditionalGeneration
 from .checkpoints import train_resumable
 from .pretrain import ModelArguments, PretrainResult, build_config, perplexity
 from .recipe_common import PretrainingDataArguments, loss_history, save_run, variant_title
+from .start_evaluation import evaluate_then_train
 
 DEFAULT_SENTINELS = 100  # T5's count
 OBJECTIVES = ("span_corruption", "bart_denoising")
@@ -211,14 +212,21 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
                       processing_class=tokenizer, data_collator=collator, callbacks=callbacks)
 
     def evaluate() -> dict:
+        training_rng = collator.rng  # the "before" evaluation runs inside train(): its stream must not leak into it
         collator.rng = np.random.default_rng(training_args.seed + 1)  # the same corruption before and after
-        return trainer.evaluate()
+        try:
+            return trainer.evaluate()
+        finally:
+            collator.rng = training_rng
 
-    before = evaluate()["eval_loss"]
     # Reproducible training noise, a different stream on each rank (each corrupts different blocks).
     collator.rng = np.random.default_rng([training_args.seed, training_args.process_index])
+    # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
     # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
-    train_output, totals = train_resumable(trainer, training_args.resume_from_checkpoint)
+    before_metrics, (train_output, totals) = evaluate_then_train(
+        trainer, lambda: train_resumable(trainer, training_args.resume_from_checkpoint), evaluate)
+    before = before_metrics["eval_loss"]
+    start_step = totals.get("resumed_from_step", 0)  # where "before" was measured (a resume: the checkpoint)
     after_metrics = evaluate()
     after = after_metrics["eval_loss"]
     gap = encoder_use_gap(trainer.model, collator, validation, training_args.per_device_eval_batch_size,
@@ -254,7 +262,7 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
     save_run(trainer, config, metrics, task="denoising" if denoising else "span-corruption",
              title=variant_title(config, "BART denoising" if denoising else "span corruption"),
              base_model=model_args.model_name_or_path,
-             eval_points=[(0, before), (trainer.state.global_step, after)])
+             eval_points=[(start_step, before), (trainer.state.global_step, after)])
     return PretrainResult(
         output_dir=str(training_args.output_dir), eval_perplexity_before=perplexity(before),
         eval_perplexity_after=perplexity(after), train_loss_history=loss_history(trainer),
