@@ -136,7 +136,7 @@ def build_peft_config(args: FinetuneArguments):
 def finetune(args: FinetuneArguments, training_args) -> dict[str, Any]:
     """Train the adapter; save it (and the tokenizer, and optionally the merged model); return the metrics."""
     from peft import get_peft_model
-    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, set_seed
 
     import hfgen  # noqa: F401  (registers the Auto classes)
     from hfgen.compat import register_peft_target_modules
@@ -164,6 +164,9 @@ def finetune(args: FinetuneArguments, training_args) -> dict[str, Any]:
     if args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
 
+    # The adapter's initial weights (LoRA's A) come from the global RNG: seeded, every process and every run start
+    # from the same adapter (Trainer seeds only once it is built, after this).
+    set_seed(training_args.seed)
     model = get_peft_model(model, peft_config)
     trainable, total = model.get_nb_trainable_parameters()
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,

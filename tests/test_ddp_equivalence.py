@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from test_peft_recipe import base  # noqa: F401  (the fixture: a saved tiny decoder for LoRA)
+
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
 
@@ -43,24 +45,32 @@ RECIPES = [
             "takes **kwargs, so Trainer takes it for a model that divides by num_items_in_batch and scales its "
             "per-batch mean by world_size (train_loss 3.89 vs 1.95); accepts_loss_kwargs = False on the head "
             "makes the runs agree (measured)"))]),
+    # LoRA on a saved tiny decoder ({base}: test_peft_recipe's base fixture); the adapter holds every trained weight.
+    pytest.param("finetune_lora", [
+        "--model_name_or_path", "{base}", "--block_size", "32", "--max_train_samples", "64", "--max_eval_samples",
+        "8", "--target_modules", "all-linear", "--lora_dropout", "0.0"], id="finetune_lora", marks=pytest.mark.slow),
 ]
+SAVED = {"finetune_lora": "adapter_model.safetensors"}  # the others save model.safetensors
 
 
-def _run(command: list[str], output_dir: Path) -> dict[str, torch.Tensor]:
+def _run(command: list[str], output_dir: Path, saved: str) -> dict[str, torch.Tensor]:
     # One thread per process: two ranks on two cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([*command, *COMMON_FLAGS, "--output_dir", str(output_dir)], capture_output=True,
                             text=True, timeout=300, cwd=REPO, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return load_file(output_dir / "model.safetensors")
+    return load_file(output_dir / saved)
 
 
 @pytest.mark.parametrize(("recipe", "flags"), RECIPES)
-def test_two_processes_train_the_weights_of_one(recipe, flags, tmp_path):
-    script = str(REPO / "recipes" / f"{recipe}.py")
-    one = _run([sys.executable, script, *flags, "--per_device_train_batch_size", str(GLOBAL_BATCH)], tmp_path / "one")
+def test_two_processes_train_the_weights_of_one(recipe, flags, tmp_path, request):
+    if "{base}" in flags:
+        flags = [flag.replace("{base}", request.getfixturevalue("base")) for flag in flags]
+    script, saved = str(REPO / "recipes" / f"{recipe}.py"), SAVED.get(recipe, "model.safetensors")
+    one = _run([sys.executable, script, *flags, "--per_device_train_batch_size", str(GLOBAL_BATCH)], tmp_path / "one",
+               saved)
     two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
-                *flags, "--per_device_train_batch_size", str(GLOBAL_BATCH // 2)], tmp_path / "two")
+                *flags, "--per_device_train_batch_size", str(GLOBAL_BATCH // 2)], tmp_path / "two", saved)
 
     assert one.keys() == two.keys()
     # Differences relative to each tensor's largest entry, at least 0.01 (weights start at std 0.02): a tensor that
