@@ -181,6 +181,10 @@ class HfGenDecoderForSequenceClassification(HfGenDecoderPreTrainedModel):
     last token that is not ``pad_token_id``.
     """
 
+    # Its loss is a per-batch mean (num_items_in_batch unused): without this, Trainer sees **kwargs in forward,
+    # scales the loss by the number of processes for a token-sum loss it is not, and N processes train apart.
+    accepts_loss_kwargs = False
+
     def __init__(self, config: HfGenDecoderConfig):
         super().__init__(config)
         self.num_labels = config.num_labels

@@ -528,6 +528,10 @@ class HfGenEncoderForSequenceClassification(HfGenEncoderPreTrainedModel):
     transformers: regression for one label, single- or multi-label classification otherwise). Works with
     ``pipeline("text-classification")``."""
 
+    # Its loss is a per-batch mean (num_items_in_batch unused): without this, Trainer sees **kwargs in forward,
+    # scales the loss by the number of processes for a token-sum loss it is not, and N processes train apart.
+    accepts_loss_kwargs = False
+
     def __init__(self, config: HfGenEncoderConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -557,6 +561,10 @@ class HfGenEncoderForSequenceClassification(HfGenEncoderPreTrainedModel):
 class HfGenEncoderForTokenClassification(HfGenEncoderPreTrainedModel):
     """A label per token (BERT's ``BertForTokenClassification``); ``labels`` -100 where ignored. Works with
     ``pipeline("token-classification")``."""
+
+    # Its loss is a per-batch mean (num_items_in_batch unused): without this, Trainer sees **kwargs in forward,
+    # scales the loss by the number of processes for a token-sum loss it is not, and N processes train apart.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: HfGenEncoderConfig):
         super().__init__(config)

@@ -454,6 +454,10 @@ class HfGenSeq2SeqForSequenceClassification(HfGenSeq2SeqPreTrainedModel):
     dropout ``hidden_dropout``). ``problem_type`` as in transformers. A span-corruption checkpoint loads into it
     (the head is new). Works with ``pipeline("text-classification")``."""
 
+    # Its loss is a per-batch mean (num_items_in_batch unused): without this, Trainer sees **kwargs in forward,
+    # scales the loss by the number of processes for a token-sum loss it is not, and N processes train apart.
+    accepts_loss_kwargs = False
+
     def __init__(self, config: HfGenSeq2SeqConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
