@@ -18,14 +18,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
-# Scripts whose parser is built inside main() by another change (issue 18, item 7): checked once they expose
-# build_parser().
+# Scripts that build their parser inside main() / parse_args(): checked through the parser they parse with.
 BUILT_IN_MAIN = ("sft.py",)
+EXPERIMENTS = sorted(p.name for p in (RECIPES / "experiments").glob("*.py"))
 SCRIPTS = sorted(p.name for p in RECIPES.glob("*.py") if p.name != "image_common.py" and p.name not in BUILT_IN_MAIN)
 
 
 def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"help_{Path(name).stem}", RECIPES / name)
+    spec = importlib.util.spec_from_file_location(f"help_{Path(name).stem.replace('/', '_')}", RECIPES / name)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses in the script look their module up there
     spec.loader.exec_module(module)
@@ -56,6 +56,23 @@ def test_every_recipe_is_checked():
 def test_recipe_flags_have_help_and_default(name):
     parser = load_recipe(name).build_parser()
     assert undocumented_flags(parser) == []
+
+
+@pytest.mark.parametrize("name", [*BUILT_IN_MAIN, *(f"experiments/{name}" for name in EXPERIMENTS)])
+def test_flags_of_scripts_parsing_in_main_have_help_and_default(name, monkeypatch):
+    """sft.py and the experiments build their parser where they parse: the parser is caught at its first parse."""
+    parsers = []
+
+    def catch(self, args=None, namespace=None):
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", catch)
+    module = load_recipe(name)
+    entry = getattr(module, "parse_args", None) or module.main
+    with pytest.raises(SystemExit):
+        entry([])
+    assert parsers and undocumented_flags(parsers[0]) == []
 
 
 def test_cli_flags_have_help_and_default():

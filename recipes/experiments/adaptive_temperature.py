@@ -28,18 +28,24 @@ VARIANTS = ("standard", "adaptive_temperature")
 PAPER = papers.ADAPTIVE_TEMPERATURE
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every flag's default after its help."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one trained model per seed")
     p.add_argument("--train_items", type=int, default=16, help="set size during training")
-    p.add_argument("--eval_sizes", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
+    p.add_argument("--eval_sizes", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+                   help="set sizes evaluated (beyond the training size: how the softmax temperature generalises)")
     p.add_argument("--eval_sets", type=int, default=256, help="sets per evaluated size")
-    p.add_argument("--num_classes", type=int, default=10)
-    p.add_argument("--hidden_size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--learning_rate", type=float, default=1e-3)
-    p.add_argument("--output_dir", default=str(Path(__file__).resolve().parent / "results" / "adaptive_temperature"))
+    p.add_argument("--num_classes", type=int, default=10, help="classes of the set items")
+    p.add_argument("--hidden_size", type=int, default=32, help="width of each trained model")
+    p.add_argument("--steps", type=int, default=1000, help="training steps per model")
+    p.add_argument("--batch_size", type=int, default=128, help="examples per training step")
+    p.add_argument("--learning_rate", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--output_dir", default=str(Path(__file__).resolve().parent / "results" / "adaptive_temperature"),
+                   help="where results.json, results.md and the plot are written")
     p.add_argument("--rerender", action="store_true",
                    help="only rewrite results.md, the plot and the discussion from the results.json in --output_dir")
     return p.parse_args(argv)

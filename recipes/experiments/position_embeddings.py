@@ -44,21 +44,26 @@ MASK_ID = BYTE_VOCAB_SIZE  # one extra token for [MASK]
 PAPERS = papers.POSITIONS
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every flag's default after its help."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--families", nargs="+", default=["clm"], choices=["clm", "mlm"],
                    help="clm (default): decoders, results in results/position_embeddings; mlm: encoders, results in "
                         "results/position_embeddings_mlm (one family per run keeps each run under ~15 min on a busy "
                         "2-core machine); both: results/position_embeddings_clm_mlm")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--train_length", type=int, default=64)
-    p.add_argument("--eval_multiples", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--hidden_size", type=int, default=64)
-    p.add_argument("--num_hidden_layers", type=int, default=2)
-    p.add_argument("--num_attention_heads", type=int, default=4)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--learning_rate", type=float, default=3e-3)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one trained model per seed")
+    p.add_argument("--train_length", type=int, default=64, help="tokens per training sequence")
+    p.add_argument("--eval_multiples", type=int, nargs="+", default=[1, 2, 4],
+                   help="evaluated lengths, as multiples of --train_length (extrapolation beyond it)")
+    p.add_argument("--hidden_size", type=int, default=64, help="width of each trained model")
+    p.add_argument("--num_hidden_layers", type=int, default=2, help="layers of each trained model")
+    p.add_argument("--num_attention_heads", type=int, default=4, help="attention heads of each trained model")
+    p.add_argument("--batch_size", type=int, default=16, help="examples per training step")
+    p.add_argument("--steps", type=int, default=150, help="training steps per model")
+    p.add_argument("--learning_rate", type=float, default=3e-3, help="peak learning rate (AdamW)")
     p.add_argument("--eval_tokens", type=int, default=8192, help="validation tokens per evaluated length")
     p.add_argument("--output_dir", default=None, help="default: see --families")
     p.add_argument("--rerender", action="store_true",

@@ -52,27 +52,34 @@ METRICS = ["fp32_perplexity", "w8a8_perplexity", "w8a8_increase_pct", "max_inf_n
 PAPER = papers.QUANTIZATION
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every flag's default after its help."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="decoder", choices=["decoder", "encoder"],
                    help="decoder: causal LM (pre-norm RMSNorm, Llama layout); encoder: masked LM (post-norm "
                         "LayerNorm, BERT layout, as in Bondarenko et al.'s BERT experiments)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--tokenization", default="bytes", choices=TOKENIZATIONS)
-    p.add_argument("--hidden_size", type=int, default=64)
-    p.add_argument("--num_hidden_layers", type=int, default=2)
-    p.add_argument("--num_attention_heads", type=int, default=4)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="attention/softmax variants compared")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one trained model per seed")
+    p.add_argument("--tokenization", default="bytes", choices=TOKENIZATIONS, help="how the corpus is cut into tokens")
+    p.add_argument("--hidden_size", type=int, default=64, help="width of each trained model")
+    p.add_argument("--num_hidden_layers", type=int, default=2, help="layers of each trained model")
+    p.add_argument("--num_attention_heads", type=int, default=4, help="attention heads of each trained model")
     p.add_argument("--block_size", type=int, default=64,
                    help="tokens per training/validation block (64 keeps the default run under ~15 min on a busy "
                         "2-core machine)")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--learning_rate", type=float, default=3e-3)
+    p.add_argument("--batch_size", type=int, default=16, help="examples per training step")
+    p.add_argument("--steps", type=int, default=150, help="training steps per model")
+    p.add_argument("--learning_rate", type=float, default=3e-3, help="peak learning rate (AdamW)")
     p.add_argument("--eval_blocks", type=int, default=96, help="validation blocks for perplexity and outliers")
     p.add_argument("--calibration_batches", type=int, default=4, help="training batches for min-max ranges")
-    p.add_argument("--clipped_softmax_gamma", type=float, default=-0.03)
-    p.add_argument("--clipped_softmax_zeta", type=float, default=1.0)
+    p.add_argument("--clipped_softmax_gamma", type=float, default=-0.03,
+                   help="clipped softmax's lower stretch gamma (<= 0; Bondarenko et al.)")
+    p.add_argument("--clipped_softmax_zeta", type=float, default=1.0,
+                   help="clipped softmax's upper stretch zeta (>= 1)")
     p.add_argument("--output_dir", default=None,
                    help="default: results/quantization_outliers (decoder) or results/quantization_outliers_encoder")
     p.add_argument("--rerender", action="store_true",

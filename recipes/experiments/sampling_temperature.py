@@ -39,22 +39,27 @@ SETTINGS = [("greedy", None), ("temperature", 0.5), ("temperature", 0.8), ("temp
 METRICS = ["next_token_entropy", "distinct_1", "distinct_2", "judge_perplexity"]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every flag's default after its help."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="one trained model per seed; the judge of seed i is the model of the next seed")
-    p.add_argument("--hidden_size", type=int, default=64)
-    p.add_argument("--num_hidden_layers", type=int, default=2)
-    p.add_argument("--num_attention_heads", type=int, default=4)
-    p.add_argument("--block_size", type=int, default=128)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--learning_rate", type=float, default=3e-3)
+    p.add_argument("--hidden_size", type=int, default=64, help="width of each trained model")
+    p.add_argument("--num_hidden_layers", type=int, default=2, help="layers of each trained model")
+    p.add_argument("--num_attention_heads", type=int, default=4, help="attention heads of each trained model")
+    p.add_argument("--block_size", type=int, default=128, help="tokens per training/validation block")
+    p.add_argument("--batch_size", type=int, default=16, help="examples per training step")
+    p.add_argument("--steps", type=int, default=150, help="training steps per model")
+    p.add_argument("--learning_rate", type=float, default=3e-3, help="peak learning rate (AdamW)")
     p.add_argument("--entropy_blocks", type=int, default=8, help="validation blocks for the next-token entropy")
-    p.add_argument("--num_prompts", type=int, default=16)
-    p.add_argument("--prompt_length", type=int, default=32)
-    p.add_argument("--new_tokens", type=int, default=96)
-    p.add_argument("--output_dir", default=str(Path(__file__).resolve().parent / "results" / "sampling_temperature"))
+    p.add_argument("--num_prompts", type=int, default=16, help="validation prompts sampled from")
+    p.add_argument("--prompt_length", type=int, default=32, help="tokens per prompt")
+    p.add_argument("--new_tokens", type=int, default=96, help="tokens sampled per prompt")
+    p.add_argument("--output_dir", default=str(Path(__file__).resolve().parent / "results" / "sampling_temperature"),
+                   help="where results.json, results.md and the plot are written")
     p.add_argument("--rerender", action="store_true",
                    help="only rewrite results.md, the plot and the discussion from the results.json in --output_dir")
     return p.parse_args(argv)
