@@ -85,9 +85,9 @@ def newest_release(name: str) -> Version | None:
         return None
 
 
-def drift(path: Path) -> int:
-    """Log every package whose installed version differs from the lock, and every direct dependency whose newest
-    release its range excludes; returns the number of packages that differ."""
+def drift(path: Path, ask_index: bool = True) -> int:
+    """Log every package whose installed version differs from the lock, and (with ``ask_index``) every direct
+    dependency whose newest release its range excludes; returns the number of packages that differ."""
     pins, versions = read_lock(path), installed()
     changed = {name: (pins.get(name), versions.get(name)) for name in sorted(set(pins) | set(versions))
                if pins.get(name) != versions.get(name)}
@@ -95,7 +95,7 @@ def drift(path: Path) -> int:
     for name, (locked, now) in changed.items():
         note = f"  (held: {HELD[name]})" if name in HELD else ""
         logger.info("  %-28s lock %-12s installed %s%s", name, locked or "-", now or "-", note)
-    for requirement in direct_requirements():
+    for requirement in direct_requirements() if ask_index else ():
         newest = newest_release(requirement.name)
         if newest is not None and newest not in requirement.specifier:
             logger.info("  %s %s is released; pyproject.toml allows %s: widen it after testing", requirement.name,
@@ -108,12 +108,14 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("command", choices=["drift", "write"], help="report drift, or rewrite the lock")
     parser.add_argument("--lock", type=Path, default=DEFAULT_LOCK, help="the lock file")
+    parser.add_argument("--no-index", action="store_true",
+                        help="drift: compare with the lock only, without asking the package index for newer releases")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "write":
         write(args.lock)
     else:
-        drift(args.lock)
+        drift(args.lock, ask_index=not args.no_index)
 
 
 if __name__ == "__main__":
