@@ -118,21 +118,29 @@ def query_chunks(q_len: int, k_len: int, chunk_size: int, allowed, position_bias
 
 def chunked_attention(module: HfGenAttention, query, key, value, allowed, position_bias, scaling: float,
                       dropout: float, chunk_size: int, return_weights: bool, causal: bool = False):
-    """Probabilities then output, ``chunk_size`` query rows at a time: memory O(chunk * K) per head."""
-    outputs, weights = [], []
+    """Probabilities then output, ``chunk_size`` query rows at a time: memory O(chunk * K) per head.
+
+    With ``return_weights`` the probabilities of every chunk are joined first and the returned weights are the
+    tensor that multiplies the values (after dropout, as Llama's ``eager_attention_forward`` returns them): they
+    belong to the graph, so gradients reach them. Only their scoring is chunked then (additive scoring's
+    ``[Q, K, D]`` tanh); the ``[Q, K]`` weights are materialised anyway because they are returned."""
+    chunks = query_chunks(query.shape[2], key.shape[2], chunk_size, allowed, position_bias, causal, query.device)
+    if return_weights:
+        probs = torch.cat([attention_probabilities(module, query[:, :, start:end], key[:, :, :key_end],
+                                                   allowed_rows, bias_rows, scaling)
+                           for start, end, key_end, allowed_rows, bias_rows in chunks], dim=2)
+        probs = F.dropout(probs, p=dropout, training=module.training).to(value.dtype)
+        return torch.matmul(probs, value), probs
 
     def chunk_output(q, k, v, allowed_rows, bias_rows):
         probs = attention_probabilities(module, q, k, allowed_rows, bias_rows, scaling)
-        if return_weights:
-            weights.append(probs)
         probs = F.dropout(probs, p=dropout, training=module.training)
         return torch.matmul(probs.to(v.dtype), v)
 
-    for start, end, key_end, allowed_rows, bias_rows in query_chunks(
-            query.shape[2], key.shape[2], chunk_size, allowed, position_bias, causal, query.device):
-        rows = (query[:, :, start:end], key[:, :, :key_end], value[:, :, :key_end], allowed_rows, bias_rows)
-        outputs.append(chunk_output(*rows) if return_weights else _recomputed_in_backward(chunk_output, *rows))
-    return torch.cat(outputs, dim=2), (torch.cat(weights, dim=2) if return_weights else None)
+    outputs = [_recomputed_in_backward(chunk_output, query[:, :, start:end], key[:, :, :key_end],
+                                       value[:, :, :key_end], allowed_rows, bias_rows)
+               for start, end, key_end, allowed_rows, bias_rows in chunks]
+    return torch.cat(outputs, dim=2), None
 
 
 def eager_attention(module: HfGenAttention, query, key, value, attention_mask, dropout: float = 0.0,
