@@ -241,37 +241,59 @@ def _mlm(output_dir: Path, **overrides):
         ModelArguments(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
         MaskedLMDataArguments(block_size=32, max_train_samples=32, max_eval_samples=8),
         TrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=8, per_device_eval_batch_size=16,
-                          learning_rate=5e-3, logging_steps=3, eval_strategy="no", save_strategy="steps",
-                          save_steps=4, max_steps=8, report_to="none", disable_tqdm=True, seed=0,
-                          **cpu_training_defaults(), **overrides))
+                          **{"learning_rate": 5e-3, "logging_steps": 3, "eval_strategy": "no",
+                             "save_strategy": "steps", "save_steps": 4, "max_steps": 8, "report_to": "none",
+                             "disable_tqdm": True, "seed": 0, **cpu_training_defaults(), **overrides}))
 
 
-def test_masked_lm_core_resumes_to_identical_weights_and_whole_run_loss(tmp_path):
+@pytest.mark.parametrize("step", [
+    4,
+    pytest.param(2, marks=[pytest.mark.slow, pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+        "known gap: the MLM collator draws its masks from torch's global RNG; resumed mid-epoch, Trainer restores "
+        "rng_state.pth only after the first resumed batch is collated, and the saved state is one prefetched batch "
+        "ahead: 2 batches get other masks (largest weight difference 0.023 from checkpoint-2, 0.0028 from -6)"))]),
+], ids=["epoch-end", "mid-epoch"])
+def test_masked_lm_core_resumes_to_identical_weights_and_whole_run_loss(tmp_path, step):
     """The same shared path in another training core (random masks from torch's RNG, restored from rng_state.pth):
-    resumed from a copy of checkpoint-4 of an uninterrupted run, it ends with that run's weights and loss."""
-    full = _mlm(tmp_path / "full")
-    shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
-    resumed = _mlm(tmp_path / "resumed", resume_from_checkpoint="last")
-    assert resumed.metrics["resumed_from_step"] == 4
+    resumed from a copy of checkpoint-4 (the end of the first epoch) of an uninterrupted run, it ends with that run's
+    weights and loss."""
+    full = _mlm(tmp_path / "full", save_steps=2)
+    shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", tmp_path / "resumed" / f"checkpoint-{step}")
+    resumed = _mlm(tmp_path / "resumed", resume_from_checkpoint="last", save_steps=2)
+    assert resumed.metrics["resumed_from_step"] == step
     expected, got = _tensors(tmp_path / "full"), _tensors(tmp_path / "resumed")
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
     assert resumed.metrics["train_loss"] == pytest.approx(full.metrics["train_loss"], rel=1e-9)
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known gap: span corruption draws its noise from the collator's own numpy "
-                   "Generator, which no checkpoint saves; a resumed run corrupts its blocks differently")
-def test_span_corruption_core_resumes_to_identical_weights(tmp_path):
-    def run(output_dir: Path, **overrides):
-        return pretrain_span_corruption(
-            ModelArguments(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-            SpanCorruptionDataArguments(block_size=32, max_train_samples=32, max_eval_samples=8),
-            TrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=8, save_strategy="steps",
-                              save_steps=4, max_steps=8, report_to="none", disable_tqdm=True, seed=0,
-                              **cpu_training_defaults(), **overrides))
+def _span(output_dir: Path, objective: str, **overrides):
+    return pretrain_span_corruption(
+        ModelArguments(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        SpanCorruptionDataArguments(block_size=32, max_train_samples=32, max_eval_samples=8, objective=objective),
+        TrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=8, save_strategy="steps",
+                          save_steps=2, max_steps=8, report_to="none", disable_tqdm=True, seed=0,
+                          **cpu_training_defaults(), **overrides))
 
-    run(tmp_path / "full")
-    shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
-    assert run(tmp_path / "resumed", resume_from_checkpoint="last").metrics["resumed_from_step"] == 4
-    expected, got = _tensors(tmp_path / "full"), _tensors(tmp_path / "resumed")
-    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+@pytest.mark.parametrize("objective, steps", [
+    ("span_corruption", (6,)),
+    pytest.param("span_corruption", (2, 4), marks=pytest.mark.slow),
+    pytest.param("bart_denoising", (2, 4, 6), marks=pytest.mark.slow),
+], ids=["span-mid-epoch-2", "span-more", "bart"])
+def test_denoising_core_resumes_to_identical_weights_and_whole_run_loss(tmp_path, objective, steps):
+    """Span corruption and BART noise are random per block; resumed mid-epoch (checkpoint-2 and -6 of 4 batches an
+    epoch: Trainer skips batches and its prefetching loader has drawn one ahead) and at an epoch's end (-4), the run
+    ends with the uninterrupted run's weights and loss: the noise is keyed by (seed, epoch, block), not drawn from a
+    stream the checkpoint would have to carry."""
+    full = _span(tmp_path / "full", objective)
+    expected = _tensors(tmp_path / "full")
+    for step in steps:
+        out = tmp_path / f"resumed-{step}"
+        shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", out / f"checkpoint-{step}")
+        resumed = _span(out, objective, resume_from_checkpoint="last")
+        assert resumed.metrics["resumed_from_step"] == step
+        got = _tensors(out)
+        assert expected.keys() == got.keys()
+        different = [k for k in expected if not torch.equal(expected[k], got[k])]
+        assert not different, f"resumed from step {step}: {len(different)} tensors differ, e.g. {different[0]}"
+        assert resumed.metrics["train_loss"] == pytest.approx(full.metrics["train_loss"], rel=1e-9)

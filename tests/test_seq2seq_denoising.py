@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
 from conftest import load_hfgen_tokenizer
 from hfgen.data.denoising import (
     DataCollatorForBartDenoising,
     DataCollatorForSpanCorruption,
+    DenoisingEpochCallback,
     add_sentinel_tokens,
     random_segmentation,
     random_spans_noise_mask,
@@ -124,10 +127,50 @@ def test_random_segmentation_is_a_composition():
 
 def test_too_few_sentinels_is_an_error_before_anything_is_produced(tokenizer, text_ids):
     collator = DataCollatorForSpanCorruption(tokenizer, sentinel_ids=sentinel_token_ids(tokenizer)[:2], seed=0)
-    state = collator.rng.bit_generator.state
     with pytest.raises(ValueError, match=r"makes \d+ noise spans, but only 2 sentinel tokens were added"):
         collator([{"input_ids": text_ids[:10]}, {"input_ids": text_ids}])
-    assert collator.rng.bit_generator.state == state
+    with pytest.raises(ValueError, match=r"seed must be a non-negative int or None.*got -1"):
+        DataCollatorForSpanCorruption(tokenizer, seed=-1)
+
+
+def _row(batch: dict[str, torch.Tensor], i: int) -> tuple[list[int], list[int]]:
+    """Row ``i`` of a padded batch: its input and target without padding."""
+    return (batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist(),
+            batch["labels"][i][batch["labels"][i] != -100].tolist())
+
+
+@pytest.mark.parametrize("make", [
+    lambda tokenizer, seed: DataCollatorForSpanCorruption(tokenizer, seed=seed),
+    lambda tokenizer, seed: DataCollatorForBartDenoising(tokenizer, seed=seed),
+], ids=["span-corruption", "bart"])
+def test_noise_depends_on_seed_epoch_and_tokens_only(tokenizer, text_ids, make):
+    """An example is corrupted the same way alone by a fresh collator, in a batch, in reverse order, after other
+    batches (what a resumed run or another process sees of it); another epoch or seed corrupts it anew."""
+    examples = [{"input_ids": text_ids[i:i + 40]} for i in range(0, 16, 2)]
+    collator = make(tokenizer, 0)
+    together = collator(examples)
+    reverse = collator(examples[::-1])
+    n = len(examples)
+    for i, example in enumerate(examples):
+        alone = make(tokenizer, 0)([example])
+        assert _row(together, i) == _row(alone, 0) == _row(reverse, n - 1 - i)
+    collator.epoch = 1
+    later, other_seed = collator(examples), make(tokenizer, 1)(examples)
+    assert sum(_row(later, i) != _row(together, i) for i in range(n)) >= n // 2
+    assert sum(_row(other_seed, i) != _row(together, i) for i in range(n)) >= n // 2
+    with collator.fixed_noise(0, epoch=0):
+        assert all(_row(collator(examples), i) == _row(together, i) for i in range(n))
+    assert (collator.seed, collator.epoch) == (0, 1)
+
+
+def test_epoch_callback_sets_trainers_epoch(tokenizer, tmp_path):
+    """Trainer's state.epoch is the epoch plus the share done (a fraction when resumed mid-epoch)."""
+    collator = DataCollatorForSpanCorruption(tokenizer, seed=0)
+    callback = DenoisingEpochCallback(collator)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    for epoch, expected in ((0.0, 0), (0.5, 0), (1.0, 1), (2.0 - 1e-12, 2), (2.75, 2)):
+        callback.on_epoch_begin(args, TrainerState(epoch=epoch), TrainerControl())
+        assert collator.epoch == expected
 
 
 def test_span_corruption_bad_arguments():
@@ -208,8 +251,9 @@ def test_bart_infilling_statistics(tokenizer):
     collator = DataCollatorForBartDenoising(tokenizer, permute_sentences=False, seed=0)
     covered = total = 0
     lengths = []
-    for length in np.random.default_rng(0).integers(80, 200, size=300):
-        spans, gaps = collator.infill_spans(int(length))
+    rng = np.random.default_rng(0)
+    for length in rng.integers(80, 200, size=300):
+        spans, gaps = collator.infill_spans(int(length), rng)
         assert spans.sum() + gaps.sum() == length and len(gaps) == len(spans) + 1
         covered, total = covered + spans.sum(), total + length
         lengths += list(spans[:-1])  # the last span is cut to fit the budget

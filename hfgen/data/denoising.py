@@ -19,16 +19,25 @@ tokens."
 Inputs are features with ``input_ids`` (token ids without special tokens, e.g. blocks of the embedded corpus);
 outputs are padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 on padding). Seq2seq models shift the
 labels right themselves (``prepare_decoder_input_ids_from_labels``).
+
+The noise of an example is a function of ``(seed, epoch, the example's tokens)`` only, drawn from its own generator
+(:meth:`_DenoisingCollator.example_rng`), never from a stream that earlier batches advanced: a run resumed from a
+checkpoint, a run split over N processes, and a dataloader that prefetches or skips batches all corrupt each block
+exactly as one uninterrupted process does (seqio derives T5's noise from per-example seeds for the same reason).
+:class:`DenoisingEpochCallback` tells the collator Trainer's epoch, so each epoch corrupts a block afresh.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 SENTINEL_TEMPLATE = "<extra_id_{}>"
 
@@ -114,9 +123,11 @@ def _check_probability(name: str, value: float, upper_inclusive: bool = False) -
 
 
 class _DenoisingCollator:
-    """Shared plumbing: the tokenizer's special ids, a seeded generator, padding into a batch."""
+    """Shared plumbing: the tokenizer's special ids, each example's generator, padding into a batch."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, seed: int | None, add_eos: bool):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None (a fresh random seed), got {seed!r}.")
         if tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token: set tokenizer.pad_token (it pads inputs and is the "
                              "decoder's start token in T5-style models).")
@@ -124,7 +135,25 @@ class _DenoisingCollator:
             raise ValueError("The tokenizer has no eos token: set tokenizer.eos_token, or pass add_eos=False.")
         self.tokenizer = tokenizer
         self.add_eos = add_eos
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(np.random.SeedSequence().entropy) if seed is None else seed
+        self.epoch = 0  # set by DenoisingEpochCallback under Trainer
+
+    def example_rng(self, ids: Sequence[int]) -> np.random.Generator:
+        """The generator of one example's noise, keyed by ``(seed, epoch, ids)``: the same example in the same epoch
+        is corrupted the same way whatever was drawn before it (in this process, another one, or before a resume)."""
+        digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=16).digest()
+        return np.random.default_rng([self.seed, self.epoch, *np.frombuffer(digest, dtype=np.uint32).tolist()])
+
+    @contextmanager
+    def fixed_noise(self, seed: int, epoch: int = 0) -> Iterator[None]:
+        """Corrupt with ``seed`` and ``epoch`` inside the block (e.g. the same corruption of the validation set
+        before and after training), then restore the collator's own."""
+        saved = self.seed, self.epoch
+        self.seed, self.epoch = seed, epoch
+        try:
+            yield
+        finally:
+            self.seed, self.epoch = saved
 
     def _ids(self, feature: Any) -> list[int]:
         ids = feature["input_ids"] if isinstance(feature, dict) else feature
@@ -164,9 +193,11 @@ class DataCollatorForSpanCorruption(_DenoisingCollator):
         self.noise_density = float(noise_density)
         self.mean_noise_span_length = float(mean_noise_span_length)
 
-    def corrupt(self, ids: list[int]) -> tuple[list[int], list[int]]:
-        """``(input, target)`` of one example, without eos."""
-        mask = random_spans_noise_mask(self.rng, len(ids), self.noise_density, self.mean_noise_span_length)
+    def corrupt(self, ids: list[int], rng: np.random.Generator | None = None) -> tuple[list[int], list[int]]:
+        """``(input, target)`` of one example, without eos; the noise comes from ``rng`` (default: the example's
+        own, :meth:`example_rng`)."""
+        rng = self.example_rng(ids) if rng is None else rng
+        mask = random_spans_noise_mask(rng, len(ids), self.noise_density, self.mean_noise_span_length)
         inputs, targets, span = [], [], -1
         for position, token in enumerate(ids):
             if not mask[position]:
@@ -246,23 +277,26 @@ class DataCollatorForBartDenoising(_DenoisingCollator):
         self.masking_probability = float(masking_probability)
         self.deletion_probability = float(deletion_probability)
 
-    def infill_spans(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+    def infill_spans(self, length: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``(span lengths, gap lengths)``: Poisson span lengths drawn until they cover
         ``round(length * infilling_probability)`` tokens (the last one cut to fit), placed uniformly at random
         without overlap (``len(spans) + 1`` gaps, possibly empty)."""
         target = int(round(length * self.infilling_probability))
         spans: list[int] = []
         while sum(spans) < target:
-            spans.append(min(int(self.rng.poisson(self.poisson_lambda)), target - sum(spans)))
+            spans.append(min(int(rng.poisson(self.poisson_lambda)), target - sum(spans)))
         spans = np.array(spans, dtype=np.int64)
-        return spans, random_segmentation(self.rng, length - int(spans.sum()), len(spans) + 1, min_length=0)
+        return spans, random_segmentation(rng, length - int(spans.sum()), len(spans) + 1, min_length=0)
 
-    def corrupt(self, ids: list[int]) -> list[int]:
+    def corrupt(self, ids: list[int], rng: np.random.Generator | None = None) -> list[int]:
+        """The noisy input of one example, without eos; the noise comes from ``rng`` (default: the example's own,
+        :meth:`example_rng`)."""
+        rng = self.example_rng(ids) if rng is None else rng
         if self.permute_sentences:
             sentences = split_sentences(ids, self.sentence_ends)
-            ids = [t for k in self.rng.permutation(len(sentences)) for t in sentences[k]]
+            ids = [t for k in rng.permutation(len(sentences)) for t in sentences[k]]
         if self.infilling_probability:
-            spans, gaps = self.infill_spans(len(ids))
+            spans, gaps = self.infill_spans(len(ids), rng)
             out, position = [], 0
             for gap, span in zip(gaps, [*spans, None]):
                 out += ids[position:position + gap]
@@ -272,10 +306,10 @@ class DataCollatorForBartDenoising(_DenoisingCollator):
                     position += span
             ids = out
         if self.masking_probability:
-            masked = self.rng.random(len(ids)) < self.masking_probability
+            masked = rng.random(len(ids)) < self.masking_probability
             ids = [self.mask_id if m else t for t, m in zip(ids, masked)]
         if self.deletion_probability:
-            kept = self.rng.random(len(ids)) >= self.deletion_probability
+            kept = rng.random(len(ids)) >= self.deletion_probability
             ids = [t for t, k in zip(ids, kept) if k] or ids[:1]
         return ids
 
@@ -284,9 +318,24 @@ class DataCollatorForBartDenoising(_DenoisingCollator):
         return self._batch([self.corrupt(ids) for ids in examples], examples)
 
 
+class DenoisingEpochCallback(TrainerCallback):
+    """Sets a denoising collator's ``epoch`` when Trainer starts an epoch (a resumed one included), so every epoch
+    corrupts each block anew and a resumed run corrupts it as the uninterrupted run did. Dataloader workers get the
+    collator's epoch when Trainer starts each epoch's iterator; ``dataloader_persistent_workers`` would keep epoch 0."""
+
+    def __init__(self, collator: _DenoisingCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is epoch + steps done / steps per epoch (a fraction when resumed mid-epoch); the slack guards
+        # an integer that float division left a hair below.
+        self.collator.epoch = math.floor(state.epoch + 1e-6)
+
+
 __all__ = [
     "DataCollatorForBartDenoising",
     "DataCollatorForSpanCorruption",
+    "DenoisingEpochCallback",
     "add_sentinel_tokens",
     "random_spans_noise_mask",
     "sentence_end_token_ids",

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ..hub import check_push_arguments
 from ..data.denoising import (
     DataCollatorForBartDenoising,
     DataCollatorForSpanCorruption,
+    DenoisingEpochCallback,
     add_sentinel_tokens,
     sentinel_token_ids,
     span_corruption_lengths,
@@ -113,9 +113,9 @@ def check_sentinels(data_args: SpanCorruptionDataArguments, tokenizer: PreTraine
 def encoder_use_gap(model: HfGenSeq2SeqForConditionalGeneration, collator: DataCollatorForSpanCorruption,
                     blocks, batch_size: int = 64, seed: int = 1) -> dict[str, float]:
     """How much the decoder reads its encoder: the loss on ``blocks`` (corrupted by ``collator`` with
-    ``np.random.default_rng(seed)``) with each row's own encoder input, and with the next row's (the batch rolled by
-    one: a real corrupted input, of another block). Token-weighted means over the targets; the collator's own random
-    stream is restored afterwards.
+    ``collator.fixed_noise(seed)``) with each row's own encoder input, and with the next row's (the batch rolled by
+    one: a real corrupted input, of another block). Token-weighted means over the targets; the collator's own seed
+    and epoch are restored afterwards.
 
     Returns:
         ``eval_loss_own_encoder``, ``eval_loss_shuffled_encoder`` and ``encoder_use_gap`` (shuffled minus own, in
@@ -125,12 +125,11 @@ def encoder_use_gap(model: HfGenSeq2SeqForConditionalGeneration, collator: DataC
 
     if len(blocks) < 2:
         raise ValueError(f"encoder_use_gap needs at least 2 blocks to swap encoder inputs, got {len(blocks)}.")
-    state, collator.rng = collator.rng, np.random.default_rng(seed)
     was_training = model.training
     model.eval()
     totals, tokens = [0.0, 0.0], 0
     try:
-        with torch.no_grad():
+        with torch.no_grad(), collator.fixed_noise(seed):
             for start in range(0, len(blocks), batch_size):
                 batch = collator([blocks[i] for i in range(start, min(start + batch_size, len(blocks)))])
                 if batch["input_ids"].shape[0] < 2:  # a last batch of one row has no other row to swap in
@@ -143,7 +142,6 @@ def encoder_use_gap(model: HfGenSeq2SeqForConditionalGeneration, collator: DataC
                     totals[k] += float(model(**inputs).loss) * count
                 tokens += count
     finally:
-        collator.rng = state
         model.train(was_training)
     own, shuffled = totals[0] / tokens, totals[1] / tokens
     return {"eval_loss_own_encoder": own, "eval_loss_shuffled_encoder": shuffled, "encoder_use_gap": shuffled - own}
@@ -208,19 +206,16 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
           f"{len(train)} training blocks of {raw_length} tokens ({data_args.objective}: {shape}), "
           f"{model.num_parameters():,} parameters", flush=True)
 
+    # Each block's noise is keyed by (seed, epoch, its tokens): a resumed run and N processes corrupt it as one
+    # uninterrupted process does; the callback moves the epoch on.
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
-                      processing_class=tokenizer, data_collator=collator, callbacks=callbacks)
+                      processing_class=tokenizer, data_collator=collator,
+                      callbacks=[*(callbacks or []), DenoisingEpochCallback(collator)])
 
     def evaluate() -> dict:
-        training_rng = collator.rng  # the "before" evaluation runs inside train(): its stream must not leak into it
-        collator.rng = np.random.default_rng(training_args.seed + 1)  # the same corruption before and after
-        try:
+        with collator.fixed_noise(training_args.seed + 1):  # the same corruption before and after
             return trainer.evaluate()
-        finally:
-            collator.rng = training_rng
 
-    # Reproducible training noise, a different stream on each rank (each corrupts different blocks).
-    collator.rng = np.random.default_rng([training_args.seed, training_args.process_index])
     # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
     # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
     before_metrics, (train_output, totals) = evaluate_then_train(
