@@ -1,7 +1,9 @@
 """Mixture of experts on the encoder family (``num_experts`` on ``HfGenEncoderConfig``, the decoder's keys): the
-routed layer equals a per-token loop written from the formula (GELU and gated experts), padding changes nothing,
-the losses and statistics follow their formulas, save -> load is identical (also through ``trust_remote_code``
-where hfgen is not importable), Trainer trains it, and bad keys are refused before anything is built."""
+routed layer equals a per-token loop written from the formula (GELU and gated experts, with biases), padding changes
+nothing, the recorded router logits give losses and statistics that follow their formulas, save -> load is
+identical with the per-expert tensors on disk meaning what they did before the 3D layout (also through
+``trust_remote_code`` where hfgen is not importable), Trainer trains it, and bad keys are refused before anything
+is built."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import MaskedLMOutput
 
@@ -24,6 +27,7 @@ from hfgen import (
     HfGenEncoderForSequenceClassification,
     HfGenEncoderForTokenClassification,
 )
+from hfgen.models.moe import expert_utilization
 from test_encoder_fixtures import TINY_ENCODER, tiny_encoder_config
 from test_hub_portability import CHILD, isolated_pythonpath
 
@@ -36,10 +40,35 @@ def build_encoder(model_class=HfGenEncoderForMaskedLM, seed: int = 0, **override
     return model_class(copy.deepcopy(tiny_encoder_config(num_labels=3, **{**MOE, **overrides}))).eval()
 
 
-def per_token_loop(block, x: torch.Tensor, activation) -> torch.Tensor:
-    """``y = sum_{e in topk(p)} p_e / sum_topk p * E_e(x)``, ``p = softmax(W_g x)``, one token at a time, with each
-    expert written out from its weights: ``W2 act(W1 x + b1) + b2`` (GELU) or ``W2 (act(W1 x + b1) * (W3 x + b3))
-    + b2`` (gated)."""
+def expert_tensors(block, e: int) -> dict[str, torch.Tensor | None]:
+    """Expert ``e``'s projections as per-expert matrices and biases: ``w1`` (gate for gated experts, else up), ``w3``
+    (up; gated only), ``w2`` (down), cut from the 3D weights."""
+    experts = block.experts
+    size = experts.down_proj.shape[-1]
+    bias = getattr(experts, "gate_up_proj_bias", None)
+    gated = experts.gate_up_proj.shape[1] == 2 * size
+    tensors = dict(w1=experts.gate_up_proj[e, :size], b1=None if bias is None else bias[e, :size],
+                   w2=experts.down_proj[e], b2=None if bias is None else experts.down_proj_bias[e], w3=None, b3=None)
+    if gated:
+        tensors.update(w3=experts.gate_up_proj[e, size:], b3=None if bias is None else bias[e, size:])
+    return tensors
+
+
+def expert_formula(t: dict, x: torch.Tensor, activation) -> torch.Tensor:
+    """``W2 act(W1 x + b1) + b2`` (GELU) or ``W2 (act(W1 x + b1) * (W3 x + b3)) + b2`` (gated), one vector ``x``."""
+    def affine(weight, bias, v):
+        return weight @ v + (bias if bias is not None else 0)
+
+    hidden = activation(affine(t["w1"], t["b1"], x))
+    if t["w3"] is not None:
+        hidden = hidden * affine(t["w3"], t["b3"], x)
+    return affine(t["w2"], t["b2"], hidden)
+
+
+def per_token_loop(block, x: torch.Tensor, activation, tensors=None) -> torch.Tensor:
+    """``y = sum_{e in topk(p)} p_e / sum_topk p * E_e(x)``, ``p = softmax(W_g x)``, one token at a time, each expert
+    from its own weights (``tensors[e]``; by default cut from the block's 3D weights)."""
+    tensors = tensors or [expert_tensors(block, e) for e in range(block.experts.num_experts)]
     flat = x.reshape(-1, x.shape[-1])
     out = torch.zeros_like(flat)
     for t in range(flat.shape[0]):
@@ -47,15 +76,7 @@ def per_token_loop(block, x: torch.Tensor, activation) -> torch.Tensor:
         top = torch.topk(probs, block.top_k).indices.tolist()
         norm = sum(probs[e] for e in top)
         for e in top:
-            expert = block.experts[e]
-
-            def affine(layer, v):
-                return layer.weight @ v + (layer.bias if layer.bias is not None else 0)
-
-            hidden = activation(affine(expert.w1, flat[t]))
-            if hasattr(expert, "w3"):
-                hidden = hidden * affine(expert.w3, flat[t])
-            out[t] += probs[e] / norm * affine(expert.w2, hidden)
+            out[t] += probs[e] / norm * expert_formula(tensors[e], flat[t], activation)
     return out.reshape(x.shape)
 
 
@@ -64,12 +85,13 @@ def test_routed_layer_equals_the_per_token_loop(kind, top_k):
     variant = GATED if kind == "gated" else {}
     model = build_encoder(num_experts_per_tok=top_k, **variant)
     block = model.bert.encoder.layer[0].block_sparse_moe
-    assert [hasattr(e, "w3") for e in block.experts] == [kind == "gated"] * 4
-    assert block.experts[0].w1.bias is not None  # the encoder's mlp_bias=True reaches the experts
+    size = model.config.intermediate_size
+    assert block.experts.gate_up_proj.shape == (4, 2 * size if kind == "gated" else size, 32)
+    assert block.experts.gate_up_proj_bias is not None  # the encoder's mlp_bias=True reaches the experts
     activation = F.silu if kind == "gated" else F.gelu
     with torch.no_grad():
         for x in (torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(top_k)),
-                  torch.randn(1, 1, 32, generator=torch.Generator().manual_seed(7))):  # one token: direct path
+                  torch.randn(1, 1, 32, generator=torch.Generator().manual_seed(7))):  # one token
             torch.testing.assert_close(block(x), per_token_loop(block, x, activation), atol=1e-5, rtol=1e-5)
 
 
@@ -79,9 +101,10 @@ def test_no_token_is_dropped_when_all_pick_one_expert():
         block.gate.weight.zero_()
         block.gate.weight[3] = 1.0  # every token (positive entries) picks expert 3
         x = torch.rand(2, 20, 32) + 0.1
-        expert = block.experts[3]
-        torch.testing.assert_close(block(x), expert.w2(F.gelu(expert.w1(x))), atol=1e-5, rtol=1e-5)
-    assert (block.selected_experts == 3).all()
+        t = expert_tensors(block, 3)
+        expected = F.gelu(x @ t["w1"].T + t["b1"]) @ t["w2"].T + t["b2"]
+        torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+        assert (block.gate(x.reshape(-1, 32))[2] == 3).all()
 
 
 def rows_and_batch():
@@ -102,11 +125,15 @@ def test_padded_batch_equals_rows_alone():
         for i, row in enumerate(rows):
             alone = model(row[None])
             torch.testing.assert_close(batch.logits[i, :len(row)], alone.logits[0], atol=1e-5, rtol=1e-5)
+            for mine, single in zip(batch.router_logits, alone.router_logits, strict=True):  # per-token rows
+                torch.testing.assert_close(mine.reshape(2, 9, 4)[i, :len(row)], single, atol=1e-5, rtol=1e-5)
         # the short row with five pad columns: the same routing statistics as alone (padding never counts)
         short = model(ids[1:], attention_mask=mask[1:])
         alone = model(rows[1][None])
-    for key in ("aux_loss", "z_loss", "expert_utilization"):
+    for key in ("aux_loss", "z_loss"):
         torch.testing.assert_close(getattr(short, key), getattr(alone, key), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(expert_utilization(short.router_logits, 2, mask[1:]),
+                               expert_utilization(alone.router_logits, 2), atol=1e-6, rtol=1e-5)
 
 
 def plain_router_losses(router_logits, real: torch.Tensor, top_k: int, num_experts: int):
@@ -141,8 +168,8 @@ def test_mlm_loss_and_statistics_follow_their_formulas():
     aux, z, usage = plain_router_losses(out.router_logits, mask.reshape(-1).bool(), 2, 4)
     torch.testing.assert_close(out.aux_loss, aux, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(out.z_loss, z, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(out.expert_utilization, usage.float(), atol=1e-6, rtol=1e-5)
-    assert out.expert_utilization.shape == (2, 4) and len(out.router_logits) == 2
+    torch.testing.assert_close(expert_utilization(out.router_logits, 2, mask), usage.float(), atol=1e-6, rtol=1e-5)
+    assert len(out.router_logits) == 2 and all(r.shape == (2 * 9, 4) for r in out.router_logits)
     mlm = F.cross_entropy(out.logits.reshape(-1, 128), labels.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(out.loss, mlm + 0.1 * aux + 0.01 * z, atol=1e-5, rtol=1e-5)
 
@@ -161,10 +188,11 @@ def test_every_head_adds_the_router_losses(model_class):
         inputs.update(labels=torch.where(mask.bool(), ids, -100), next_sentence_label=torch.tensor([0, 1]))
     with torch.no_grad():
         out = model(**inputs)
-        plain = model.bert(ids, attention_mask=mask)  # the base model reports the same statistics
+        plain = model.bert(ids, attention_mask=mask)  # the base model records the same router logits
     aux, z, _ = plain_router_losses(out.router_logits, mask.reshape(-1).bool(), 2, 4)
     torch.testing.assert_close(out.aux_loss, aux, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(plain.aux_loss, out.aux_loss)
+    for mine, base in zip(out.router_logits, plain.router_logits, strict=True):
+        torch.testing.assert_close(mine, base, atol=0, rtol=0)
     if model_class is HfGenEncoderForSequenceClassification:
         task = F.cross_entropy(out.logits, inputs["labels"])
     elif model_class is HfGenEncoderForTokenClassification:
@@ -198,12 +226,16 @@ def test_gradients_reach_router_and_experts_also_with_checkpointing():
         model = build_encoder(**GATED).train()
         if checkpointing:
             model.gradient_checkpointing_enable()
-        model(ids, attention_mask=mask, labels=torch.where(mask.bool(), ids, -100)).loss.backward()
+        out = model(ids, attention_mask=mask, labels=torch.where(mask.bool(), ids, -100))
+        out.loss.backward()
         block = model.bert.encoder.layer[0].block_sparse_moe
         assert block.gate.weight.grad.abs().sum() > 0
-        assert all(block.experts[e].w3.weight.grad.abs().sum() > 0 for e in block.selected_experts.unique().tolist())
-        grads.append(block.gate.weight.grad)
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+        used = torch.topk(out.router_logits[0], 2, dim=-1).indices.unique()
+        up_rows = block.experts.gate_up_proj.grad[:, model.config.intermediate_size:]  # W3 of each expert
+        assert (up_rows[used].abs().sum((1, 2)) > 0).all()
+        grads.append((block.gate.weight.grad, block.experts.gate_up_proj.grad))
+    for without, with_checkpointing in zip(*grads, strict=True):
+        torch.testing.assert_close(without, with_checkpointing, atol=1e-6, rtol=1e-5)
 
 
 def test_trainer_trains_the_moe_encoder(tmp_path):
@@ -248,11 +280,38 @@ def test_save_load_identical(tmp_path):
             parameter.data = parameter.data.clone()
         rehomed = loaded(ids, attention_mask=mask)
     torch.testing.assert_close(theirs.logits, ours.logits, atol=1e-6, rtol=0)
-    for key in ("logits", "aux_loss", "z_loss", "expert_utilization"):
+    for key in ("logits", "aux_loss", "z_loss"):
         assert torch.equal(getattr(ours, key), getattr(rehomed, key)), key
     config = json.loads((tmp_path / "mlm" / "config.json").read_text())
     assert config["num_experts"] == 4 and config["num_experts_per_tok"] == 2 and config["mlp_type"] == "gated"
+    assert config["output_router_logits"] is True
     assert "moe.py" in os.listdir(tmp_path / "mlm")
+
+
+@pytest.mark.parametrize("kind", ["standard", "gated"])
+def test_per_expert_tensors_on_disk_keep_their_meaning(tmp_path, kind):
+    """The files hold one tensor per expert and projection (``experts.N.w1/w2/w3`` with biases), the names hfgen
+    wrote before the 3D layout and Mixtral's: the loaded layer equals the per-token loop run on the tensors read
+    straight from the file, so folders written either way load."""
+    model = build_encoder(**(GATED if kind == "gated" else {}))
+    model.save_pretrained(tmp_path)
+    prefix = "bert.encoder.layer.1.block_sparse_moe."
+    projections = ("w1", "w2", "w3") if kind == "gated" else ("w1", "w2")
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        expected = {f"experts.{e}.{w}.{kind_}" for e in range(4) for w in projections for kind_ in ("weight", "bias")}
+        assert {k.removeprefix(prefix) for k in f.keys() if k.startswith(prefix)} == expected | {"gate.weight"}
+        tensors = [{**dict(w3=None, b3=None),
+                    **{f"w{w[1]}": f.get_tensor(f"{prefix}experts.{e}.{w}.weight") for w in projections},
+                    **{f"b{w[1]}": f.get_tensor(f"{prefix}experts.{e}.{w}.bias") for w in projections}}
+                   for e in range(4)]
+        gate = f.get_tensor(prefix + "gate.weight")
+    loaded = HfGenEncoderForMaskedLM.from_pretrained(tmp_path).eval()
+    block = loaded.bert.encoder.layer[1].block_sparse_moe
+    assert torch.equal(block.gate.weight, gate)
+    x = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), per_token_loop(block, x, F.silu if kind == "gated" else F.gelu, tensors),
+                                   atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch and transformers: about 10 s on an idle machine

@@ -17,6 +17,7 @@ from .attention import HfGenAttention
 from .configuration_common import check_misspelt_keys
 from .input_checks import check_inputs  # noqa: F401  (where the families import it from)
 from .model_card import HfGenHubCardMixin
+from .moe import init_moe_weights
 from .positions import RotaryEmbedding
 from .variants import validate_attention_config
 
@@ -133,3 +134,4 @@ class HfGenPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
         elif isinstance(module, RotaryEmbedding):
             # Non-persistent buffer: garbage after a meta-device build unless recomputed here.
             init.copy_(module.inv_freq, module.compute_inv_freq(module.inv_freq.device))
+        init_moe_weights(module, std)  # the router and the 3D expert weights (nothing for other modules)

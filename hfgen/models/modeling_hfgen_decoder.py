@@ -28,7 +28,15 @@ from .input_checks import HfGenGenerationMixin, check_classification_labels, che
 from .kv_cache import PreallocatedCacheMixin
 from .layers import HfGenMLP, build_norm
 from .modeling_common import HfGenPreTrainedModel, check_inputs, last_token_indices
-from .moe import HfGenSparseMoeBlock, build_feed_forward, moe_causal_lm_output
+# (transformers offers experts_implementation only if this file names `@use_experts_implementation`: moe.py's)
+from .moe import (
+    ROUTER_LOGITS_RECORDER,
+    HfGenSparseMoeBlock,
+    base_output_class,
+    build_feed_forward,
+    check_router_request,
+    moe_output,
+)
 from .position_inputs import add_position_modules, position_inputs
 
 
@@ -75,7 +83,8 @@ class HfGenDecoderPreTrainedModel(HfGenPreTrainedModel):
     config_class = HfGenDecoderConfig
     config: HfGenDecoderConfig
     _no_split_modules = ["HfGenDecoderLayer"]
-    _can_record_outputs = {"hidden_states": HfGenDecoderLayer, "attentions": HfGenAttention}
+    _can_record_outputs = {"hidden_states": HfGenDecoderLayer, "attentions": HfGenAttention,
+                           "router_logits": ROUTER_LOGITS_RECORDER}
 
 
 class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
@@ -108,6 +117,7 @@ class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
                 **kwargs) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        check_router_request(self.config, kwargs.get("output_router_logits"))
         past_length = cache.get_seq_length() if cache is not None else 0
         check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length, position_ids)
         if inputs_embeds is None:
@@ -127,8 +137,9 @@ class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
             hidden_states = layer(hidden_states, attention_mask=mask, position_embeddings=position_embeddings,
                                   position_bias=position_bias, cache=cache, **kwargs)
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states,
-                                       cache=cache if use_cache else None)
+        # With num_experts: MoeModelOutputWithPast, whose router_logits output_router_logits fills (moe.py).
+        return base_output_class(self.config, BaseModelOutputWithPast)(last_hidden_state=hidden_states,
+                                                                       cache=cache if use_cache else None)
 
 
 class HfGenDecoderForCausalLM(PreallocatedCacheMixin, HfGenDecoderPreTrainedModel, HfGenGenerationMixin):
@@ -157,9 +168,13 @@ class HfGenDecoderForCausalLM(PreallocatedCacheMixin, HfGenDecoderPreTrainedMode
                 position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
-                **kwargs) -> CausalLMOutputWithPast:
-        """``labels`` are the input ids (shifted inside the loss); -100 marks positions to ignore."""
+                output_router_logits: bool | None = None, **kwargs) -> CausalLMOutputWithPast:
+        """``labels`` are the input ids (shifted inside the loss); -100 marks positions to ignore.
+        ``output_router_logits`` (mixture of experts; default ``config.output_router_logits``): return the router
+        logits, the load-balancing and z losses, and add the weighted losses to the loss."""
         check_head_inputs(self.config, input_ids, inputs_embeds, labels, logits_to_keep)
+        if output_router_logits is not None:
+            kwargs["output_router_logits"] = output_router_logits
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
@@ -169,9 +184,9 @@ class HfGenDecoderForCausalLM(PreallocatedCacheMixin, HfGenDecoderPreTrainedMode
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        # With num_experts: HfGenMoeCausalLMOutputWithPast, router losses added to the loss (moe.py).
-        return moe_causal_lm_output(self.config, self.model, attention_mask, loss, logits=logits, cache=outputs.cache,
-                                    hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        # With router logits: HfGenMoeCausalLMOutputWithPast, router losses added to the loss (moe.py).
+        return moe_output(self.config, outputs, attention_mask, CausalLMOutputWithPast, loss=loss, logits=logits,
+                          cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class HfGenDecoderForSequenceClassification(HfGenDecoderPreTrainedModel):

@@ -49,13 +49,13 @@ from .disentangled import add_disentangled_modules, disentangled_bias, relative_
 from .layers import HfGenLayerNorm, HfGenRMSNorm
 from .input_checks import check_classification_labels, check_head_inputs, check_lm_labels
 from .modeling_common import HfGenPreTrainedModel, check_inputs
+# (transformers offers experts_implementation only if this file names `@use_experts_implementation`: moe.py's)
 from .moe import (
-    HfGenMoeMaskedLMOutput,
-    HfGenMoeModelOutputWithPooling,
-    HfGenMoeSequenceClassifierOutput,
-    HfGenMoeTokenClassifierOutput,
+    ROUTER_LOGITS_RECORDER,
     HfGenSparseMoeBlock,
+    base_output_class,
     build_feed_forward,
+    check_router_request,
     moe_output,
 )
 from .position_inputs import add_position_modules, check_learned_positions, position_inputs
@@ -345,7 +345,8 @@ class HfGenEncoderPreTrainedModel(HfGenPreTrainedModel):
     config: HfGenEncoderConfig
     base_model_prefix = "bert"  # BERT's: checkpoints of BertModel and of its heads load in both directions
     _no_split_modules = ["HfGenEncoderEmbeddings", "HfGenEncoderLayer"]
-    _can_record_outputs = {"hidden_states": HfGenEncoderLayer, "attentions": HfGenEncoderSelfAttention}
+    _can_record_outputs = {"hidden_states": HfGenEncoderLayer, "attentions": HfGenEncoderSelfAttention,
+                           "router_logits": ROUTER_LOGITS_RECORDER}
     # Checkpoints written by transformers 4.x hold BERT's position-id buffer; it is recomputed here.
     _keys_to_ignore_on_load_unexpected = [r"embeddings\.position_ids"]
 
@@ -387,6 +388,7 @@ class HfGenEncoderModel(HfGenEncoderPreTrainedModel):
         ``type_vocab_size`` (zeros when absent); ``position_ids``: ``0..S-1`` when absent (BERT)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        check_router_request(self.config, kwargs.get("output_router_logits"))
         check_inputs(self.config, input_ids, inputs_embeds, attention_mask, 0, position_ids)
         reference = input_ids if input_ids is not None else inputs_embeds
         check_token_types(self.config, token_type_ids, reference.shape[:2])
@@ -398,9 +400,9 @@ class HfGenEncoderModel(HfGenEncoderPreTrainedModel):
                                          attention_mask=attention_mask)
         hidden_states = self.encoder(hidden_states, mask, position_ids, **kwargs)
         pooled = self.pooler(hidden_states) if self.pooler is not None else None
-        # With num_experts: HfGenMoeModelOutputWithPooling (router statistics; moe.py).
-        return moe_output(self.config, self.encoder, attention_mask, BaseModelOutputWithPooling,
-                          HfGenMoeModelOutputWithPooling, last_hidden_state=hidden_states, pooler_output=pooled)
+        # With num_experts: a router_logits field, filled when output_router_logits is on (moe.py).
+        return base_output_class(self.config, BaseModelOutputWithPooling)(last_hidden_state=hidden_states,
+                                                                          pooler_output=pooled)
 
 
 class HfGenEncoderForMaskedLM(HfGenEncoderPreTrainedModel):
@@ -437,9 +439,9 @@ class HfGenEncoderForMaskedLM(HfGenEncoderPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        # With num_experts: HfGenMoeMaskedLMOutput, router losses added to the loss (moe.py).
-        return moe_output(self.config, outputs, attention_mask, MaskedLMOutput, HfGenMoeMaskedLMOutput,
-                          loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        # With router logits: aux_loss, z_loss and router_logits too, router losses added to the loss (moe.py).
+        return moe_output(self.config, outputs, attention_mask, MaskedLMOutput, loss=loss, logits=logits,
+                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 def check_mlm_labels(config: HfGenEncoderConfig, labels: torch.Tensor | None,
@@ -463,17 +465,6 @@ class HfGenEncoderForPreTrainingOutput(ModelOutput):
     seq_relationship_logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-@dataclass
-class HfGenMoeEncoderForPreTrainingOutput(HfGenEncoderForPreTrainingOutput):
-    """Pre-training output with a mixture of experts: ``loss`` also holds the weighted router losses; the router
-    fields mean what they mean in ``moe.HfGenMoeCausalLMOutputWithPast``."""
-
-    aux_loss: torch.FloatTensor | None = None
-    z_loss: torch.FloatTensor | None = None
-    router_logits: tuple[torch.FloatTensor, ...] | None = None
-    expert_utilization: torch.FloatTensor | None = None
 
 
 class HfGenEncoderForPreTraining(HfGenEncoderPreTrainedModel):
@@ -517,10 +508,9 @@ class HfGenEncoderForPreTraining(HfGenEncoderPreTrainedModel):
                                                       next_sentence_label.view(-1))
         elif (labels is None) != (next_sentence_label is None):
             raise ValueError("Pre-training needs both labels (MLM targets) and next_sentence_label, or neither.")
-        return moe_output(self.config, outputs, attention_mask, HfGenEncoderForPreTrainingOutput,
-                          HfGenMoeEncoderForPreTrainingOutput, loss=loss, prediction_logits=prediction_logits,
-                          seq_relationship_logits=relationship_logits, hidden_states=outputs.hidden_states,
-                          attentions=outputs.attentions)
+        return moe_output(self.config, outputs, attention_mask, HfGenEncoderForPreTrainingOutput, loss=loss,
+                          prediction_logits=prediction_logits, seq_relationship_logits=relationship_logits,
+                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class HfGenEncoderForSequenceClassification(HfGenEncoderPreTrainedModel):
@@ -553,8 +543,7 @@ class HfGenEncoderForSequenceClassification(HfGenEncoderPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
-        return moe_output(self.config, outputs, attention_mask, SequenceClassifierOutput,
-                          HfGenMoeSequenceClassifierOutput, loss=loss, logits=logits,
+        return moe_output(self.config, outputs, attention_mask, SequenceClassifierOutput, loss=loss, logits=logits,
                           hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
@@ -587,6 +576,5 @@ class HfGenEncoderForTokenClassification(HfGenEncoderPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config)
-        return moe_output(self.config, outputs, attention_mask, TokenClassifierOutput,
-                          HfGenMoeTokenClassifierOutput, loss=loss, logits=logits,
+        return moe_output(self.config, outputs, attention_mask, TokenClassifierOutput, loss=loss, logits=logits,
                           hidden_states=outputs.hidden_states, attentions=outputs.attentions)

@@ -52,7 +52,17 @@ from .input_checks import HfGenGenerationMixin, check_head_inputs
 from .layers import HfGenMLP, build_norm
 from .model_card import HfGenHubCardMixin
 from .modeling_common import check_checkpoint_folder, check_inputs, check_pretrained_kwargs
-from .moe import HfGenSparseMoeBlock, build_feed_forward, moe_causal_lm_output, validate_moe_config
+# (transformers offers experts_implementation only if this file names `@use_experts_implementation`: moe.py's)
+from .moe import (
+    ROUTER_LOGITS_RECORDER,
+    HfGenSparseMoeBlock,
+    base_output_class,
+    build_feed_forward,
+    check_router_request,
+    init_moe_weights,
+    moe_output,
+    validate_moe_config,
+)
 from .retention import (  # (the arithmetic, importable from here as before)
     retention_chunkwise,
     retention_log_decays,
@@ -246,13 +256,18 @@ class HfGenRetNetPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
     _no_split_modules = ["HfGenRetNetLayer"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
     _is_stateful = True
-    _can_record_outputs = {"hidden_states": HfGenRetNetLayer}
+    _can_record_outputs = {"hidden_states": HfGenRetNetLayer, "router_logits": ROUTER_LOGITS_RECORDER}
 
     def __init__(self, config, *inputs, **kwargs):
         # from_pretrained(path, key=value) sets attributes after the config's own checks: check again.
         validate_retnet_config(config)
         validate_moe_config(config)
         super().__init__(config, *inputs, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        init_moe_weights(module, self.config.initializer_range)  # nn.Linear's init does not reach 3D weights
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -373,6 +388,7 @@ class HfGenRetNetModel(HfGenRetNetPreTrainedModel):
         ``config.retention_mode`` for this call (``parallel``, ``chunkwise``, ``recurrent``)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        check_router_request(self.config, kwargs.get("output_router_logits"))
         cache = resolve_cache(cache, past_key_values)
         if retention_mode is not None and retention_mode not in ("parallel", "chunkwise", "recurrent"):
             raise ValueError(f"Unknown retention_mode={retention_mode!r}; valid choices are: 'parallel', "
@@ -411,7 +427,9 @@ class HfGenRetNetModel(HfGenRetNetPreTrainedModel):
                                       rotation=rotation)
         if use_cache:
             cache.seen_tokens += length
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache if use_cache else None)
+        # With num_experts: MoeModelOutputWithPast, whose router_logits output_router_logits fills (moe.py).
+        return base_output_class(self.config, BaseModelOutputWithPast)(last_hidden_state=self.norm(hidden_states),
+                                                                       cache=cache if use_cache else None)
 
 
 class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, HfGenGenerationMixin):
@@ -457,7 +475,7 @@ class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, HfGenGenerationMixin):
                 use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
                 past_key_values: HfGenRetNetCache | None = None, **kwargs):
         """``labels`` are the input ids (shifted inside the loss); -100 marks positions to ignore. With
-        ``num_experts`` the output is ``HfGenMoeCausalLMOutputWithPast`` (router losses and statistics)."""
+        router logits (``num_experts`` and ``output_router_logits``) the output is ``HfGenMoeCausalLMOutputWithPast``."""
         check_head_inputs(self.config, input_ids, inputs_embeds, labels, logits_to_keep)
         if (input_ids is not None and labels is None and inputs_embeds is None and position_ids is None
                 and (use_cache if use_cache is not None else self.config.use_cache)
@@ -477,5 +495,5 @@ class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, HfGenGenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return moe_causal_lm_output(self.config, self.model, attention_mask, loss, logits=logits,
-                                    cache=outputs.cache, hidden_states=outputs.hidden_states)
+        return moe_output(self.config, outputs, attention_mask, CausalLMOutputWithPast, loss=loss, logits=logits,
+                          cache=outputs.cache, hidden_states=outputs.hidden_states)

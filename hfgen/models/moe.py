@@ -1,70 +1,86 @@
-"""Sparse mixture of experts (seed 004, "Mixture of Experts"), a feed-forward block any hfgen family can use.
+"""Sparse mixture of experts (seed 004, "Mixture of Experts"), a feed-forward block any hfgen family can use, built
+the way transformers' own MoE models are (Mixtral, Qwen2-MoE, OLMoE).
 
 Each token's hidden state goes to the ``num_experts_per_tok`` experts its router scores highest (Shazeer et al. 2017;
 Mixtral: Jiang et al. 2024): ``y = sum_{e in topk(p)} p_e / (sum_{topk} p) * E_e(x)`` with ``p = softmax(W_g x)``.
-An expert has the form of the family's MLP: with ``mlp_type="gated"`` (Mixtral) ``E_e(x) = w2(act(w1 x) * w3 x)``,
-with ``mlp_type="standard"`` (BERT's GELU MLP, the encoder's default) ``E_e(x) = w2(act(w1 x))``; biases with
+An expert has the form of the family's MLP: with ``mlp_type="gated"`` (Mixtral) ``E_e(x) = W2 (act(W1 x) * W3 x)``,
+with ``mlp_type="standard"`` (BERT's GELU MLP, the encoder's default) ``E_e(x) = W2 act(W1 x)``; biases with
 ``mlp_bias``.
 
-Parameter names are those of Mixtral checkpoints as they lie on disk and on the Hub
-(``block_sparse_moe.gate.weight``, ``block_sparse_moe.experts.N.w1.weight`` ...), so a Mixtral checkpoint folder loads
-into ``HfGenDecoderForCausalLM`` (its ``num_local_experts`` read as ``num_experts``) and gives Mixtral's logits. A
-Mixtral config with ``sliding_window`` set is refused: hfgen has no sliding-window attention.
+The pieces are transformers':
+
+* the router is a module (:class:`HfGenTopKRouter`, Mixtral's ``MixtralTopKRouter``) returning ``(logits, weights,
+  experts)``; its logits are recorded by transformers' ``OutputRecorder`` (``ROUTER_LOGITS_RECORDER`` in each
+  family's ``_can_record_outputs``) when ``output_router_logits`` is on (config key or forward argument), never kept
+  on the module;
+* the experts (:class:`HfGenExperts`) hold their weights as 3D tensors in transformers' experts layout
+  (``gate_up_proj [E, 2I, H]`` -- ``[E, I, H]`` for standard experts, whose first projection has no gate --
+  ``down_proj [E, H, I]``, ``*_bias``) and run through transformers' experts interface
+  (``@use_experts_implementation``): ``from_pretrained(..., experts_implementation="grouped_mm" | "batched_mm" |
+  "eager")`` or ``model.set_experts_implementation(...)``;
+* the load-balancing loss is Mixtral's ``load_balancing_loss_func`` (Switch Transformer, Fedus et al. 2022):
+  ``L_aux = E * sum_e f_e * P_e`` over every MoE layer's real tokens, ``f_e`` the fraction of top-k assignments to
+  expert e, ``P_e`` its mean router probability; 1.0 when perfectly balanced;
+* the router z-loss is Switch Transformers' ``router_z_loss_func`` (ST-MoE, Zoph et al. 2022):
+  ``L_z = mean_tokens (logsumexp_e z_e)^2`` over every MoE layer's real tokens.
+
+With router logits on, every head with a loss (causal LM; the encoder's masked LM, pre-training, sequence and token
+classification) returns ``aux_loss``, ``z_loss`` and ``router_logits``, and when labels are given adds
+``router_aux_loss_coef * L_aux + router_z_loss_coef * L_z`` to its loss (:func:`moe_output`). How evenly the
+experts are used -- a statistic of a whole batch, not of an example -- comes from :func:`expert_utilization`.
+
+Checkpoints: on disk the experts keep the per-expert names of Mixtral checkpoints and of hfgen before the 3D layout
+(``block_sparse_moe.gate.weight``, ``block_sparse_moe.experts.N.w1.weight`` / ``w2`` / ``w3`` and their biases).
+transformers' checkpoint conversion (registered below for hfgen's model types) merges them into the 3D tensors when
+loading and splits them again when saving, so Mixtral checkpoint folders load into ``HfGenDecoderForCausalLM`` and
+give Mixtral's logits, and older hfgen folders load unchanged. A Mixtral config with ``sliding_window`` set is
+refused: hfgen has no sliding-window attention.
 
 Capacity: none, by design. Every token is processed by all of its top-k experts however unbalanced the routing is
-("dropless", as in Mixtral and MegaBlocks): no token is ever dropped, silently or otherwise, and the cost of an
-unbalanced router is time, not quality. Balance is encouraged by the losses below and can be watched through
-``expert_utilization``.
-
-Dispatch: the ``tokens x k`` assignments are sorted by expert once, so each expert runs one dense matmul over the
-contiguous slice of tokens routed to it; experts that receive no token cost nothing. (Not a dense loop that runs
-every expert on every token.) A single token (decoding one sequence) goes straight to its k experts. The losses and
-statistics of all layers are computed together in a few batched operations, since they run at every decoding step.
-
-Losses, both computed over real tokens only (``attention_mask``):
-
-* load balancing (Switch Transformer, Fedus et al. 2022, as Mixtral computes it):
-  ``L_aux = E * sum_e f_e * P_e``, ``f_e`` the fraction of the top-k assignments that go to expert e (averaged over
-  the k slots), ``P_e`` the mean router probability of expert e; 1.0 when perfectly balanced.
-* router z-loss (ST-MoE, Zoph et al. 2022): ``L_z = mean_tokens (logsumexp_e z_e)^2``, keeps router logits small.
-
-Every head with a loss (causal LM; the encoder's masked LM, pre-training, sequence and token classification) adds
-``router_aux_loss_coef * L_aux + router_z_loss_coef * L_z`` to its own loss and reports both, the router logits and
-the per-layer expert utilisation in its output (:func:`moe_output`).
+("dropless", as in Mixtral and MegaBlocks); the cost of an unbalanced router is time, not quality.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import ConversionOps, MergeModulelist, WeightConverter
+from transformers.integrations import use_experts_implementation
 from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
+    BaseModelOutputWithPast,
     CausalLMOutputWithPast,
-    MaskedLMOutput,
-    SequenceClassifierOutput,
-    TokenClassifierOutput,
+    MoeCausalLMOutputWithPast,
+    MoeModelOutputWithPast,
 )
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+from transformers.models.switch_transformers.modeling_switch_transformers import router_z_loss_func
 from transformers.utils import ModelOutput
+from transformers.utils.output_capturing import OutputRecorder
 
 # Keys a config gains with MoE, and their defaults (0 experts: the plain MLP, exactly as before).
+# output_router_logits None: on when there are experts (the router losses join the training loss), off otherwise;
+# a Mixtral config.json carries its own value (False unless set).
 MOE_DEFAULTS = dict(
     num_experts=0,
     num_experts_per_tok=2,
     router_aux_loss_coef=0.001,  # Mixtral's default
     router_z_loss_coef=0.001,  # ST-MoE's default
     router_jitter_noise=0.0,
+    output_router_logits=None,
 )
-
 
 # Output fields a mixture of experts adds. Trainer leaves them out of the predictions (``keys_to_ignore_at_inference``
 # of the family configs), so ``compute_metrics`` still receives the logits alone.
-MOE_OUTPUT_KEYS = ("aux_loss", "z_loss", "router_logits", "expert_utilization")
+MOE_OUTPUT_KEYS = ("aux_loss", "z_loss", "router_logits")
 
-# mlp_type -> expert form: "gated" w2(act(w1 x) * w3 x) (Mixtral), "standard" w2(act(w1 x)) (BERT's MLP).
+# mlp_type -> expert form: "gated" W2 (act(W1 x) * W3 x) (Mixtral), "standard" W2 act(W1 x) (BERT's MLP).
 EXPERT_TYPES = ("gated", "standard")
 
 
@@ -76,7 +92,8 @@ def init_moe_config(config, kwargs: dict) -> None:
         setattr(config, key, kwargs.pop(key, default))
     if local is not None and not config.num_experts:
         config.num_experts = local
-    kwargs.pop("output_router_logits", None)  # Mixtral key: hfgen always reports the router outputs
+    if config.output_router_logits is None:
+        config.output_router_logits = bool(config.num_experts)
     if kwargs.get("sliding_window") is not None:  # Mixtral/Mistral key; left set, transformers' caches would slide
         raise ValueError(f"sliding_window={kwargs['sliding_window']} (sliding-window attention) is not supported by "
                          f"hfgen: every token attends to the whole context. Load with sliding_window=None only if "
@@ -91,6 +108,7 @@ def validate_moe_config(config) -> None:
     is checked where it is set: ``variants.VALUE_CHECKS``)."""
     experts = getattr(config, "num_experts", 0) or 0
     top_k = getattr(config, "num_experts_per_tok", 2)
+    check_router_request(config, getattr(config, "output_router_logits", False), "output_router_logits")
     if experts == 0:
         return
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= experts:
@@ -101,77 +119,118 @@ def validate_moe_config(config) -> None:
                          f"choices with num_experts > 0: {', '.join(map(repr, EXPERT_TYPES))}.")
 
 
-class HfGenExpert(nn.Module):
-    """One expert, an MLP with Mixtral's names: ``w2(act(w1 x) * w3 x)`` (``mlp_type="gated"``: ``w1`` gate, ``w3``
-    up, ``w2`` down) or ``w2(act(w1 x))`` (``"standard"``: no ``w3``); biases when ``config.mlp_bias``."""
+def check_router_request(config, value, name: str = "output_router_logits") -> None:
+    """``output_router_logits`` (config key or forward argument): a bool (or None: the config's), True only with
+    experts -- a model without them has no router whose logits it could return."""
+    if value is None:
+        return
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    if value and not (getattr(config, "num_experts", 0) or 0):
+        raise ValueError(f"{name}=True needs a mixture of experts (num_experts > 0); this model has none "
+                         f"(num_experts=0), so it has no router logits to return.")
+
+
+class HfGenTopKRouter(nn.Module):
+    """Mixtral's router: ``logits = W_g x``; softmax in fp32, top-k, weights renormalised over the k. Returns
+    ``(logits [T, E], weights [T, k], experts [T, k])``; the logits are what ``output_router_logits`` records."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.num_experts = config.num_experts
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = F.linear(hidden_states, self.weight)
+        probs = F.softmax(logits.float(), dim=-1)
+        weights, experts = torch.topk(probs, self.top_k, dim=-1)
+        return logits, weights / weights.sum(dim=-1, keepdim=True), experts
+
+
+class _ExpertWeights(nn.Module):
+    """Every expert of a layer as 3D tensors, in transformers' experts layout: ``gate_up_proj`` ``[E, 2I, H]``
+    (gate rows then up rows) for gated experts, ``[E, I, H]`` (the up projection alone) for standard ones;
+    ``down_proj`` ``[E, H, I]``; ``gate_up_proj_bias`` / ``down_proj_bias`` with ``mlp_bias``. The experts interface
+    calls :meth:`_apply_gate` between the two projections: ``act(gate) * up``, or ``act(up)`` without a gate."""
 
     def __init__(self, config, intermediate_size: int | None = None):
         super().__init__()
         intermediate_size = intermediate_size or config.intermediate_size
-        bias = bool(getattr(config, "mlp_bias", False))
+        self.num_experts = config.num_experts
         self.gated = getattr(config, "mlp_type", "gated") == "gated"
-        self.w1 = nn.Linear(config.hidden_size, intermediate_size, bias=bias)
-        self.w2 = nn.Linear(intermediate_size, config.hidden_size, bias=bias)
-        if self.gated:
-            self.w3 = nn.Linear(config.hidden_size, intermediate_size, bias=bias)
+        first = 2 * intermediate_size if self.gated else intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(config.num_experts, first, config.hidden_size))
+        self.down_proj = nn.Parameter(torch.empty(config.num_experts, config.hidden_size, intermediate_size))
+        if getattr(config, "mlp_bias", False):
+            self.gate_up_proj_bias = nn.Parameter(torch.empty(config.num_experts, first))
+            self.down_proj_bias = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
         self.act_fn = ACT2FN[config.hidden_act]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            return self.w2(self.act_fn(self.w1(x)) * self.w3(x))
-        return self.w2(self.act_fn(self.w1(x)))
+    def _apply_gate(self, gate_up_out: torch.Tensor) -> torch.Tensor:
+        if not self.gated:
+            return self.act_fn(gate_up_out)
+        gate, up = gate_up_out.chunk(2, dim=-1)
+        return self.act_fn(gate) * up
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        """The ``"eager"`` implementation: the ``T x k`` assignments sorted by expert once, then one dense matmul
+        per expert over its contiguous slice of tokens (experts that receive none cost nothing)."""
+        top_k = top_k_index.shape[-1]
+        flat_experts = top_k_index.reshape(-1)
+        order = torch.argsort(flat_experts, stable=True)
+        token_index = order // top_k
+        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()  # one device sync
+        grouped = hidden_states.index_select(0, token_index)  # (backward: an index_add, not an index_put)
+        bias = getattr(self, "gate_up_proj_bias", None)
+        outputs, start = [], 0
+        for expert, count in enumerate(counts):
+            if count:
+                rows = grouped[start:start + count]
+                up = F.linear(rows, self.gate_up_proj[expert], None if bias is None else bias[expert])
+                down_bias = None if bias is None else self.down_proj_bias[expert]
+                outputs.append(F.linear(self._apply_gate(up), self.down_proj[expert], down_bias))
+                start += count
+        routed = torch.cat(outputs) * top_k_weights.reshape(-1)[order, None].to(hidden_states.dtype)
+        return torch.zeros_like(hidden_states).index_add_(0, token_index, routed.to(hidden_states.dtype))
+
+
+# use_experts_implementation fixes has_bias per class: one class per bias setting, the same module otherwise.
+@use_experts_implementation
+class HfGenExperts(_ExpertWeights):
+    """The experts of a layer without biases (:class:`_ExpertWeights`), dispatched by ``experts_implementation``."""
+
+
+@use_experts_implementation(has_bias=True)
+class HfGenExpertsWithBias(_ExpertWeights):
+    """The experts of a layer with biases (``mlp_bias=True``), dispatched by ``experts_implementation``."""
 
 
 class HfGenSparseMoeBlock(nn.Module):
-    """Top-k routed experts replacing the MLP of a layer (Mixtral's ``block_sparse_moe``).
-
-    After each forward, ``router_logits`` ``[tokens, num_experts]`` and ``selected_experts`` ``[tokens, k]`` of that
-    call are kept on the module for the losses and statistics (:func:`collect_moe_outputs`); the layer's return
-    value stays a plain hidden-state tensor so the layer plugs in where an MLP was.
-    """
+    """Top-k routed experts in place of a layer's MLP (Mixtral's ``block_sparse_moe``): ``gate``
+    (:class:`HfGenTopKRouter`) then ``experts`` (:class:`HfGenExperts`). Returns the hidden states alone, so the
+    layer plugs it in where an MLP was; the router's logits are recorded from the router itself."""
 
     def __init__(self, config, intermediate_size: int | None = None):
         super().__init__()
-        self.num_experts = config.num_experts
         self.top_k = config.num_experts_per_tok
         self.jitter_noise = config.router_jitter_noise
-        self.gate = nn.Linear(config.hidden_size, self.num_experts, bias=False)
-        self.experts = nn.ModuleList([HfGenExpert(config, intermediate_size) for _ in range(self.num_experts)])
-        self.router_logits: torch.Tensor | None = None
-        self.selected_experts: torch.Tensor | None = None
-
-    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(logits [T, E], weights [T, k], experts [T, k])``: softmax in fp32, top-k, renormalised over the k."""
-        logits = self.gate(x)
-        probs = F.softmax(logits.float(), dim=-1)
-        weights, experts = torch.topk(probs, self.top_k, dim=-1)
-        return logits, weights / weights.sum(dim=-1, keepdim=True), experts
+        self.gate = HfGenTopKRouter(config)
+        experts_class = HfGenExpertsWithBias if getattr(config, "mlp_bias", False) else HfGenExperts
+        self.experts = experts_class(config, intermediate_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
         if self.training and self.jitter_noise > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
-        logits, weights, experts = self.route(x)
-        self.router_logits, self.selected_experts = logits, experts
-        if x.shape[0] == 1:  # one token (decoding a single sequence): its k experts directly, nothing to group
-            out = sum(self.experts[e](x) * weights[:, i:i + 1] for i, e in enumerate(experts[0].tolist()))
-            return out.to(hidden_states.dtype).reshape(shape)
+        _, weights, experts = self.gate(x)
+        return self.experts(x, experts, weights).reshape(shape)
 
-        # Group the T*k (token, expert) assignments by expert: one sort, then contiguous slices.
-        flat_experts = experts.reshape(-1)
-        order = torch.argsort(flat_experts, stable=True)
-        token_index = order // self.top_k
-        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()  # one device sync
-        grouped = x.index_select(0, token_index)  # (index_select: its backward is an index_add, not an index_put)
-        outputs, start = [], 0
-        for expert, count in zip(self.experts, counts):
-            if count:
-                outputs.append(expert(grouped[start:start + count]))
-                start += count
-        routed = torch.cat(outputs) * weights.reshape(-1)[order, None]
-        out = torch.zeros(x.shape, dtype=routed.dtype, device=x.device).index_add_(0, token_index, routed)
-        return out.to(hidden_states.dtype).reshape(shape)
+
+# For each family's _can_record_outputs: the router's first output, its logits.
+ROUTER_LOGITS_RECORDER = OutputRecorder(HfGenTopKRouter, index=0)
 
 
 def build_feed_forward(config, dense_factory) -> nn.Module:
@@ -184,183 +243,177 @@ def build_feed_forward(config, dense_factory) -> nn.Module:
     return dense_factory()
 
 
+def init_moe_weights(module: nn.Module, std: float) -> None:
+    """``_init_weights`` for the MoE modules (nn.Linear's own init does not reach 3D parameters): weights
+    ``N(0, std)``, biases 0, as the experts' ``nn.Linear`` layers were initialised before the 3D layout."""
+    if isinstance(module, HfGenTopKRouter):
+        init.normal_(module.weight, mean=0.0, std=std)
+    elif isinstance(module, _ExpertWeights):
+        init.normal_(module.gate_up_proj, mean=0.0, std=std)
+        init.normal_(module.down_proj, mean=0.0, std=std)
+        if hasattr(module, "gate_up_proj_bias"):
+            init.zeros_(module.gate_up_proj_bias)
+            init.zeros_(module.down_proj_bias)
+
+
+# ------------------------------------------------------------------------------------------- checkpoint layout
+
+
+class MergeExpertProjections(ConversionOps):
+    """Loading: the per-expert ``w1`` (and, for gated experts, ``w3``) tensors of a checkpoint stacked over experts
+    and concatenated (gate rows, then up rows) into ``gate_up_proj`` / ``gate_up_proj_bias``. Unlike transformers'
+    ``MergeModulelist`` + ``Concatenate`` (Mixtral's), it accepts standard experts, which have no ``w3``."""
+
+    @torch.no_grad()
+    def convert(self, input_dict: dict, source_patterns: list[str], target_patterns: list[str],
+                **kwargs) -> dict[str, torch.Tensor]:
+        parts = []
+        for pattern in source_patterns:  # w1 before w3: the gate rows come first
+            if pattern in input_dict:
+                tensors = input_dict.pop(pattern)
+                parts.append(torch.stack(tensors) if isinstance(tensors, list) else tensors)
+        return {target_patterns[0]: torch.cat(parts, dim=1)}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return SplitExpertProjections()
+
+
+class SplitExpertProjections(ConversionOps):
+    """Saving: ``gate_up_proj`` split back into per-expert ``w1`` and ``w3`` (gated experts) or ``w1`` alone."""
+
+    @torch.no_grad()
+    def convert(self, input_dict: dict, source_patterns: list[str], target_patterns: list[str],
+                config=None, **kwargs) -> dict[str, torch.Tensor]:
+        tensor = next(iter(input_dict.values()))
+        tensor = tensor[0] if isinstance(tensor, list) else tensor
+        gated = getattr(config.get_text_config(), "mlp_type", "gated") == "gated"
+        halves = tensor.chunk(2, dim=1) if gated else (tensor,)
+        return {pattern.replace("*", str(expert)): half[expert].contiguous()
+                for pattern, half in zip(target_patterns, halves) for expert in range(tensor.shape[0])}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return MergeExpertProjections()
+
+
+def checkpoint_conversions() -> list[WeightConverter]:
+    """Per-expert checkpoint tensors <-> the 3D experts layout (transformers' checkpoint conversion; loading
+    applies them, ``save_pretrained`` reverses them). Biases last: in reverse (saving) their converters then come
+    first, so ``...gate_up_proj_bias`` is not taken for ``...gate_up_proj``."""
+    return [
+        WeightConverter([".experts.*.w1.weight", ".experts.*.w3.weight"], ".experts.gate_up_proj",
+                        [MergeExpertProjections()]),
+        WeightConverter(".experts.*.w2.weight", ".experts.down_proj", [MergeModulelist(dim=0)]),
+        WeightConverter([".experts.*.w1.bias", ".experts.*.w3.bias"], ".experts.gate_up_proj_bias",
+                        [MergeExpertProjections()]),
+        WeightConverter(".experts.*.w2.bias", ".experts.down_proj_bias", [MergeModulelist(dim=0)]),
+    ]
+
+
+# The hfgen model types whose layers can hold a mixture of experts. (transformers applies a registered conversion
+# to code outside its package only when registered like this; the patterns need ".experts.", which no dense
+# parameter name contains.)
+MOE_MODEL_TYPES = ("hfgen_decoder", "hfgen_encoder", "hfgen_retnet", "hfgen_vlm", "hfgen_gato")
+for _model_type in MOE_MODEL_TYPES:
+    # overwrite: the same entry again when this file is imported a second time (as remote code, say)
+    register_checkpoint_conversion_mapping(_model_type, checkpoint_conversions(), overwrite=True)
+
+
+# ----------------------------------------------------------------------------------------------------- outputs
+
+
 @dataclass
-class HfGenMoeCausalLMOutputWithPast(CausalLMOutputWithPast):
-    """``CausalLMOutputWithPast`` plus the router outputs.
+class HfGenMoeCausalLMOutputWithPast(MoeCausalLMOutputWithPast):
+    """transformers' ``MoeCausalLMOutputWithPast`` (``aux_loss``: Mixtral's load-balancing loss; ``router_logits``:
+    one ``[tokens, num_experts]`` tensor per MoE layer) plus ``z_loss``, the router z-loss of all MoE layers."""
 
-    aux_loss: load-balancing loss ``E * sum_e f_e P_e`` over all MoE layers' routing together (Mixtral's
-        definition, so it equals ``MixtralForCausalLM``'s ``aux_loss``).
-    z_loss: router z-loss ``mean (logsumexp z)^2`` over all MoE layers' real tokens.
-    router_logits: one ``[tokens, num_experts]`` tensor per MoE layer.
-    expert_utilization: ``[moe_layers, num_experts]``, the fraction of each layer's top-k assignments (real tokens
-        only) that went to each expert; rows sum to 1, ``1 / num_experts`` everywhere when perfectly balanced.
-    """
-
-    aux_loss: torch.FloatTensor | None = None
     z_loss: torch.FloatTensor | None = None
-    router_logits: tuple[torch.FloatTensor, ...] | None = None
-    expert_utilization: torch.FloatTensor | None = None
 
 
-def _token_weights(attention_mask: torch.Tensor | None, tokens: int, device) -> torch.Tensor | None:
-    """Per routed token, 1 for real tokens and 0 for padding (the last ``length`` mask columns: the new tokens)."""
+_ROUTER_FIELDS = [("aux_loss", torch.FloatTensor | None, None), ("z_loss", torch.FloatTensor | None, None),
+                  ("router_logits", tuple[torch.FloatTensor, ...] | None, None)]
+_BASE_OUTPUTS = {BaseModelOutputWithPast: MoeModelOutputWithPast}
+_HEAD_OUTPUTS: dict[type, type] = {CausalLMOutputWithPast: HfGenMoeCausalLMOutputWithPast}
+
+
+def _with_fields(plain: type[ModelOutput], fields: list) -> type[ModelOutput]:
+    """``plain`` with ``fields`` appended, named ``HfGenMoe<plain>`` (a ModelOutput dataclass like ``plain``)."""
+    output_class = dataclasses.make_dataclass(f"HfGenMoe{plain.__name__}", fields, bases=(plain,))
+    output_class.__module__ = __name__
+    return output_class
+
+
+def base_output_class(config, plain: type[ModelOutput]) -> type[ModelOutput]:
+    """A base model's output class: ``plain`` without experts; with them, one with a ``router_logits`` field (where
+    ``output_router_logits`` puts the recorded logits): transformers' ``MoeModelOutputWithPast`` for
+    ``BaseModelOutputWithPast``, else ``plain`` plus that field."""
+    if not getattr(config, "num_experts", 0):
+        return plain
+    if plain not in _BASE_OUTPUTS:
+        _BASE_OUTPUTS[plain] = _with_fields(plain, _ROUTER_FIELDS[2:])
+    return _BASE_OUTPUTS[plain]
+
+
+def head_output_class(plain: type[ModelOutput]) -> type[ModelOutput]:
+    """``plain`` (a head's output class) with ``aux_loss``, ``z_loss`` and ``router_logits`` after its own fields,
+    so ``output[0]`` and ``to_tuple()`` start as without experts; for ``CausalLMOutputWithPast``
+    :class:`HfGenMoeCausalLMOutputWithPast` (Mixtral's field order)."""
+    if plain not in _HEAD_OUTPUTS:
+        _HEAD_OUTPUTS[plain] = _with_fields(plain, _ROUTER_FIELDS)
+    return _HEAD_OUTPUTS[plain]
+
+
+def _new_token_mask(attention_mask: torch.Tensor | None, router_logits: tuple[torch.Tensor, ...]):
+    """The 2D mask's columns of the tokens the routers saw (with a cache, the last ones), or None."""
     if attention_mask is None or attention_mask.dim() != 2:
         return None
-    batch = attention_mask.shape[0]
-    length = tokens // batch
-    return attention_mask[:, -length:].reshape(-1).to(device=device, dtype=torch.float32)
+    length = router_logits[0].shape[0] // attention_mask.shape[0]
+    return attention_mask[:, -length:]
 
 
-def load_balancing_loss(router_logits: list[torch.Tensor], top_k: int,
-                        token_weights: torch.Tensor | None = None,
-                        selected_experts: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Switch-Transformer auxiliary loss over the routing decisions of every layer together, as Mixtral computes
-    it: ``E * sum_e f_e * P_e`` with ``f_e`` = (top-k assignments to e) / tokens and ``P_e`` the mean router
-    probability of e, both over all layers' real tokens. ``selected_experts``: the blocks' own top-k choices (the
-    top-k of ``router_logits`` when absent)."""
-    return _routing_statistics(router_logits, top_k, token_weights, selected_experts)[0]
-
-
-def router_z_loss(router_logits: list[torch.Tensor], token_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """ST-MoE router z-loss: the mean over every layer's real tokens of ``(logsumexp_e z_e)^2``."""
-    return _routing_statistics(router_logits, 1, token_weights)[1]
-
-
-def _routing_statistics(router_logits: list[torch.Tensor], top_k: int, token_weights: torch.Tensor | None,
-                        selected_experts: list[torch.Tensor] | None = None):
-    """``(aux_loss, z_loss, utilisation [L, E])`` of every layer at once: a handful of batched operations per
-    forward rather than a dozen per layer (they run at every decoding step)."""
+def router_z_loss(router_logits: tuple[torch.Tensor, ...], attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Switch Transformers' ``router_z_loss_func`` over every layer's real tokens: ``mean (logsumexp_e z_e)^2``."""
+    mask = _new_token_mask(attention_mask, router_logits)
     device = router_logits[0].device
-    logits = torch.stack([z.to(device) for z in router_logits]).float()  # [L, T, E]
-    layers, tokens, num_experts = logits.shape
-    probs = F.softmax(logits, dim=-1)
-    if selected_experts is None:
-        chosen = torch.topk(probs, top_k, dim=-1).indices
-    else:
-        chosen = torch.stack([e.to(device) for e in selected_experts])  # [L, T, k]
-    assigned = F.one_hot(chosen, num_experts).sum(2)  # [L, T, E]: top-k slots of each token per expert
-    squared = torch.logsumexp(logits, dim=-1) ** 2  # [L, T]
-    if token_weights is None:
-        counts = assigned.sum(1).float()  # [L, E]
-        total = float(layers * tokens)
-        prob_sum = probs.sum((0, 1))
-        z_loss = squared.mean()
-    else:
-        weights = token_weights.to(device)
-        counts = (assigned * weights[None, :, None]).sum(1)
-        total = (weights.sum() * layers).clamp(min=1)
-        prob_sum = (probs * weights[None, :, None]).sum((0, 1))
-        z_loss = (squared * weights).sum() / total
-    aux_loss = num_experts * (counts.sum(0) / total * prob_sum / total).sum()
-    utilization = counts / counts.sum(-1, keepdim=True).clamp(min=1)
-    return aux_loss, z_loss, utilization
+    logits = torch.cat([layer.to(device) for layer in router_logits]).float()
+    if mask is not None:
+        logits = logits[mask.reshape(-1).bool().to(device).repeat(len(router_logits))]
+    return router_z_loss_func(logits[None])
 
 
-@dataclass
-class MoeStats:
-    aux_loss: torch.Tensor
-    z_loss: torch.Tensor
-    router_logits: tuple[torch.Tensor, ...]
-    expert_utilization: torch.Tensor
-
-
-def moe_blocks(model: nn.Module) -> list[HfGenSparseMoeBlock]:
-    """The ``HfGenSparseMoeBlock`` modules of ``model`` in layer order. Found once and kept on the model (a walk over
-    every module costs about a millisecond, at every decoding step); found again when one of them did not run."""
-    blocks = model.__dict__.get("_hfgen_moe_blocks")
-    if blocks is None or any(block.router_logits is None for block in blocks):
-        blocks = [m for m in model.modules() if isinstance(m, HfGenSparseMoeBlock)]
-        model.__dict__["_hfgen_moe_blocks"] = blocks
-    return blocks
-
-
-def collect_moe_outputs(model: nn.Module, attention_mask: torch.Tensor | None = None) -> MoeStats | None:
-    """Losses and statistics of the last forward of every ``HfGenSparseMoeBlock`` in ``model`` (in layer order), or
-    ``None`` when the model has none."""
-    blocks = [block for block in moe_blocks(model) if block.router_logits is not None]
-    if not blocks:
-        return None
-    logits = [block.router_logits for block in blocks]
-    weights = _token_weights(attention_mask, logits[0].shape[0], logits[0].device)
-    aux_loss, z_loss, utilization = _routing_statistics(logits, blocks[0].top_k, weights,
-                                                        [block.selected_experts for block in blocks])
-    return MoeStats(aux_loss=aux_loss, z_loss=z_loss, router_logits=tuple(logits),
-                    expert_utilization=utilization.detach())
-
-
-def add_router_losses(config, loss: torch.Tensor, stats: MoeStats) -> torch.Tensor:
-    """``loss + router_aux_loss_coef * L_aux + router_z_loss_coef * L_z``."""
-    return (loss + config.router_aux_loss_coef * stats.aux_loss.to(loss.device)
-            + config.router_z_loss_coef * stats.z_loss.to(loss.device))
-
-
-def moe_output(config, source: nn.Module | ModelOutput, attention_mask, output_class: type[ModelOutput],
-               moe_output_class: type[ModelOutput], **fields) -> ModelOutput:
-    """A head's output: ``output_class(**fields)`` without MoE; with MoE (``config.num_experts > 0``)
-    ``moe_output_class`` -- the same fields plus ``aux_loss``, ``z_loss``, ``router_logits`` and
-    ``expert_utilization`` -- whose ``loss`` (when there is one) includes the weighted router losses.
-
-    ``source``: the module whose MoE blocks ran the last forward (statistics collected from them), or the output
-    of an inner model that already carries them (a head reuses its base model's, computed once)."""
-    if not getattr(config, "num_experts", 0):
-        return output_class(**fields)
-    if isinstance(source, nn.Module):
-        stats = collect_moe_outputs(source, attention_mask)
-    else:
-        stats = MoeStats(source.aux_loss, source.z_loss, source.router_logits, source.expert_utilization) \
-            if getattr(source, "aux_loss", None) is not None else None
-    if stats is None:
-        return output_class(**fields)
+def moe_output(config, outputs: ModelOutput, attention_mask: torch.Tensor | None, plain: type[ModelOutput],
+               **fields) -> ModelOutput:
+    """A head's output. Without router logits in the base model's ``outputs`` (no experts, or
+    ``output_router_logits`` off): ``plain(**fields)``. With them, :func:`head_output_class` of ``plain`` with
+    ``aux_loss`` (Mixtral's ``load_balancing_loss_func``), ``z_loss`` (:func:`router_z_loss`), both over real
+    tokens only (``attention_mask``), and ``router_logits``; a given ``loss`` gains
+    ``router_aux_loss_coef * aux_loss + router_z_loss_coef * z_loss``."""
+    router_logits = getattr(outputs, "router_logits", None)
+    if not router_logits:
+        return plain(**fields)
+    mask = _new_token_mask(attention_mask, router_logits)
+    aux_loss = load_balancing_loss_func(router_logits, config.num_experts, config.num_experts_per_tok, mask)
+    z_loss = router_z_loss(router_logits, attention_mask)
     if fields.get("loss") is not None:
-        fields["loss"] = add_router_losses(config, fields["loss"], stats)
-    return moe_output_class(aux_loss=stats.aux_loss, z_loss=stats.z_loss, router_logits=stats.router_logits,
-                            expert_utilization=stats.expert_utilization, **fields)
+        loss = fields["loss"]
+        fields["loss"] = (loss + config.router_aux_loss_coef * aux_loss.to(loss.device)
+                          + config.router_z_loss_coef * z_loss.to(loss.device))
+    return head_output_class(plain)(aux_loss=aux_loss, z_loss=z_loss, router_logits=router_logits, **fields)
 
 
-def moe_causal_lm_output(config, model: nn.Module, attention_mask, loss, **fields) -> CausalLMOutputWithPast:
-    """The head's output: plain ``CausalLMOutputWithPast`` without MoE; with MoE, ``HfGenMoeCausalLMOutputWithPast``
-    whose ``loss`` (when labels were given) includes the weighted router losses."""
-    return moe_output(config, model, attention_mask, CausalLMOutputWithPast, HfGenMoeCausalLMOutputWithPast,
-                      loss=loss, **fields)
-
-
-# The encoder's outputs with the router fields (meaning: HfGenMoeCausalLMOutputWithPast). The fields come after the
-# plain class's own, so ``output[0]`` and ``to_tuple()`` start as they do without experts.
-@dataclass
-class HfGenMoeModelOutputWithPooling(BaseModelOutputWithPooling):
-    """``BaseModelOutputWithPooling`` plus the router outputs (no loss: ``aux_loss`` and ``z_loss`` unweighted)."""
-
-    aux_loss: torch.FloatTensor | None = None
-    z_loss: torch.FloatTensor | None = None
-    router_logits: tuple[torch.FloatTensor, ...] | None = None
-    expert_utilization: torch.FloatTensor | None = None
-
-
-@dataclass
-class HfGenMoeMaskedLMOutput(MaskedLMOutput):
-    """``MaskedLMOutput`` plus the router outputs; ``loss`` = MLM loss + the weighted router losses."""
-
-    aux_loss: torch.FloatTensor | None = None
-    z_loss: torch.FloatTensor | None = None
-    router_logits: tuple[torch.FloatTensor, ...] | None = None
-    expert_utilization: torch.FloatTensor | None = None
-
-
-@dataclass
-class HfGenMoeSequenceClassifierOutput(SequenceClassifierOutput):
-    """``SequenceClassifierOutput`` plus the router outputs; ``loss`` includes the weighted router losses."""
-
-    aux_loss: torch.FloatTensor | None = None
-    z_loss: torch.FloatTensor | None = None
-    router_logits: tuple[torch.FloatTensor, ...] | None = None
-    expert_utilization: torch.FloatTensor | None = None
-
-
-@dataclass
-class HfGenMoeTokenClassifierOutput(TokenClassifierOutput):
-    """``TokenClassifierOutput`` plus the router outputs; ``loss`` includes the weighted router losses."""
-
-    aux_loss: torch.FloatTensor | None = None
-    z_loss: torch.FloatTensor | None = None
-    router_logits: tuple[torch.FloatTensor, ...] | None = None
-    expert_utilization: torch.FloatTensor | None = None
+def expert_utilization(router_logits: tuple[torch.Tensor, ...], top_k: int,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[layers, num_experts]``: the share of each layer's top-k assignments (real tokens only) that went to each
+    expert -- rows sum to 1, ``1 / num_experts`` everywhere when perfectly balanced. A statistic of the whole batch
+    for logging (``output.router_logits`` with ``output_router_logits=True``), so it is not a model output."""
+    mask = _new_token_mask(attention_mask, router_logits)
+    rows = []
+    for logits in router_logits:
+        chosen = torch.topk(logits.float(), top_k, dim=-1).indices  # softmax keeps the order: top-k of the logits
+        counts = F.one_hot(chosen, logits.shape[-1]).sum(1).float()  # [T, E]
+        if mask is not None:
+            counts = counts * mask.reshape(-1, 1).to(counts)
+        counts = counts.sum(0)
+        rows.append(counts / counts.sum().clamp(min=1))
+    return torch.stack(rows)
