@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from hfgen.training.callbacks import RunTotalsCallback
 from hfgen.training.checkpoints import checkpoint_problems, last_complete_checkpoint, resolve_resume_checkpoint
 from hfgen.training.masked_lm import MaskedLMDataArguments, pretrain_masked_lm
 from hfgen.training.pretrain import ModelArguments, cpu_training_defaults
@@ -297,3 +298,42 @@ def test_denoising_core_resumes_to_identical_weights_and_whole_run_loss(tmp_path
         different = [k for k in expected if not torch.equal(expected[k], got[k])]
         assert not different, f"resumed from step {step}: {len(different)} tensors differ, e.g. {different[0]}"
         assert resumed.metrics["train_loss"] == pytest.approx(full.metrics["train_loss"], rel=1e-9)
+
+
+def _classify(output_dir: Path, **overrides):
+    from hfgen.training.classification import (ClassificationDataArguments, ClassificationModelArguments,
+                                               finetune_classification)
+
+    return finetune_classification(
+        ClassificationModelArguments(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64),
+        ClassificationDataArguments(max_length=32, max_train_samples=32, max_eval_samples=16),
+        TrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=8, per_device_eval_batch_size=16,
+                          learning_rate=5e-3, logging_steps=3, eval_strategy="no", save_strategy="steps",
+                          save_steps=2, max_steps=8, report_to="none", disable_tqdm=True, seed=0,
+                          **cpu_training_defaults(), **overrides))
+
+
+def test_classification_core_resumes_to_identical_weights_and_whole_run_loss(tmp_path):
+    """The classification core (dropout draws from torch's RNG at every step), resumed mid-epoch (checkpoint-6 of
+    4 batches an epoch) and at an epoch's end (-4): the uninterrupted run's weights, accuracy and whole-run loss,
+    and a training time that covers the steps before the checkpoint."""
+    full = _classify(tmp_path / "full")
+    reference = json.loads((tmp_path / "full" / "all_results.json").read_text())
+    expected = _tensors(tmp_path / "full")
+    for step in (6, 4):
+        out = tmp_path / f"resumed-{step}"
+        shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", out / f"checkpoint-{step}")
+        resumed = _classify(out, resume_from_checkpoint="last")
+        got = _tensors(out)
+        assert expected.keys() == got.keys()
+        different = [k for k in expected if not torch.equal(expected[k], got[k])]
+        assert not different, f"resumed from step {step}: {len(different)} tensors differ, e.g. {different[0]}"
+        results = json.loads((out / "all_results.json").read_text())
+        assert results["resumed_from_step"] == step and results["global_step"] == 8
+        assert results["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-9)
+        assert results["eval_accuracy"] == reference["eval_accuracy"] == full.eval_accuracy
+        # The whole run's time: the steps before the checkpoint (recorded in it) plus this session's.
+        state = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())
+        assert resumed.train_runtime == results["train_runtime_s"] > RunTotalsCallback.seconds_in(
+            state["stateful_callbacks"]) > 0

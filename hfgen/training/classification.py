@@ -344,7 +344,8 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
     if save:
         save_run(trainer, config, metrics, task="text2text-classification" if text_to_text else "text-classification",
                  title=variant_title(config, "classification"), base_model=model_args.model_name_or_path,
-                 eval_points=[(0, before["eval_loss"]), (trainer.state.global_step, after["eval_loss"])])
+                 eval_points=[(totals.get("resumed_from_step", 0), before["eval_loss"]),  # a resume: measured there
+                              (trainer.state.global_step, after["eval_loss"])])
     return ClassificationResult(
         output_dir=str(training_args.output_dir), eval_accuracy_before=before["eval_accuracy"],
         eval_accuracy=after["eval_accuracy"], eval_macro_f1=after["eval_macro_f1"], train_examples=len(train),
