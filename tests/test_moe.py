@@ -18,6 +18,7 @@ from transformers import MixtralConfig, MixtralForCausalLM
 from conftest import LLAMA_KEYS, build, padded, random_ids, tiny_config
 from hfgen import HfGenDecoderForCausalLM
 from hfgen.models.moe import HfGenSparseMoeBlock, expert_utilization
+from hfgen.training.peft_defaults import check_peft_targets, expert_target_parameters
 
 MOE = dict(num_experts=4, num_experts_per_tok=2)
 NEW_TOKENS = 6
@@ -266,8 +267,11 @@ def test_save_load_identical_with_per_expert_tensors_on_disk(tmp_path, moe_model
 def test_peft_lora_adapts_the_expert_weights(moe_model):
     """Experts are 3D parameters, not nn.Linear modules: PEFT's LoRA reaches them through ``target_parameters``."""
     model = copy.deepcopy(moe_model).train()
-    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                        target_parameters=["experts.gate_up_proj", "experts.down_proj"])
+    with pytest.raises(ValueError, match=r"3D parameters.*target_parameters=\['experts.gate_up_proj', "
+                                         r"'experts.down_proj'\]"):
+        check_peft_targets(model, LoraConfig(target_modules=["w1", "w2", "w3"]))  # the per-expert Linear names
+    assert expert_target_parameters(build(HfGenDecoderForCausalLM, tiny_config())) == []
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], target_parameters=expert_target_parameters(model))
     peft_model = get_peft_model(model, config)
     wrapped = {m.parameter_name for m in peft_model.modules() if type(m).__name__ == "ParamWrapper"}
     assert wrapped == {"gate_up_proj", "down_proj"}

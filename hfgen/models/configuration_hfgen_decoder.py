@@ -39,11 +39,12 @@ class HfGenDecoderConfig(ValidatedConfigMixin, PreTrainedConfig):
         mlp_type (`str`, "gated"): ``gated`` (SwiGLU with silu) | ``standard``.
         query_chunk_size (`int`, 1024): query rows per chunk on the paths that need the probabilities.
         num_experts (`int`, 0) / num_experts_per_tok (`int`, 2) / router_aux_loss_coef / router_z_loss_coef /
-            router_jitter_noise: a sparse mixture of experts in place of each MLP (``moe.py``; Mixtral's parameter
-            names and ``num_local_experts`` accepted); 0 experts: the plain MLP, exactly as without these keys.
-            Capacity: none, by design ("dropless", as Mixtral): every token is processed by all of its top-k experts
-            however unbalanced the routing, so no token is ever dropped; imbalance costs time, not quality, and
-            shows in the output's ``expert_utilization``.
+            router_jitter_noise / output_router_logits: a sparse mixture of experts in place of each MLP
+            (``moe.py``; Mixtral's parameter names and ``num_local_experts`` accepted); 0 experts: the plain MLP,
+            exactly as without these keys. ``output_router_logits`` (default: on with experts) returns the router
+            logits and adds the weighted router losses to the loss. Capacity: none, by design ("dropless", as
+            Mixtral): every token is processed by all of its top-k experts however unbalanced the routing, so no
+            token is ever dropped; imbalance costs time, not quality (``moe.expert_utilization`` shows it).
     """
 
     model_type = "hfgen_decoder"

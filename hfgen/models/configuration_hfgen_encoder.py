@@ -72,15 +72,17 @@ class HfGenEncoderConfig(ValidatedConfigMixin, PreTrainedConfig):
 
     Mixture of experts (``moe.py``; the same keys as the decoder's):
         num_experts (`int`, 0): a sparse mixture of that many experts in place of each layer's MLP
-            (``encoder.layer.N.block_sparse_moe``: router ``gate``, ``experts.M.w1/w2`` and ``w3`` when gated); 0:
+            (``encoder.layer.N.block_sparse_moe``: router ``gate``, ``experts`` in transformers' 3D layout; on disk
+            ``experts.M.w1/w2`` and ``w3`` when gated); 0:
             BERT's plain MLP, exactly as without these keys. Each expert has the MLP's form: GELU
             ``w2(act(w1 x))`` with ``mlp_type="standard"``, ``w2(act(w1 x) * w3 x)`` with ``"gated"``.
         num_experts_per_tok (`int`, 2): experts per token (top-k of the router's softmax, weights renormalised over
             the k), between 1 and ``num_experts``.
         router_aux_loss_coef (`float`, 0.001) / router_z_loss_coef (`float`, 0.001): weights of the load-balancing
             loss ``E * sum_e f_e P_e`` and the router z-loss ``mean (logsumexp z)^2`` (real tokens only) added to
-            the masked-LM, pre-training and classification losses; the outputs carry ``aux_loss``, ``z_loss``,
-            ``router_logits`` and ``expert_utilization`` (share of each layer's top-k slots per expert).
+            the masked-LM, pre-training and classification losses; the outputs carry ``aux_loss``, ``z_loss`` and
+            ``router_logits``.
+        output_router_logits (`bool`, on with experts): return the router logits and add the router losses.
         router_jitter_noise (`float`, 0.0): multiplicative input noise in training.
         Capacity: none -- every token is processed by all of its top-k experts however unbalanced the routing
         ("dropless", as Mixtral), so no token is ever dropped, silently or otherwise; imbalance costs time, not

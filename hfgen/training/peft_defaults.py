@@ -10,6 +10,9 @@ keeps BERT's (``query key value``, ``attention.output.dense``, ...).
 Two ways to use them: :func:`default_target_modules` reads PEFT's tables and returns the names to pass as
 ``target_modules`` (public API only); :func:`hfgen.compat.register_peft_target_modules` adds the hfgen types to
 PEFT's tables so ``LoraConfig()`` works as for Llama. Nothing here runs on ``import hfgen``.
+
+Mixture-of-experts weights are 3D parameters (transformers' experts layout), not ``nn.Linear`` modules: no module
+name and not ``"all-linear"`` reaches them; :func:`expert_target_parameters` gives PEFT's ``target_parameters``.
 """
 
 from __future__ import annotations
@@ -66,8 +69,20 @@ def check_peft_targets(model: nn.Module, peft_config) -> None:
             return  # PEFT needs at least one to match; the others may be absent on purpose (e.g. "gate_proj")
     leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                      if name and isinstance(module, (nn.Linear, nn.Embedding)) and not name.rsplit(".", 1)[-1].isdigit()})
+    experts = expert_target_parameters(model)
+    hint = (f" Its mixture-of-experts weights are 3D parameters, not modules (so neither a name nor 'all-linear' "
+            f"reaches them): adapt them with target_parameters={experts}." if experts else "")
     raise ValueError(
         f"PEFT target_modules {sorted(map(str, unmatched))} match no module of {type(model).__name__}. "
         f"Linear and embedding module names it has: {leaves}. Use some of those, 'all-linear', or leave "
-        f"target_modules unset for the defaults of model type {getattr(model.config, 'model_type', '?')!r}."
+        f"target_modules unset for the defaults of model type {getattr(model.config, 'model_type', '?')!r}.{hint}"
     )
+
+
+def expert_target_parameters(model: nn.Module) -> list[str]:
+    """What to pass as PEFT's ``target_parameters`` to adapt a model's mixture-of-experts weights (empty without
+    experts). hfgen keeps them as 3D tensors in transformers' experts layout (``experts.gate_up_proj``,
+    ``experts.down_proj``, as Mixtral does), which LoRA reaches only through ``target_parameters``."""
+    has_experts = any(name.endswith(".experts") and hasattr(module, "gate_up_proj")
+                      for name, module in model.named_modules())
+    return ["experts.gate_up_proj", "experts.down_proj"] if has_experts else []
