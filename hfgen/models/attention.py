@@ -376,19 +376,22 @@ class HfGenAttention(nn.Module):
         cache.is_updated[self.layer_idx] = True
         return key, value
 
-    def score_bias(self, position_bias: Callable | None, query: torch.Tensor,
+    def score_bias(self, position_bias: torch.Tensor | Callable | None, query: torch.Tensor,
                    key: torch.Tensor) -> torch.Tensor | None:
-        """The additive score bias: ``position_bias(q_len, k_len)``. A subclass whose bias depends on the content
-        too (the encoder's DeBERTa-style disentangled attention) overrides this; it sees the projected queries
-        ``[B, H, Q, D]`` and keys ``[B, H_kv, K, D]``."""
-        return position_bias(query.shape[2], key.shape[2]) if position_bias is not None else None
+        """The additive score bias: ``position_bias`` itself when it is a tensor, else ``position_bias(q_len,
+        k_len)`` (with a cache, the key count is known only after the update). A subclass whose bias depends on the
+        content too (the encoder's DeBERTa-style disentangled attention) overrides this; it sees the projected
+        queries ``[B, H, Q, D]`` and keys ``[B, H_kv, K, D]``."""
+        if position_bias is None or isinstance(position_bias, torch.Tensor):
+            return position_bias
+        return position_bias(query.shape[2], key.shape[2])
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-                position_bias: Callable[[int, int], torch.Tensor] | None = None, cache=None,
+                position_bias: torch.Tensor | Callable[[int, int], torch.Tensor] | None = None, cache=None,
                 key_value_states: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``position_bias(q_len, k_len)`` returns the additive ``[1, H, Q, K]`` bias once the key length is known
-        (after the cache update)."""
+        """``position_bias``: the additive ``[1, H, Q, K]`` bias, or a function ``(q_len, k_len)`` returning it
+        once the key length is known (after the cache update)."""
         batch, q_len, _ = hidden_states.shape
         kernel = self._kernel()  # before the cache update: a backend that cannot run this variant changes nothing
         query = self.q_proj(hidden_states).view(batch, q_len, -1, self.head_dim).transpose(1, 2)

@@ -54,16 +54,27 @@ def add_disentangled_modules(stack: nn.Module, config) -> None:
         stack.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
 
-def relative_embeddings(stack: nn.Module, config, q_len: int, k_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(rows of P, index [Q, K] into them)``: only the rows that these lengths reach, so the position terms cost
-    ``O(Q * 2 min(Q, span))`` per head rather than ``O(Q * 2 span)``, with the same result."""
+def _reached_rows(config, q_len: int, k_len: int, device) -> tuple[torch.Tensor, int, int]:
+    index = relative_embedding_index(q_len, k_len, config.relative_span, config.max_relative_distance, device)
+    return index, int(index.min()), int(index.max())
+
+
+def relative_embeddings(stack: nn.Module, config, q_len: int, k_len: int) -> torch.Tensor:
+    """The rows of ``P`` that these lengths reach (``relative_row_index`` indexes them), so the position terms cost
+    ``O(Q * 2 min(Q, span))`` per head rather than ``O(Q * 2 span)``, with the same result. A tensor (not a pair
+    with its index): the layers take it positionally, as reentrant gradient checkpointing needs."""
     weight = stack.rel_embeddings.weight
-    index = relative_embedding_index(q_len, k_len, config.relative_span, config.max_relative_distance, weight.device)
-    low, high = int(index.min()), int(index.max())
+    _, low, high = _reached_rows(config, q_len, k_len, weight.device)
     rows = weight[low:high + 1]
     if hasattr(stack, "LayerNorm"):
         rows = stack.LayerNorm(rows)
-    return rows, index - low
+    return rows
+
+
+def relative_row_index(config, q_len: int, k_len: int, device) -> torch.Tensor:
+    """``[Q, K]``: the row of ``relative_embeddings(stack, config, q_len, k_len)`` for query ``i`` and key ``j``."""
+    index, low, _ = _reached_rows(config, q_len, k_len, device)
+    return index - low
 
 
 def disentangled_bias(query: torch.Tensor, key: torch.Tensor, position_query: torch.Tensor,

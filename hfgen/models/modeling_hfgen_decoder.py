@@ -56,8 +56,11 @@ class HfGenDecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = build_norm(config)
         self.post_attention_layernorm = build_norm(config)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, position_embeddings=None, position_bias=None,
+    def forward(self, hidden_states: torch.Tensor, position_bias=None, attention_mask=None, position_embeddings=None,
                 cache: Cache | None = None, **kwargs) -> torch.Tensor:
+        """``position_bias`` (the additive bias tensor, or a function of the lengths with a cache) comes second and
+        is passed positionally: reentrant gradient checkpointing carries gradients only out of positional tensors
+        (``GradientCheckpointingLayer``), and a relative-position bias is trained."""
         residual = hidden_states
         if self.pre_norm:
             hidden_states = self.input_layernorm(hidden_states)
@@ -134,8 +137,8 @@ class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
                                                                             position_ids, past_length,
                                                                             cached=cache is not None)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask=mask, position_embeddings=position_embeddings,
-                                  position_bias=position_bias, cache=cache, **kwargs)
+            hidden_states = layer(hidden_states, position_bias, attention_mask=mask,
+                                  position_embeddings=position_embeddings, cache=cache, **kwargs)
         hidden_states = self.norm(hidden_states)
         # With num_experts: MoeModelOutputWithPast, whose router_logits output_router_logits fills (moe.py).
         return base_output_class(self.config, BaseModelOutputWithPast)(last_hidden_state=hidden_states,

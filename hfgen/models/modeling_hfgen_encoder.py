@@ -45,7 +45,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .attention import HfGenAttention, repeat_kv
 from .configuration_hfgen_encoder import HfGenEncoderConfig, validate_encoder_config
-from .disentangled import add_disentangled_modules, disentangled_bias, relative_embeddings
+from .disentangled import add_disentangled_modules, disentangled_bias, relative_embeddings, relative_row_index
 from .layers import HfGenLayerNorm, HfGenRMSNorm
 from .input_checks import check_classification_labels, check_head_inputs, check_lm_labels
 from .modeling_common import HfGenPreTrainedModel, check_inputs
@@ -148,7 +148,10 @@ class HfGenEncoderSelfAttention(HfGenAttention):
     def score_bias(self, position_bias, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
         if not self.disentangled:
             return super().score_bias(position_bias, query, key)
-        relative, index = position_bias(query.shape[2], key.shape[2])  # [R, hidden], [Q, K]
+        q_len, k_len = query.shape[2], key.shape[2]
+        # [R, hidden]: the rows of the relative embeddings these lengths reach (or a function of the lengths)
+        relative = position_bias if isinstance(position_bias, torch.Tensor) else position_bias(q_len, k_len)
+        index = relative_row_index(self.config, q_len, k_len, relative.device)  # [Q, K] into them
         rows = relative.shape[0]
         position_query = self.query(relative).view(rows, self.num_heads, self.head_dim).transpose(0, 1)
         position_key = self.key(relative).view(rows, self.num_key_value_heads, self.head_dim).transpose(0, 1)
@@ -238,8 +241,10 @@ class HfGenEncoderLayer(GradientCheckpointingLayer):
             self.intermediate = feed_forward
         self.output = HfGenEncoderOutput(config, after_experts=self.is_moe)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, position_embeddings=None,
-                position_bias=None, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, position_bias=None, attention_mask=None,
+                position_embeddings=None, **kwargs) -> torch.Tensor:
+        """``position_bias`` second and positional: reentrant gradient checkpointing carries gradients only out of
+        positional tensors, and relative-position biases and DeBERTa's relative embeddings are trained."""
         hidden_states, _ = self.attention(hidden_states, attention_mask=attention_mask,
                                           position_embeddings=position_embeddings, position_bias=position_bias,
                                           **kwargs)
@@ -267,20 +272,15 @@ class HfGenEncoderStack(nn.Module):
                 **kwargs) -> torch.Tensor:
         rotary = bias = None
         length = hidden_states.shape[1]
+        # The bias (disentangled: the rows of the relative embeddings) is computed here, once, outside every layer:
+        # shared by all of them, and never inside a gradient-checkpointed region.
         if self.config.position_embedding in STACK_POSITIONS:
             hidden_states, rotary, bias = position_inputs(self, self.config, hidden_states, position_ids, 0)
         elif self.config.position_embedding == "disentangled":
-            relative = relative_embeddings(self, self.config, length, length)
-
-            def bias(q_len: int, k_len: int):
-                return relative
-        if bias is not None:
-            # Computed here, once, outside every layer: shared by all of them, and never inside the first layer's
-            # gradient-checkpointed region (whose recomputation would then find it cached and save fewer tensors).
-            bias(length, length)
+            bias = relative_embeddings(self, self.config, length, length)
         for layer in self.layer:
-            hidden_states = layer(hidden_states, attention_mask=attention_mask, position_embeddings=rotary,
-                                  position_bias=bias, **kwargs)
+            hidden_states = layer(hidden_states, bias, attention_mask=attention_mask, position_embeddings=rotary,
+                                  **kwargs)
         if hasattr(self, "final_layer_norm"):
             hidden_states = self.final_layer_norm(hidden_states)
         return hidden_states

@@ -98,9 +98,12 @@ class HfGenSeq2SeqLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + out
         return hidden_states if self.pre_norm else norm(hidden_states)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, position_embeddings=None, position_bias=None,
-                encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask=None,
-                cache: Cache | None = None, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, position_bias=None,
+                encoder_hidden_states: torch.Tensor | None = None, attention_mask=None, position_embeddings=None,
+                encoder_attention_mask=None, cache: Cache | None = None, **kwargs) -> torch.Tensor:
+        """The tensors that gradients flow through come first and are passed positionally (``position_bias``: the
+        additive bias tensor, or a function of the lengths with a cache; ``encoder_hidden_states``): reentrant
+        gradient checkpointing carries gradients only out of positional tensors (``GradientCheckpointingLayer``)."""
         def self_attention(x):
             return self.self_attn(x, attention_mask=attention_mask, position_embeddings=position_embeddings,
                                   position_bias=position_bias, cache=cache, **kwargs)[0]
@@ -212,8 +215,9 @@ class _HfGenSeq2SeqStack(HfGenSeq2SeqPreTrainedModel):
         hidden_states, rotary, bias = position_inputs(self, self.config, inputs_embeds, position_ids, past_length,
                                                       cached=layer_kwargs.get("cache") is not None)
         hidden_states = self.dropout(hidden_states)
+        encoder_states = layer_kwargs.pop("encoder_hidden_states", None)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, position_embeddings=rotary, position_bias=bias, **layer_kwargs)
+            hidden_states = layer(hidden_states, bias, encoder_states, position_embeddings=rotary, **layer_kwargs)
         return self.dropout(self.norm(hidden_states))
 
 

@@ -76,8 +76,10 @@ class HfGenViTLayer(GradientCheckpointingLayer):
         self.input_layernorm = build_norm(config)
         self.post_attention_layernorm = build_norm(config)
 
-    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, position_bias=None,
+    def forward(self, hidden_states: torch.Tensor, position_bias=None, position_embeddings=None,
                 **kwargs) -> torch.Tensor:
+        """``position_bias`` second and positional: reentrant gradient checkpointing carries gradients only out of
+        positional tensors, and a relative-position bias is trained."""
         residual = hidden_states
         if self.pre_norm:
             hidden_states = self.input_layernorm(hidden_states)
@@ -128,6 +130,6 @@ class HfGenViTModel(HfGenViTPreTrainedModel):
         position_ids = torch.arange(embeddings.shape[1], device=embeddings.device).unsqueeze(0)
         hidden_states, rotary, bias = position_inputs(self, self.config, embeddings, position_ids, 0)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, position_embeddings=rotary, position_bias=bias, **kwargs)
+            hidden_states = layer(hidden_states, bias, position_embeddings=rotary, **kwargs)
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=hidden_states.mean(1))

@@ -239,7 +239,7 @@ class HfGenVlmModel(HfGenVlmPreTrainedModel):
         for index, layer in enumerate(lm.layers):
             if image_states is not None and index in gated:
                 hidden_states = gated[index](hidden_states, image_states)
-            hidden_states = layer(hidden_states, attention_mask=mask, position_embeddings=rotary, position_bias=bias,
+            hidden_states = layer(hidden_states, bias, attention_mask=mask, position_embeddings=rotary,
                                   cache=cache, **kwargs)
         hidden_states = lm.norm(hidden_states)
         return HfGenVlmModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None,

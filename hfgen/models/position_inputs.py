@@ -54,14 +54,17 @@ def check_learned_positions(config, position_ids: torch.Tensor) -> None:
 
 
 def position_inputs(stack: nn.Module, config, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
-                    q_offset: int, cached: bool = False) -> tuple[torch.Tensor, tuple | None, Callable | None]:
-    """``(hidden_states, rotary (cos, sin) or None, bias function or None)`` for one forward pass of ``stack``.
+                    q_offset: int, cached: bool = False
+                    ) -> tuple[torch.Tensor, tuple | None, torch.Tensor | Callable | None]:
+    """``(hidden_states, rotary (cos, sin) or None, bias or None)`` for one forward pass of ``stack``.
 
     ``q_offset`` is the cache slot of the first query (relative distances are counted between cache slots, so left
-    padding shifts queries and keys alike); the bias of each ``(q_len, k_len)`` is computed once and shared by every
-    layer, as T5 computes it in its first layer only. ``cached``: keys come from a cache, so their count is known only
-    after the first layer's update; without one the self-attention bias is computed here, before any layer -- inside
-    a gradient-checkpointed layer a first-time computation would be saved in one pass and not in its recomputation.
+    padding shifts queries and keys alike); the bias is computed once and shared by every layer, as T5 computes it in
+    its first layer only. Without a cache (``cached=False``) the keys are the queries and the bias is the
+    ``[1, H, S, S]`` tensor itself, computed here before any layer: layers take it as a positional argument, which
+    reentrant gradient checkpointing needs to carry its gradient out of each checkpointed layer. ``cached``: keys come
+    from a cache, so their count is known only after the first layer's update; the bias is then a function of
+    ``(q_len, k_len)`` (inference only: checkpointing drops the cache).
     """
     kind = config.position_embedding
     hidden_states = inputs_embeds
@@ -90,5 +93,5 @@ def position_inputs(stack: nn.Module, config, inputs_embeds: torch.Tensor, posit
         return memo[q_len, k_len]
 
     if not cached:
-        bias(inputs_embeds.shape[1], inputs_embeds.shape[1])
+        return hidden_states, None, bias(inputs_embeds.shape[1], inputs_embeds.shape[1])
     return hidden_states, None, bias
