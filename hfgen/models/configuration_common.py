@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from transformers import PreTrainedConfig
 
-from .variants import check_config_value, close_match
+from .variants import check_config_value, close_match, standard_rope_parameters
 
 # Passed to PreTrainedConfig.__init__ rather than set here.
 SPECIAL_TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
@@ -48,6 +48,9 @@ def init_model_keys(config, keys: dict, kwargs: dict, rope_theta: float | None =
     an odd ``head_dim`` that ALiBi or relative bias handle fine."""
     keys = {**{k: kwargs.pop(k, v) for k, v in VARIANT_DEFAULTS.items()}, **keys}
     keys["rope_parameters"] = kwargs.pop("rope_parameters", keys.get("rope_parameters"))
+    # config.json files written before transformers 5 (Llama 3.x's among them) hold rope_scaling; as in
+    # transformers' convert_rope_params_to_dict it wins over rope_parameters, and rope_theta completes it.
+    keys["rope_parameters"] = kwargs.pop("rope_scaling", None) or keys["rope_parameters"]
     hidden_size, heads = keys["hidden_size"], keys["num_attention_heads"]
     if keys.get("head_dim") is None:
         if not isinstance(heads, int) or heads <= 0 or hidden_size % heads != 0:
@@ -57,13 +60,14 @@ def init_model_keys(config, keys: dict, kwargs: dict, rope_theta: float | None =
     if keys.get("num_key_value_heads") is None:
         keys["num_key_value_heads"] = heads
     rope = keys.pop("rope_parameters", None)
-    if rope is not None or rope_theta is not None or keys["position_embedding"] == "rotary":
-        rope = dict(rope or {})
-        rope.setdefault("rope_type", "default")
-        rope.setdefault("rope_theta", float(rope_theta) if rope_theta is not None else 10000.0)
-        config.rope_parameters = rope
     for key, value in keys.items():
         setattr(config, key, value)
+    if rope is not None or rope_theta is not None or keys["position_embedding"] == "rotary":
+        check_config_value("rope_parameters", rope, getattr(type(config), "model_type", None))  # (not a dict)
+        rope = dict(rope or {})
+        rope.setdefault("rope_type", rope.get("type", "default"))  # ("type": before transformers 4.45)
+        rope.setdefault("rope_theta", float(rope_theta) if rope_theta is not None else 10000.0)
+        config.rope_parameters = rope  # last: transformers' rope validation reads the sizes set above
 
 
 def init_arguments(local_variables: dict) -> dict:
@@ -132,6 +136,11 @@ class ValidatedConfigMixin:
 
     def __setattr__(self, key: str, value: object) -> None:
         check_config_value(key, value, getattr(type(self), "model_type", None))
+        if key == "rope_parameters" and value is not None and value is not self.__dict__.get(key):
+            # transformers' own completion and validation, as its configs run them in __init__ (a dict assigned
+            # back by that completion itself is the one already checked). Llama's frequencies are fixed when the
+            # model is built: a new dict takes effect in models built afterwards (RotaryEmbedding).
+            value = standard_rope_parameters(self, value)
         if key not in self.__dict__ and not hasattr(type(self), key):
             check_misspelt_keys(type(self), (key,), known=self.__dict__)
         super().__setattr__(key, value)

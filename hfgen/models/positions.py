@@ -8,9 +8,11 @@ embedding": absolute (sinusoidal, learned), relative, rotary.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
 
 def sinusoidal_position_embedding(position_ids: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -24,48 +26,75 @@ def sinusoidal_position_embedding(position_ids: torch.Tensor, dim: int, dtype: t
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2).to(dtype)  # interleave sin, cos
 
 
-def default_rope_inv_freq(config, device=None) -> torch.Tensor:
-    """RoFormer / Llama inverse frequencies ``1 / theta^(2i/d)`` for the rotated channel pairs."""
+def default_rope_parameters(config, device=None, seq_len=None, layer_type=None) -> tuple[torch.Tensor, float]:
+    """RoFormer / Llama inverse frequencies ``1 / theta^(2i/d)`` for the rotated channel pairs, and the cos/sin scale
+    1.0: the ``"default"`` entry transformers leaves to each model (``ROPE_INIT_FUNCTIONS`` holds the others)."""
     # No rope_parameters: rotary was switched on after the config was built (e.g. from_pretrained(..., kwargs)).
     theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
     dim = config.head_dim
-    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim)), 1.0
+
+
+def rope_init_function(rope_type: str) -> Callable[..., tuple[torch.Tensor, float]]:
+    """``(config, device=None, seq_len=None) -> (inv_freq, attention_scaling)`` for ``rope_type``: transformers'
+    own table ``ROPE_INIT_FUNCTIONS`` (linear, dynamic, yarn, longrope, llama3, ... -- read at call time, so a type
+    registered there later works too), :func:`default_rope_parameters` for ``"default"``."""
+    return default_rope_parameters if rope_type == "default" else ROPE_INIT_FUNCTIONS[rope_type]
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (Su et al. 2021), laid out exactly as Llama's (``rotate_half``), so that Llama
-    checkpoints give the same logits. Returns ``(cos, signed_sin)`` of shape ``[B, 1, S, head_dim]`` for
-    ``position_ids``, ready for ``apply_rotary`` (computed once per forward, used by every layer).
+    """Rotary position embedding (Su et al. 2021) with every rope type of transformers (``rope_parameters``), laid
+    out exactly as Llama's ``LlamaRotaryEmbedding`` so that Llama checkpoints give the same logits: the inverse
+    frequencies and the cos/sin scale (yarn's and longrope's attention factor) come from transformers'
+    ``ROPE_INIT_FUNCTIONS``, and ``dynamic_rope_update`` recomputes them where the type depends on the length
+    (dynamic NTK: beyond ``max_position_embeddings``; longrope: long factors beyond
+    ``original_max_position_embeddings``). Returns ``(cos, sin)`` of shape ``[B, S, head_dim]`` for
+    ``position_ids``, as transformers' rotary modules do (computed once per forward, used by every layer).
 
-    ``inv_freq`` is a non-persistent buffer: ``_init_weights`` recomputes it because transformers 5 builds models on
-    the meta device, where such buffers would otherwise hold garbage after ``from_pretrained``.
+    The frequencies are fixed when the module is built, as Llama's are: a ``rope_parameters`` set on the config
+    afterwards takes effect in models built from it afterwards, not in this one.
+
+    ``inv_freq`` and ``original_inv_freq`` are non-persistent buffers: transformers 5 builds models on the meta
+    device, and its ``_init_weights`` recomputes buffers of this shape (``rope_type``, ``original_inv_freq``,
+    ``compute_default_rope_parameters``) after ``from_pretrained``; ``modeling_common`` does it too.
     """
+
+    compute_default_rope_parameters = staticmethod(default_rope_parameters)
 
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+        # dynamic_rope_update's bookkeeping: the length the current inv_freq serves, and where dynamic scaling starts
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+        inv_freq, self.attention_scaling = rope_init_function(self.rope_type)(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
 
     def compute_inv_freq(self, device=None) -> torch.Tensor:
-        return default_rope_inv_freq(self.config, device)
+        """The inverse frequencies of the config at its original length (what ``__init__`` computes)."""
+        return rope_init_function(self.rope_type)(self.config, device)[0]
 
     @torch.no_grad()
+    @dynamic_rope_update
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_freq = self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1)
-        positions = position_ids[:, None, :].float()
-        with torch.autocast(device_type=x.device.type if x.device.type != "mps" else "cpu", enabled=False):
-            freqs = (inv_freq.to(x.device) @ positions).transpose(1, 2).unsqueeze(1)  # [B, 1, S, D/2]
-            cos, sin = freqs.cos(), freqs.sin()
-            cos, signed_sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
-        return cos.to(x.dtype), signed_sin.to(x.dtype)
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+        angles = torch.cat((freqs, freqs), dim=-1)  # [B, S, D]: channel i and i + D/2 form a pair
+        return (angles.cos() * self.attention_scaling).to(x.dtype), (angles.sin() * self.attention_scaling).to(x.dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (``[B, H, S, D]``) by the angles of its positions, in Llama's half-split layout:
-    ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x2, x1)``. The sign lives in
-    ``signed_sin = cat(-sin, sin)`` and the swap is one ``roll``, so each layer runs fewer ops; the products are
-    the same numbers (negation is exact)."""
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``cat(-x2, x1)`` of the two halves of the last dimension: the pair partner of each channel, signed."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (``[B, H, S, D]``) by the angles of its positions (``cos``, ``sin``: ``[B, S, D]`` from
+    :class:`RotaryEmbedding`), in Llama's half-split layout and order of operations (``apply_rotary_pos_emb``):
+    ``x * cos + rotate_half(x) * sin``."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return (x * cos) + (rotate_half(x) * sin)
 
 
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool, num_buckets: int,
@@ -89,10 +118,12 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
     return buckets + torch.where(is_small, distance, log_bucket)
 
 
-def relative_positions(q_len: int, k_len: int, q_offset: int, device) -> torch.Tensor:
+def relative_positions(q_len: int, k_len: int, q_offset: int | torch.Tensor, device) -> torch.Tensor:
     """``key_slot - query_slot`` for every pair (``[Q, K]``). Slots are cache indices: left padding shifts both
-    equally, so distances between real tokens are those of the unpadded row."""
-    query_slots = torch.arange(q_offset, q_offset + q_len, device=device)
+    equally, so distances between real tokens are those of the unpadded row. ``q_offset`` may be a 0-d tensor (a
+    static cache's length): it is added to ``arange(q_len)``, never used as an ``arange`` bound, so the shape stays
+    ``[Q, K]`` under ``torch.compile(fullgraph=True)`` instead of depending on the cache's contents."""
+    query_slots = torch.arange(q_len, device=device) + q_offset
     key_slots = torch.arange(k_len, device=device)
     return key_slots[None, :] - query_slots[:, None]
 

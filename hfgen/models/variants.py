@@ -12,11 +12,13 @@ known: at the end of the config's ``__init__`` and again before a model builds i
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from collections.abc import Callable, Iterable
 
 from transformers.activations import ACT2FN
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 ATTENTION_SCORINGS = ("scaled_dot_product", "dot_product", "general", "additive")
 SOFTMAX_VARIANTS = ("standard", "temperature", "adaptive_temperature", "off_by_one", "clipped")
@@ -123,17 +125,71 @@ def check_rope_theta(key: str, value: object) -> None:
     check_number(key, value, 1.0, low_open=True, what="the base of the rotation frequencies theta^(-2i/d)")
 
 
+def rope_types() -> tuple[str, ...]:
+    """The rope types hfgen's rotary positions implement: ``"default"`` and every entry of transformers'
+    ``ROPE_INIT_FUNCTIONS`` (read now: a type registered there later is valid too)."""
+    return ("default", *ROPE_INIT_FUNCTIONS)
+
+
+# rope_parameters numbers that divide or scale the frequencies (or cos/sin): NaN, inf, 0 or a negative value would
+# surface as garbage logits, where transformers' own validation only logs a warning (or nothing).
+ROPE_POSITIVE_NUMBERS = ("factor", "attention_factor", "low_freq_factor", "high_freq_factor", "beta_fast",
+                         "beta_slow")
+
+
 def check_rope_parameters(key: str, value: object) -> None:
-    """transformers' ``rope_parameters`` dict: default rotary only, with a valid ``rope_theta``."""
+    """transformers' ``rope_parameters`` dict, value by value: a rope type of :func:`rope_types` (also under the
+    legacy key ``type``), a valid ``rope_theta``, finite positive scale factors, a positive
+    ``original_max_position_embeddings``, ``short_factor`` / ``long_factor`` lists of positive numbers, and no
+    partial rotation (``partial_rotary_factor`` below 1 is only the ``proportional`` type's: hfgen's attention, as
+    Llama's, rotates whole heads). What each type requires, and how the dict fits the config, is transformers'
+    own validation (:func:`standard_rope_parameters`), run where the config sets the dict."""
     if value is None:
         return
     if not isinstance(value, dict):
-        raise ValueError(f"{key} must be a dict such as {{'rope_type': 'default', 'rope_theta': 10000.0}}, "
-                         f"got {value!r}.")
-    if value.get("rope_type", "default") != "default":
-        raise ValueError(f"Unsupported {key}['rope_type']={value['rope_type']!r}; valid choices: 'default'.")
+        raise ValueError(f"{key} must be a dict such as {{'rope_type': 'default', 'rope_theta': 10000.0}} or "
+                         f"{{'rope_type': 'linear', 'factor': 2.0, 'rope_theta': 10000.0}}, got {value!r}.")
+    rope_type = value.get("rope_type", value.get("type", "default"))
+    check_choice(f"{key}['rope_type']", rope_type, rope_types())
     if "rope_theta" in value:
         check_rope_theta(f"{key}['rope_theta']", value["rope_theta"])
+    for name in ROPE_POSITIVE_NUMBERS:
+        if value.get(name) is not None:
+            check_number(f"{key}[{name!r}]", value[name], 0.0, low_open=True)
+    if value.get("original_max_position_embeddings") is not None:
+        check_positive_int(f"{key}['original_max_position_embeddings']", value["original_max_position_embeddings"])
+    for name in ("short_factor", "long_factor"):
+        factors = value.get(name)
+        if factors is not None and not (isinstance(factors, (list, tuple)) and factors and all(
+                is_number(f) and math.isfinite(f) and f > 0 for f in factors)):
+            raise ValueError(f"{key}[{name!r}] must be a list of positive numbers (one per rotated channel pair), "
+                             f"got {factors!r}.")
+    partial = value.get("partial_rotary_factor", 1.0)
+    if rope_type == "proportional":
+        check_number(f"{key}['partial_rotary_factor']", partial, 0.0, 1.0, low_open=True)
+    elif partial != 1.0:
+        raise ValueError(f"{key}['partial_rotary_factor']={partial!r}: hfgen rotates whole heads (as Llama does); "
+                         f"only 1.0 is valid, or rope_type='proportional' for a rotated share of each head.")
+
+
+def standard_rope_parameters(config, value: dict) -> dict:
+    """``value`` as transformers makes a ``rope_parameters`` dict of ``config``'s: completed by its
+    ``standardize_rope_params`` (``rope_type`` from a legacy ``type``; ``original_max_position_embeddings`` =
+    ``max_position_embeddings`` for llama3, yarn and longrope where absent) and checked by its ``validate_rope``
+    (the keys each type requires; its warnings stay warnings). A missing ``rope_theta`` is the config's current one
+    (10000 without one). Runs on a shallow copy of ``config``: a refused dict changes nothing, and the caller's
+    dict is never edited. ``ValueError`` naming what is missing."""
+    rope = copy.deepcopy(value)
+    current = getattr(config, "rope_parameters", None) or {}
+    rope.setdefault("rope_theta", current.get("rope_theta", config.default_theta))
+    trial = copy.copy(config)
+    trial.__dict__["rope_parameters"] = rope
+    try:
+        trial.standardize_rope_params()
+        trial.validate_rope()
+    except KeyError as error:  # transformers: "Missing required keys in `rope_parameters` for 'rope_type'=..."
+        raise ValueError(f"rope_parameters={value!r}: {error.args[0]}") from None
+    return trial.rope_parameters
 
 
 def check_position_embedding(key: str, value: object, model_type: str | None = None) -> None:
@@ -246,11 +302,22 @@ VALUE_CHECKS: dict[str, Callable[[str, object], None]] = {
 }
 
 
+# Families with a rotation of their own that takes no rope_parameters: why, for the error.
+ROPE_FREE_MODEL_TYPES = {
+    "hfgen_retnet": "hfgen_retnet takes no rope_parameters (got {value!r}): its xPos-style rotation has one key, "
+                    "rope_theta. transformers' rope types rescale the frequencies of rotary attention for longer "
+                    "contexts; retention's reach is set by its per-head decays, and no reference implementation "
+                    "of a rescaled retention exists to test one against.",
+}
+
+
 def check_config_value(key: str, value: object, model_type: str | None = None) -> None:
     """Apply :data:`VALUE_CHECKS` to one key (nothing for a key without a check)."""
     if key == "position_embedding":
         check_position_embedding(key, value, model_type)
         return
+    if key == "rope_parameters" and value is not None and model_type in ROPE_FREE_MODEL_TYPES:
+        raise ValueError(ROPE_FREE_MODEL_TYPES[model_type].format(value=value))
     check = VALUE_CHECKS.get(key)
     if check is not None:
         check(key, value)
@@ -277,6 +344,13 @@ def validate_attention_config(config) -> None:
             f"({config.num_key_value_heads}): each key/value head serves a whole group of query heads "
             f"(1 = multi-query, num_attention_heads = multi-head, in between = grouped-query)."
         )
+    rope = getattr(config, "rope_parameters", None)
+    check_rope_parameters("rope_parameters", rope)  # (again: the dict may have been edited in place since it was set)
+    if rope and config.position_embedding != "rotary" \
+            and rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ValueError(f"rope_parameters={rope!r} scales rotary positions, but position_embedding="
+                         f"{config.position_embedding!r}: set position_embedding='rotary', or leave rope_type "
+                         f"'default' (its rope_theta is kept for switching rotary back on).")
     if config.position_embedding == "rotary" and config.head_dim % 2 != 0:
         raise ValueError(f"Rotary positions rotate pairs of channels: head_dim must be even, got {config.head_dim}.")
     if config.position_embedding == "sinusoidal" and config.hidden_size % 2 != 0:
