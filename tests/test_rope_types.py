@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -90,6 +91,28 @@ def test_rotary_module_matches_llamas(name):
         for a, b in zip(got, expected):
             assert a.shape == b.shape == (2, length, 2 * HALF)
             assert torch.equal(a, b), (name, length)
+
+
+def test_linear_scaling_is_position_interpolation():
+    """Chen et al. 2023 (linear / position interpolation): with factor s, position s*p is rotated as position p
+    was without scaling."""
+    factor = 4
+    plain = RotaryEmbedding(HfGenDecoderConfig(**LLAMA_KEYS))
+    linear = RotaryEmbedding(HfGenDecoderConfig(**LLAMA_KEYS, rope_parameters=rope("linear")))
+    x = torch.zeros(1)
+    cos, sin = linear(x, torch.arange(0, LONG, factor)[None])
+    expected_cos, expected_sin = plain(x, torch.arange(LONG // factor)[None])
+    torch.testing.assert_close(cos, expected_cos, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sin, expected_sin, atol=1e-6, rtol=0)
+
+
+def test_yarn_scales_cos_and_sin_by_its_attention_factor():
+    """Peng et al. 2023 (YaRN), eq. 22: sqrt(1/t) = 0.1 ln(s) + 1 multiplies the rotated queries and keys; at
+    position 0 the rotation is the identity, so cos is that factor and sin 0."""
+    yarn = RotaryEmbedding(HfGenDecoderConfig(**LLAMA_KEYS, rope_parameters=rope("yarn")))
+    cos, sin = yarn(torch.zeros(1), torch.zeros(1, 1, dtype=torch.long))
+    torch.testing.assert_close(cos, torch.full_like(cos, 0.1 * math.log(ROPES["yarn"]["factor"]) + 1))
+    assert torch.equal(sin, torch.zeros_like(sin))
 
 
 def test_apply_rotary_is_llamas():
@@ -355,3 +378,14 @@ def test_other_families_apply_every_rope_type(family, name):
         got = model(**inputs).logits
     assert torch.equal(got, expected)
     assert not torch.equal(got, plain)  # (tiny random weights: differences of 1e-6 to 1e-3, all the rope's)
+
+
+@pytest.mark.parametrize("family", ["encoder", "seq2seq", "vlm", "gato"])
+def test_other_families_save_and_load_keep_the_rope(family, tmp_path):
+    model, inputs = family_model(family, ROPES["longrope"])
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    text = reloaded.config.get_text_config()
+    assert text.rope_parameters == model.config.get_text_config().rope_parameters
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)

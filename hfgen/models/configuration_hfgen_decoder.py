@@ -35,6 +35,14 @@ class HfGenDecoderConfig(ValidatedConfigMixin, PreTrainedConfig):
         num_key_value_heads (`int`): 1 = multi-query, ``num_attention_heads`` = multi-head, between = grouped-query.
         position_embedding (`str`, "rotary"): ``rotary``, ``sinusoidal``, ``learned``, ``relative_bias`` (T5
             buckets: ``relative_attention_num_buckets``, ``relative_attention_max_distance``), ``alibi``, ``none``.
+        rope_parameters (`dict`, ``{"rope_type": "default", "rope_theta": 10000.0}``): rotary positions as in
+            transformers 5: ``rope_type`` is ``default`` or any entry of ``transformers.modeling_rope_utils.
+            ROPE_INIT_FUNCTIONS`` (``linear``, ``dynamic``, ``yarn``, ``longrope``, ``llama3``, ``proportional``),
+            with that type's keys (``factor``, ``original_max_position_embeddings``, ...), giving Llama's logits for
+            each. The legacy ``rope_scaling`` and ``rope_theta`` of older config.json files (Llama 3.x's) are read
+            as transformers reads them. Checked by transformers' own rope validation wherever it is set; a dict set
+            on the config of a model already built applies to models built afterwards, not to that model (as with
+            Llama). A scaled rope with a non-rotary ``position_embedding`` is refused.
         norm_type (`str`, "rmsnorm") / norm_position (`str`, "pre"): ``rmsnorm`` | ``layernorm``; ``pre`` | ``post``.
         mlp_type (`str`, "gated"): ``gated`` (SwiGLU with silu) | ``standard``.
         query_chunk_size (`int`, 1024): query rows per chunk on the paths that need the probabilities.
