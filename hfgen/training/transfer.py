@@ -121,6 +121,9 @@ class TransferArguments:
         "parallel) into one table, JSON and plot in output_dir."))
     pretrained_dirs: str | None = field(default=None, **_help(
         "Skip pre-training: 'encoder=path,seq2seq=path' of folders saved by the pre-training recipes."))
+    trust_remote_code: bool = field(default=False, **_help(
+        "Run code that a --pretrained_dirs folder's tokenizer_config.json names in auto_map (off: such a folder is "
+        "refused; hfgen's own folders need no code run)."))
 
     def family_list(self) -> list[str]:
         families = [f.strip() for f in self.families.split(",") if f.strip()]
@@ -582,7 +585,7 @@ def _finetune(family: str, init: str, n: int | None, seed: int, learning_rate: f
     model_type = FAMILY_OBJECTIVES[family][0]
     model_args = ClassificationModelArguments(
         model_name_or_path=pretrained_dirs[family] if init == "pretrained" else None, model_type=model_type,
-        seq2seq_head=args.seq2seq_head,
+        seq2seq_head=args.seq2seq_head, trust_remote_code=args.trust_remote_code,
         **(_model_fields(args) if init == "scratch" else {"config_overrides": None}))
     data_args = ClassificationDataArguments(max_length=args.max_length, max_train_samples=n,
                                             max_eval_samples=None if validation_fraction else args.max_eval_samples,
