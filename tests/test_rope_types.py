@@ -32,6 +32,7 @@ from hfgen import (
     HfGenSeq2SeqConfig,
     HfGenSeq2SeqForConditionalGeneration,
     HfGenViTConfig,
+    HfGenViTModel,
     HfGenVlmConfig,
     HfGenVlmForConditionalGeneration,
 )
@@ -322,13 +323,14 @@ def test_save_and_load_keep_the_rope(name, tmp_path):
 
 # ------------------------------------------------------------------------------------- the other families
 
+VIT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 SIZES = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=64, pad_token_id=0)
 
 
 def family_model(family: str, rope_parameters: dict):
     """(model, inputs) of a tiny ``family`` model with rotary positions and ``rope_parameters``; the inputs are
-    LONG tokens (seq2seq: LONG on each side, so that both stacks see the same length)."""
+    LONG tokens (seq2seq: LONG on each side, so that both stacks see the same length; the ViT: 64 patches)."""
     rope_parameters = copy.deepcopy(rope_parameters)
     ids = random_ids(1, LONG, vocab_size=50)
     if family == "encoder":
@@ -341,6 +343,11 @@ def family_model(family: str, rope_parameters: dict):
         config = HfGenGatoConfig(**{k: v for k, v in SIZES.items() if k != "vocab_size"}, text_vocab_size=50,
                                  num_bins=8, image_size=8, patch_size=4, rope_parameters=rope_parameters)
         return build(HfGenGatoForCausalLM, config), dict(input_ids=ids)
+    if family == "vit":  # 8 x 8 patches of 4 x 4: 64 positions
+        config = HfGenViTConfig(**{k: v for k, v in SIZES.items() if k in VIT_KEYS}, image_size=32, patch_size=4,
+                                position_embedding="rotary", rope_parameters=rope_parameters)
+        return build(HfGenViTModel, config), dict(pixel_values=torch.randn(1, 1, 32, 32,
+                                                                           generator=torch.Generator().manual_seed(0)))
     text = HfGenDecoderConfig(**SIZES, rope_parameters=rope_parameters)
     vision = HfGenViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                             image_size=8, patch_size=4)
@@ -362,25 +369,35 @@ def write_reference_rope(model, rope_parameters: dict, length: int) -> None:
             module.attention_scaling = scaling
 
 
-@pytest.mark.parametrize("family", ["encoder", "seq2seq", "vlm", "gato"])
+def output(model, inputs) -> torch.Tensor:
+    result = model(**inputs)
+    return result.logits if hasattr(result, "logits") else result.last_hidden_state
+
+
+FAMILIES = ["encoder", "seq2seq", "vlm", "gato", "vit"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", SCALED)
 def test_other_families_apply_every_rope_type(family, name):
     """The logits of each family with a rope type equal those of the same weights with the default rope whose
     frequencies (and cos/sin scale) are overwritten by transformers' ROPE_INIT_FUNCTIONS, and differ from the
-    default's at long positions."""
+    default's at long positions. (The ViT's 64 patch positions are its max_position_embeddings: dynamic NTK keeps
+    the default frequencies there, as it does for any model up to that length.)"""
     model, inputs = family_model(family, ROPES[name])
     reference, _ = family_model(family, ROPES["default"])
     reference.load_state_dict(model.state_dict())
     with torch.no_grad():
-        plain = reference(**inputs).logits
-        write_reference_rope(reference, ROPES[name], LONG)
-        expected = reference(**inputs).logits
-        got = model(**inputs).logits
+        plain = output(reference, inputs)
+        write_reference_rope(reference, ROPES[name], 64 if family == "vit" else LONG)
+        expected = output(reference, inputs)
+        got = output(model, inputs)
     assert torch.equal(got, expected)
-    assert not torch.equal(got, plain)  # (tiny random weights: differences of 1e-6 to 1e-3, all the rope's)
+    if (family, name) != ("vit", "dynamic"):
+        assert not torch.equal(got, plain)  # (tiny random weights: differences of 1e-6 to 1e-3, all the rope's)
 
 
-@pytest.mark.parametrize("family", ["encoder", "seq2seq", "vlm", "gato"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_other_families_save_and_load_keep_the_rope(family, tmp_path):
     model, inputs = family_model(family, ROPES["longrope"])
     model.save_pretrained(tmp_path)
@@ -388,4 +405,4 @@ def test_other_families_save_and_load_keep_the_rope(family, tmp_path):
     text = reloaded.config.get_text_config()
     assert text.rope_parameters == model.config.get_text_config().rope_parameters
     with torch.no_grad():
-        assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)
+        assert torch.equal(output(reloaded, inputs), output(model, inputs))
