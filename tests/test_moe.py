@@ -264,6 +264,21 @@ def test_save_load_identical_with_per_expert_tensors_on_disk(tmp_path, moe_model
         torch.testing.assert_close(getattr(theirs, key), getattr(ours, key), atol=1e-6, rtol=0)
 
 
+def test_half_precision_keeps_the_router_in_fp32(tmp_path, moe_model):
+    """The top-k choice is discontinuous, so bf16-rounded router logits send near-tied tokens to other experts: the
+    router's weight stays fp32 under ``dtype=torch.bfloat16`` (``_keep_in_fp32_modules_strict``) and routes in fp32,
+    while the experts run in bf16."""
+    moe_model.save_pretrained(tmp_path)
+    half = HfGenDecoderForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    block = half.model.layers[0].block_sparse_moe
+    assert block.gate.weight.dtype == torch.float32 and block.experts.gate_up_proj.dtype == torch.bfloat16
+    ids = random_ids(3, 10)
+    with torch.no_grad():
+        got, reference = half(ids), moe_model(ids)
+    assert all(layer.dtype == torch.float32 for layer in got.router_logits)
+    assert (got.logits.float() - reference.logits).abs().max() < 0.1 * reference.logits.abs().max()
+
+
 def test_peft_lora_adapts_the_expert_weights(moe_model):
     """Experts are 3D parameters, not nn.Linear modules: PEFT's LoRA reaches them through ``target_parameters``."""
     model = copy.deepcopy(moe_model).train()

@@ -17,7 +17,7 @@ from .attention import HfGenAttention
 from .configuration_common import check_misspelt_keys
 from .input_checks import check_inputs  # noqa: F401  (where the families import it from)
 from .model_card import HfGenHubCardMixin
-from .moe import init_moe_weights
+from .moe import KEEP_IN_FP32, init_moe_weights
 from .positions import RotaryEmbedding
 from .variants import validate_attention_config
 
@@ -96,6 +96,7 @@ class HfGenPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
     _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
     _supports_attention_backend = True
+    _keep_in_fp32_modules_strict = KEEP_IN_FP32  # mixture-of-experts routers (moe.py)
     _can_compile_fullgraph = False  # the token-id range check syncs with the device outside torch.compile
 
     def __init_subclass__(cls, **kwargs):

@@ -54,6 +54,7 @@ from .model_card import HfGenHubCardMixin
 from .modeling_common import check_checkpoint_folder, check_inputs, check_pretrained_kwargs
 # (transformers offers experts_implementation only if this file names `@use_experts_implementation`: moe.py's)
 from .moe import (
+    KEEP_IN_FP32,
     ROUTER_LOGITS_RECORDER,
     HfGenSparseMoeBlock,
     base_output_class,
@@ -257,6 +258,7 @@ class HfGenRetNetPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
     _skip_keys_device_placement = ["past_key_values", "cache"]
     _is_stateful = True
     _can_record_outputs = {"hidden_states": HfGenRetNetLayer, "router_logits": ROUTER_LOGITS_RECORDER}
+    _keep_in_fp32_modules_strict = KEEP_IN_FP32  # mixture-of-experts routers (moe.py)
 
     def __init__(self, config, *inputs, **kwargs):
         # from_pretrained(path, key=value) sets attributes after the config's own checks: check again.

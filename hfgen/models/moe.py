@@ -132,8 +132,12 @@ def check_router_request(config, value, name: str = "output_router_logits") -> N
 
 
 class HfGenTopKRouter(nn.Module):
-    """Mixtral's router: ``logits = W_g x``; softmax in fp32, top-k, weights renormalised over the k. Returns
-    ``(logits [T, E], weights [T, k], experts [T, k])``; the logits are what ``output_router_logits`` records."""
+    """Mixtral's router: ``logits = W_g x``; softmax, top-k, weights renormalised over the k. Returns
+    ``(logits [T, E], weights [T, k], experts [T, k])``; the logits are what ``output_router_logits`` records.
+
+    Computed in fp32 whatever the model's dtype, with ``W_g`` kept in fp32 when loading in half precision
+    (:data:`KEEP_IN_FP32`, as transformers' DeepSeek-style MoE models do; Mixtral routes in the model's dtype): the
+    top-k choice is discontinuous, and bf16-rounded logits send near-tied tokens to other experts."""
 
     def __init__(self, config):
         super().__init__()
@@ -142,8 +146,8 @@ class HfGenTopKRouter(nn.Module):
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = F.linear(hidden_states, self.weight)
-        probs = F.softmax(logits.float(), dim=-1)
+        logits = F.linear(hidden_states.float(), self.weight.float())
+        probs = F.softmax(logits, dim=-1)
         weights, experts = torch.topk(probs, self.top_k, dim=-1)
         return logits, weights / weights.sum(dim=-1, keepdim=True), experts
 
@@ -231,6 +235,8 @@ class HfGenSparseMoeBlock(nn.Module):
 
 # For each family's _can_record_outputs: the router's first output, its logits.
 ROUTER_LOGITS_RECORDER = OutputRecorder(HfGenTopKRouter, index=0)
+# For each family's _keep_in_fp32_modules_strict: the routers' weights stay fp32 under dtype=bf16 / fp16.
+KEEP_IN_FP32 = ["block_sparse_moe.gate"]
 
 
 def build_feed_forward(config, dense_factory) -> nn.Module:
