@@ -67,11 +67,19 @@ def check_embeddings(name: str, embeds: object, hidden_size: int) -> None:
         raise ValueError(f"{name} must be floating point (vectors, not token ids), got dtype {embeds.dtype}.")
 
 
-def check_mask_shape(attention_mask: torch.Tensor, batch: int, length: int, past_length: int,
+def check_mask_shape(attention_mask: torch.Tensor, batch: int, length: int, past_length: int | torch.Tensor,
                      name: str = "attention_mask") -> None:
+    """``past_length``: the cache's length, a 0-d tensor for a static cache. Its value is unknown while
+    ``torch.compile`` traces, so a compiled step checks the batch size only (the key count in eager calls: generate's
+    first step, which sets the layout every later step extends)."""
     if not isinstance(attention_mask, torch.Tensor):
         raise ValueError(f"{name} must be a torch tensor, got {type(attention_mask).__name__}.")
     if attention_mask.dim() == 2:
+        if isinstance(past_length, torch.Tensor) and torch.compiler.is_compiling():
+            if attention_mask.shape[0] != batch:
+                raise ValueError(f"{name} has {attention_mask.shape[0]} rows for a batch of {batch}.")
+            return
+        past_length = int(past_length)
         expected = (batch, past_length + length)
         if tuple(attention_mask.shape) != expected:
             raise ValueError(

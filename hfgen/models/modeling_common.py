@@ -97,7 +97,10 @@ class HfGenPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _keep_in_fp32_modules_strict = KEEP_IN_FP32  # mixture-of-experts routers (moe.py)
-    _can_compile_fullgraph = False  # the token-id range check syncs with the device outside torch.compile
+    # Whole-graph torch.compile and the static cache work for every family on this base (RetNet has its own): the
+    # value checks that read tensors back (token-id range, mask rows, image placeholders) run only outside
+    # torch.compile, and generate runs its first step, the only one with a user's prompt, eagerly.
+    _can_compile_fullgraph = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

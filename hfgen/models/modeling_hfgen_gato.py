@@ -136,7 +136,7 @@ class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, HfGenGenerationMixin):
                 raise ValueError(f"pixel_values must have shape [images, {c.num_channels}, {c.image_size}, "
                                  f"{c.image_size}], got {tuple(pixel_values.shape)}.")
             check_finite("pixel_values", pixel_values)
-            if int(slots.sum()) != pixel_values.shape[0] * c.num_patches:
+            if not torch.compiler.is_compiling() and int(slots.sum()) != pixel_values.shape[0] * c.num_patches:
                 raise ValueError(f"{int(slots.sum())} image tokens in the input, but {pixel_values.shape[0]} image(s) "
                                  f"of {c.num_patches} patches each were given (more images than image placeholders "
                                  f"when that is larger).")

@@ -173,6 +173,8 @@ class HfGenVlmModel(HfGenVlmPreTrainedModel):
                       past_length: int) -> None:
         """Images and placeholders must match one to one (ValueError before any state changes)."""
         config = self.config
+        if torch.compiler.is_compiling():  # counting placeholders syncs; generate runs its first step eagerly
+            return
         if input_ids is None:
             if pixel_values is not None and config.fusion != "cross_attention":
                 raise ValueError("pixel_values need input_ids: the images replace the image tokens of the text.")
