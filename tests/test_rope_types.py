@@ -406,3 +406,21 @@ def test_other_families_save_and_load_keep_the_rope(family, tmp_path):
     assert text.rope_parameters == model.config.get_text_config().rope_parameters
     with torch.no_grad():
         assert torch.equal(output(reloaded, inputs), output(model, inputs))
+
+
+@pytest.mark.parametrize("config_class, keys", [
+    (HfGenDecoderConfig, dict(LLAMA_KEYS)),
+    (HfGenEncoderConfig, dict(LLAMA_KEYS, position_embedding="rotary")),
+    (HfGenSeq2SeqConfig, dict(LLAMA_KEYS)),
+    (HfGenGatoConfig, dict(SIZES, text_vocab_size=50, num_bins=8, image_size=8, patch_size=4)),
+])
+def test_rope_theta_of_older_configs_is_the_ropes(config_class, keys):
+    """``rope_theta`` (the key before transformers 5) given to the constructor or assigned later becomes
+    ``rope_parameters['rope_theta']``, the value the rotary module reads (the encoder and seq2seq constructors
+    used to leave it to transformers, which kept the dict's 10000)."""
+    keys = {k: v for k, v in keys.items() if not (config_class is HfGenGatoConfig and k == "vocab_size")}
+    assert config_class(**keys, rope_theta=500.0).rope_parameters["rope_theta"] == 500.0
+    config = config_class(**keys, rope_parameters=rope("linear"))
+    config.rope_theta = 500.0
+    assert config.rope_parameters == {**rope("linear"), "rope_theta": 500.0}
+    assert "rope_theta" not in vars(config)  # not stored beside it, to be saved and never read

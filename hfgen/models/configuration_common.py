@@ -51,6 +51,8 @@ def init_model_keys(config, keys: dict, kwargs: dict, rope_theta: float | None =
     # config.json files written before transformers 5 (Llama 3.x's among them) hold rope_scaling; as in
     # transformers' convert_rope_params_to_dict it wins over rope_parameters, and rope_theta completes it.
     keys["rope_parameters"] = kwargs.pop("rope_scaling", None) or keys["rope_parameters"]
+    if rope_theta is None:  # (left in kwargs, transformers' __post_init__ would drop it for the dict's default)
+        rope_theta = kwargs.pop("rope_theta", None)
     hidden_size, heads = keys["hidden_size"], keys["num_attention_heads"]
     if keys.get("head_dim") is None:
         if not isinstance(heads, int) or heads <= 0 or hidden_size % heads != 0:
@@ -141,6 +143,13 @@ class ValidatedConfigMixin:
             # back by that completion itself is the one already checked). Llama's frequencies are fixed when the
             # model is built: a new dict takes effect in models built afterwards (RotaryEmbedding).
             value = standard_rope_parameters(self, value)
+        if key == "rope_theta" and "position_embedding" in family_keys(type(self)) \
+                and "rope_theta" not in family_keys(type(self)):
+            # Pre-transformers-5 spelling of rope_parameters['rope_theta'], which is what the rotary module reads:
+            # stored beside it, it would be saved and never used.
+            self.rope_parameters = {**(getattr(self, "rope_parameters", None) or {"rope_type": "default"}),
+                                    "rope_theta": value}
+            return
         if key not in self.__dict__ and not hasattr(type(self), key):
             check_misspelt_keys(type(self), (key,), known=self.__dict__)
         super().__setattr__(key, value)
