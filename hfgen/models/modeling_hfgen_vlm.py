@@ -22,6 +22,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from .attention import HfGenAttention
 from .configuration_hfgen_vlm import HfGenVlmConfig
 from .input_checks import HfGenGenerationMixin, check_head_inputs
@@ -101,7 +103,8 @@ class HfGenGatedCrossAttentionLayer(nn.Module):
         self.attn_gate = nn.Parameter(torch.zeros(1))
         self.mlp_gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, hidden_states: torch.Tensor, image_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, image_states: torch.Tensor,
+                **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         attended, _ = self.cross_attn(self.input_layernorm(hidden_states), key_value_states=image_states,
                                       attention_mask=None)
         hidden_states = hidden_states + torch.tanh(self.attn_gate) * attended
@@ -202,7 +205,7 @@ class HfGenVlmModel(HfGenVlmPreTrainedModel):
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.FloatTensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
                 cache: Cache | None = None, inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
-                **kwargs) -> HfGenVlmModelOutputWithPast:
+                **kwargs: Unpack[TransformersKwargs]) -> HfGenVlmModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         text_config = self.config.text_config
@@ -299,7 +302,8 @@ class HfGenVlmForConditionalGeneration(HfGenVlmPreTrainedModel, HfGenGenerationM
                 attention_mask: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
                 cache: Cache | None = None, inputs_embeds: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, use_cache: bool | None = None,
-                logits_to_keep: int | torch.Tensor = 0, **kwargs) -> HfGenVlmCausalLMOutputWithPast:
+                logits_to_keep: int | torch.Tensor = 0,
+                **kwargs: Unpack[TransformersKwargs]) -> HfGenVlmCausalLMOutputWithPast:
         """``labels``: the input ids (shifted inside the loss), -100 where no loss is wanted (image tokens, the
         prompt)."""
         check_head_inputs(self.config, input_ids, inputs_embeds, labels, logits_to_keep,

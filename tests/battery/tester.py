@@ -46,7 +46,8 @@ class Family:
     kind: str
     control: bool = False
     has_attentions: bool = True
-    extra_inputs: Callable[[PreTrainedConfig, int], dict] | None = None  # e.g. pixel_values
+    # (config, inputs) -> inputs: e.g. image placeholders in the ids and pixel_values beside them
+    extra_inputs: Callable[[PreTrainedConfig, dict], dict] | None = None
 
     def config(self, variant: dict, **overrides) -> PreTrainedConfig:
         return self.make_config(**{**variant, **overrides})
@@ -76,11 +77,7 @@ class Family:
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if self.kind == "seq2seq":
             inputs["decoder_input_ids"] = torch.randint(1, vocab, (batch, max(length - 2, 2)), generator=generator)
-        if self.extra_inputs is not None:
-            inputs = {**inputs, **self.extra_inputs(config, batch)}
-            inputs["input_ids"] = inputs.pop("input_ids_override", inputs["input_ids"])
-            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-        return inputs
+        return self.extra_inputs(config, inputs) if self.extra_inputs is not None else inputs
 
     @staticmethod
     def text_vocab(config) -> int:
@@ -135,8 +132,8 @@ def per_example(output) -> dict[str, torch.Tensor]:
 
 
 def rows(inputs: dict, index: slice) -> dict:
-    return {k: (v[index] if isinstance(v, torch.Tensor) and v.dim() and k != "pixel_values_shared" else v)
-            for k, v in inputs.items()}
+    """Rows ``index`` of every batched input (one image per row where there are images)."""
+    return {k: (v[index] if isinstance(v, torch.Tensor) and v.dim() else v) for k, v in inputs.items()}
 
 
 def logits_of(model, inputs: dict, **kwargs) -> torch.Tensor:
