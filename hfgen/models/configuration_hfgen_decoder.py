@@ -43,7 +43,9 @@ class HfGenDecoderConfig(ValidatedConfigMixin, PreTrainedConfig):
             each. The legacy ``rope_scaling`` and ``rope_theta`` of older config.json files (Llama 3.x's) are read
             as transformers reads them. Checked by transformers' own rope validation wherever it is set; a dict set
             on the config of a model already built applies to models built afterwards, not to that model (as with
-            Llama). A scaled rope with a non-rotary ``position_embedding`` is refused.
+            Llama). A scaled rope with a non-rotary ``position_embedding`` is refused. ``dynamic`` follows the
+            current length (transformers' dynamic NTK): beyond ``max_position_embeddings``, keys cached at a shorter
+            length keep their rotation, so cached decoding equals Llama's cached decoding, not an uncached pass.
         norm_type (`str`, "rmsnorm") / norm_position (`str`, "pre"): ``rmsnorm`` | ``layernorm``; ``pre`` | ``post``.
         mlp_type (`str`, "gated"): ``gated`` (SwiGLU with silu) | ``standard``.
         query_chunk_size (`int`, 1024): query rows per chunk on the paths that need the probabilities.
