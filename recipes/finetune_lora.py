@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Parameter-efficient fine-tuning (LoRA, IA3, prompt tuning or prefix tuning) of a causal LM -- an hfgen decoder or
-any Llama-architecture checkpoint -- on the embedded corpus, with validation perplexity before and after.
+any Llama-architecture checkpoint -- on the embedded corpus (or the user's text: --train_file / --dataset_name),
+with validation perplexity before and after.
 
     python recipes/finetune_lora.py --model_name_or_path outputs/pretrain_tiny --output_dir outputs/lora
     python recipes/finetune_lora.py --model_name_or_path outputs/pretrain_tiny --peft_method ia3 --max_steps 50
@@ -31,7 +32,10 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hfgen.data.user_data import TextDataArguments
 
 logger = logging.getLogger(__name__)
 
@@ -133,17 +137,23 @@ def build_peft_config(args: FinetuneArguments):
     return config_class(task_type="CAUSAL_LM", num_virtual_tokens=args.num_virtual_tokens)
 
 
-def finetune(args: FinetuneArguments, training_args) -> dict[str, Any]:
-    """Train the adapter; save it (and the tokenizer, and optionally the merged model); return the metrics."""
+def finetune(args: FinetuneArguments, training_args, data_args: "TextDataArguments | None" = None) -> dict[str, Any]:
+    """Train the adapter; save it (and the tokenizer, and optionally the merged model); return the metrics.
+
+    ``data_args``: the user's text (``--dataset_name`` / ``--train_file``, ``--streaming``); None or unset flags:
+    the embedded corpus."""
     from peft import get_peft_model
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, set_seed
 
     import hfgen  # noqa: F401  (registers the Auto classes)
     from hfgen.compat import register_peft_target_modules
-    from hfgen.data import load_corpus, load_tokenizer, tokenize_for_causal_lm
+    from hfgen.data import load_corpus, load_tokenizer
+    from hfgen.data.user_data import TextDataArguments, first_rows, text_blocks
     from hfgen.training.peft_defaults import check_peft_targets
     from hfgen.training.start_evaluation import evaluate_then_train
 
+    data_args = data_args or TextDataArguments()
+    data_args.check(training_args.max_steps)  # before the base model is loaded
     register_peft_target_modules()  # --target_modules unset: PEFT's defaults for the hfgen model types too
     peft_config = build_peft_config(args)
     model, tokenizer = load_base(args)
@@ -157,12 +167,11 @@ def finetune(args: FinetuneArguments, training_args) -> dict[str, Any]:
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
                          f"{model.config.vocab_size}: they do not belong together.")
-    blocks = tokenize_for_causal_lm(load_corpus(), tokenizer, args.block_size)
-    train, evaluation = blocks["train"], blocks["validation"]
-    if args.max_train_samples is not None:
-        train = train.select(range(min(args.max_train_samples, len(train))))
-    if args.max_eval_samples is not None:
-        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    with training_args.main_process_first(desc="tokenize the text"):
+        blocks = text_blocks(data_args.texts(load_corpus), tokenizer, args.block_size,
+                             num_proc=data_args.preprocessing_num_workers, max_eval_samples=args.max_eval_samples)
+    train = first_rows(blocks["train"], args.max_train_samples)
+    evaluation = first_rows(blocks["validation"], args.max_eval_samples)
 
     # The adapter's initial weights (LoRA's A) come from the global RNG: seeded, every process and every run start
     # from the same adapter (Trainer seeds only once it is built, after this).
@@ -196,17 +205,20 @@ def build_parser():
     """The recipe's ``HfArgumentParser``: the adapter fields, then TrainingArguments with CPU-safe defaults."""
     from transformers import HfArgumentParser, TrainingArguments
 
+    from hfgen.data.user_data import TextDataArguments
     from hfgen.training.pretrain import cpu_training_defaults
 
-    parser = HfArgumentParser((FinetuneArguments, TrainingArguments), description=__doc__.split("\n\n")[0])
+    parser = HfArgumentParser((FinetuneArguments, TextDataArguments, TrainingArguments),
+                              description=__doc__.split("\n\n")[0])
     parser.set_defaults(**cpu_training_defaults(), report_to="none", learning_rate=1e-3, save_strategy="no",
                         output_dir="outputs/lora")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args, training_args = build_parser().parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
-    metrics = finetune(args, training_args)
+    args, data_args, training_args = build_parser().parse_args_into_dataclasses(
+        args=sys.argv[1:] if argv is None else argv)
+    metrics = finetune(args, training_args, data_args)
     if training_args.process_index == 0:
         logger.info(f"[{args.peft_method}] {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} "
                     f"parameters trained; validation perplexity {metrics['eval_perplexity_before']:.2f} -> "

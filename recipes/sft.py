@@ -6,6 +6,10 @@ SFTTrainer on instruction pairs built from the embedded corpus, in the shipped t
     python recipes/sft.py --model_name_or_path outputs/pretrain_tiny --instruction_source responses \\
         --output_dir outputs/sft_responses
 
+The user's rows (``--train_file data.jsonl`` or ``--dataset_name``, in one of SFTTrainer's layouts: ``messages``,
+``prompt`` + ``completion``, or a ``--dataset_text_field`` column) replace the embedded pairs; the run then reports
+validation loss before and after instead of the embedded task's rule.
+
 Seed 001, "Instruction Tuning": "provide examples of how the prompt should be answered". The loss covers the
 assistant's tokens only (``assistant_only_loss``, through the template's generation markers). The defaults are
 those of the RLHF ladder's first stage (``--instruction_source lengths``: each query answered by the manual's
@@ -36,7 +40,10 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hfgen.data.user_data import UserDataArguments
 
 logger = logging.getLogger("hfgen.recipes.sft")
 
@@ -61,7 +68,27 @@ class SFTScriptArguments:
         "help": "Tokens per answer in the final evaluation (an answer cut off there is not one sentence)."})
 
 
-def run(script_args: SFTScriptArguments, sft_config) -> dict[str, Any]:
+# The dataset layouts SFTTrainer reads (conversational, prompt-completion; a plain text column is the third).
+SFT_LAYOUTS = (("messages",), ("prompt", "completion"))
+
+
+def load_user_sft_data(data_args: "UserDataArguments", sft_config):
+    """The user's (train, validation) in one of SFTTrainer's layouts: ``messages``, ``prompt`` + ``completion``,
+    or the ``--dataset_text_field`` column. Outside ``messages`` no chat template marks the assistant's tokens, so
+    ``assistant_only_loss`` (on by default here) is turned off, with a log line; prompt-completion rows get TRL's
+    ``completion_only_loss`` instead."""
+    data = data_args.load_one_of((*SFT_LAYOUTS, (sft_config.dataset_text_field,)))
+    columns = data["train"].column_names or []
+    if "messages" not in columns and sft_config.assistant_only_loss:
+        logger.info("assistant_only_loss off: the data has no 'messages' column (columns: %s)", ", ".join(columns))
+        sft_config.assistant_only_loss = False
+    return data["train"], data["validation"]
+
+
+def run(script_args: SFTScriptArguments, sft_config, data_args: "UserDataArguments | None" = None) -> dict[str, Any]:
+    """Instruction-tune and save the model; return the metrics. ``data_args`` with ``--dataset_name`` /
+    ``--train_file``: the user's rows instead of the embedded pairs, measured by validation loss before and after
+    (the embedded task's rule does not apply to them)."""
     import torch
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTTrainer
@@ -78,11 +105,18 @@ def run(script_args: SFTScriptArguments, sft_config) -> dict[str, Any]:
     from hfgen.training.recipe_common import save_run
     from hfgen.training.rlhf import chat_decoder_config, evaluate_policy
     from hfgen.compat import use_plain_trl_logprobs
+    from hfgen.data.user_data import UserDataArguments
 
+    data_args = data_args or UserDataArguments()
+    data_args.check(sft_config.max_steps)
     use_plain_trl_logprobs()  # on a CPU: TRL's fused LM head with plain torch ops (same numbers, faster)
 
     tokenizer = load_tokenizer()
-    dataset = instruction_dataset(script_args.instruction_source, script_args.max_response_chars, sft_config.seed)
+    if data_args.uses_user_data:
+        dataset, validation = load_user_sft_data(data_args, sft_config)
+    else:
+        dataset = instruction_dataset(script_args.instruction_source, script_args.max_response_chars,
+                                      sft_config.seed)
     # Seeded here, not only by the Trainer: a fresh model's weights are drawn before the Trainer exists.
     set_seed(sft_config.seed)
     if script_args.model_name_or_path:
@@ -96,6 +130,8 @@ def run(script_args: SFTScriptArguments, sft_config) -> dict[str, Any]:
         model = HfGenDecoderForCausalLM(chat_decoder_config(
             tokenizer, hidden_size=script_args.hidden_size, intermediate_size=2 * script_args.hidden_size,
             num_hidden_layers=script_args.num_hidden_layers, softmax_variant=script_args.softmax_variant))
+    if data_args.uses_user_data:
+        return _run_on_user_data(script_args, sft_config, model, tokenizer, dataset, validation)
     rule = one_sentence if script_args.instruction_source == "lengths" else mentions_keyword
     prompts = prompt_dataset()
     is_main = sft_config.process_index == 0
@@ -131,19 +167,54 @@ def run(script_args: SFTScriptArguments, sft_config) -> dict[str, Any]:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def _run_on_user_data(script_args, sft_config, model, tokenizer, train, validation) -> dict[str, Any]:
+    from trl import SFTTrainer
+
+    from hfgen.data.user_data import row_count
+    from hfgen.training.recipe_common import save_run
+    from hfgen.training.start_evaluation import evaluate_then_train
+
+    trainer = SFTTrainer(model=model, args=sft_config, train_dataset=train, eval_dataset=validation,
+                         processing_class=tokenizer)
+    # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
+    before, result = evaluate_then_train(trainer)
+    after = trainer.evaluate()
+    metrics = {"rows": row_count(train), "eval_loss_before": before["eval_loss"], "eval_loss": after["eval_loss"],
+               "train_loss": result.training_loss, "global_step": trainer.state.global_step,
+               "learning_rate": sft_config.learning_rate, "num_parameters": trainer.model.num_parameters()}
+    metrics = {key: value for key, value in metrics.items() if value is not None}
+    save_run(trainer, trainer.model.config, {**metrics, "train_runtime_s": result.metrics.get("train_runtime")},
+             task="causal-lm", title="SFT on the user's data", base_model=script_args.model_name_or_path)
+    if sft_config.process_index == 0:
+        Path(sft_config.output_dir, "sft_results.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def build_parser():
+    """The recipe's ``HfArgumentParser``: the script fields, the user's data, then TRL's SFTConfig with the
+    ladder's defaults."""
     from transformers import HfArgumentParser
     from trl import SFTConfig
 
+    from hfgen.data.user_data import UserDataArguments
     from hfgen.training.rlhf import trl_cpu_defaults
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = HfArgumentParser((SFTScriptArguments, SFTConfig), description=__doc__.split("\n\n")[0])
+    parser = HfArgumentParser((SFTScriptArguments, UserDataArguments, SFTConfig),
+                              description=__doc__.split("\n\n")[0])
     # seed 0 (not TrainingArguments' 42): the ladder's default, so both commands make the same model unchanged.
     parser.set_defaults(**trl_cpu_defaults(), **LADDER_SFT_DEFAULTS, seed=0)
-    script_args, sft_config = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
-    metrics = run(script_args, sft_config)
-    if sft_config.process_index == 0:
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    script_args, data_args, sft_config = build_parser().parse_args_into_dataclasses(
+        args=sys.argv[1:] if argv is None else argv)
+    metrics = run(script_args, sft_config, data_args)
+    if sft_config.process_index == 0 and data_args.uses_user_data:
+        logger.info("SFT on the user's data: final loss %.3f; validation loss %.3f before -> %.3f after; saved to %s",
+                    metrics["train_loss"], metrics["eval_loss_before"], metrics["eval_loss"], sft_config.output_dir)
+    elif sft_config.process_index == 0:
         logger.info("SFT on %d instruction pairs: final loss %.3f; rule %s on one answer per query: %.2f%% before "
                     "training -> %.2f%% after (training answers themselves: %.2f%%); saved to %s", metrics["rows"],
                     metrics["train_loss"], metrics["rule"], 100 * metrics["rule_success_before"],

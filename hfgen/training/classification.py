@@ -56,6 +56,7 @@ from ..models import (
     HfGenSeq2SeqForConditionalGeneration,
     HfGenSeq2SeqForSequenceClassification,
 )
+from ..data.user_data import TextDataArguments
 from .checkpoints import train_resumable
 from .masked_lm import EncoderModelArguments
 from .pretrain import build_config
@@ -91,8 +92,14 @@ class ClassificationModelArguments(EncoderModelArguments):
 
 
 @dataclass
-class ClassificationDataArguments:
-    """Which labelled examples to train and score on (``hfgen.data.labelled``)."""
+class ClassificationDataArguments(TextDataArguments):
+    """Which labelled examples to train and score on: the embedded task (``hfgen.data.labelled``), or the user's
+    (``dataset_name`` / ``train_file`` with ``text_column`` and ``label_column_name``; scored on its validation
+    split)."""
+
+    label_column_name: str = field(default="label", metadata={"help": (
+        "The column holding each example's class in the user's data (names or ids; the classes are the sorted "
+        "distinct values of train, or the names of a ClassLabel column).")})
 
     max_length: int = field(default=128, metadata={"help": "Tokens per example (longer paragraphs are cut)."})
     max_train_samples: int | None = field(default=None, metadata={"help": (
@@ -208,14 +215,57 @@ def load_classification_tokenizer(family: str, path: str | None = None,
     return load_tokenizer()
 
 
-def load_labelled_splits(data_args: ClassificationDataArguments):
+def load_user_labelled(data_args: ClassificationDataArguments):
+    """``(train, validation, class names)`` of the user's data, with columns "text" and "label" (a class id).
+
+    The classes are the names of a ``ClassLabel`` label column, else the sorted distinct values of train's (as
+    ``run_classification.py`` takes them).
+
+    Raises:
+        ValueError: with ``streaming`` (the classes must be known before training starts), or for a validation
+            label that train does not have.
+    """
+    from datasets import ClassLabel
+
+    if data_args.streaming:
+        raise ValueError("--streaming does not apply to finetune_classification: the classes are read from the "
+                         "whole training data before the model is built; load the data in memory (drop --streaming).")
+    text, label = data_args.text_column, data_args.label_column_name
+    data = data_args.load([text, label])
+    data = {split: dataset.select_columns([text, label]).rename_columns({text: "text", label: "label"})
+            for split, dataset in data.items()}
+    feature = data["train"].features["label"]
+    if isinstance(feature, ClassLabel):
+        return data["train"], data["validation"], tuple(feature.names)
+    values = sorted(set(data["train"]["label"]))
+    unknown = sorted(set(data["validation"]["label"]) - set(values), key=str)
+    if unknown:
+        raise ValueError(f"The validation split has labels that train has not: {unknown[:10]} (train's classes: "
+                         f"{values[:20]}).")
+    index = {value: i for i, value in enumerate(values)}
+    names = tuple(str(value) for value in values)
+
+    def to_ids(dataset):
+        features = dataset.features.copy()
+        features["label"] = ClassLabel(names=list(names))
+        return dataset.map(lambda batch: {"label": [index[value] for value in batch["label"]]}, batched=True,
+                           features=features, desc="class ids")
+
+    return to_ids(data["train"]), to_ids(data["validation"]), names
+
+
+def load_labelled_splits(data_args: ClassificationDataArguments, splits: tuple | None = None):
     """``(train, scored)`` of the labelled task, cut to ``max_train_samples`` / ``max_eval_samples``: the scored
-    split is "test", or "validation" (carved out of "train") when ``data_args.validation_fraction`` > 0."""
+    split is "test", or "validation" (carved out of "train") when ``data_args.validation_fraction`` > 0. ``splits``
+    (``(train, scored)``, e.g. of :func:`load_user_labelled`) replaces the labelled task."""
     from ..data.labelled import load_reference_manual_groups
 
-    splits = load_reference_manual_groups(data_args.test_fraction, min_characters=data_args.min_characters,
-                                          validation_fraction=data_args.validation_fraction)
-    train, test = splits["train"], splits["validation" if data_args.validation_fraction > 0 else "test"]
+    if splits is not None:
+        train, test = splits
+    else:
+        task = load_reference_manual_groups(data_args.test_fraction, min_characters=data_args.min_characters,
+                                            validation_fraction=data_args.validation_fraction)
+        train, test = task["train"], task["validation" if data_args.validation_fraction > 0 else "test"]
     if data_args.max_train_samples is not None:
         if data_args.max_train_samples > len(train):
             raise ValueError(f"max_train_samples={data_args.max_train_samples} exceeds the {len(train)} labelled "
@@ -240,10 +290,16 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
         Test accuracy before and after fine-tuning, test macro-F1, the number of labelled examples used, the
         logged training losses.
     """
-    from ..data.labelled import LABELS
     from ..metrics import load_metric
 
     _check_data_args(data_args)
+    data_args.check(training_args.max_steps)
+    user_splits = None
+    if data_args.uses_user_data:  # the classes come from the data, so it is opened before the model is built
+        with training_args.main_process_first(desc="read the labelled data"):
+            *user_splits, LABELS = load_user_labelled(data_args)  # noqa: N806  (the embedded task's, else these)
+    else:
+        from ..data.labelled import LABELS
     family = model_family(model_args)
     if model_args.seq2seq_head not in SEQ2SEQ_HEADS:
         raise ValueError(f"seq2seq_head must be one of {', '.join(SEQ2SEQ_HEADS)}, got {model_args.seq2seq_head!r}.")
@@ -286,10 +342,11 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
         return {key: [example[key] for example in examples] for key in ("input_ids", "attention_mask", "labels")}
 
     with training_args.main_process_first(desc="tokenize the labelled task"):
-        train, test = load_labelled_splits(data_args)
+        train, test = load_labelled_splits(data_args, user_splits)
         columns = train.column_names
-        train = train.map(encode, batched=True, remove_columns=columns, desc="tokenize train")
-        test = test.map(encode, batched=True, remove_columns=columns, desc="tokenize test")
+        workers = data_args.preprocessing_num_workers
+        train = train.map(encode, batched=True, remove_columns=columns, num_proc=workers, desc="tokenize train")
+        test = test.map(encode, batched=True, remove_columns=columns, num_proc=workers, desc="tokenize test")
 
     def class_scores(logits: Any, labels: torch.Tensor) -> torch.Tensor:
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits

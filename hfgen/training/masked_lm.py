@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from ..data.user_data import row_count, text_blocks
 from ..hub import check_push_arguments
 from ..models import HfGenEncoderConfig, HfGenEncoderForMaskedLM
 from ..models.modeling_hfgen_encoder import check_mlm_labels
@@ -94,10 +95,12 @@ def _load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
 
 
-def mlm_blocks(corpus, tokenizer: PreTrainedTokenizerBase, block_size: int, num_proc: int | None = None):
+def mlm_blocks(corpus, tokenizer: PreTrainedTokenizerBase, block_size: int, num_proc: int | None = None,
+               max_eval_samples: int | None = None):
     """``corpus`` cut into ``[CLS] + (block_size - 2) tokens + [SEP]`` rows (documents joined by eos, as the
-    causal-LM blocks), with ``token_type_ids`` 0 and ``special_tokens_mask`` (cls, sep and eos are never masked)."""
-    from ..data import tokenize_for_causal_lm
+    causal-LM blocks), with ``token_type_ids`` 0 and ``special_tokens_mask`` (cls, sep and eos are never masked).
+    A stream (``IterableDatasetDict``) is cut as it streams (``hfgen.data.user_data.text_blocks``)."""
+    from datasets import Dataset
 
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 4:
         raise ValueError(f"block_size must be an int >= 4 ([CLS], [SEP] and at least 2 tokens), got {block_size!r}.")
@@ -112,8 +115,10 @@ def mlm_blocks(corpus, tokenizer: PreTrainedTokenizerBase, block_size: int, num_
                 "token_type_ids": [[0] * len(row) for row in ids],
                 "special_tokens_mask": [[int(t in special) for t in row] for row in ids]}
 
-    blocks = tokenize_for_causal_lm(corpus, tokenizer, block_size - 2, num_proc=num_proc)
-    return blocks.map(wrap, batched=True, desc="add [CLS] and [SEP]")
+    blocks = text_blocks(corpus, tokenizer, block_size - 2, num_proc=num_proc, max_eval_samples=max_eval_samples)
+    wrapped = {split: rows.map(wrap, batched=True, **({"desc": "add [CLS] and [SEP]"} if isinstance(rows, Dataset)
+                                                      else {})) for split, rows in blocks.items()}
+    return type(blocks)(wrapped)
 
 
 def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArguments,
@@ -137,6 +142,7 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
     from ..data import MaskedLMCollator
 
     check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
+    data_args.check(training_args.max_steps)  # data flags that cannot work fail before anything is built
     set_seed(training_args.seed)
     tokenizer = _load_tokenizer(model_args)
     collator = MaskedLMCollator(tokenizer, mlm_probability=data_args.mlm_probability)  # checks the probability
@@ -151,11 +157,11 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
 
     with training_args.main_process_first(desc="tokenize the corpus"):
         blocks = mlm_blocks(data_args.load_text(), tokenizer, data_args.block_size,
-                            num_proc=data_args.preprocessing_num_workers)
+                            num_proc=data_args.preprocessing_num_workers, max_eval_samples=data_args.max_eval_samples)
     train, validation = data_args.select(blocks["train"], blocks["validation"])
     print(f"[hfgen] process {training_args.process_index} of {training_args.world_size} on {training_args.device}: "
-          f"{len(train)} training blocks of {data_args.block_size} tokens, {model.num_parameters():,} parameters",
-          flush=True)
+          f"{row_count(train) or 'streamed'} training blocks of {data_args.block_size} tokens, "
+          f"{model.num_parameters():,} parameters", flush=True)
 
     trainer = MaskedPositionsTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
                                      processing_class=tokenizer, data_collator=collator, callbacks=callbacks)
@@ -187,7 +193,7 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
                                    * training_args.gradient_accumulation_steps),
         "block_size": data_args.block_size,
         "mlm_probability": data_args.mlm_probability,
-        "train_blocks": len(train),
+        "train_blocks": row_count(train),
         "eval_blocks": len(validation),
         "learning_rate": training_args.learning_rate,
         "world_size": training_args.world_size,

@@ -31,6 +31,7 @@ from transformers import (
     set_seed,
 )
 
+from ..data.user_data import TextDataArguments, first_rows, row_count, text_blocks
 from ..hub import write_model_card
 from ..models import HfGenDecoderConfig, HfGenDecoderForCausalLM, variants
 from ..models.configuration_common import VARIANT_DEFAULTS
@@ -93,16 +94,17 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    """Which text to train on: the embedded corpus, cut into fixed-length blocks."""
+class DataArguments(TextDataArguments):
+    """Which text to train on: the embedded corpus (or the user's data: ``--dataset_name`` / ``--train_file``),
+    cut into fixed-length blocks."""
 
     block_size: int = field(default=128, **_help("Tokens per training sequence."))
     include_docstrings: bool = field(default=False, **_help(
         "Add the standard library's docstrings (about 4x more text) to the Python reference manual."))
-    validation_fraction: float = field(default=0.1, **_help("Expected share of documents held out for validation."))
+    validation_fraction: float = field(default=0.1, **_help(
+        "Expected share of the embedded corpus's documents held out for validation."))
     max_train_samples: int | None = field(default=None, **_help("Train on at most this many blocks (the first)."))
     max_eval_samples: int | None = field(default=None, **_help("Evaluate on at most this many blocks (the first)."))
-    preprocessing_num_workers: int | None = field(default=None, **_help("Processes for tokenization."))
 
 
 @dataclass
@@ -229,20 +231,16 @@ def _load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
 
 
 def _load_blocks(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, training_args: TrainingArguments):
-    from ..data import load_corpus, tokenize_for_causal_lm
+    from ..data import load_corpus
 
     # The main process tokenizes first; under DDP every rank then builds identical blocks.
     with training_args.main_process_first(desc="tokenize the corpus"):
-        corpus = load_corpus(include_docstrings=data_args.include_docstrings,
-                             validation_fraction=data_args.validation_fraction, seed=0)
-        blocks = tokenize_for_causal_lm(corpus, tokenizer, data_args.block_size,
-                                        num_proc=data_args.preprocessing_num_workers)
-    train, validation = blocks["train"], blocks["validation"]
-    if data_args.max_train_samples is not None:
-        train = train.select(range(min(data_args.max_train_samples, len(train))))
-    if data_args.max_eval_samples is not None:
-        validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
-    return train, validation
+        texts = data_args.texts(lambda: load_corpus(include_docstrings=data_args.include_docstrings,
+                                                    validation_fraction=data_args.validation_fraction, seed=0))
+        blocks = text_blocks(texts, tokenizer, data_args.block_size, num_proc=data_args.preprocessing_num_workers,
+                             max_eval_samples=data_args.max_eval_samples)
+    return (first_rows(blocks["train"], data_args.max_train_samples),
+            first_rows(blocks["validation"], data_args.max_eval_samples))
 
 
 def perplexity(loss: float) -> float:
@@ -300,6 +298,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
     from ..hub import check_push_arguments
 
     check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
+    data_args.check(training_args.max_steps)  # data flags that cannot work fail before anything is built
     set_seed(training_args.seed)  # before the model is built, so that every rank starts from the same weights
     tokenizer = _load_tokenizer(model_args)
     config = build_config(model_args, tokenizer)  # fails fast on a bad key, before the data is tokenized
@@ -312,7 +311,8 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
         model = HfGenDecoderForCausalLM.from_pretrained(model_args.model_name_or_path, config=config)
     train, validation = _load_blocks(data_args, tokenizer, training_args)
     print(f"[hfgen] process {training_args.process_index} of {training_args.world_size} "
-          f"on {training_args.device}: {len(train)} training blocks of {data_args.block_size} tokens, "
+          f"on {training_args.device}: {row_count(train) or 'streamed'} training blocks of {data_args.block_size} "
+          f"tokens, "
           f"{model.num_parameters():,} parameters", flush=True)
 
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
@@ -341,7 +341,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
         "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.world_size
                                    * training_args.gradient_accumulation_steps),
         "block_size": data_args.block_size,
-        "train_blocks": len(train),
+        "train_blocks": row_count(train),
         "eval_blocks": len(validation),
         "learning_rate": training_args.learning_rate,
         "world_size": training_args.world_size,

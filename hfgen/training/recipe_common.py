@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, Trainer
 
+from ..data.user_data import first_rows
 from ..hub import push_training_output, write_model_card
 from .pretrain import LOSS_CURVE_FILE, DataArguments, cpu_training_defaults, write_loss_curve
 
@@ -28,25 +29,26 @@ class PretrainingDataArguments(DataArguments):
     """The causal-LM recipe's data fields, plus keeping the labelled task's test text out of pre-training."""
 
     hold_out_task_test: bool = field(default=True, metadata={"help": (
-        "Cut the test paragraphs of the labelled task (hfgen.data.labelled) out of the pre-training text, so that a "
-        "model fine-tuned on that task afterwards is scored on text it has never read.")})
+        "Cut the test paragraphs of the labelled task (hfgen.data.labelled) out of the embedded pre-training text, "
+        "so that a model fine-tuned on that task afterwards is scored on text it has never read.")})
 
     def load_text(self):
-        """The embedded corpus (``hfgen.data.load_corpus``) as these fields ask, as a ``DatasetDict``."""
+        """The training text as these fields ask: the user's data (``dataset_name`` / ``train_file``), else the
+        embedded corpus (``hfgen.data.load_corpus``); a ``DatasetDict``, or an ``IterableDatasetDict`` with
+        ``streaming``."""
         from ..data import load_corpus
         from ..data.labelled import drop_test_paragraphs
 
-        corpus = load_corpus(include_docstrings=self.include_docstrings,
-                             validation_fraction=self.validation_fraction, seed=0)
-        return drop_test_paragraphs(corpus) if self.hold_out_task_test else corpus
+        def embedded():
+            corpus = load_corpus(include_docstrings=self.include_docstrings,
+                                 validation_fraction=self.validation_fraction, seed=0)
+            return drop_test_paragraphs(corpus) if self.hold_out_task_test else corpus
+
+        return self.texts(embedded)
 
     def select(self, train, validation):
         """The first ``max_train_samples`` / ``max_eval_samples`` rows of each split, where set."""
-        if self.max_train_samples is not None:
-            train = train.select(range(min(self.max_train_samples, len(train))))
-        if self.max_eval_samples is not None:
-            validation = validation.select(range(min(self.max_eval_samples, len(validation))))
-        return train, validation
+        return first_rows(train, self.max_train_samples), first_rows(validation, self.max_eval_samples)
 
 
 def build_recipe_parser(dataclass_types: Sequence[type], description: str, epilog: str | None = None,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from ..data.user_data import row_count, text_blocks
 from ..hub import check_push_arguments
 from ..data.denoising import (
     DataCollatorForBartDenoising,
@@ -168,6 +169,7 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
     """
     check_noise_settings(data_args)
     check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
+    data_args.check(training_args.max_steps)  # data flags that cannot work fail before anything is built
     set_seed(training_args.seed)
     denoising = data_args.objective == "bart_denoising"
     tokenizer = load_span_corruption_tokenizer(model_args.model_name_or_path, data_args.num_sentinel_tokens,
@@ -194,16 +196,14 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
     else:
         model = HfGenSeq2SeqForConditionalGeneration.from_pretrained(model_args.model_name_or_path, config=config)
 
-    from ..data import tokenize_for_causal_lm
-
     with training_args.main_process_first(desc="tokenize the corpus"):
-        blocks = tokenize_for_causal_lm(data_args.load_text(), tokenizer, raw_length,
-                                        num_proc=data_args.preprocessing_num_workers)
+        blocks = text_blocks(data_args.load_text(), tokenizer, raw_length,
+                             num_proc=data_args.preprocessing_num_workers, max_eval_samples=data_args.max_eval_samples)
     train, validation = data_args.select(blocks["train"], blocks["validation"])
     shape = ("targets are the blocks" if denoising else
              f"{data_args.block_size} after corruption, targets of {target_length}")
     print(f"[hfgen] process {training_args.process_index} of {training_args.world_size} on {training_args.device}: "
-          f"{len(train)} training blocks of {raw_length} tokens ({data_args.objective}: {shape}), "
+          f"{row_count(train) or 'streamed'} training blocks of {raw_length} tokens ({data_args.objective}: {shape}), "
           f"{model.num_parameters():,} parameters", flush=True)
 
     # Each block's noise is keyed by (seed, epoch, its tokens): a resumed run and N processes corrupt it as one
@@ -247,7 +247,7 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
         **({"infilling_probability": data_args.infilling_probability,
             "permute_sentences": data_args.permute_sentences} if denoising else
            {"noise_density": data_args.noise_density, "mean_noise_span_length": data_args.mean_noise_span_length}),
-        "train_blocks": len(train),
+        "train_blocks": row_count(train),
         "eval_blocks": len(validation),
         "learning_rate": training_args.learning_rate,
         "world_size": training_args.world_size,
