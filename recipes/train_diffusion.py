@@ -34,16 +34,19 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
-from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from image_common import add_common_arguments, check_arguments, is_save_step, load_split, report  # noqa: E402
+from image_common import (  # noqa: E402
+    TrainingLoop,
+    add_common_arguments,
+    check_arguments,
+    is_save_step,
+    load_split,
+    report,
+)
 
 from hfgen import HfGenEncoderConfig, HfGenEncoderModel  # noqa: E402
 from hfgen.data.captions import caption  # noqa: E402
@@ -80,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--text_encoder", default=None,
                        help="--conditioning text: a saved hfgen encoder folder with its tokenizer (default: a fresh "
                             "seeded HfGenEncoderModel, hidden 64, 2 layers, with the shipped tokenizer)")
+    model.add_argument("--trust_remote_code", action="store_true",
+                       help="let --text_encoder run code its folder names in auto_map (only for folders you trust)")
     model.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64], help="UNet levels")
     model.add_argument("--layers_per_block", type=int, default=1, help="residual blocks per UNet level")
     model.add_argument("--hidden_size", type=int, default=64, help="DiT width")
@@ -98,7 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train_batch_size", type=int, default=64, help="images per step")
     train.add_argument("--max_train_steps", type=int, default=MAX_TRAIN_STEPS, help=STEPS_HELP)
     train.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW's peak learning rate")
-    train.add_argument("--lr_warmup_steps", type=int, default=100, help="linear warm-up before the cosine decay")
     train.add_argument("--ema_decay", type=float, default=0.999, help="decay of the EMA weights that are saved")
     train.add_argument("--class_dropout", type=float, default=0.1,
                        help="probability of training without the condition: the 'no label' class or no caption "
@@ -110,14 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps per sample")
     sample.add_argument("--guidance_scale", type=float, default=None,
                         help="classifier-free guidance (class or text models)")
+    parser.set_defaults(lr_warmup_steps=100)
     return parser
 
 
 def build_text_encoder(args):
     """The frozen text encoder and its tokenizer (``--text_encoder`` or a fresh seeded hfgen encoder)."""
     if args.text_encoder:
-        tokenizer = AutoTokenizer.from_pretrained(args.text_encoder)
-        encoder = AutoModel.from_pretrained(args.text_encoder)
+        tokenizer = AutoTokenizer.from_pretrained(args.text_encoder, trust_remote_code=args.trust_remote_code)
+        encoder = AutoModel.from_pretrained(args.text_encoder, trust_remote_code=args.trust_remote_code)
     else:
         tokenizer = load_encoder_tokenizer()
         torch.manual_seed(args.seed)
@@ -137,11 +142,12 @@ def caption_states(encoder, tokenizer, num_classes: int, device) -> tuple[torch.
     return states.to(device), mask.to(device)
 
 
-def condition_kwargs(args, labels: torch.Tensor, num_classes: int, captions) -> dict:
-    """The denoiser's condition for a batch, dropped with probability ``--class_dropout`` per sample."""
+def condition_kwargs(args, labels: torch.Tensor, num_classes: int, captions, draws: torch.Tensor) -> dict:
+    """The denoiser's condition for a batch, dropped where ``draws`` (uniform in [0, 1), one per sample) fall below
+    ``--class_dropout``."""
     if args.conditioning == "none":
         return {}
-    dropped = torch.rand(labels.shape, device=labels.device) < args.class_dropout
+    dropped = draws < args.class_dropout
     if args.conditioning == "class":
         return {"class_labels": labels.masked_fill(dropped, num_classes)}
     states, mask = captions
@@ -195,8 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
                        "recipes/train_vae.py", hub=False)
     check_model_folder(args.text_encoder, "--text_encoder", "a saved hfgen encoder folder with its tokenizer, "
                        "e.g. outputs/mlm_tiny from recipes/pretrain_masked_lm.py")
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    set_seed(args.seed)
+    loop = TrainingLoop(args, "diffusion")
+    accelerator = loop.accelerator
     split = load_split(args)
     train_images, vae = split.train_images, None
     if args.vae:  # latent diffusion: train on the VAE's posterior means, scaled to unit variance
@@ -215,12 +221,13 @@ def main(argv: list[str] | None = None) -> dict:
                            text_encoder.config.hidden_size if text_encoder is not None else None)
     noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=1e-4)
-    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, args.lr_warmup_steps, args.max_train_steps)
+    lr_scheduler = loop.scheduler(optimizer)
     dataset = torch.utils.data.TensorDataset(train_images, split.train_labels)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True)
-    model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
+    model, optimizer, loader, lr_scheduler = loop.prepare(model, optimizer, loader, lr_scheduler)
     ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=args.ema_decay)
     ema.to(accelerator.device)
+    loop.register(ema)
     os.makedirs(args.output_dir, exist_ok=True)
 
     def ema_pipeline():
@@ -233,44 +240,42 @@ def main(argv: list[str] | None = None) -> dict:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    progress = tqdm(range(args.max_train_steps), desc="diffusion", disable=not accelerator.is_local_main_process)
-    step, losses = 0, []
-    while step < args.max_train_steps:
-        for images, labels in loader:
-            noise = torch.randn_like(images)
-            timesteps = torch.randint(0, args.num_train_timesteps, (images.shape[0],), device=images.device)
-            noisy = noise_scheduler.add_noise(images, noise, timesteps)
-            kwargs = condition_kwargs(args, labels, split.num_classes, captions)
-            with accelerator.accumulate(model), accelerator.autocast():
-                loss = F.mse_loss(model(noisy, timesteps, **kwargs).sample.float(), noise.float())
-                accelerator.backward(loss)
+    losses = []
+    for images, labels in loop.batches(loader):
+        noise = loop.draw("randn", tuple(images.shape)).to(images.dtype)
+        timesteps = loop.draw("randint", (images.shape[0],), high=args.num_train_timesteps)
+        noisy = noise_scheduler.add_noise(images, noise, timesteps)
+        kwargs = condition_kwargs(args, labels, split.num_classes, captions, loop.draw("rand", (images.shape[0],)))
+        with accelerator.accumulate(model), accelerator.autocast():
+            loss = F.mse_loss(model(noisy, timesteps, **kwargs).sample.float(), noise.float())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        if accelerator.sync_gradients:
             ema.step(accelerator.unwrap_model(model).parameters())
-            step += 1
-            losses.append(loss.item())
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-            if accelerator.is_main_process and args.save_images_steps and step % args.save_images_steps == 0:
-                pipe = ema_pipeline()
-                save_image_grid(sample_images(pipe, args, 20, args.seed),
-                                os.path.join(args.output_dir, f"samples_step_{step}.png"), columns=10)
-                ema.restore(accelerator.unwrap_model(model).parameters())
-            if accelerator.is_main_process and is_save_step(args, step):
-                save_pipeline(ema_pipeline(), args, step)
-                ema.restore(accelerator.unwrap_model(model).parameters())
-            if step >= args.max_train_steps:
-                break
-    progress.close()
+        if not loop.step_done({"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}):
+            continue
+        step = loop.step
+        losses.append(loss.item())
+        if accelerator.is_main_process and args.save_images_steps and step % args.save_images_steps == 0:
+            pipe = ema_pipeline()
+            save_image_grid(sample_images(pipe, args, 20, args.seed),
+                            os.path.join(args.output_dir, f"samples_step_{step}.png"), columns=10)
+            ema.restore(accelerator.unwrap_model(model).parameters())
+        if accelerator.is_main_process and is_save_step(args, step):
+            save_pipeline(ema_pipeline(), args, step)
+            ema.restore(accelerator.unwrap_model(model).parameters())
     accelerator.wait_for_everyone()
+    step = loop.step
     metrics = {}
     if accelerator.is_main_process:
         pipe = ema_pipeline()  # keeps the EMA weights: they are what is saved and measured
         save_pipeline(pipe, args, step)
         samples = sample_images(pipe, args, args.num_eval_samples, args.seed + 1) if args.num_eval_samples else None
-        tail = losses[-50:]
+        tail = losses[-50:] or [float("nan")]  # a run resumed at its last step trains no batch
         name = f"{'latent-' if vae is not None else ''}diffusion-{args.model}-{args.conditioning}"
         requested = None
         if samples is not None and args.conditioning != "none":
@@ -279,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
                          extra={"train_loss_last50": sum(tail) / len(tail), "steps": step, "scheduler": args.scheduler,
                                 "num_inference_steps": args.num_inference_steps,
                                 "guidance_scale": args.guidance_scale})
-    accelerator.end_training()
+    loop.end()
     logger.info("saved to %s (pipeline/, samples.png, metrics.json)", args.output_dir)
     return metrics
 

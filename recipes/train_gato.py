@@ -3,176 +3,216 @@
 text from the embedded corpus (validation perplexity), captioned digits (held-out caption accuracy) and a grid
 world with a scripted expert (return against the expert's and a random policy's).
 
-    python recipes/train_gato.py --output_dir outputs/gato --max_train_steps 1500
+    python recipes/train_gato.py --output_dir outputs/gato --max_steps 1500
+    python recipes/train_gato.py --train_data_dir my_images/   # captions: metadata.jsonl {"file_name", "text"}
+    torchrun --nproc_per_node 2 recipes/train_gato.py --per_device_train_batch_size 8
 
-One step = one batch of each domain, losses summed. As in Gato, the loss is on text and action tokens only
+Trains with ``Trainer`` (``hfgen.training.multimodal.LabelledTokenTrainer``), so every ``TrainingArguments`` flag
+applies: schedules, several processes, ``--report_to``, checkpoints under OUTPUT_DIR/checkpoints and
+``--resume_from_checkpoint latest``.
+
+One step = one batch of each domain (``--per_device_train_batch_size`` rows each, in one forward pass), the
+domains' mean losses summed. As in Gato, the loss is on text and action tokens only
 (corpus text, caption text, expert actions), never on image patches or observation values.
 """
 
-from __future__ import annotations
-
-import argparse
+# No "from __future__ import annotations": the dataclass below must resolve its field types without looking its
+# module up in sys.modules (notebooks and tests load this file with importlib, unregistered).
 import json
 import logging
 import math
 import os
 import random
+import sys
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
+from transformers import HfArgumentParser, TrainingArguments
 
-from hfgen.data.captions import caption
-from hfgen.data.control import GridWorld, episode_tokens, evaluate_policies, expert_action, run_episode
-from hfgen.data.corpus import load_corpus
-from hfgen.data.images import load_images
-from hfgen.data.lm import tokenize_for_causal_lm
-from hfgen.data.tokenizer import load_tokenizer
-from hfgen.models.configuration_hfgen_gato import MODALITIES, HfGenGatoConfig
-from hfgen.models.modeling_hfgen_gato import HfGenGatoForCausalLM
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from image_common import add_dataset_arguments, images_to_tensor, load_user_dataset  # noqa: E402
+
+from hfgen.data.captions import caption  # noqa: E402
+from hfgen.data.control import GridWorld, episode_tokens, evaluate_policies, expert_action, run_episode  # noqa: E402
+from hfgen.data.corpus import load_corpus  # noqa: E402
+from hfgen.data.images import load_images  # noqa: E402
+from hfgen.data.lm import tokenize_for_causal_lm  # noqa: E402
+from hfgen.data.tokenizer import load_tokenizer  # noqa: E402
+from hfgen.models.configuration_hfgen_gato import MODALITIES, HfGenGatoConfig  # noqa: E402
+from hfgen.models.modeling_hfgen_gato import HfGenGatoForCausalLM  # noqa: E402
+from hfgen.training.multimodal import (  # noqa: E402
+    LabelledTokenTrainer,
+    labelled_token_loss,
+    plain_loop_defaults,
+    resume_checkpoint,
+    stage_arguments,
+)
+from hfgen.training.recipe_common import parse_recipe_arguments  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
 
+DOMAINS = ("text", "captions", "control")
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output_dir", default="outputs/gato", help="where the model, plot and results go")
-    parser.add_argument("--hidden_size", type=int, default=64, help="width of the decoder")
-    parser.add_argument("--num_hidden_layers", type=int, default=2, help="decoder layers")
-    parser.add_argument("--max_train_steps", type=int, default=600, help="training steps (each samples all domains)")
-    parser.add_argument("--batch_size", type=int, default=16, help="sequences per domain per step")
-    parser.add_argument("--block_size", type=int, default=64, help="tokens per text sequence")
-    parser.add_argument("--learning_rate", type=float, default=3e-3, help="AdamW's learning rate")
-    parser.add_argument("--expert_episodes", type=int, default=500, help="grid-world episodes of the scripted expert")
-    parser.add_argument("--eval_episodes", type=int, default=50, help="grid-world episodes played in the evaluation")
-    parser.add_argument("--eval_images", type=int, default=100, help="held-out digits captioned in the evaluation")
-    parser.add_argument("--eval_text_blocks", type=int, default=64, help="held-out text blocks scored")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data and evaluation")
+
+@dataclass
+class GatoArguments:
+    """The model, the data of the three domains and the evaluation (the optimiser, batch size -- rows per domain
+    per step --, seed, logging, checkpoints and resume are ``TrainingArguments``)."""
+
+    hidden_size: int = field(default=64, metadata={"help": "width of the decoder"})
+    num_hidden_layers: int = field(default=2, metadata={"help": "decoder layers"})
+    block_size: int = field(default=64, metadata={"help": "tokens per text sequence"})
+    expert_episodes: int = field(default=500, metadata={"help": "grid-world episodes of the scripted expert"})
+    eval_episodes: int = field(default=50, metadata={"help": "grid-world episodes played in the evaluation"})
+    eval_images: int = field(default=100, metadata={"help": "held-out images captioned in the evaluation"})
+    eval_text_blocks: int = field(default=64, metadata={"help": "held-out text blocks scored"})
+
+
+def build_parser() -> HfArgumentParser:
+    parser = HfArgumentParser((GatoArguments, TrainingArguments), description=__doc__.split("\n\n")[0])
+    add_dataset_arguments(parser.add_argument_group("the user's captioned images (instead of the digits)"), text=True)
+    parser.set_defaults(**plain_loop_defaults(), output_dir="outputs/gato", max_steps=600, learning_rate=3e-3,
+                        per_device_train_batch_size=16)
     return parser
 
 
-def labelled_loss(model, input_ids, labels, **inputs) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled positions (the head applied there only)."""
-    hidden = model.model(inputs_embeds=model.embed(input_ids, inputs.pop("pixel_values", None),
-                                                   inputs.pop("modality_ids", None)),
-                         use_cache=False, **inputs).last_hidden_state[:, :-1]
-    targets = labels[:, 1:]
-    keep = targets != -100
-    return F.cross_entropy(model.lm_head(hidden[keep]).float(), targets[keep])
-
-
-def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(map(len, rows))
+def pad_rows(rows: list[list[int]], value: int, width: int | None = None) -> torch.Tensor:
+    width = width or max(map(len, rows))
     return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
 
 class Domains:
-    """Batches of the three domains."""
+    """The three domains' training data and held-out sets: text blocks of the embedded corpus, captioned images
+    (the digits, or the user's ``--dataset_name`` / ``--train_data_dir``), and the scripted expert's episodes."""
 
-    def __init__(self, args, tokenizer, config: HfGenGatoConfig):
-        self.args, self.tokenizer, self.config = args, tokenizer, config
-        self.rng = random.Random(args.seed)
+    def __init__(self, args: GatoArguments, data, tokenizer, config: HfGenGatoConfig, seed: int):
+        self.tokenizer, self.config = tokenizer, config
         blocks = tokenize_for_causal_lm(load_corpus(), tokenizer, args.block_size)
-        self.text_train = torch.tensor(blocks["train"]["input_ids"])
+        self.text_train = blocks["train"]["input_ids"]
         self.text_validation = torch.tensor(blocks["validation"]["input_ids"])[:args.eval_text_blocks]
-        self.images = load_images("digits")
-        self.caption_ids = {d: tokenizer(" " + caption(d), add_special_tokens=False)["input_ids"] +
-                            [tokenizer.eos_token_id] for d in range(10)}
-        env = GridWorld(seed=args.seed)
+        if data.dataset_name or data.train_data_dir:
+            train, held_out = load_user_dataset(data, seed)
+            self.train_images = images_to_tensor(train[data.image_column], config.image_size)
+            self.train_captions = [c.strip() for c in train[data.caption_column]]
+            held_out = held_out.select(range(min(args.eval_images, len(held_out))))
+            self.test_images = images_to_tensor(held_out[data.image_column], config.image_size)
+            self.test_captions = [c.strip() for c in held_out[data.caption_column]]
+        else:
+            digits = load_images("digits", image_size=config.image_size)
+            self.train_images, self.test_images = digits.train_images, digits.test_images[:args.eval_images]
+            self.train_captions = [caption(int(d)) for d in digits.train_labels]
+            self.test_captions = [caption(int(d)) for d in digits.test_labels[:args.eval_images]]
+        self.caption_ids = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                            for c in self.train_captions]
+        env = GridWorld(seed=seed)
         self.episodes = [episode_tokens(config, run_episode(env, lambda o, h: expert_action(o))[1])
                          for _ in range(args.expert_episodes)]
 
-    def text(self) -> dict:
-        rows = self.text_train[torch.randint(len(self.text_train), (self.args.batch_size,))]
-        return {"input_ids": rows, "labels": rows}
+    def __len__(self) -> int:
+        """Indices of one epoch: the largest domain once, the others cycled."""
+        return max(len(self.text_train), len(self.train_images), len(self.episodes))
 
     def image_prompt(self) -> list[int]:
         return [self.config.image_token_id] * self.config.num_patches
 
-    def captions(self) -> dict:
-        index = torch.randint(len(self.images.train_labels), (self.args.batch_size,))
-        prompt = self.image_prompt()
-        rows = [prompt + self.caption_ids[int(d)] for d in self.images.train_labels[index]]
-        labels = [[-100] * len(prompt) + self.caption_ids[int(d)] for d in self.images.train_labels[index]]
-        return {"input_ids": torch.tensor(rows) if len({len(r) for r in rows}) == 1 else None, "rows": rows,
-                "labels": labels, "pixel_values": self.images.train_images[index]}
 
-    def control(self) -> dict:
-        chosen = self.rng.sample(self.episodes, self.args.batch_size)
-        ids = pad_rows([e[0] for e in chosen], self.tokenizer.pad_token_id)
-        modality = pad_rows([e[1] for e in chosen], MODALITIES.index("text"))
-        labels = pad_rows([[i if t else -100 for i, t in zip(e[0], e[2])] for e in chosen], -100)
-        mask = pad_rows([[1] * len(e[0]) for e in chosen], 0)
-        return {"input_ids": ids, "modality_ids": modality, "labels": labels, "attention_mask": mask}
+class GatoCollator:
+    """A list of indices -> one batch with a row of each domain per index (text, caption, expert episode), right-
+    padded to one width, and ``loss_groups``: the rows of each domain, whose mean losses are summed (one loss per
+    domain, whatever its token count, as in the separate batches of Gato's mixture)."""
 
+    def __init__(self, domains: Domains):
+        self.domains = domains
 
-def caption_batch(batch: dict, pad_id: int) -> dict:
-    """Right-pad caption rows (captions differ in length)."""
-    ids = pad_rows(batch["rows"], pad_id)
-    labels = pad_rows(batch["labels"], -100)
-    mask = pad_rows([[1] * len(r) for r in batch["rows"]], 0)
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": batch["pixel_values"]}
+    def __call__(self, indices: list[int]) -> dict:
+        d, config = self.domains, self.domains.config
+        text = [d.text_train[i % len(d.text_train)] for i in indices]
+        image_index = [i % len(d.train_images) for i in indices]
+        prompt = d.image_prompt()
+        captions = [prompt + d.caption_ids[i] for i in image_index]
+        episodes = [d.episodes[i % len(d.episodes)] for i in indices]
+        text_mode, image_mode = MODALITIES.index("text"), MODALITIES.index("image")
+        ids = text + captions + [e[0] for e in episodes]
+        modality = ([[text_mode] * len(r) for r in text] +
+                    [[image_mode] * len(prompt) + [text_mode] * (len(r) - len(prompt)) for r in captions] +
+                    [e[1] for e in episodes])
+        labels = (text + [[-100] * len(prompt) + d.caption_ids[i] for i in image_index] +
+                  [[i if t else -100 for i, t in zip(e[0], e[2])] for e in episodes])
+        width, n = max(map(len, ids)), len(indices)
+        return {"input_ids": pad_rows(ids, d.tokenizer.pad_token_id, width),
+                "modality_ids": pad_rows(modality, text_mode, width),
+                "attention_mask": pad_rows([[1] * len(r) for r in ids], 0, width),
+                "pixel_values": d.train_images[image_index],
+                "labels": pad_rows(labels, -100, width),
+                "loss_groups": [slice(k * n, (k + 1) * n) for k in range(len(DOMAINS))]}
 
 
 @torch.no_grad()
 def perplexity(model, blocks: torch.Tensor) -> float:
-    losses = [labelled_loss(model, blocks[i:i + 16], blocks[i:i + 16]).item() for i in range(0, len(blocks), 16)]
+    losses = [labelled_token_loss(model, {"input_ids": blocks[i:i + 16], "labels": blocks[i:i + 16]}).item()
+              for i in range(0, len(blocks), 16)]
     return math.exp(sum(losses) / len(losses))
 
 
 @torch.no_grad()
-def caption_accuracy(model, domains: Domains, count: int) -> float:
-    images, labels = domains.images.test_images[:count], domains.images.test_labels[:count]
+def caption_accuracy(model, domains: Domains) -> float:
+    images, captions = domains.test_images, domains.test_captions
     prompt = torch.tensor([domains.image_prompt()] * len(images))
-    out = model.generate(input_ids=prompt, pixel_values=images, max_new_tokens=6, do_sample=False,
+    longest = max(len(domains.tokenizer(" " + c, add_special_tokens=False)["input_ids"]) for c in captions)
+    out = model.generate(input_ids=prompt, pixel_values=images, max_new_tokens=max(6, longest + 1), do_sample=False,
                          pad_token_id=domains.tokenizer.pad_token_id, eos_token_id=domains.tokenizer.eos_token_id)
     texts = domains.tokenizer.batch_decode(out[:, prompt.shape[1]:], skip_special_tokens=True)
-    return sum(t.strip() == caption(int(d)) for t, d in zip(texts, labels)) / len(labels)
+    return sum(t.strip() == c for t, c in zip(texts, captions)) / len(captions)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    os.makedirs(args.output_dir, exist_ok=True)
-    torch.manual_seed(args.seed)
+    args, training_args, data = parse_recipe_arguments(build_parser(), sys.argv[1:] if argv is None else argv)
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    torch.manual_seed(training_args.seed)
     tokenizer = load_tokenizer()
     config = HfGenGatoConfig(text_vocab_size=len(tokenizer), hidden_size=args.hidden_size,
                              intermediate_size=2 * args.hidden_size, num_hidden_layers=args.num_hidden_layers,
                              num_attention_heads=4, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id, max_position_embeddings=512)
     model = HfGenGatoForCausalLM(config)
-    domains = Domains(args, tokenizer, config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
-    curves = {"text": [], "captions": [], "control": []}
-    model.train()
-    for _ in tqdm(range(args.max_train_steps), desc="gato"):
-        losses = {"text": labelled_loss(model, **domains.text()),
-                  "captions": labelled_loss(model, **caption_batch(domains.captions(), tokenizer.pad_token_id)),
-                  "control": labelled_loss(model, **domains.control())}
-        sum(losses.values()).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        for name, loss in losses.items():
-            curves[name].append(loss.item())
+    domains = Domains(args, data, tokenizer, config, training_args.seed)
+    checkpoints = os.path.join(training_args.output_dir, "checkpoints")
+    trainer = LabelledTokenTrainer(model=model, args=stage_arguments(training_args, output_dir=checkpoints),
+                                   train_dataset=list(range(len(domains))), data_collator=GatoCollator(domains))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args.resume_from_checkpoint, checkpoints))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    results = {}
+    if trainer.is_world_process_zero():
+        results = evaluate(model, domains, args, training_args)
+        plot({"text + captions + control": losses}, os.path.join(training_args.output_dir, "losses.png"))
+        arguments = {**vars(args), **vars(data), "seed": training_args.seed, "max_steps": training_args.max_steps,
+                     "per_device_train_batch_size": training_args.per_device_train_batch_size}
+        with open(os.path.join(training_args.output_dir, "results.json"), "w") as handle:
+            json.dump({"args": arguments, "results": results}, handle, indent=2)
+        logger.info("saved to %s (model/, losses.png, results.json)", training_args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return results
+
+
+def evaluate(model, domains: Domains, args: GatoArguments, training_args: TrainingArguments) -> dict:
+    """Validation perplexity, caption accuracy and its chance level, the grid-world returns; the model saved to
+    OUTPUT_DIR/model and reloaded (identical logits)."""
     model.eval()
     results = {"validation_perplexity": perplexity(model, domains.text_validation),
-               "caption_accuracy": caption_accuracy(model, domains, args.eval_images),
+               "caption_accuracy": caption_accuracy(model, domains),
                **evaluate_policies(model, episodes=args.eval_episodes)}
-    # Chance level of the captions: always the training set's most frequent digit.
-    most_frequent = int(domains.images.train_labels.bincount().argmax())
-    results["caption_chance"] = float((domains.images.test_labels[:args.eval_images] == most_frequent).float().mean())
-    model.save_pretrained(os.path.join(args.output_dir, "model"))
-    reloaded = HfGenGatoForCausalLM.from_pretrained(os.path.join(args.output_dir, "model")).eval()
-    probe = domains.control()
-    probe.pop("labels")
+    # Chance level of the captions: always the training set's most frequent caption.
+    most_frequent = max(set(domains.train_captions), key=domains.train_captions.count)
+    results["caption_chance"] = sum(c == most_frequent for c in domains.test_captions) / len(domains.test_captions)
+    path = os.path.join(training_args.output_dir, "model")
+    model.save_pretrained(path)
+    reloaded = HfGenGatoForCausalLM.from_pretrained(path).eval()
+    probe = GatoCollator(domains)(list(range(4)))
+    probe = {k: v for k, v in probe.items() if k not in ("labels", "loss_groups")}
     with torch.no_grad():
         results["identical_logits_after_reload"] = torch.equal(model(**probe).logits, reloaded(**probe).logits)
     logger.info(f"gato: {results} identical logits: {results['identical_logits_after_reload']}")
-    plot(curves, os.path.join(args.output_dir, "losses.png"))
-    with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
-        json.dump({"args": vars(args), "results": results}, handle, indent=2)
-    logger.info("saved to %s (model/, losses.png, results.json)", args.output_dir)
     return results
 
 
@@ -185,7 +225,7 @@ def plot(curves: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, losses in curves.items():
         ax.plot(losses, label=name)
-    ax.set_xlabel("step")
+    ax.set_xlabel("logged step")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
     ax.legend()

@@ -14,10 +14,12 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from transformers import MixtralConfig, MixtralForCausalLM
+from transformers.testing_utils import CaptureLogger
 
 from conftest import LLAMA_KEYS, build, padded, random_ids, tiny_config
 from hfgen import HfGenDecoderForCausalLM
 from hfgen.models.moe import HfGenSparseMoeBlock, expert_utilization
+from hfgen.models.moe import logger as moe_logger
 from hfgen.training.peft_defaults import check_peft_targets, expert_target_parameters
 
 MOE = dict(num_experts=4, num_experts_per_tok=2)
@@ -226,6 +228,29 @@ def test_gradients_reach_the_router_and_the_experts(moe_model):
     used = torch.topk(out.router_logits[0], 2, dim=-1).indices.unique()
     assert (block.experts.gate_up_proj.grad.abs().sum((1, 2))[used] > 0).all()
     assert (block.experts.down_proj.grad.abs().sum((1, 2))[used] > 0).all()
+
+
+def test_router_losses_train_the_router_under_gradient_checkpointing(moe_model):
+    """Non-reentrant checkpointing trains the router through the router losses exactly as without checkpointing.
+    Reentrant checkpointing cannot (the layers run without autograd, so the recorded router logits have no
+    gradient): hfgen says so rather than leave the router silently without its balancing loss."""
+    ids = random_ids(2, 8)
+    grads = []
+    for kwargs in (None, {"use_reentrant": False}):
+        model = copy.deepcopy(moe_model).train()
+        if kwargs:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        model(ids).aux_loss.backward()
+        grads.append(model.model.layers[0].block_sparse_moe.gate.weight.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-7, rtol=1e-5)
+    model = copy.deepcopy(moe_model).train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    type(moe_logger).warning_once.cache_clear()  # (warned at most once per process otherwise)
+    with CaptureLogger(moe_logger) as captured:
+        out = model(ids, labels=ids)
+    assert out.loss.requires_grad and not out.aux_loss.requires_grad
+    assert "'use_reentrant': False" in captured.out
 
 
 def test_cached_generation_equals_uncached(moe_model):

@@ -24,6 +24,8 @@ from torch import nn
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from .positions import apply_rotary
 from .softmax import SOFTMAX_FUNCTIONS, beta_from_entropy
 
@@ -389,7 +391,8 @@ class HfGenAttention(nn.Module):
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
                 position_bias: torch.Tensor | Callable[[int, int], torch.Tensor] | None = None, cache=None,
-                key_value_states: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+                key_value_states: torch.Tensor | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``position_bias``: the additive ``[1, H, Q, K]`` bias, or a function ``(q_len, k_len)`` returning it
         once the key length is known (after the cache update)."""
         batch, q_len, _ = hidden_states.shape

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 
 from .configuration_common import ValidatedConfigMixin, init_arguments, init_model_keys
+from .parallel_plans import DECODER_PP_PLAN, decoder_tp_plan
 from .moe import MOE_DEFAULTS, MOE_OUTPUT_KEYS, init_moe_config
 from .variants import validate_attention_config
 
@@ -42,7 +43,9 @@ class HfGenDecoderConfig(ValidatedConfigMixin, PreTrainedConfig):
             each. The legacy ``rope_scaling`` and ``rope_theta`` of older config.json files (Llama 3.x's) are read
             as transformers reads them. Checked by transformers' own rope validation wherever it is set; a dict set
             on the config of a model already built applies to models built afterwards, not to that model (as with
-            Llama). A scaled rope with a non-rotary ``position_embedding`` is refused.
+            Llama). A scaled rope with a non-rotary ``position_embedding`` is refused. ``dynamic`` follows the
+            current length (transformers' dynamic NTK): beyond ``max_position_embeddings``, keys cached at a shorter
+            length keep their rotation, so cached decoding equals Llama's cached decoding, not an uncached pass.
         norm_type (`str`, "rmsnorm") / norm_position (`str`, "pre"): ``rmsnorm`` | ``layernorm``; ``pre`` | ``post``.
         mlp_type (`str`, "gated"): ``gated`` (SwiGLU with silu) | ``standard``.
         query_chunk_size (`int`, 1024): query rows per chunk on the paths that need the probabilities.
@@ -59,6 +62,9 @@ class HfGenDecoderConfig(ValidatedConfigMixin, PreTrainedConfig):
     extra_config_keys = tuple(MOE_DEFAULTS)
     # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
     AUTO_MAP = DECODER_AUTO_MAP
+    # Parallel plans in transformers' format (parallel_plans.py); no TP plan for variants it cannot split.
+    base_model_tp_plan = property(decoder_tp_plan)
+    base_model_pp_plan = DECODER_PP_PLAN
     keys_to_ignore_at_inference = ["cache", *MOE_OUTPUT_KEYS]
 
     def __init__(

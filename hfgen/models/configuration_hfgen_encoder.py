@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 
 from .configuration_common import ValidatedConfigMixin, init_arguments, init_model_keys
+from .parallel_plans import ENCODER_PP_PLAN, encoder_tp_plan
 from .moe import MOE_DEFAULTS, MOE_OUTPUT_KEYS, init_moe_config, validate_moe_config
 from .variants import validate_attention_config
 
@@ -100,6 +101,9 @@ class HfGenEncoderConfig(ValidatedConfigMixin, PreTrainedConfig):
     extra_config_keys = tuple(MOE_DEFAULTS)
     # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
     AUTO_MAP = ENCODER_AUTO_MAP
+    # Parallel plans in transformers' format (parallel_plans.py); no TP plan for variants it cannot split.
+    base_model_tp_plan = property(encoder_tp_plan)
+    base_model_pp_plan = ENCODER_PP_PLAN
     keys_to_ignore_at_inference = list(MOE_OUTPUT_KEYS)  # Trainer's predictions: the logits alone
 
     def __init__(

@@ -7,6 +7,7 @@ import copy
 from transformers import PreTrainedConfig
 
 from .configuration_common import ValidatedConfigMixin, init_arguments, init_model_keys
+from .parallel_plans import SEQ2SEQ_PP_PLAN, seq2seq_tp_plan
 from .variants import INITIALIZER_SCHEMES, validate_attention_config  # noqa: F401  (re-exported)
 
 SEQ2SEQ_AUTO_MAP = {
@@ -79,6 +80,9 @@ class HfGenSeq2SeqConfig(ValidatedConfigMixin, PreTrainedConfig):
     model_type = "hfgen_seq2seq"
     # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
     AUTO_MAP = SEQ2SEQ_AUTO_MAP
+    # Parallel plans in transformers' format (parallel_plans.py); no TP plan for variants it cannot split.
+    base_model_tp_plan = property(seq2seq_tp_plan)
+    base_model_pp_plan = SEQ2SEQ_PP_PLAN
     keys_to_ignore_at_inference = ["cache", "encoder_last_hidden_state"]
 
     def __init__(

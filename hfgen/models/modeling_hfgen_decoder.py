@@ -22,6 +22,8 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from .attention import HfGenAttention
 from .configuration_hfgen_decoder import HfGenDecoderConfig
 from .input_checks import HfGenGenerationMixin, check_classification_labels, check_head_inputs
@@ -57,7 +59,7 @@ class HfGenDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = build_norm(config)
 
     def forward(self, hidden_states: torch.Tensor, position_bias=None, attention_mask=None, position_embeddings=None,
-                cache: Cache | None = None, **kwargs) -> torch.Tensor:
+                cache: Cache | None = None, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         """``position_bias`` (the additive bias tensor, or a function of the lengths with a cache) comes second and
         is passed positionally: reentrant gradient checkpointing carries gradients only out of positional tensors
         (``GradientCheckpointingLayer``), and a relative-position bias is trained."""
@@ -117,7 +119,7 @@ class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
-                **kwargs) -> BaseModelOutputWithPast:
+                **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         check_router_request(self.config, kwargs.get("output_router_logits"))
@@ -151,6 +153,8 @@ class HfGenDecoderForCausalLM(PreallocatedCacheMixin, HfGenDecoderPreTrainedMode
     cache writes keys and values in place (``kv_cache.PreallocatedLayer``) instead of concatenating at every step."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}  # (Llama's)
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: HfGenDecoderConfig):
         super().__init__(config)
@@ -171,7 +175,8 @@ class HfGenDecoderForCausalLM(PreallocatedCacheMixin, HfGenDecoderPreTrainedMode
                 position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
-                output_router_logits: bool | None = None, **kwargs) -> CausalLMOutputWithPast:
+                output_router_logits: bool | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> CausalLMOutputWithPast:
         """``labels`` are the input ids (shifted inside the loss); -100 marks positions to ignore.
         ``output_router_logits`` (mixture of experts; default ``config.output_router_logits``): return the router
         logits, the load-balancing and z losses, and add the weighted losses to the loss."""
@@ -215,7 +220,8 @@ class HfGenDecoderForSequenceClassification(HfGenDecoderPreTrainedModel):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                use_cache: bool | None = None, **kwargs) -> SequenceClassifierOutputWithPast:
+                use_cache: bool | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> SequenceClassifierOutputWithPast:
         check_classification_labels(self.config, labels, input_ids, inputs_embeds)
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

@@ -43,6 +43,8 @@ from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from .attention import HfGenAttention, repeat_kv
 from .configuration_hfgen_encoder import HfGenEncoderConfig, validate_encoder_config
 from .disentangled import add_disentangled_modules, disentangled_bias, relative_embeddings, relative_row_index
@@ -196,7 +198,8 @@ class HfGenEncoderAttention(torch.nn.Module):
         self.self = HfGenEncoderSelfAttention(config, layer_idx)
         self.output = HfGenEncoderSelfOutput(config)
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, hidden_states: torch.Tensor,
+                **kwargs: Unpack[TransformersKwargs]) -> tuple[torch.Tensor, torch.Tensor | None]:
         inputs = self.output.LayerNorm(hidden_states) if self.output.pre_norm else hidden_states
         attended, weights = self.self(inputs, **kwargs)
         return self.output(attended, hidden_states), weights
@@ -242,7 +245,7 @@ class HfGenEncoderLayer(GradientCheckpointingLayer):
         self.output = HfGenEncoderOutput(config, after_experts=self.is_moe)
 
     def forward(self, hidden_states: torch.Tensor, position_bias=None, attention_mask=None,
-                position_embeddings=None, **kwargs) -> torch.Tensor:
+                position_embeddings=None, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         """``position_bias`` second and positional: reentrant gradient checkpointing carries gradients only out of
         positional tensors, and relative-position biases and DeBERTa's relative embeddings are trained."""
         hidden_states, _ = self.attention(hidden_states, attention_mask=attention_mask,
@@ -269,7 +272,7 @@ class HfGenEncoderStack(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, hidden_states: torch.Tensor, attention_mask, position_ids: torch.Tensor,
-                **kwargs) -> torch.Tensor:
+                **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         rotary = bias = None
         length = hidden_states.shape[1]
         # The bias (disentangled: the rows of the relative embeddings) is computed here, once, outside every layer:
@@ -383,7 +386,8 @@ class HfGenEncoderModel(HfGenEncoderPreTrainedModel):
     @capture_outputs
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.LongTensor | None = None, position_ids: torch.LongTensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, **kwargs) -> BaseModelOutputWithPooling:
+                inputs_embeds: torch.Tensor | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPooling:
         """``attention_mask``: 1 for real tokens, 0 for padding (any side); ``token_type_ids``: segment ids below
         ``type_vocab_size`` (zeros when absent); ``position_ids``: ``0..S-1`` when absent (BERT)."""
         if (input_ids is None) == (inputs_embeds is None):
@@ -431,7 +435,7 @@ class HfGenEncoderForMaskedLM(HfGenEncoderPreTrainedModel):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.LongTensor | None = None, position_ids: torch.LongTensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                **kwargs) -> MaskedLMOutput:
+                **kwargs: Unpack[TransformersKwargs]) -> MaskedLMOutput:
         check_mlm_labels(self.config, labels, input_ids, inputs_embeds)
         outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
@@ -490,7 +494,8 @@ class HfGenEncoderForPreTraining(HfGenEncoderPreTrainedModel):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.LongTensor | None = None, position_ids: torch.LongTensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                next_sentence_label: torch.LongTensor | None = None, **kwargs) -> HfGenEncoderForPreTrainingOutput:
+                next_sentence_label: torch.LongTensor | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> HfGenEncoderForPreTrainingOutput:
         check_mlm_labels(self.config, labels, input_ids, inputs_embeds)
         if next_sentence_label is not None and next_sentence_label.numel() and not torch.compiler.is_compiling():
             if ((next_sentence_label != 0) & (next_sentence_label != 1)).any():
@@ -535,7 +540,7 @@ class HfGenEncoderForSequenceClassification(HfGenEncoderPreTrainedModel):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.LongTensor | None = None, position_ids: torch.LongTensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                **kwargs) -> SequenceClassifierOutput:
+                **kwargs: Unpack[TransformersKwargs]) -> SequenceClassifierOutput:
         check_classification_labels(self.config, labels, input_ids, inputs_embeds)
         outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
@@ -568,7 +573,7 @@ class HfGenEncoderForTokenClassification(HfGenEncoderPreTrainedModel):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.LongTensor | None = None, position_ids: torch.LongTensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                **kwargs) -> TokenClassifierOutput:
+                **kwargs: Unpack[TransformersKwargs]) -> TokenClassifierOutput:
         check_classification_labels(self.config, labels, input_ids, inputs_embeds, per_token=True)
         outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)

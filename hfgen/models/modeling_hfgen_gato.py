@@ -18,6 +18,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from .configuration_hfgen_gato import MODALITIES, HfGenGatoConfig
 from .input_checks import HfGenGenerationMixin, check_finite, check_head_inputs
 from .modeling_common import check_inputs
@@ -151,7 +153,7 @@ class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, HfGenGenerationMixin):
                 modality_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 labels: torch.LongTensor | None = None, use_cache: bool | None = None,
-                logits_to_keep: int | torch.Tensor = 0, **kwargs) -> CausalLMOutputWithPast:
+                logits_to_keep: int | torch.Tensor = 0, **kwargs: Unpack[TransformersKwargs]) -> CausalLMOutputWithPast:
         if input_ids is None:
             raise ValueError("HfGenGatoForCausalLM needs input_ids (the mixed token stream).")
         check_head_inputs(self.config, input_ids, None, labels, logits_to_keep)

@@ -47,6 +47,8 @@ from transformers.utils import can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from .configuration_hfgen_retnet import HfGenRetNetConfig, validate_retnet_config
 from .input_checks import HfGenGenerationMixin, check_head_inputs
 from .layers import HfGenMLP, build_norm
@@ -237,7 +239,8 @@ class HfGenRetNetLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, key_mask: torch.Tensor | None,
                 cache: HfGenRetNetCache | None = None, mode: str | None = None,
-                rotation: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs) -> torch.Tensor:
+                rotation: tuple[torch.Tensor, torch.Tensor] | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         hidden_states = hidden_states + self.retention(self.input_layernorm(hidden_states), position_ids, key_mask,
                                                        cache=cache, mode=mode, rotation=rotation)
         # (a flag, not hasattr: a missing nn.Module attribute costs a raised exception on every token)
@@ -385,7 +388,7 @@ class HfGenRetNetModel(HfGenRetNetPreTrainedModel):
                 position_ids: torch.LongTensor | None = None, cache: HfGenRetNetCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
                 past_key_values: HfGenRetNetCache | None = None, retention_mode: str | None = None,
-                **kwargs) -> BaseModelOutputWithPast:
+                **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPast:
         """``attention_mask``: 2D ``[batch, seen + new]`` (1 = token, 0 = padding). ``retention_mode`` overrides
         ``config.retention_mode`` for this call (``parallel``, ``chunkwise``, ``recurrent``)."""
         if (input_ids is None) == (inputs_embeds is None):
@@ -475,7 +478,7 @@ class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, HfGenGenerationMixin):
                 position_ids: torch.LongTensor | None = None, cache: HfGenRetNetCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
-                past_key_values: HfGenRetNetCache | None = None, **kwargs):
+                past_key_values: HfGenRetNetCache | None = None, **kwargs: Unpack[TransformersKwargs]):
         """``labels`` are the input ids (shifted inside the loss); -100 marks positions to ignore. With
         router logits (``num_experts`` and ``output_router_logits``) the output is ``HfGenMoeCausalLMOutputWithPast``."""
         check_head_inputs(self.config, input_ids, inputs_embeds, labels, logits_to_keep)

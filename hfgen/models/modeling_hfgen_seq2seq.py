@@ -36,6 +36,8 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from .attention import HfGenAttention
 from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig, validate_seq2seq_config
 from .layers import HfGenMLP, build_norm
@@ -100,7 +102,8 @@ class HfGenSeq2SeqLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, position_bias=None,
                 encoder_hidden_states: torch.Tensor | None = None, attention_mask=None, position_embeddings=None,
-                encoder_attention_mask=None, cache: Cache | None = None, **kwargs) -> torch.Tensor:
+                encoder_attention_mask=None, cache: Cache | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         """The tensors that gradients flow through come first and are passed positionally (``position_bias``: the
         additive bias tensor, or a function of the lengths with a cache; ``encoder_hidden_states``): reentrant
         gradient checkpointing carries gradients only out of positional tensors (``GradientCheckpointingLayer``)."""
@@ -230,7 +233,7 @@ class HfGenSeq2SeqEncoder(_HfGenSeq2SeqStack):
     @capture_outputs
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
-                **kwargs) -> BaseModelOutput:
+                **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
         reference = self._shape_reference(input_ids, inputs_embeds)
         check_inputs(self.config, input_ids, inputs_embeds, attention_mask, 0, position_ids)
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=reference, attention_mask=attention_mask)
@@ -258,7 +261,7 @@ class HfGenSeq2SeqDecoder(_HfGenSeq2SeqStack):
                 encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
                 cache: Cache | None = None, use_cache: bool | None = None,
-                **kwargs) -> BaseModelOutputWithPastAndCrossAttentions:
+                **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPastAndCrossAttentions:
         reference = self._shape_reference(input_ids, inputs_embeds)
         if encoder_hidden_states is None:
             raise ValueError("The decoder cross-attends to the encoder output: pass encoder_hidden_states.")
@@ -343,7 +346,7 @@ class HfGenSeq2SeqModel(HfGenSeq2SeqPreTrainedModel):
                 inputs_embeds: torch.Tensor | None = None, decoder_inputs_embeds: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, decoder_position_ids: torch.LongTensor | None = None,
                 use_cache: bool | None = None, cross_attention_mask: torch.Tensor | None = None,
-                **kwargs) -> Seq2SeqModelOutput:
+                **kwargs: Unpack[TransformersKwargs]) -> Seq2SeqModelOutput:
         """``cross_attention_mask`` (``[batch, source length]``, 1 = readable): the encoder tokens the decoder may
         read; by default ``attention_mask``. It is needed when ``attention_mask`` is a 4D mask of the encoder's
         self-attention (a gist mask, ``gist_seq2seq.py``), which does not say what the decoder may read."""
@@ -420,7 +423,7 @@ class HfGenSeq2SeqForConditionalGeneration(HfGenSeq2SeqPreTrainedModel, HfGenGen
                 position_ids: torch.LongTensor | None = None, decoder_position_ids: torch.LongTensor | None = None,
                 labels: torch.LongTensor | None = None, use_cache: bool | None = None,
                 logits_to_keep: int | torch.Tensor = 0, cross_attention_mask: torch.Tensor | None = None,
-                **kwargs) -> Seq2SeqLMOutput:
+                **kwargs: Unpack[TransformersKwargs]) -> Seq2SeqLMOutput:
         """``labels``: the target ids, -100 where ignored. Without decoder inputs they are shifted right into
         ``decoder_input_ids``; the loss compares position i's logits with ``labels[:, i]`` (no further shift).
         ``cross_attention_mask``: see :meth:`HfGenSeq2SeqModel.forward` (gist training)."""
@@ -475,7 +478,8 @@ class HfGenSeq2SeqForSequenceClassification(HfGenSeq2SeqPreTrainedModel):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 decoder_input_ids: torch.LongTensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, decoder_inputs_embeds: torch.Tensor | None = None,
-                labels: torch.LongTensor | None = None, **kwargs) -> Seq2SeqSequenceClassifierOutput:
+                labels: torch.LongTensor | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> Seq2SeqSequenceClassifierOutput:
         """``attention_mask`` (1 = token) also says where each row's last token is; without decoder inputs the
         decoder reads ``input_ids`` shifted right (``input_ids`` needed then)."""
         check_classification_labels(self.config, labels, input_ids, inputs_embeds)

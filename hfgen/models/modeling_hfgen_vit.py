@@ -15,6 +15,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from .attention import HfGenAttention
 from .configuration_hfgen_vit import HfGenViTConfig, validate_vision_config
 from .input_checks import check_finite
@@ -77,7 +79,7 @@ class HfGenViTLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = build_norm(config)
 
     def forward(self, hidden_states: torch.Tensor, position_bias=None, position_embeddings=None,
-                **kwargs) -> torch.Tensor:
+                **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         """``position_bias`` second and positional: reentrant gradient checkpointing carries gradients only out of
         positional tensors, and a relative-position bias is trained."""
         residual = hidden_states
@@ -124,7 +126,7 @@ class HfGenViTModel(HfGenViTPreTrainedModel):
         self.post_init()
 
     @capture_outputs
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithPooling:
         check_pixel_values(self.config, pixel_values)
         embeddings = self.patch_embedding(pixel_values)
         position_ids = torch.arange(embeddings.shape[1], device=embeddings.device).unsqueeze(0)

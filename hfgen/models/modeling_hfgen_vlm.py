@@ -21,7 +21,10 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from .attention import HfGenAttention
 from .configuration_hfgen_vlm import HfGenVlmConfig
 from .input_checks import HfGenGenerationMixin, check_head_inputs
@@ -101,7 +104,8 @@ class HfGenGatedCrossAttentionLayer(nn.Module):
         self.attn_gate = nn.Parameter(torch.zeros(1))
         self.mlp_gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, hidden_states: torch.Tensor, image_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, image_states: torch.Tensor,
+                **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         attended, _ = self.cross_attn(self.input_layernorm(hidden_states), key_value_states=image_states,
                                       attention_mask=None)
         hidden_states = hidden_states + torch.tanh(self.attn_gate) * attended
@@ -114,7 +118,9 @@ class HfGenVlmPreTrainedModel(HfGenPreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     _no_split_modules = ["HfGenDecoderLayer", "HfGenViTLayer", "HfGenGatedCrossAttentionLayer"]
-    _can_record_outputs = {"hidden_states": HfGenDecoderLayer, "attentions": HfGenAttention}
+    # (the language model records its own layers; "self_attn" keeps the gated cross-attention blocks out)
+    _can_record_outputs = {"hidden_states": HfGenDecoderLayer,
+                           "attentions": OutputRecorder(HfGenAttention, index=1, layer_name="self_attn")}
 
     def __init__(self, config: HfGenVlmConfig, *inputs, **kwargs):
         # The attention keys live in the sub-configs; each sub-model checks its own again when it is built.
@@ -202,9 +208,13 @@ class HfGenVlmModel(HfGenVlmPreTrainedModel):
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.FloatTensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
                 cache: Cache | None = None, inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
-                **kwargs) -> HfGenVlmModelOutputWithPast:
+                **kwargs: Unpack[TransformersKwargs]) -> HfGenVlmModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        for flag in ("output_hidden_states", "output_attentions"):
+            # The language model records what its own config asks for: pass on what this model's config asks for.
+            if kwargs.get(flag) is None and getattr(self.config, flag, False):
+                kwargs[flag] = True
         text_config = self.config.text_config
         past_length = cache.get_seq_length() if cache is not None else 0
         check_inputs(text_config, input_ids, inputs_embeds, attention_mask, past_length, position_ids)
@@ -225,10 +235,22 @@ class HfGenVlmModel(HfGenVlmPreTrainedModel):
                                                hidden_states=outputs.hidden_states, attentions=outputs.attentions,
                                                image_hidden_states=image_features)
 
-        # Cross-attention: the decoder's own loop (HfGenDecoderModel.forward) with the gated blocks in between.
         image_states = None
         if image_features is not None:
             image_states = image_features.reshape(batch, -1, image_features.shape[-1])
+        outputs = self._cross_attention_forward(inputs_embeds, image_states, attention_mask, position_ids, cache,
+                                                use_cache, past_length, **kwargs)
+        outputs.image_hidden_states = image_features
+        return outputs
+
+    @capture_outputs
+    def _cross_attention_forward(self, inputs_embeds: torch.Tensor, image_states: torch.Tensor | None,
+                                 attention_mask: torch.Tensor | None, position_ids: torch.LongTensor | None,
+                                 cache: Cache | None, use_cache: bool, past_length: int,
+                                 **kwargs: Unpack[TransformersKwargs]) -> HfGenVlmModelOutputWithPast:
+        """The decoder's own loop (HfGenDecoderModel.forward) with the gated blocks in between; hidden states and
+        attentions recorded as the decoder records them (the vision model runs before, outside the recording)."""
+        text_config = self.config.text_config
         lm = self.language_model
         if use_cache and cache is None:
             cache = DynamicCache(config=text_config)
@@ -244,8 +266,7 @@ class HfGenVlmModel(HfGenVlmPreTrainedModel):
             hidden_states = layer(hidden_states, bias, attention_mask=mask, position_embeddings=rotary,
                                   cache=cache, **kwargs)
         hidden_states = lm.norm(hidden_states)
-        return HfGenVlmModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None,
-                                           image_hidden_states=image_features)
+        return HfGenVlmModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
 
 
 class HfGenVlmForConditionalGeneration(HfGenVlmPreTrainedModel, HfGenGenerationMixin):
@@ -299,7 +320,8 @@ class HfGenVlmForConditionalGeneration(HfGenVlmPreTrainedModel, HfGenGenerationM
                 attention_mask: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
                 cache: Cache | None = None, inputs_embeds: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, use_cache: bool | None = None,
-                logits_to_keep: int | torch.Tensor = 0, **kwargs) -> HfGenVlmCausalLMOutputWithPast:
+                logits_to_keep: int | torch.Tensor = 0,
+                **kwargs: Unpack[TransformersKwargs]) -> HfGenVlmCausalLMOutputWithPast:
         """``labels``: the input ids (shifted inside the loss), -100 where no loss is wanted (image tokens, the
         prompt)."""
         check_head_inputs(self.config, input_ids, inputs_embeds, labels, logits_to_keep,

@@ -61,8 +61,10 @@ from transformers.modeling_outputs import (
 )
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 from transformers.models.switch_transformers.modeling_switch_transformers import router_z_loss_func
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 from transformers.utils.output_capturing import OutputRecorder
+
+logger = logging.get_logger(__name__)
 
 # Keys a config gains with MoE, and their defaults (0 experts: the plain MLP, exactly as before).
 # output_router_logits None: on when there are experts (the router losses join the training loss), off otherwise;
@@ -403,6 +405,11 @@ def moe_output(config, outputs: ModelOutput, attention_mask: torch.Tensor | None
     z_loss = router_z_loss(router_logits, attention_mask)
     if fields.get("loss") is not None:
         loss = fields["loss"]
+        if loss.requires_grad and not aux_loss.requires_grad:
+            # Reentrant checkpointing runs the layers without autograd; only their hidden states get gradients.
+            logger.warning_once("The router losses carry no gradient: the router logits were recorded inside "
+                                "layers run under reentrant gradient checkpointing. Train the router with "
+                                "gradient_checkpointing_kwargs={'use_reentrant': False}.")
         fields["loss"] = (loss + config.router_aux_loss_coef * aux_loss.to(loss.device)
                           + config.router_z_loss_coef * z_loss.to(loss.device))
     return head_output_class(plain)(aux_loss=aux_loss, z_loss=z_loss, router_logits=router_logits, **fields)

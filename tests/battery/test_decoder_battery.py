@@ -33,14 +33,9 @@ LLAMA = Family("llama", lambda **kw: LlamaConfig(**{**LLAMA_KEYS, **kw}), LlamaM
                kind="causal", control=True)
 
 # Known failures owned by other work (strict: they fail today; the xfail goes when they pass).
-COMPILE = "compile engineer: _can_compile_fullgraph is False (static-cache tokens already match)"
 MOE = "MoE engineer: router_logits are flattened over the batch ([B*S, E]), not per-example fields"
-TODO = "hfgen defect found by this battery; fixed in a following commit"
 EXPECTED_FAILURES = {
-    ("decoder", "default", "generate_static_cache"): COMPILE,
     ("decoder", "moe", "batching_equivalence"): MOE,
-    ("decoder", "default", "typed_kwargs"): TODO,
-    ("decoder", "default", "tp_plan"): TODO,
 }
 
 

@@ -20,10 +20,7 @@ def bert_config(**overrides):
 
 BERT = Family("bert", bert_config, BertModel, BertForMaskedLM, kind="masked", control=True)
 
-TODO = "hfgen defect found by this battery; fixed in a following commit"
 EXPECTED_FAILURES = {
-    ("encoder", "bert", "typed_kwargs"): TODO,
-    ("encoder", "bert", "tp_plan"): TODO,
 }
 
 

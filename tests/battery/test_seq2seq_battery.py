@@ -20,12 +20,7 @@ SEQ2SEQ = Family("seq2seq", tiny_seq2seq_config, HfGenSeq2SeqModel, HfGenSeq2Seq
 T5 = Family("t5", lambda **kw: T5Config(**{**T5_TINY, **kw}), T5Model, T5ForConditionalGeneration, kind="seq2seq",
             control=True)
 
-TODO = "hfgen defect found by this battery; fixed in a following commit"
-COMPILE = "compile engineer: _can_compile_fullgraph is False (static-cache tokens already match)"
 EXPECTED_FAILURES = {
-    ("seq2seq", "default", "generate_static_cache"): COMPILE,
-    ("seq2seq", "default", "typed_kwargs"): TODO,
-    ("seq2seq", "default", "tp_plan"): TODO,
 }
 
 

@@ -46,7 +46,8 @@ class Family:
     kind: str
     control: bool = False
     has_attentions: bool = True
-    extra_inputs: Callable[[PreTrainedConfig, int], dict] | None = None  # e.g. pixel_values
+    # (config, inputs) -> inputs: e.g. image placeholders in the ids and pixel_values beside them
+    extra_inputs: Callable[[PreTrainedConfig, dict], dict] | None = None
 
     def config(self, variant: dict, **overrides) -> PreTrainedConfig:
         return self.make_config(**{**variant, **overrides})
@@ -55,8 +56,14 @@ class Family:
               **overrides):
         torch.manual_seed(seed)
         config = self.config(variant, **overrides)
-        config._attn_implementation = attn_implementation
+        if self.has_attentions:  # (RetNet has no attention implementation to choose)
+            config._attn_implementation = attn_implementation
         return model_class(copy.deepcopy(config)).eval()
+
+    @property
+    def causal(self) -> bool:
+        """Decoder-only: causal attention, left padding (as generate pads), positions from the mask."""
+        return self.kind in ("causal", "vlm")
 
     @property
     def generates(self) -> bool:
@@ -76,11 +83,7 @@ class Family:
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if self.kind == "seq2seq":
             inputs["decoder_input_ids"] = torch.randint(1, vocab, (batch, max(length - 2, 2)), generator=generator)
-        if self.extra_inputs is not None:
-            inputs = {**inputs, **self.extra_inputs(config, batch)}
-            inputs["input_ids"] = inputs.pop("input_ids_override", inputs["input_ids"])
-            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-        return inputs
+        return self.extra_inputs(config, inputs) if self.extra_inputs is not None else inputs
 
     @staticmethod
     def text_vocab(config) -> int:
@@ -135,8 +138,8 @@ def per_example(output) -> dict[str, torch.Tensor]:
 
 
 def rows(inputs: dict, index: slice) -> dict:
-    return {k: (v[index] if isinstance(v, torch.Tensor) and v.dim() and k != "pixel_values_shared" else v)
-            for k, v in inputs.items()}
+    """Rows ``index`` of every batched input (one image per row where there are images)."""
+    return {k: (v[index] if isinstance(v, torch.Tensor) and v.dim() else v) for k, v in inputs.items()}
 
 
 def logits_of(model, inputs: dict, **kwargs) -> torch.Tensor:
@@ -297,7 +300,7 @@ def _padded(family: Family, config, lengths=(7, 4, 2), seed: int = 3):
     alone, spans = [], []
     for i, n in enumerate(lengths):
         row = torch.randint(1, vocab, (n,), generator=generator)
-        span = slice(width - n, width) if family.kind == "causal" else slice(0, n)
+        span = slice(width - n, width) if family.causal else slice(0, n)
         ids[i, span], mask[i, span] = row, 1
         alone.append(row[None])
         spans.append(span)
@@ -314,7 +317,7 @@ def check_padded_equals_alone(family: Family, variant: dict) -> None:
         target = torch.randint(1, family.text_vocab(model.config), (ids.shape[0], 4),
                                generator=torch.Generator().manual_seed(4))
         extra = {"decoder_input_ids": target}
-    if family.kind == "causal":  # as generate() does: positions count from each row's first real token
+    if family.causal:  # as generate() does: positions count from each row's first real token
         extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
     with torch.no_grad():
         batched = model(input_ids=ids, attention_mask=mask, **extra).logits
@@ -361,7 +364,8 @@ def check_resize_token_embeddings(family: Family, variant: dict) -> None:
     vocab = config.vocab_size
     embeddings = model.get_input_embeddings().weight.detach().clone()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    for new_size in (vocab + 10, vocab - 6):
+    # (not below a special id the model's inputs hold: the VLM's image placeholder is its last id)
+    for new_size in (vocab + 10, max(vocab - 6, getattr(model.config, "image_token_id", -1) + 1)):
         model.resize_token_embeddings(new_size)
         assert model.get_input_embeddings().weight.shape[0] == new_size
         assert model.get_output_embeddings().weight.shape[0] == new_size
@@ -370,7 +374,8 @@ def check_resize_token_embeddings(family: Family, variant: dict) -> None:
         torch.testing.assert_close(model.get_input_embeddings().weight[:keep], embeddings[:keep], atol=0, rtol=0)
         assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
         inputs = family.inputs(model.config)
-        inputs["input_ids"][0, -1] = new_size - 1  # the last id runs
+        if new_size - 1 != getattr(model.config, "image_token_id", None):
+            inputs["input_ids"][0, -1] = new_size - 1  # the last id runs
         with torch.no_grad():
             assert logits_of(model, inputs).shape[-1] == new_size
     model.resize_token_embeddings(vocab + 3, pad_to_multiple_of=8)
@@ -405,7 +410,7 @@ def check_custom_4d_attention_mask(family: Family, variant: dict) -> None:
         model = model.get_encoder()
     vocab = family.text_vocab(model.config)
     generator = torch.Generator().manual_seed(5)
-    if family.kind == "causal":
+    if family.causal:
         first, second = (torch.randint(1, vocab, (1, n), generator=generator) for n in (5, 4))
         packed = torch.cat((first, second), dim=1)
         allowed = torch.zeros(9, 9, dtype=torch.bool)

@@ -1,0 +1,37 @@
+"""The battery on RetNet (each retention form, and experts) -- a decoder without attention weights: the checks of
+attention maps, attention masks and attention kernels do not apply; the state cache stands in for the KV cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from battery.tester import GENERATION_CHECKS, MODEL_CHECKS, Family, cases, run
+from hfgen import HfGenRetNetConfig
+from hfgen.models.modeling_hfgen_retnet import HfGenRetNetForCausalLM, HfGenRetNetModel
+from test_retnet import TINY_RETNET
+
+VARIANTS = {
+    "chunkwise": dict(retention_chunk_size=3),
+    "parallel": dict(retention_mode="parallel"),
+    "recurrent": dict(retention_mode="recurrent"),
+    "moe": dict(num_experts=4, num_experts_per_tok=2),
+}
+NOT_APPLICABLE = ("custom_4d_attention_mask", "eager_matches_sdpa", "tp_plan", "generate_static_cache")
+CHECKS = {k: v for k, v in {**MODEL_CHECKS, **GENERATION_CHECKS}.items() if k not in NOT_APPLICABLE}
+VARIANT_CHECKS = ("hidden_states_and_attentions", "retain_grad", "gradient_checkpointing_reentrant",
+                  "gradient_checkpointing_non_reentrant", "batching_equivalence", "padded_equals_alone",
+                  "save_load", "generate_cache_equivalence", "config")
+
+RETNET = Family("retnet", lambda **kw: HfGenRetNetConfig(**{**TINY_RETNET, **kw}), HfGenRetNetModel,
+                HfGenRetNetForCausalLM, kind="causal", has_attentions=False)
+
+EXPECTED_FAILURES = {
+    ("retnet", "moe", "batching_equivalence"): "MoE engineer: router_logits are flattened over the batch ([B*S, E]), "
+                                               "not per-example fields",
+}
+
+
+@pytest.mark.parametrize("family,variant,check", cases([(RETNET, VARIANTS)], CHECKS, VARIANT_CHECKS,
+                                                       EXPECTED_FAILURES))
+def test_battery(family, variant, check, tmp_path):
+    run(check, family, variant, tmp_path)
