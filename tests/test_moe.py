@@ -259,6 +259,23 @@ def test_cached_generation_equals_uncached(moe_model):
     torch.testing.assert_close(cached, moe_model.generate(ids, use_cache=False, **GREEDY), atol=0, rtol=0)
 
 
+@pytest.mark.slow  # dynamo traces the whole decoding step: about 9 s at load 10
+def test_static_cache_generation_compiles_to_one_graph_with_the_eager_tokens(moe_model):
+    """With transformers' experts kernels (grouped_mm, the default) an MoE decoding step, router losses included,
+    compiles whole (``fullgraph=True``): one graph for every step, the tokens of eager decoding."""
+    from test_static_cache_compile import GraphCounter, cpu_compile_config
+
+    ids, mask = padded([random_ids(1, 7, seed=2)[0], random_ids(1, 4, seed=3)[0]], "left")
+    torch._dynamo.reset()
+    eager = moe_model.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
+    counter = GraphCounter()
+    compiled = moe_model.generate(ids, attention_mask=mask, cache_implementation="static",
+                                  compile_config=cpu_compile_config(counter), **GREEDY)
+    torch._dynamo.reset()
+    assert counter.graphs == 1
+    torch.testing.assert_close(compiled, eager, atol=0, rtol=0)
+
+
 def test_left_padded_batch_equals_rows_alone(moe_model):
     rows = [random_ids(1, 7, seed=2)[0], random_ids(1, 3, seed=4)[0]]
     ids, mask = padded(rows, "left")
