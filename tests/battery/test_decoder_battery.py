@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
-from battery.tester import GENERATION_CHECKS, MODEL_CHECKS, VARIANT_CHECKS, Family, cases, run
+from battery.tester import check_rope_scaling_from_config, GENERATION_CHECKS, MODEL_CHECKS, VARIANT_CHECKS, Family, cases, run
 from conftest import LLAMA_KEYS, TINY
 from hfgen import HfGenDecoderConfig, HfGenDecoderForCausalLM, HfGenDecoderModel
 
@@ -44,3 +44,8 @@ EXPECTED_FAILURES = {
     EXPECTED_FAILURES))
 def test_battery(family, variant, check, tmp_path):
     run(check, family, variant, tmp_path)
+
+
+@pytest.mark.parametrize("family", [DECODER, LLAMA], ids=lambda family: family.name)
+def test_rope_scaling_from_config(family):
+    check_rope_scaling_from_config(family, {})

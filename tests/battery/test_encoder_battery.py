@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import BertForMaskedLM, BertModel
 
-from battery.tester import MODEL_CHECKS, VARIANT_CHECKS, Family, cases, run
+from battery.tester import check_rope_scaling_from_config, MODEL_CHECKS, VARIANT_CHECKS, Family, cases, run
 from hfgen import HfGenEncoderForMaskedLM, HfGenEncoderModel
 from test_encoder_fixtures import VARIANTS, bert_twin_config, tiny_encoder_config
 
@@ -28,3 +28,7 @@ EXPECTED_FAILURES = {
     [(ENCODER, VARIANTS), (BERT, {"default": {}})], MODEL_CHECKS, VARIANT_CHECKS, EXPECTED_FAILURES))
 def test_battery(family, variant, check, tmp_path):
     run(check, family, variant, tmp_path)
+
+
+def test_rope_scaling_from_config():
+    check_rope_scaling_from_config(ENCODER, VARIANTS["rotary"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from battery.tester import GENERATION_CHECKS, MODEL_CHECKS, Family, cases, run
+from battery.tester import check_rope_scaling_from_config, GENERATION_CHECKS, MODEL_CHECKS, Family, cases, run
 from hfgen.models.configuration_hfgen_gato import HfGenGatoConfig
 from hfgen.models.modeling_hfgen_decoder import HfGenDecoderModel
 from hfgen.models.modeling_hfgen_gato import HfGenGatoForCausalLM
@@ -23,3 +23,7 @@ EXPECTED_FAILURES = {}
 @pytest.mark.parametrize("family,variant,check", cases([(GATO, {"default": {}})], CHECKS, None, EXPECTED_FAILURES))
 def test_battery(family, variant, check, tmp_path):
     run(check, family, variant, tmp_path)
+
+
+def test_rope_scaling_from_config():
+    check_rope_scaling_from_config(GATO, {})

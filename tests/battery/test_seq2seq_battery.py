@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from transformers import T5Config, T5ForConditionalGeneration, T5Model
 
-from battery.tester import GENERATION_CHECKS, MODEL_CHECKS, VARIANT_CHECKS, Family, cases, run
+from battery.tester import check_rope_scaling_from_config, GENERATION_CHECKS, MODEL_CHECKS, VARIANT_CHECKS, Family, cases, run
 from hfgen import HfGenSeq2SeqForConditionalGeneration, HfGenSeq2SeqModel
 from test_seq2seq_fixtures import TINY, VARIANTS, tiny_seq2seq_config
 
@@ -29,3 +29,7 @@ EXPECTED_FAILURES = {
     {**MODEL_CHECKS, **GENERATION_CHECKS}, VARIANT_CHECKS, EXPECTED_FAILURES))
 def test_battery(family, variant, check, tmp_path):
     run(check, family, variant, tmp_path)
+
+
+def test_rope_scaling_from_config():
+    check_rope_scaling_from_config(SEQ2SEQ, VARIANTS["rotary-post_layernorm"])

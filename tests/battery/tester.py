@@ -604,3 +604,32 @@ def run(check: Callable, family: Family, variant: dict, tmp_path) -> None:
         check(family, variant, tmp_path)
     else:
         check(family, variant)
+
+
+# ----------------------------------------------------------------------------------------------- rope
+
+
+def check_rope_scaling_from_config(family: Family, variant: dict) -> None:
+    """transformers' ``test_model_rope_scaling_from_config``, for rotary positions: a ``rope_parameters`` of another
+    type changes the outputs where that type changes the frequencies and nowhere else -- ``dynamic`` leaves inputs
+    within ``max_position_embeddings`` alone and rescales longer ones; ``linear`` and ``yarn`` change every
+    input."""
+    config = family.config(variant)
+    text = config.get_text_config()
+    theta = text.rope_parameters["rope_theta"]
+    limit = text.max_position_embeddings
+    short, long = (family.inputs(config, batch=1, length=n) for n in (7, limit + 8))
+
+    def outputs(rope: dict | None, inputs: dict) -> torch.Tensor:
+        overrides = {"rope_parameters": {"rope_theta": theta, **rope}} if rope else {}
+        model = family.build(family.base, variant, **overrides)
+        with torch.no_grad():
+            return model(**inputs).last_hidden_state
+
+    base_short, base_long = outputs(None, short), outputs(None, long)
+    dynamic = {"rope_type": "dynamic", "factor": 2.0}
+    torch.testing.assert_close(outputs(dynamic, short), base_short, atol=ATOL, rtol=1e-4)
+    assert not torch.allclose(outputs(dynamic, long), base_long, atol=ATOL), "dynamic rope ignored beyond the limit"
+    for rope in ({"rope_type": "linear", "factor": 2.0},
+                 {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": limit}):
+        assert not torch.allclose(outputs(rope, short), base_short, atol=ATOL), f"{rope['rope_type']} rope ignored"
