@@ -181,10 +181,20 @@ def parse_config_overrides(text: str | None,
 def cpu_training_defaults() -> dict[str, Any]:
     """TrainingArguments values a run needs on a machine without CUDA, to apply where the user set none:
     the CPU, no mixed precision (bf16/fp16 autocast is for GPUs) and, under a distributed launcher, DDP over gloo
-    (NCCL needs GPUs)."""
+    (NCCL needs GPUs); under ``accelerate launch`` with a DeepSpeed config, DeepSpeed's CPU accelerator.
+
+    Raises:
+        ValueError: under ``accelerate launch`` with an FSDP config, which accelerate cannot run without CUDA."""
     if torch.cuda.is_available():
         return {}
-    defaults = {"use_cpu": True, "bf16": False, "fp16": False}
+    # accelerate 1.16 reaches FSDP and DeepSpeed only for a run that is not use_cpu; a use_cpu run under
+    # `accelerate launch --config_file fsdp2.yaml / deepspeed_zero*.yaml` trains with plain DDP without a word.
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise ValueError("accelerate launch asked for FSDP (ACCELERATE_USE_FSDP=true), which accelerate runs on "
+                         "GPUs (or other accelerators) only: on this machine without CUDA it would train with DDP "
+                         "instead. Use recipes/configs/accelerate/ddp.yaml (or deepspeed_zero*.yaml) here.")
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    defaults = {"use_cpu": not deepspeed, "bf16": False, "fp16": False}  # DeepSpeed has a CPU accelerator
     # Only when launched with several processes: accelerate takes any ddp_backend as a request for a process
     # group, and a single process then fails with "Default process group has not been initialized".
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

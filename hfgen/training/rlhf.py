@@ -9,7 +9,6 @@ generates a response to a prompt ... Feedback ... is utilized to update the mode
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..data.instructions import mentions_keyword
 from ..models import HfGenDecoderConfig, HfGenDecoderForSequenceClassification
 from .ppo_core import logprobs_from_logits
+from .pretrain import cpu_training_defaults
 from .rlhf_feedback import score_conversations
 
 IM_END = "<|im_end|>"
@@ -30,10 +30,7 @@ def trl_cpu_defaults() -> dict[str, Any]:
     """What TRL's configs need on a machine without CUDA (their bf16=True default fails there), and no gradient
     checkpointing (TRL turns it on; on tiny models it only costs time)."""
     defaults: dict[str, Any] = {"gradient_checkpointing": False, "report_to": "none", "save_strategy": "no"}
-    if not torch.cuda.is_available():
-        defaults.update(bf16=False, fp16=False, use_cpu=True)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            defaults["ddp_backend"] = "gloo"
+    defaults.update(cpu_training_defaults())
     return defaults
 
 
