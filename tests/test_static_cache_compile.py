@@ -19,7 +19,8 @@ import torch
 from transformers import CompileConfig, StaticCache
 
 from conftest import build, padded, random_ids, tiny_config
-from hfgen import HfGenDecoderForCausalLM, HfGenEncoderConfig, HfGenEncoderForMaskedLM, HfGenSeq2SeqForConditionalGeneration
+from hfgen import (HfGenDecoderForCausalLM, HfGenEncoderConfig, HfGenEncoderForMaskedLM,
+                   HfGenSeq2SeqForConditionalGeneration)
 from hfgen.models.configuration_hfgen_vlm import FUSIONS
 from test_gato import tiny_gato
 from test_seq2seq_fixtures import source_batch, tiny_seq2seq_config

@@ -6,6 +6,12 @@ with room to spare (``generate`` knows the final length and asks for exactly tha
 positions; it hands attention a view of the filled part. Everything else about ``DynamicLayer`` -- cropping, beam
 reordering, batch selection, offloading -- still works: those methods replace ``keys``/``values`` with new tensors,
 and the next ``update`` notices and moves them into a fresh buffer.
+
+Why hfgen keeps its own layer beside transformers' caches: ``generate``'s default decoding is eager, and there the
+alternatives cost more -- ``DynamicLayer`` copies the whole cache every step, and a ``StaticCache`` run eagerly
+attends over its whole capacity, masked, from the first step on (benchmarks/RESULTS.md, "Compiled generation":
+eager KV caches at a long prompt). With ``cache_implementation="static"`` and a ``compile_config`` ``generate`` uses
+transformers' ``StaticCache`` and compiles the step instead; this layer never enters that path.
 """
 
 from __future__ import annotations
