@@ -129,6 +129,20 @@ def test_causal_lm_streaming_trains_the_in_memory_model(data, default_causal_lm,
     assert "train_blocks" not in results and results["global_step"] == 2  # a stream has no length to report
 
 
+@pytest.mark.slow
+def test_stream_under_two_processes_trains_the_weights_of_one(data, tmp_path):
+    """A stream under ``torchrun --nproc_per_node 2`` (accelerate dispatches it: process 0 reads each global batch
+    and sends every process its half) trains the weights of one process on the same file in memory, read in order,
+    with the doubled batch (tests/test_ddp_equivalence.py's comparison: up to the order of floating-point sums)."""
+    from test_ddp_equivalence import assert_same_weights as assert_same_up_to_sum_order
+    from test_ddp_equivalence import recipe_run
+
+    files = file_flags(data["corpus"]["jsonl"])
+    one = recipe_run("pretrain_causal_lm", tmp_path / "one", 1, extra=files)
+    two = recipe_run("pretrain_causal_lm", tmp_path / "two", 2, extra=[*files, "--streaming", "true"])
+    assert_same_up_to_sum_order(one, two, "a stream, 2 processes")
+
+
 def test_txt_rows_are_lines(data, tmp_path):
     """A .txt file is read one row per line, the line break kept (run_clm's --keep_linebreaks): it trains the
     model of a jsonl file whose rows are those lines, written here with str.splitlines."""
@@ -247,6 +261,10 @@ def test_reward_model_on_files_trains_the_default_model(data, tmp_path):
         str(tmp_path / "validation.jsonl"))
     results = json.loads((tmp_path / "plain" / "reward_results.json").read_text())
     assert results["heldout_pairs"] == 8 and 0 <= results["heldout_accuracy_after"] <= 1
+    # Streamed (read in file order, where the in-memory run shuffles: no weights to compare), it trains and saves.
+    run("reward_model", tmp_path / "stream", "--train_file", str(tmp_path / "train.jsonl"), "--validation_file",
+        str(tmp_path / "validation.jsonl"), "--streaming", "true")
+    assert "heldout_pairs" not in json.loads((tmp_path / "stream" / "reward_results.json").read_text())
 
 
 def test_trl_recipes_name_the_layouts_they_read(tmp_path):
