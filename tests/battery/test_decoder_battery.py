@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, MixtralConfig, MixtralForCausalLM, MixtralModel
 
 from battery.tester import check_rope_scaling_from_config, GENERATION_CHECKS, MODEL_CHECKS, VARIANT_CHECKS, Family, cases, run
 from conftest import LLAMA_KEYS, TINY
@@ -26,21 +26,23 @@ VARIANTS = {
     "none": dict(position_embedding="none"),
     "moe": dict(num_experts=4, num_experts_per_tok=2),
 }
+VARIANT_MOE = dict(num_local_experts=4, num_experts_per_tok=2, output_router_logits=True)
 
 DECODER = Family("decoder", lambda **kw: HfGenDecoderConfig(**{**TINY, **kw}), HfGenDecoderModel,
                  HfGenDecoderForCausalLM, kind="causal")
 LLAMA = Family("llama", lambda **kw: LlamaConfig(**{**LLAMA_KEYS, **kw}), LlamaModel, LlamaForCausalLM,
                kind="causal", control=True)
+# The control of the "moe" variant: Mixtral with the same sizes and router logits returned (hfgen's MoE default).
+MIXTRAL = Family("mixtral", lambda **kw: MixtralConfig(**{**LLAMA_KEYS, **VARIANT_MOE, **kw}), MixtralModel,
+                 MixtralForCausalLM, kind="causal", control=True)
 
 # Known failures owned by other work (strict: they fail today; the xfail goes when they pass).
-MOE = "MoE engineer: router_logits are flattened over the batch ([B*S, E]), not per-example fields"
 EXPECTED_FAILURES = {
-    ("decoder", "moe", "batching_equivalence"): MOE,
 }
 
 
 @pytest.mark.parametrize("family,variant,check", cases(
-    [(DECODER, VARIANTS), (LLAMA, {"default": {}})], {**MODEL_CHECKS, **GENERATION_CHECKS}, VARIANT_CHECKS,
+    [(DECODER, VARIANTS), (LLAMA, {"default": {}}), (MIXTRAL, {"default": {}})], {**MODEL_CHECKS, **GENERATION_CHECKS}, VARIANT_CHECKS,
     EXPECTED_FAILURES))
 def test_battery(family, variant, check, tmp_path):
     run(check, family, variant, tmp_path)

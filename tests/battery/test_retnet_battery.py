@@ -25,10 +25,7 @@ VARIANT_CHECKS = ("hidden_states_and_attentions", "retain_grad", "gradient_check
 RETNET = Family("retnet", lambda **kw: HfGenRetNetConfig(**{**TINY_RETNET, **kw}), HfGenRetNetModel,
                 HfGenRetNetForCausalLM, kind="causal", has_attentions=False)
 
-EXPECTED_FAILURES = {
-    ("retnet", "moe", "batching_equivalence"): "MoE engineer: router_logits are flattened over the batch ([B*S, E]), "
-                                               "not per-example fields",
-}
+EXPECTED_FAILURES = {}
 
 
 @pytest.mark.parametrize("family,variant,check", cases([(RETNET, VARIANTS)], CHECKS, VARIANT_CHECKS,
