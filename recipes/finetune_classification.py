@@ -10,6 +10,8 @@ through evaluate and the metric module hfgen ships.
     python recipes/finetune_classification.py --model_type hfgen_decoder --hidden_size 128 \
         --output_dir outputs/classification_decoder
     torchrun --nproc_per_node 2 recipes/finetune_classification.py recipes/configs/classification_tiny.yaml
+    python recipes/finetune_classification.py --model_name_or_path outputs/mlm_tiny --train_file train.csv \
+        --validation_file test.csv --text_column sentence --label_column_name label --output_dir outputs/my_cls
 
 Every family gets a sequence-classification head (AutoModelForSequenceClassification; an encoder-decoder as
 T5ForSequenceClassification does it), or, with --seq2seq_head text_to_text, an encoder-decoder answers a word naming

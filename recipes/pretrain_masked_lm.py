@@ -7,6 +7,8 @@ CPython, and save a Hub-ready folder (fill-mask, and the start of recipes/finetu
     python recipes/pretrain_masked_lm.py recipes/configs/mlm_tiny.yaml --position_embedding disentangled
     python recipes/pretrain_masked_lm.py --output_dir outputs/mlm_4_layers --num_hidden_layers 4 --mlm_probability 0.2
     torchrun --nproc_per_node 2 recipes/pretrain_masked_lm.py recipes/configs/mlm_tiny.yaml
+    python recipes/pretrain_masked_lm.py --train_file corpus.jsonl --text_column body --streaming true \
+        --validation_file valid.jsonl --max_steps 1000 --output_dir outputs/my_mlm   # your own text, streamed
 
 A YAML file (first argument) gives values for any of the flags below; flags after it override them. Without
 CUDA the run defaults to the CPU (use_cpu, gloo for DDP, no bf16/fp16). The labelled task's test paragraphs are

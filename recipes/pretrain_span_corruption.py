@@ -11,6 +11,7 @@ decoder writes the whole original block).
         --position_embedding relative_bias
     python recipes/pretrain_span_corruption.py --output_dir outputs/bart_denoising --objective bart_denoising
     torchrun --nproc_per_node 2 recipes/pretrain_span_corruption.py recipes/configs/span_corruption_tiny.yaml
+    python recipes/pretrain_span_corruption.py --dataset_name path/to/dataset_folder --output_dir outputs/my_t5
 
 A YAML file (first argument) gives values for any of the flags below; flags after it override them. Without
 CUDA the run defaults to the CPU (use_cpu, gloo for DDP, no bf16/fp16). block_size is the corrupted encoder
