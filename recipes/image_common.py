@@ -262,7 +262,10 @@ class TrainingLoop:
         self.args, self.name = args, name
         project = ProjectConfiguration(project_dir=args.output_dir,
                                        logging_dir=os.path.join(args.output_dir, args.logging_dir))
-        self.accelerator = Accelerator(mixed_precision=args.mixed_precision,
+        # Several processes without CUDA: Accelerate only forms a (gloo) process group when told to use the CPU;
+        # otherwise each process would train alone on its share of the data.
+        cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision=args.mixed_precision,
                                        gradient_accumulation_steps=args.gradient_accumulation_steps,
                                        log_with=None if args.report_to == "none" else args.report_to,
                                        project_config=project,

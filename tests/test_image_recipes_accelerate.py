@@ -93,13 +93,28 @@ def test_diffusion_text_encoder_runs_no_folder_code_without_consent(tmp_path):
     assert marker.exists()  # with consent the folder's code runs: the trap is real
 
 
+def zero_gradient_parameters(recipe, flags: list[str]) -> set[str]:
+    """The denoiser's parameters whose gradient is zero in exact arithmetic (a bias just before a GroupNorm of one
+    channel per group, the key bias under softmax): found in float64 on a random batch. In float32 their gradient is
+    rounding noise, which Adam scales up to steps of the learning rate's size, in any order of summation."""
+    args = recipe.build_parser().parse_args(flags)
+    model = recipe.build_denoiser(args, 10, 8, 1).double()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(8, 1, 8, 8, generator=generator, dtype=torch.float64)
+    timesteps = torch.randint(0, 1000, (8,), generator=generator)
+    model(images, timesteps, class_labels=torch.arange(8)).sample.square().mean().backward()
+    return {name for name, p in model.named_parameters() if p.grad is None or p.grad.abs().max() < 1e-12}
+
+
 @pytest.mark.slow
 def test_diffusion_two_processes_give_the_weights_of_one(tmp_path):
     """torchrun --nproc_per_node 2 with a per-process batch of 16 against one process with a batch of 32: the
-    same global batches, noise and timesteps (TrainingLoop.draw), so the same EMA and raw weights."""
+    same global batches, noise and timesteps (TrainingLoop.draw), so the same EMA and raw weights, up to float
+    summation order (each step moves a weight by about the learning rate, 1e-3; the tolerance is 0.1% of that), except
+    where the exact gradient is zero (zero_gradient_parameters: Adam turns rounding noise into full steps there)."""
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "train_diffusion.py"
     flags = ["--max_train_steps", "3", "--checkpointing_steps", "3", "--block_out_channels", "8", "16",
-             "--save_images_steps", "0", "--num_eval_samples", "0"]
+             "--save_images_steps", "0", "--num_eval_samples", "0", "--lr_warmup_steps", "0", "--learning_rate", "1e-3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name, launcher, batch in (("one", [sys.executable], "32"),
                                   ("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -109,8 +124,10 @@ def test_diffusion_two_processes_give_the_weights_of_one(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
     one, two = load_file(tmp_path / "one" / "checkpoint-3" / "model.safetensors"), \
         load_file(tmp_path / "two" / "checkpoint-3" / "model.safetensors")
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-6)
+    noise = zero_gradient_parameters(load_recipe("train_diffusion"), flags)
+    assert noise and len(noise) < len(one) / 3
+    for key in one.keys() - noise:
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-6, msg=key)
     ema_one, ema_two = unet_weights(tmp_path / "one"), unet_weights(tmp_path / "two")
-    for key in ema_one:
-        torch.testing.assert_close(ema_two[key], ema_one[key], rtol=0, atol=1e-6)
+    for key in ema_one.keys() - noise:
+        torch.testing.assert_close(ema_two[key], ema_one[key], rtol=0, atol=1e-6, msg=key)
