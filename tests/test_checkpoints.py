@@ -237,6 +237,23 @@ def test_multi_process_checkpoint_needs_every_rank_rng_file(baseline, tmp_path):
     assert checkpoint_problems(checkpoint, world_size=2) == []
 
 
+def assert_resumes_to_the_full_run(run, tmp_path: Path, steps) -> None:
+    """``run(output_dir, **overrides)`` uninterrupted, then resumed from a copy of each of its ``checkpoint-<step>``:
+    every resumed run ends with the full run's weights and whole-run loss."""
+    full = run(tmp_path / "full")
+    expected = _tensors(tmp_path / "full")
+    for step in steps:
+        out = tmp_path / f"resumed-{step}"
+        shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", out / f"checkpoint-{step}")
+        resumed = run(out, resume_from_checkpoint="last")
+        assert resumed.metrics["resumed_from_step"] == step
+        got = _tensors(out)
+        assert expected.keys() == got.keys()
+        different = [k for k in expected if not torch.equal(expected[k], got[k])]
+        assert not different, f"resumed from step {step}: {len(different)} tensors differ, e.g. {different[0]}"
+        assert resumed.metrics["train_loss"] == pytest.approx(full.metrics["train_loss"], rel=1e-9)
+
+
 def _mlm(output_dir: Path, **overrides):
     return pretrain_masked_lm(
         ModelArguments(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
@@ -247,24 +264,38 @@ def _mlm(output_dir: Path, **overrides):
                              "disable_tqdm": True, "seed": 0, **cpu_training_defaults(), **overrides}))
 
 
-@pytest.mark.parametrize("step", [
-    4,
-    pytest.param(2, marks=[pytest.mark.slow, pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "known gap: the MLM collator draws its masks from torch's global RNG; resumed mid-epoch, Trainer restores "
-        "rng_state.pth only after the first resumed batch is collated, and the saved state is one prefetched batch "
-        "ahead: 2 batches get other masks (largest weight difference 0.023 from checkpoint-2, 0.0028 from -6)"))]),
-], ids=["epoch-end", "mid-epoch"])
-def test_masked_lm_core_resumes_to_identical_weights_and_whole_run_loss(tmp_path, step):
-    """The same shared path in another training core (random masks from torch's RNG, restored from rng_state.pth):
-    resumed from a copy of checkpoint-4 (the end of the first epoch) of an uninterrupted run, it ends with that run's
-    weights and loss."""
-    full = _mlm(tmp_path / "full", save_steps=2)
-    shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", tmp_path / "resumed" / f"checkpoint-{step}")
-    resumed = _mlm(tmp_path / "resumed", resume_from_checkpoint="last", save_steps=2)
-    assert resumed.metrics["resumed_from_step"] == step
-    expected, got = _tensors(tmp_path / "full"), _tensors(tmp_path / "resumed")
-    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
-    assert resumed.metrics["train_loss"] == pytest.approx(full.metrics["train_loss"], rel=1e-9)
+def test_mlm_masks_depend_on_the_block_and_epoch_only():
+    """What mid-epoch resume and N processes rest on: a block's masks are the same alone or padded in any batch,
+    whatever torch's global stream drew before, and differ from one epoch to the next (set by the callback)."""
+    from transformers import TrainerControl, TrainerState
+
+    from hfgen.data import MaskedLMCollator, load_encoder_tokenizer
+    from hfgen.data.denoising import DenoisingEpochCallback
+
+    tokenizer = load_encoder_tokenizer()
+    texts = ["Identifiers are unlimited in length. Case is significant.", "A short one.",
+             "Names in class scope are not accessible from the methods defined in it, or from nested scopes."]
+    examples = [tokenizer(t, return_special_tokens_mask=True) for t in texts * 4]
+    collator = MaskedLMCollator(tokenizer, seed=5)
+    batch = collator(examples)
+    torch.rand(100)  # the global stream moves on; the masks do not
+    for index in (0, 1, 2, 11):
+        alone = collator([examples[index]])
+        width = len(examples[index]["input_ids"])
+        assert torch.equal(alone["input_ids"][0], batch["input_ids"][index, :width])
+        assert torch.equal(alone["labels"][0], batch["labels"][index, :width])
+        assert (batch["labels"][index, width:] == -100).all()
+    DenoisingEpochCallback(collator).on_epoch_begin(None, TrainerState(epoch=1.0), TrainerControl())
+    assert collator.epoch == 1 and not torch.equal(collator(examples)["labels"], batch["labels"])
+
+
+@pytest.mark.parametrize("steps", [(6,), pytest.param((2, 4), marks=pytest.mark.slow)], ids=["mid-epoch-6", "more"])
+def test_masked_lm_core_resumes_to_identical_weights_and_whole_run_loss(tmp_path, steps):
+    """The MLM core draws each block's masks from a generator keyed by (seed, epoch, block) (the collator): resumed
+    mid-epoch (checkpoint-6 and -2 of 4 batches an epoch: Trainer skips batches, and its prefetching loader has
+    collated one batch ahead of the saved state) and at an epoch's end (-4), it ends with the uninterrupted run's
+    weights and whole-run loss (masks drawn from torch's global stream missed by up to 0.023 from -2)."""
+    assert_resumes_to_the_full_run(lambda out, **resume: _mlm(out, save_steps=2, **resume), tmp_path, steps)
 
 
 def _span(output_dir: Path, objective: str, **overrides):
@@ -286,18 +317,7 @@ def test_denoising_core_resumes_to_identical_weights_and_whole_run_loss(tmp_path
     epoch: Trainer skips batches and its prefetching loader has drawn one ahead) and at an epoch's end (-4), the run
     ends with the uninterrupted run's weights and loss: the noise is keyed by (seed, epoch, block), not drawn from a
     stream the checkpoint would have to carry."""
-    full = _span(tmp_path / "full", objective)
-    expected = _tensors(tmp_path / "full")
-    for step in steps:
-        out = tmp_path / f"resumed-{step}"
-        shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", out / f"checkpoint-{step}")
-        resumed = _span(out, objective, resume_from_checkpoint="last")
-        assert resumed.metrics["resumed_from_step"] == step
-        got = _tensors(out)
-        assert expected.keys() == got.keys()
-        different = [k for k in expected if not torch.equal(expected[k], got[k])]
-        assert not different, f"resumed from step {step}: {len(different)} tensors differ, e.g. {different[0]}"
-        assert resumed.metrics["train_loss"] == pytest.approx(full.metrics["train_loss"], rel=1e-9)
+    assert_resumes_to_the_full_run(lambda out, **resume: _span(out, objective, **resume), tmp_path, steps)
 
 
 def _classify(output_dir: Path, **overrides):

@@ -21,7 +21,7 @@ outputs are padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 on pad
 labels right themselves (``prepare_decoder_input_ids_from_labels``).
 
 The noise of an example is a function of ``(seed, epoch, the example's tokens)`` only, drawn from its own generator
-(:meth:`_DenoisingCollator.example_rng`), never from a stream that earlier batches advanced: a run resumed from a
+(:meth:`ExampleKeyedNoise.example_rng`), never from a stream that earlier batches advanced: a run resumed from a
 checkpoint, a run split over N processes, and a dataloader that prefetches or skips batches all corrupt each block
 exactly as one uninterrupted process does (seqio derives T5's noise from per-example seeds for the same reason).
 :class:`DenoisingEpochCallback` tells the collator Trainer's epoch, so each epoch corrupts a block afresh.
@@ -122,12 +122,47 @@ def _check_probability(name: str, value: float, upper_inclusive: bool = False) -
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
 
 
-class _DenoisingCollator:
+class ExampleKeyedNoise:
+    """Noise keyed by ``(seed, epoch, an example's tokens)``: the mechanism every collator here that draws noise
+    shares (span corruption, BART noising, and ``hfgen.data.mlm.MaskedLMCollator``'s masks). A subclass sets
+    ``self.seed`` (:meth:`resolve_seed`) and draws each example's noise from :meth:`example_rng`;
+    :class:`DenoisingEpochCallback` keeps ``self.epoch`` at Trainer's epoch."""
+
+    seed: int
+    epoch: int = 0  # set by DenoisingEpochCallback under Trainer
+
+    @staticmethod
+    def resolve_seed(seed: int | None) -> int:
+        """``seed`` checked, or for None one drawn from torch's global generator (so ``transformers.set_seed``
+        makes the noise reproducible, as it does for transformers' own unseeded collators)."""
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None (drawn from torch's random generator), "
+                             f"got {seed!r}.")
+        return int(torch.randint(2**62, ())) if seed is None else seed
+
+    def example_rng(self, ids: Sequence[int]) -> np.random.Generator:
+        """The generator of one example's noise, keyed by ``(seed, epoch, ids)``: the same example in the same epoch
+        gets the same noise whatever was drawn before it (in this process, another one, or before a resume)."""
+        digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=16).digest()
+        return np.random.default_rng([self.seed, self.epoch, *np.frombuffer(digest, dtype=np.uint32).tolist()])
+
+    @contextmanager
+    def fixed_noise(self, seed: int, epoch: int = 0) -> Iterator[None]:
+        """Draw noise with ``seed`` and ``epoch`` inside the block (e.g. the same noise on the validation set before
+        and after training), then restore the collator's own."""
+        saved = self.seed, self.epoch
+        self.seed, self.epoch = seed, epoch
+        try:
+            yield
+        finally:
+            self.seed, self.epoch = saved
+
+
+class _DenoisingCollator(ExampleKeyedNoise):
     """Shared plumbing: the tokenizer's special ids, each example's generator, padding into a batch."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, seed: int | None, add_eos: bool):
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int or None (a fresh random seed), got {seed!r}.")
+        seed = self.resolve_seed(seed)
         if tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token: set tokenizer.pad_token (it pads inputs and is the "
                              "decoder's start token in T5-style models).")
@@ -135,25 +170,8 @@ class _DenoisingCollator:
             raise ValueError("The tokenizer has no eos token: set tokenizer.eos_token, or pass add_eos=False.")
         self.tokenizer = tokenizer
         self.add_eos = add_eos
-        self.seed = int(np.random.SeedSequence().entropy) if seed is None else seed
-        self.epoch = 0  # set by DenoisingEpochCallback under Trainer
-
-    def example_rng(self, ids: Sequence[int]) -> np.random.Generator:
-        """The generator of one example's noise, keyed by ``(seed, epoch, ids)``: the same example in the same epoch
-        is corrupted the same way whatever was drawn before it (in this process, another one, or before a resume)."""
-        digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=16).digest()
-        return np.random.default_rng([self.seed, self.epoch, *np.frombuffer(digest, dtype=np.uint32).tolist()])
-
-    @contextmanager
-    def fixed_noise(self, seed: int, epoch: int = 0) -> Iterator[None]:
-        """Corrupt with ``seed`` and ``epoch`` inside the block (e.g. the same corruption of the validation set
-        before and after training), then restore the collator's own."""
-        saved = self.seed, self.epoch
-        self.seed, self.epoch = seed, epoch
-        try:
-            yield
-        finally:
-            self.seed, self.epoch = saved
+        self.seed = seed
+        self.epoch = 0
 
     def _ids(self, feature: Any) -> list[int]:
         ids = feature["input_ids"] if isinstance(feature, dict) else feature
@@ -319,11 +337,12 @@ class DataCollatorForBartDenoising(_DenoisingCollator):
 
 
 class DenoisingEpochCallback(TrainerCallback):
-    """Sets a denoising collator's ``epoch`` when Trainer starts an epoch (a resumed one included), so every epoch
-    corrupts each block anew and a resumed run corrupts it as the uninterrupted run did. Dataloader workers get the
+    """Sets a collator's ``epoch`` (any :class:`ExampleKeyedNoise`: the denoising collators, the MLM collator) when
+    Trainer starts an epoch (a resumed one included), so every epoch draws each block's noise anew and a resumed run
+    draws it as the uninterrupted run did. Dataloader workers get the
     collator's epoch when Trainer starts each epoch's iterator; ``dataloader_persistent_workers`` would keep epoch 0."""
 
-    def __init__(self, collator: _DenoisingCollator):
+    def __init__(self, collator: ExampleKeyedNoise):
         self.collator = collator
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -336,6 +355,7 @@ __all__ = [
     "DataCollatorForBartDenoising",
     "DataCollatorForSpanCorruption",
     "DenoisingEpochCallback",
+    "ExampleKeyedNoise",
     "add_sentinel_tokens",
     "random_spans_noise_mask",
     "sentence_end_token_ids",

@@ -3,7 +3,11 @@ encoder is to predict those masked words ... BERT also optimizes for next senten
 
 * :class:`MaskedLMCollator`: 15% of the non-special tokens are chosen; of those 80% become the mask token, 10% a
   random token, 10% stay as they are; ``labels`` hold the original ids there and -100 elsewhere. Built on
-  ``transformers.DataCollatorForLanguageModeling`` (same sampling), with a stricter check of the probabilities.
+  ``transformers.DataCollatorForLanguageModeling`` (same sampling, whole-word masking included), with a stricter
+  check of the probabilities. Each example's masks are drawn from its own generator, keyed by ``(seed, epoch, the
+  example's tokens)`` (``hfgen.data.denoising.ExampleKeyedNoise``, shared with the denoising collators): a run
+  resumed mid-epoch, a run split over N processes and a prefetching dataloader mask every block as one
+  uninterrupted process does. Under Trainer, ``DenoisingEpochCallback(collator)`` moves the epoch on.
 * :func:`next_sentence_pairs`: segment pairs from the embedded corpus, half of them the true next segment
   (``next_sentence_label=0``), half a segment of another document (``1``), with token type ids 0 / 1.
   Fed through :class:`MaskedLMCollator`, they train ``HfGenEncoderForPreTraining`` (MLM + NSP at once).
@@ -13,26 +17,39 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import torch
 from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling
+
+from .denoising import ExampleKeyedNoise
 
 SEGMENT_SPLIT = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 
 
 @dataclass
-class MaskedLMCollator(DataCollatorForLanguageModeling):
+class MaskedLMCollator(ExampleKeyedNoise, DataCollatorForLanguageModeling):
     """``DataCollatorForLanguageModeling`` with ``mlm=True`` and BERT's defaults (``mlm_probability=0.15``,
     ``mask_replace_prob=0.8``, ``random_replace_prob=0.1``), padding every model input (``token_type_ids`` too) and
     passing ``next_sentence_label`` through. The tokenizer needs a mask token (``hfgen.data.load_encoder_tokenizer``).
+
+    Each row is masked by transformers' own sampling on that example alone (its tokens without padding), from a
+    generator keyed by ``(seed, epoch, its tokens)``: the same block gets the same masks in any batch, process or
+    resumed run. ``seed=None`` draws the seed from torch's generator (reproducible under ``set_seed``); under
+    Trainer add ``DenoisingEpochCallback(collator)`` so each epoch masks afresh, and use ``collator.fixed_noise(s)``
+    for the same masks on a validation set before and after training.
 
     Raises ``ValueError`` before any batch for ``mlm_probability`` outside (0, 1) -- 0 would train on nothing and 1
     would leave no context -- and for a tokenizer without a mask token.
     """
 
     def __post_init__(self):
+        self.seed = self.resolve_seed(self.seed)
+        self.epoch = 0
         probability = self.mlm_probability
         if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0 < probability < 1:
             raise ValueError(f"mlm_probability must be a number in the open interval (0, 1), got {probability!r} "
@@ -44,6 +61,51 @@ class MaskedLMCollator(DataCollatorForLanguageModeling):
             raise ValueError("The tokenizer has no mask token: load it with hfgen.data.load_encoder_tokenizer() or "
                              "pass it through hfgen.data.add_encoder_tokens().")
         super().__post_init__()
+
+    def _example_part(self, row: Any) -> slice:
+        """The positions of a padded row that hold the example itself: padding is trimmed from the padding side
+        (a trailing real pad-id token is trimmed alone and in a batch alike, so the key is the same)."""
+        pad, length = self.tokenizer.pad_token_id, len(row)
+        if pad is None:
+            return slice(0, length)
+        ids = row.tolist()
+        if self.tokenizer.padding_side == "left":
+            start = next((i for i, t in enumerate(ids) if t != pad), length)
+            return slice(start, length)
+        end = next((i for i in range(length, 0, -1) if ids[i - 1] != pad), 0)
+        return slice(0, end)
+
+    def _mask_each_example(self, mask_tokens: Callable, generator: Callable[[int], Any], inputs: Any,
+                           special_tokens_mask: Any, offset_mapping: Any) -> tuple[Any, Any]:
+        """``mask_tokens`` (transformers' sampling) on each row's own tokens with that example's generator."""
+        if special_tokens_mask is None:
+            special_tokens_mask = [self.tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True)
+                                   for row in inputs.tolist()]
+        special = np.asarray(special_tokens_mask, dtype=bool)
+        labels = inputs.clone() if isinstance(inputs, torch.Tensor) else inputs.copy()
+        labels[:] = -100
+        for index, row in enumerate(inputs):
+            part = self._example_part(row)
+            ids = row[part]
+            self.generator = generator(int(self.example_rng(ids.tolist()).integers(2**62)))
+            row_special = special[index, part][None]
+            offsets = None if offset_mapping is None else offset_mapping[index, part][None]
+            masked, row_labels = mask_tokens(ids[None].clone() if isinstance(ids, torch.Tensor) else ids[None].copy(),
+                                             special_tokens_mask=torch.from_numpy(row_special)
+                                             if isinstance(ids, torch.Tensor) else row_special,
+                                             offset_mapping=offsets)
+            inputs[index, part], labels[index, part] = masked[0], row_labels[0]
+        return inputs, labels
+
+    def torch_mask_tokens(self, inputs: Any, special_tokens_mask: Any | None = None,
+                          offset_mapping: Any | None = None) -> tuple[Any, Any]:
+        return self._mask_each_example(super().torch_mask_tokens, lambda s: torch.Generator().manual_seed(s),
+                                       inputs, special_tokens_mask, offset_mapping)
+
+    def numpy_mask_tokens(self, inputs: Any, special_tokens_mask: Any | None = None,
+                          offset_mapping: Any | None = None) -> tuple[Any, Any]:
+        return self._mask_each_example(super().numpy_mask_tokens, np.random.default_rng, inputs,
+                                       special_tokens_mask, offset_mapping)
 
 
 def split_segments(text: str, min_characters: int = 20) -> list[str]:

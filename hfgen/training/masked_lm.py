@@ -140,12 +140,15 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
             ``max_position_embeddings`` -- before any data is tokenized or weight is made.
     """
     from ..data import MaskedLMCollator
+    from ..data.denoising import DenoisingEpochCallback
 
     check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
     data_args.check(training_args.max_steps)  # data flags that cannot work fail before anything is built
     set_seed(training_args.seed)
     tokenizer = _load_tokenizer(model_args)
-    collator = MaskedLMCollator(tokenizer, mlm_probability=data_args.mlm_probability)  # checks the probability
+    # Masks keyed by (seed, epoch, block): a resumed run and N processes mask each block as one process does.
+    collator = MaskedLMCollator(tokenizer, mlm_probability=data_args.mlm_probability,
+                                seed=training_args.seed)  # checks the probability
     config = build_config(model_args, tokenizer, HfGenEncoderConfig)
     if config.position_embedding == "learned" and data_args.block_size > config.max_position_embeddings:
         raise ValueError(f"block_size ({data_args.block_size}) exceeds max_position_embeddings "
@@ -164,11 +167,12 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
           f"{model.num_parameters():,} parameters", flush=True)
 
     trainer = MaskedPositionsTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
-                                     processing_class=tokenizer, data_collator=collator, callbacks=callbacks)
+                                     processing_class=tokenizer, data_collator=collator,
+                                     callbacks=[*(callbacks or []), DenoisingEpochCallback(collator)])
 
     def evaluate() -> dict:
-        set_seed(training_args.seed + 1)  # the same masks before and after training
-        return trainer.evaluate()
+        with collator.fixed_noise(training_args.seed + 1):  # the same masks before and after training
+            return trainer.evaluate()
 
     # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
     # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
