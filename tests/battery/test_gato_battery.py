@@ -13,7 +13,8 @@ TINY_GATO = dict(text_vocab_size=50, num_bins=32, hidden_size=32, intermediate_s
                  num_attention_heads=4, image_size=8, patch_size=4, pad_token_id=0, eos_token_id=None,
                  initializer_range=0.1)
 GATO = Family("gato", lambda **kw: HfGenGatoConfig(**{**TINY_GATO, **kw}), HfGenDecoderModel, HfGenGatoForCausalLM,
-              kind="causal")
+              kind="causal",  # (the battery's inputs are text: the image patch embedding takes no part)
+              unused_parameters=("patch_embedding.weight", "patch_embedding.bias", "patch_position_embedding.weight"))
 
 # Gato embeds each token by its modality (text, image placeholder, value bins), so it takes ids, not embeddings.
 CHECKS = {k: v for k, v in {**MODEL_CHECKS, **GENERATION_CHECKS}.items() if k != "generate_from_inputs_embeds"}

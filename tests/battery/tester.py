@@ -48,6 +48,8 @@ class Family:
     has_attentions: bool = True
     # (config, inputs) -> inputs: e.g. image placeholders in the ids and pixel_values beside them
     extra_inputs: Callable[[PreTrainedConfig, dict], dict] | None = None
+    # parameters the head's loss never reaches, by design (e.g. a pooler beside a masked-LM head)
+    unused_parameters: tuple[str, ...] = ()
 
     def config(self, variant: dict, **overrides) -> PreTrainedConfig:
         return self.make_config(**{**variant, **overrides})
@@ -254,6 +256,29 @@ def check_retain_grad_hidden_states_attentions(family: Family, variant: dict) ->
     backward_scalar(out).backward()
     missing = [field for field, tensor in watched.items() if tensor.grad is None]
     assert not missing, f"no gradient reached {missing}"
+
+
+def check_training(family: Family, variant: dict) -> None:
+    """transformers' ``test_training``: with labels, a finite loss whose gradient reaches every parameter (those the
+    head never uses are the family's to list), and a few optimizer steps on one batch lower it."""
+    model = family.build(family.head, variant).train()
+    inputs = family.inputs(model.config)
+    labels = inputs["decoder_input_ids"] if family.kind == "seq2seq" else inputs["input_ids"]
+    loss = model(**inputs, labels=labels).loss
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    unused = set(family.unused_parameters)
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all()) and n not in unused]
+    assert not missing, f"no finite gradient for {missing}"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = loss.item()
+    for _ in range(5):
+        optimizer.step()
+        optimizer.zero_grad()
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+    assert loss.item() < first, (first, loss.item())
 
 
 def check_gradient_checkpointing(family: Family, variant: dict, use_reentrant: bool) -> None:
@@ -532,6 +557,16 @@ def check_generate_cache_equivalence(family: Family, variant: dict) -> None:
         assert torch.equal(*results), mode
 
 
+def check_generate_padded_equals_alone(family: Family, variant: dict) -> None:
+    """transformers' ``test_left_padding_compatibility``, through ``generate``: each prompt of a padded batch (left
+    padding for decoder-only models, right for an encoder's input) gets the tokens it gets alone (text prompts)."""
+    model = family.build(family.head, variant, attn_implementation="sdpa", **no_router_logits(family, variant))
+    ids, mask, alone, _ = _padded(family, model.config)
+    batched = _generate(model, {"input_ids": ids, "attention_mask": mask})
+    for i, row in enumerate(alone):
+        assert torch.equal(batched[i:i + 1, -5:], _generate(model, {"input_ids": row})[:, -5:]), i
+
+
 def check_generate_from_inputs_embeds(family: Family, variant: dict) -> None:
     """``generate(inputs_embeds=...)`` gives the tokens that ``generate(input_ids=...)`` gives (decoder-only: the
     new tokens only; encoder-decoder: embeddings into the encoder)."""
@@ -590,6 +625,7 @@ MODEL_CHECKS = {
     "retain_grad": check_retain_grad_hidden_states_attentions,
     "gradient_checkpointing_reentrant": check_gradient_checkpointing_reentrant,
     "gradient_checkpointing_non_reentrant": check_gradient_checkpointing_non_reentrant,
+    "training": check_training,
     "batching_equivalence": check_batching_equivalence,
     "padded_equals_alone": check_padded_equals_alone,
     "save_load": check_save_load,
@@ -603,11 +639,12 @@ MODEL_CHECKS = {
 }
 GENERATION_CHECKS = {
     "generate_cache_equivalence": check_generate_cache_equivalence,
+    "generate_padded_equals_alone": check_generate_padded_equals_alone,
     "generate_from_inputs_embeds": check_generate_from_inputs_embeds,
     "generate_static_cache": check_generate_static_cache,
 }
 # The checks whose outcome depends on a variant's math: every variant runs these.
-VARIANT_CHECKS = ("hidden_states_and_attentions", "retain_grad", "gradient_checkpointing_reentrant",
+VARIANT_CHECKS = ("hidden_states_and_attentions", "retain_grad", "training", "generate_padded_equals_alone", "gradient_checkpointing_reentrant",
                   "gradient_checkpointing_non_reentrant", "batching_equivalence", "padded_equals_alone",
                   "save_load", "custom_4d_attention_mask", "eager_matches_sdpa", "generate_cache_equivalence",
                   "config")
