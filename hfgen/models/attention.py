@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.cache_utils import EncoderDecoderCache
+from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from transformers.processing_utils import Unpack
@@ -350,6 +350,9 @@ class HfGenAttention(nn.Module):
 
     def _kernel(self) -> Callable:
         implementation = self.config._attn_implementation or "sdpa"
+        # Continuous batching runs eager as "paged|eager": the paged cache's update returns whole keys and values,
+        # so hfgen's own eager kernel (every variant) serves it.
+        implementation = {"paged|eager": "eager"}.get(implementation, implementation)
         if implementation in ATTENTION_KERNELS:
             return ATTENTION_KERNELS[implementation]
         if not self.is_plain_softmax:
@@ -407,8 +410,16 @@ class HfGenAttention(nn.Module):
             if position_embeddings is not None and not self.is_cross_attention:
                 cos, sin = position_embeddings
                 query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+            if cache is not None and position_bias is not None and not isinstance(cache, Cache):
+                # Continuous batching's PagedAttentionCache packs every request's keys into one row: the slot
+                # distances a relative or ALiBi bias is computed from are not the tokens' distances there.
+                raise ValueError(
+                    f"position_embedding={self.config.position_embedding!r} cannot run with continuous batching "
+                    f"({type(cache).__name__}); use generate(), or rotary, learned, sinusoidal or no positions.")
             if cache is not None:
-                key, value = cache.update(key, value, self.layer_idx)
+                # kwargs=: continuous batching's PagedAttentionCache fills the paged kernel's arguments into
+                # kwargs in place (as Llama passes them); every other cache ignores them.
+                key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
         if self.scoring == "general":
             query = torch.einsum("bhqd,hde->bhqe", query, self.score_weight.to(query.dtype))
 

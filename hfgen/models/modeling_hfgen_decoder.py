@@ -123,7 +123,9 @@ class HfGenDecoderModel(HfGenDecoderPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         check_router_request(self.config, kwargs.get("output_router_logits"))
-        past_length = cache.get_seq_length() if cache is not None else 0
+        # Continuous batching's PagedAttentionCache (not a Cache) has no length: its calls pass position_ids and
+        # a 4D mask, so nothing below needs one.
+        past_length = cache.get_seq_length() if isinstance(cache, Cache) else 0
         check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length, position_ids)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
