@@ -53,8 +53,9 @@ def test_bad_keys_through_from_pretrained(tmp_path, overrides, pattern):
     (dict(hidden_size=30, num_attention_heads=4), r"hidden_size \(30\).*divisible.*num_attention_heads \(4\)"),
     (dict(num_attention_heads=4, num_key_value_heads=3),
      r"num_attention_heads \(4\).*multiple.*num_key_value_heads \(3\)"),
-    (dict(hidden_size=28, num_attention_heads=4), r"[Rr]otary.*head_dim must be even, got 7"),
-    (dict(head_dim=5), r"[Rr]otary.*head_dim must be even, got 5"),
+    # (transformers' rope validation speaks first: "RoPE requires an even rotary dimension, but got `head_dim`=7")
+    (dict(hidden_size=28, num_attention_heads=4), r"RoPE.*even.*`head_dim`=7\b"),
+    (dict(head_dim=5), r"RoPE.*even.*`head_dim`=5\b"),
     (dict(softmax_variant="temperature", softmax_temperature=0.0), r"softmax_temperature must be a number > 0, got 0"),
     (dict(softmax_variant="temperature", softmax_temperature=-1.5),
      r"softmax_temperature must be a number > 0, got -1.5"),

@@ -45,6 +45,7 @@ FAMILIES = {
 ATTENTION = ("decoder", "encoder", "seq2seq", "vit", "gato")  # the families built on hfgen's attention layer
 RMS_EPS = ("decoder", "seq2seq", "retnet", "vit", "gato")  # epsilon named rms_norm_eps (the encoder: layer_norm_eps)
 MOE = ("decoder", "encoder", "retnet", "gato")
+TOKENS = ("decoder", "encoder", "seq2seq", "retnet", "gato", "vlm")  # families with a vocabulary
 
 # (families, key, bad value, extra keys the bad value needs to matter)
 BAD_VALUES = [
@@ -72,6 +73,13 @@ BAD_VALUES = [
     (("encoder",), "hidden_dropout_prob", NAN, {}),
     *[(("encoder",), "max_relative_positions", v, dict(position_embedding="disentangled")) for v in (0, -2, 1.5)],
     (("seq2seq",), "hidden_dropout", INF, {}),
+    # special-token ids: beyond the vocabulary (an AssertionError in nn.Embedding's padding_idx, or an index error
+    # mid-generate; transformers only warns), negative (padding_idx=-1 is silently the last token), not an int
+    *[(TOKENS, key, v, {}) for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
+      for v in (1000, -1, 2.0, True)],
+    (TOKENS, "eos_token_id", [1, 1000], {}),
+    # switches are bools: "yes" (or "no") is truthy
+    *[(tuple(FAMILIES), "tie_word_embeddings", v, {}) for v in ("yes", 1)],
 ]
 CASES = [(family, key, value, extra) for families, key, value, extra in BAD_VALUES for family in families]
 # Gato derives vocab_size and the patch count from these before setting them: checked in its __init__ only.
@@ -132,6 +140,33 @@ def test_relative_buckets_need_a_distance_beyond_the_exact_ones(family):
         make(family, **keys, relative_attention_max_distance=16)
     assert "relative_attention_max_distance (16)" in str(error.value)
     assert "relative_attention_num_buckets // 2 (16)" in str(error.value)
+
+
+@pytest.mark.parametrize("family", TOKENS)
+def test_special_token_ids_must_lie_in_the_vocabulary(family):
+    """The edge of the vocabulary, whichever of the id and vocab_size is set last; a model builds with the last id."""
+    vocab = make(family).vocab_size
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        config = make(family, **{key: vocab - 1})
+        FAMILIES[family][2](config)  # (pad: nn.Embedding's padding_idx)
+        with pytest.raises(ValueError) as error:
+            make(family, **{key: vocab})
+        assert_names(error, key, vocab)
+        assert f"[0, {vocab})" in str(error.value)
+    config = make(family, eos_token_id=[1, vocab - 1])  # Llama 3 style: several eos ids
+    assert config.eos_token_id == [1, vocab - 1]
+    if family != "vlm":  # (the VLM's vocab_size is its text_config's, fixed at construction)
+        with pytest.raises(ValueError) as error:
+            config.vocab_size = vocab - 1  # would leave eos id vocab - 1 outside
+        assert "vocab_size=" in str(error.value) and "eos_token_id" in str(error.value)
+        assert config.vocab_size == vocab
+
+
+def test_special_token_id_through_from_pretrained(tmp_path):
+    HfGenDecoderForCausalLM(make("decoder")).save_pretrained(tmp_path)
+    with pytest.raises(ValueError) as error:
+        HfGenDecoderForCausalLM.from_pretrained(tmp_path, pad_token_id=64)
+    assert_names(error, "pad_token_id", 64)
 
 
 @pytest.mark.parametrize("family", list(FROM_PRETRAINED))

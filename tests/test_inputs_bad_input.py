@@ -108,6 +108,32 @@ def test_bad_input_ids(family, case):
     expect(parts, call, family, input_ids=bad)
 
 
+def test_non_finite_decoder_inputs_embeds_are_named_as_such():
+    embeds = torch.randn(2, 3, HIDDEN)
+    embeds[0, 2, 0] = math.nan
+    with torch.no_grad():
+        expect(["decoder_inputs_embeds", "1 NaN or inf"], model_of("seq2seq"), input_ids=ids(),
+               decoder_inputs_embeds=embeds)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, HIDDEN - 8), (2, 5, HIDDEN + 8), (5, HIDDEN)], ids=["narrow", "wide", "2d"])
+def test_encoder_outputs_of_the_wrong_shape(shape):
+    """encoder_outputs passed by the caller (e.g. reused across calls) are cross-attended with the decoder's weights:
+    a width other than hidden_size was a matmul error."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    model = model_of("seq2seq")
+    parts = ["encoder_outputs.last_hidden_state", f"[batch, source tokens, {HIDDEN}]", str(shape)]
+    expect(parts, call, "seq2seq", encoder_outputs=BaseModelOutput(last_hidden_state=torch.randn(shape)))
+    expect(parts, call, "seq2seq", encoder_outputs=(torch.randn(shape),))
+    with torch.no_grad():
+        expect(parts, model.generate, encoder_outputs=BaseModelOutput(last_hidden_state=torch.randn(shape)),
+               max_new_tokens=2)
+        good = model(input_ids=ids(), decoder_input_ids=ids(2, 3))
+        reused = model(encoder_outputs=(good.encoder_last_hidden_state,), decoder_input_ids=ids(2, 3))
+    torch.testing.assert_close(reused.logits, good.logits, rtol=0, atol=0)
+
+
 def test_bad_decoder_input_ids_are_named_as_such():
     expect(["decoder_input_ids", "empty"], call, "seq2seq", input_ids=ids(), decoder_input_ids=ids(2, 0))
     expect(["decoder_input_ids", "2D", "(3,)"], call, "seq2seq", input_ids=ids(), decoder_input_ids=ids(2, 3)[0])
@@ -120,6 +146,12 @@ BAD_EMBEDS = {
     "2d": (torch.randn(5, HIDDEN), ["inputs_embeds", f"(5, {HIDDEN})"]),
     "empty": (torch.randn(2, 0, HIDDEN), ["inputs_embeds", "empty", f"(2, 0, {HIDDEN})"]),
     "integer": (torch.ones(2, 5, HIDDEN, dtype=torch.long), ["inputs_embeds", "floating point", "int64"]),
+    # (CPU sdpa turns NaN queries into 0: without the check, finite garbage)
+    "nan": (torch.randn(2, 5, HIDDEN).index_put_((torch.tensor(1), torch.tensor(3), torch.tensor(7)),
+                                                 torch.tensor(math.nan)),
+            ["inputs_embeds", "1 NaN or inf", f"of {2 * 5 * HIDDEN}"]),
+    "inf": (torch.randn(2, 5, HIDDEN).index_fill_(2, torch.tensor([0, 5]), -math.inf),
+            ["inputs_embeds", "20 NaN or inf", f"of {2 * 5 * HIDDEN}"]),
 }
 
 

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 
 from transformers import PreTrainedConfig
 
-from .variants import check_config_value, close_match, standard_rope_parameters
+from .variants import (SPECIAL_TOKEN_ID_KEYS, check_config_value, check_token_id, close_match,
+                       standard_rope_parameters)
 
 # Passed to PreTrainedConfig.__init__ rather than set here.
 SPECIAL_TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
@@ -130,7 +131,8 @@ class ValidatedConfigMixin:
     """Checks every value of an hfgen config where it is set: the family ``__init__``, ``from_pretrained(path,
     key=value)`` (transformers sets such keys after building the config) and ``config.key = value`` alike.
 
-    One value: :data:`variants.VALUE_CHECKS` (key -> check), the same table for every family. A new key close to one
+    One value: :data:`variants.VALUE_CHECKS` (key -> check), the same table for every family; special-token ids
+    also against ``vocab_size`` (and ``vocab_size`` against them), whichever is set last. A new key close to one
     of the family's own keys is refused as a misspelling (:func:`check_misspelt_keys`). The ``ValueError`` is raised
     before the attribute changes, so a refused assignment leaves the config as it was. How keys fit together is
     checked by each family's ``validate_*_config`` once the ``__init__`` has set them all, and again before a model
@@ -138,6 +140,15 @@ class ValidatedConfigMixin:
 
     def __setattr__(self, key: str, value: object) -> None:
         check_config_value(key, value, getattr(type(self), "model_type", None))
+        if key in SPECIAL_TOKEN_ID_KEYS:
+            check_token_id(key, value, getattr(self, "vocab_size", None))
+        elif key == "vocab_size":  # (checked above as a size) the special ids already set must stay inside it
+            for name in SPECIAL_TOKEN_ID_KEYS:
+                try:
+                    check_token_id(name, getattr(self, name, None), value)
+                except ValueError:
+                    raise ValueError(f"vocab_size={value!r} leaves {name}={getattr(self, name)!r} outside the "
+                                     f"vocabulary: set {name} first (or None).") from None
         if key == "rope_parameters" and value is not None and value is not self.__dict__.get(key):
             # transformers' own completion and validation, as its configs run them in __init__ (a dict assigned
             # back by that completion itself is the one already checked). Llama's frequencies are fixed when the

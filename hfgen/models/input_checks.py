@@ -146,7 +146,8 @@ def check_inputs(config, input_ids: torch.Tensor | None, inputs_embeds: torch.Te
                  attention_mask: torch.Tensor | None, past_length: int,
                  position_ids: torch.Tensor | None = None, prefix: str = "") -> tuple[int, int] | None:
     """Check the inputs of a text forward before any state (cache, weights) is touched: ``input_ids`` (2D, not
-    empty, integer, within ``config.vocab_size``) or ``inputs_embeds`` (``[batch, tokens, hidden_size]``, floating),
+    empty, integer, within ``config.vocab_size``) or ``inputs_embeds`` (``[batch, tokens, hidden_size]``, floating,
+    finite),
     ``attention_mask`` (2D ``[batch, cached + new]`` of 0/1 with a 1 in every row, or 4D) and ``position_ids``
     (``[batch|1, tokens]``, >= 0, below ``max_position_embeddings`` with learned positions). The values are read back
     in one device sync; none under ``torch.compile`` (which cannot branch on them). Returns the smallest and
@@ -167,9 +168,12 @@ def check_inputs(config, input_ids: torch.Tensor | None, inputs_embeds: torch.Te
     mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 \
         and attention_mask not in _CHECKED else None
     positions = position_ids if position_ids is not None and position_ids not in _CHECKED else None
-    # Everything read back in one transfer: the id and position ranges (whole-tensor reductions, the cheapest) and
-    # the mask's per-row ranges (empty rows need them).
+    embeds = inputs_embeds if input_ids is None and inputs_embeds not in _CHECKED else None
+    # Everything read back in one transfer: the id and position ranges (whole-tensor reductions, the cheapest), the
+    # count of non-finite embedding values and the mask's per-row ranges (empty rows need them).
     scalars = [*torch.aminmax(input_ids)] if input_ids is not None else []
+    if embeds is not None:
+        scalars.append((~torch.isfinite(embeds)).sum())
     if positions is not None:
         scalars += torch.aminmax(positions)
     rows = list(mask_row_range(mask)) if mask is not None else []
@@ -190,6 +194,12 @@ def check_inputs(config, input_ids: torch.Tensor | None, inputs_embeds: torch.Te
                 f"{prefix}input_ids. Was the input encoded with a different tokenizer?"
             )
         id_range = (low, high)
+    if embeds is not None:
+        bad, *read = read
+        if bad:  # (sdpa on CPU returns 0 for NaN queries: finite garbage downstream, not NaN)
+            raise ValueError(f"{prefix}inputs_embeds hold {bad} NaN or inf value(s) (of {embeds.numel()}); every "
+                             f"value must be finite.")
+        _CHECKED.add(embeds)
     if positions is not None:
         low, high, *read = read
         limit = config.max_position_embeddings if getattr(config, "position_embedding", None) == "learned" else None
@@ -203,6 +213,15 @@ def check_inputs(config, input_ids: torch.Tensor | None, inputs_embeds: torch.Te
     return id_range
 
 
+def mark_checked(embeddings: torch.Tensor) -> torch.Tensor:
+    """``embeddings`` a wrapper model (Gato, the VLM) made from ids and images it has checked, returned as they are:
+    the decoder inside takes them as ``inputs_embeds`` without reading their values back again (one device sync
+    per decoding step in all)."""
+    if not torch.compiler.is_compiling():
+        _CHECKED.add(embeddings)
+    return embeddings
+
+
 def check_finite(name: str, values: torch.Tensor) -> None:
     """NaN or inf in ``values`` (images, timesteps): a ``ValueError`` instead of NaN outputs, or finite garbage where
     a kernel maps NaN to 0. One device sync, once per tensor (:data:`_CHECKED`)."""
@@ -212,6 +231,19 @@ def check_finite(name: str, values: torch.Tensor) -> None:
     if bad:
         raise ValueError(f"{name} hold {bad} NaN or inf value(s) (of {values.numel()}); every value must be finite.")
     _CHECKED.add(values)
+
+
+def check_encoder_output(encoder_hidden_states: object, hidden_size: int,
+                         name: str = "encoder_outputs.last_hidden_state") -> None:
+    """The encoder output a decoder cross-attends to: ``[batch, source tokens, hidden_size]``, floating point (shape
+    and dtype only: it is normally this model's own encoder's output)."""
+    if not isinstance(encoder_hidden_states, torch.Tensor):
+        raise ValueError(f"{name} must be a torch tensor [batch, source tokens, {hidden_size}], got "
+                         f"{type(encoder_hidden_states).__name__}.")
+    if encoder_hidden_states.dim() != 3 or encoder_hidden_states.shape[-1] != hidden_size \
+            or not encoder_hidden_states.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor [batch, source tokens, {hidden_size}] (hidden_size),"
+                         f" got shape {tuple(encoder_hidden_states.shape)} and dtype {encoder_hidden_states.dtype}.")
 
 
 def check_lm_labels(labels: torch.Tensor, vocab_size: int, shape: tuple[int, ...], name: str = "labels") -> None:
@@ -324,8 +356,10 @@ def check_generate_inputs(input_ids: torch.Tensor | None, attention_mask: torch.
 
 class HfGenGenerationMixin(GenerationMixin):
     """transformers' ``GenerationMixin`` whose ``generate`` checks the prompt and its mask first
-    (:func:`check_generate_inputs`)."""
+    (:func:`check_generate_inputs`), and an encoder-decoder's ``encoder_outputs`` (:func:`check_encoder_output`)."""
 
     def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
         check_generate_inputs(inputs if inputs is not None else kwargs.get("input_ids"), kwargs.get("attention_mask"))
+        if kwargs.get("encoder_outputs") is not None:  # (generate reads its batch size from it first)
+            check_encoder_output(kwargs["encoder_outputs"][0], self.config.hidden_size)
         return super().generate(inputs, *args, **kwargs)

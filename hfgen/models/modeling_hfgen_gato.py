@@ -21,7 +21,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from .configuration_hfgen_gato import MODALITIES, HfGenGatoConfig
-from .input_checks import HfGenGenerationMixin, check_finite, check_head_inputs
+from .input_checks import HfGenGenerationMixin, check_finite, check_head_inputs, mark_checked
 from .modeling_common import check_inputs
 from .modeling_hfgen_decoder import HfGenDecoderModel, HfGenDecoderPreTrainedModel
 from .modeling_hfgen_vit import patchify
@@ -160,7 +160,7 @@ class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, HfGenGenerationMixin):
         past_length = cache.get_seq_length() if cache is not None else 0
         id_range = check_inputs(self.config, input_ids, None, attention_mask, past_length, position_ids)
         self.check_modalities(input_ids, pixel_values, modality_ids, id_range)
-        outputs = self.model(inputs_embeds=self.embed(input_ids, pixel_values, modality_ids),
+        outputs = self.model(inputs_embeds=mark_checked(self.embed(input_ids, pixel_values, modality_ids)),
                              attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                              use_cache=use_cache, **kwargs)
         hidden_states = outputs.last_hidden_state

@@ -41,8 +41,8 @@ from transformers.utils import TransformersKwargs
 from .attention import HfGenAttention
 from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig, validate_seq2seq_config
 from .layers import HfGenMLP, build_norm
-from .input_checks import (HfGenGenerationMixin, check_classification_labels, check_lm_labels,
-                           check_logits_to_keep)
+from .input_checks import (HfGenGenerationMixin, check_classification_labels, check_encoder_output,
+                           check_lm_labels, check_logits_to_keep)
 from .modeling_common import HfGenPreTrainedModel, check_inputs
 from .position_inputs import add_position_modules, position_inputs, positions_from_mask
 
@@ -265,6 +265,8 @@ class HfGenSeq2SeqDecoder(_HfGenSeq2SeqStack):
         reference = self._shape_reference(input_ids, inputs_embeds)
         if encoder_hidden_states is None:
             raise ValueError("The decoder cross-attends to the encoder output: pass encoder_hidden_states.")
+        check_encoder_output(encoder_hidden_states, self.config.hidden_size,
+                             "encoder_hidden_states (encoder_outputs.last_hidden_state)")
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         elif isinstance(cache, Cache) and not isinstance(cache, EncoderDecoderCache):

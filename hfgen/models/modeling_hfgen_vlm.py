@@ -27,7 +27,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from .attention import HfGenAttention
 from .configuration_hfgen_vlm import HfGenVlmConfig
-from .input_checks import HfGenGenerationMixin, check_head_inputs
+from .input_checks import HfGenGenerationMixin, check_head_inputs, mark_checked
 from .layers import HfGenMLP, build_norm
 from .modeling_common import HfGenPreTrainedModel, check_inputs
 from .modeling_hfgen_decoder import HfGenDecoderLayer, HfGenDecoderModel
@@ -229,6 +229,8 @@ class HfGenVlmModel(HfGenVlmPreTrainedModel):
             if image_features is not None:
                 slots = (input_ids == self.config.image_token_id).unsqueeze(-1).expand_as(inputs_embeds)
                 inputs_embeds = inputs_embeds.masked_scatter(slots, image_features.to(inputs_embeds.dtype))
+            if input_ids is not None:  # (embeddings of checked ids and images)
+                mark_checked(inputs_embeds)
             outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                           position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs)
             return HfGenVlmModelOutputWithPast(last_hidden_state=outputs.last_hidden_state, cache=outputs.cache,

@@ -107,6 +107,27 @@ def check_activation(key: str, value: object) -> None:
                          f"are: {', '.join(map(repr, sorted(ACT2FN.keys())))}.")
 
 
+# Special-token ids of every transformers config that index the embedding or the LM head.
+SPECIAL_TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id")
+
+
+def check_token_id(key: str, value: object, vocab_size: object = None) -> None:
+    """``None`` or a token id in ``[0, vocab_size)`` (``eos_token_id`` also a list of them, as Llama 3's). transformers
+    only warns: an id beyond the vocabulary crashes inside ``nn.Embedding`` (pad: its ``padding_idx``) or in the
+    middle of ``generate``, and a negative one counts from the end (``padding_idx=-1`` silently makes the last token
+    the never-trained padding row)."""
+    if value is None:
+        return
+    ids = value if key == "eos_token_id" and isinstance(value, (list, tuple)) and value else [value]
+    known = vocab_size if isinstance(vocab_size, int) and not isinstance(vocab_size, bool) else None
+    for token in ids:
+        if isinstance(token, bool) or not isinstance(token, int) or token < 0 \
+                or (known is not None and token >= known):
+            valid = f"in [0, {known}) (vocab_size={known})" if known is not None else ">= 0"
+            raise ValueError(f"{key} must be None or a token id {valid}, got {value!r}"
+                             f"{' (a list: every id)' if len(ids) > 1 or ids is value else ''}.")
+
+
 def check_probability(key: str, value: object) -> None:
     """A dropout probability in [0, 1) (1 would drop everything)."""
     if not (is_number(value) and 0.0 <= value < 1.0):  # (NaN fails the comparison)
@@ -297,7 +318,9 @@ VALUE_CHECKS: dict[str, Callable[[str, object], None]] = {
     # (position_embedding depends on the family: check_config_value passes the model type)
     # switches
     **{key: check_bool for key in ("attention_bias", "mlp_bias", "attention_gate", "decoding_weight_copies",
-                                   "norm_relative_embeddings", "scale_decoder_outputs")},
+                                   "norm_relative_embeddings", "scale_decoder_outputs", "tie_word_embeddings")},
+    # special-token ids (their range against vocab_size: ValidatedConfigMixin, which knows the config)
+    **{key: check_token_id for key in SPECIAL_TOKEN_ID_KEYS},
     "attention_chunk_size": lambda key, value: check_no_chunked_attention(value),
 }
 
