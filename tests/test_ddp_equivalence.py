@@ -6,13 +6,9 @@ r-th half of each global batch), and the tiny models have no dropout, so the onl
 floating-point sums: anything else means the ranks did not train as one model (issue 20: an evaluation before
 training left the model marked as prepared, and the Trainer then trained it without DDP).
 
-Span corruption draws each block's noise from a generator keyed by (seed, epoch, the block's tokens)
-(``hfgen.data.denoising``): the noise depends on the data, not on the process, so a plain ``torchrun`` corrupts
-every block as one process does. Masked LM draws its masks from torch's global random stream in the collator: under
-a plain ``torchrun`` each process masks its own half-batch from its own stream, other (equally valid) noise than one
-process draws for the whole batch. The invariant that holds there is with the noise drawn once per global batch:
-``--accelerator_config '{"split_batches": true, "dispatch_batches": true}'`` makes process 0 collate the global
-batch (``--per_device_train_batch_size`` is then the global batch) and send each process its half.
+Masked LM and span corruption draw each block's noise (masks, dropped spans) from a generator keyed by (seed,
+epoch, the block's tokens) (``hfgen.data.denoising.ExampleKeyedNoise``): the noise depends on the data, not on the
+process or on the batch a block lands in, so a plain ``torchrun`` masks every block as one process does.
 """
 
 from __future__ import annotations
@@ -39,8 +35,6 @@ COMMON_FLAGS = ["--max_steps", "4", "--learning_rate", "5e-3", "--lr_scheduler_t
                 "--per_device_eval_batch_size", "4", "--save_strategy", "no", "--eval_strategy", "no",
                 "--logging_steps", "1", "--seed", "0", "--report_to", "none", "--disable_tqdm", "true"]
 GLOBAL_BATCH = 8
-# Process 0 collates each global batch and sends every process its half: the noise of one process (module docstring).
-NOISE_OF_ONE_PROCESS = ["--accelerator_config", '{"split_batches": true, "dispatch_batches": true}']
 NO_DROPOUT_ENCODER = ["--config_overrides", "hidden_dropout_prob=0.0,attention_dropout=0.0"]
 TINY_CAUSAL_LM = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4",
                   "--num_key_value_heads", "2", "--intermediate_size", "128", "--block_size", "32",
@@ -63,15 +57,15 @@ RECIPE_FLAGS = {
 }
 SAVED = {"finetune_lora": "adapter_model.safetensors"}  # the others save model.safetensors
 RECIPES = [
-    pytest.param("pretrain_causal_lm", [], id="pretrain_causal_lm"),
-    *[pytest.param(recipe, [], id=recipe, marks=pytest.mark.slow) for recipe in (
-        "finetune_classification", "finetune_lora", "pretrain_span_corruption", "reward_model")],
+    pytest.param("pretrain_causal_lm", id="pretrain_causal_lm"),
+    *[pytest.param(recipe, id=recipe, marks=pytest.mark.slow) for recipe in (
+        "finetune_classification", "finetune_lora", "pretrain_masked_lm", "pretrain_span_corruption",
+        "reward_model")],
     # Passed (largest difference 1e-5 of a tensor's scale) before the decoder config declared the MoE keys for every
     # model: TRL's SFTTrainer reads a declared router_aux_loss_coef / output_router_logits as "MoE model" and asks
     # for router logits, which a decoder without experts refuses (the recipe fails in one process too).
-    pytest.param("sft", [], id="sft", marks=[pytest.mark.slow, pytest.mark.xfail(
+    pytest.param("sft", id="sft", marks=[pytest.mark.slow, pytest.mark.xfail(
         strict=True, reason="SFTTrainer asks a decoder without experts for router logits (check_router_request)")]),
-    pytest.param("pretrain_masked_lm", NOISE_OF_ONE_PROCESS, id="pretrain_masked_lm", marks=pytest.mark.slow),
 ]
 
 
@@ -79,11 +73,10 @@ def recipe_run(recipe: str, output_dir: Path, processes: int, launcher: list[str
                extra: list[str] = (), base_folder: str | None = None) -> dict[str, torch.Tensor]:
     """Run ``recipes/<recipe>.py`` with its tiny flags and COMMON_FLAGS, ``GLOBAL_BATCH`` rows per step in all, in
     one process (``processes=1``) or under ``launcher`` (default ``torchrun --standalone --nproc_per_node N``);
-    return the saved weights. ``extra`` flags come last (they win); with ``NOISE_OF_ONE_PROCESS`` among them the
-    per-device batch is the global one."""
+    return the saved weights. ``extra`` flags come last (they win)."""
     flags = [flag.replace("{base}", base_folder or "") for flag in RECIPE_FLAGS[recipe]]
     script = str(REPO / "recipes" / f"{recipe}.py")
-    per_device = GLOBAL_BATCH if processes == 1 or "--accelerator_config" in extra else GLOBAL_BATCH // processes
+    per_device = GLOBAL_BATCH // processes
     if processes == 1:
         command = [sys.executable, script]
     else:
@@ -120,11 +113,11 @@ def assert_same_weights(one: dict[str, torch.Tensor], two: dict[str, torch.Tenso
     assert beyond < 1e-3 * total, f"{beyond} of {total} elements differ by more than {noise} of their tensor's scale"
 
 
-@pytest.mark.parametrize(("recipe", "extra"), RECIPES)
-def test_two_processes_train_the_weights_of_one(recipe, extra, tmp_path, request):
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_two_processes_train_the_weights_of_one(recipe, tmp_path, request):
     base_folder = request.getfixturevalue("base") if recipe == "finetune_lora" else None
     one = recipe_run(recipe, tmp_path / "one", 1, base_folder=base_folder)
-    two = recipe_run(recipe, tmp_path / "two", 2, extra=extra, base_folder=base_folder)
+    two = recipe_run(recipe, tmp_path / "two", 2, base_folder=base_folder)
     assert_same_weights(one, two, f"{recipe}, 2 processes")
 
 
