@@ -11,7 +11,7 @@ from hfgen.models.modeling_hfgen_gato import HfGenGatoForCausalLM
 
 TINY_GATO = dict(text_vocab_size=50, num_bins=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=4, image_size=8, patch_size=4, pad_token_id=0, eos_token_id=None,
-                 initializer_range=0.1)
+                 initializer_range=0.1, max_position_embeddings=64)
 GATO = Family("gato", lambda **kw: HfGenGatoConfig(**{**TINY_GATO, **kw}), HfGenDecoderModel, HfGenGatoForCausalLM,
               kind="causal",  # (the battery's inputs are text: the image patch embedding takes no part)
               unused_parameters=("patch_embedding.weight", "patch_embedding.bias", "patch_position_embedding.weight"))
