@@ -317,11 +317,29 @@ def test_unreachable_hub_dataset_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_classification_refuses_a_stream_and_unknown_validation_labels(tmp_path):
+def test_classification_streams_declared_classes(data, tmp_path):
+    """A stream of parquet written by datasets (the label column a ClassLabel, kept in its schema) trains the
+    weights of the same rows in memory read in order; the classes are the declared names."""
+    from datasets import Dataset
+
+    rows = Dataset.from_parquet(str(data["labelled"]["parquet"][0])).select(range(32))
+    files = ["--train_file", str(write(rows, tmp_path / "train.parquet")), "--validation_file",
+             str(data["labelled"]["parquet"][1])]
+    flags = [flag for flag in TINY["finetune_classification"] if flag not in ("--max_train_samples", "16")]
+    recipe("finetune_classification").main([*flags, "--output_dir", str(tmp_path / "memory"), *files, *SEQUENTIAL])
+    recipe("finetune_classification").main([*flags, "--output_dir", str(tmp_path / "stream"), *files,
+                                            "--streaming", "true"])
+    weights = [load_file(tmp_path / out / "model.safetensors") for out in ("memory", "stream")]
+    assert_same_weights(*weights)
+    config = json.loads((tmp_path / "stream" / "config.json").read_text())
+    assert config["id2label"] == {str(i): name for i, name in enumerate(rows.features["label"].names)}
+
+
+def test_classification_refuses_undeclared_classes_in_a_stream_and_unknown_validation_labels(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"text": "a b c", "label": "x"}\n')
     (tmp_path / "validation.jsonl").write_text('{"text": "a b c", "label": "y"}\n')
     files = ["--train_file", str(tmp_path / "train.jsonl"), "--validation_file", str(tmp_path / "validation.jsonl")]
-    for flags, message in ((["--streaming", "true"], "--streaming does not apply"),
+    for flags, message in ((["--streaming", "true"], "--streaming needs the classes declared"),
                            ([], r"labels that train has not: \['y'\]")):
         with pytest.raises(ValueError, match=message):
             recipe("finetune_classification").main([*TINY["finetune_classification"], "--output_dir",

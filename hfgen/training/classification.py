@@ -56,7 +56,7 @@ from ..models import (
     HfGenSeq2SeqForConditionalGeneration,
     HfGenSeq2SeqForSequenceClassification,
 )
-from ..data.user_data import TextDataArguments
+from ..data.user_data import TextDataArguments, first_rows, row_count
 from .checkpoints import train_resumable
 from .masked_lm import EncoderModelArguments
 from .pretrain import build_config
@@ -122,7 +122,7 @@ class ClassificationResult:
     eval_accuracy_before: float
     eval_accuracy: float
     eval_macro_f1: float
-    train_examples: int
+    train_examples: int | None  # None: a stream
     train_loss_history: list[tuple[int, float]]
     train_runtime: float
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -221,20 +221,28 @@ def load_user_labelled(data_args: ClassificationDataArguments):
     The classes are the names of a ``ClassLabel`` label column, else the sorted distinct values of train's (as
     ``run_classification.py`` takes them).
 
-    Raises:
-        ValueError: with ``streaming`` (the classes must be known before training starts), or for a validation
-            label that train does not have.
-    """
-    from datasets import ClassLabel
+    With ``streaming`` train stays a stream and the classes must be declared (a ``ClassLabel`` column: a stream
+    cannot be read whole before training); the validation split is read into memory.
 
-    if data_args.streaming:
-        raise ValueError("--streaming does not apply to finetune_classification: the classes are read from the "
-                         "whole training data before the model is built; load the data in memory (drop --streaming).")
+    Raises:
+        ValueError: with ``streaming`` and a label column that is no ``ClassLabel``, or for a validation label that
+            train does not have.
+    """
+    from datasets import ClassLabel, Dataset
+
     text, label = data_args.text_column, data_args.label_column_name
     data = data_args.load([text, label])
-    data = {split: dataset.select_columns([text, label]).rename_columns({text: "text", label: "label"})
-            for split, dataset in data.items()}
-    feature = data["train"].features["label"]
+    renames = {old: new for old, new in ((text, "text"), (label, "label")) if old != new}  # a stream refuses a->a
+    data = {split: dataset.select_columns([text, label]).rename_columns(renames) for split, dataset in data.items()}
+    feature = (data["train"].features or {}).get("label")
+    if data_args.streaming and not isinstance(feature, ClassLabel):
+        raise ValueError(f"--streaming needs the classes declared before training: a ClassLabel column (e.g. "
+                         f"parquet written by datasets with its features, or a Hub dataset that declares them); the "
+                         f"label column {label!r} is {feature!r}. Load the data in memory (drop --streaming) to take "
+                         f"the classes from train's values.")
+    if data_args.streaming:
+        validation = first_rows(data["validation"], data_args.max_eval_samples)
+        return data["train"], Dataset.from_list(list(validation), features=validation.features), tuple(feature.names)
     if isinstance(feature, ClassLabel):
         return data["train"], data["validation"], tuple(feature.names)
     values = sorted(set(data["train"]["label"]))
@@ -266,7 +274,9 @@ def load_labelled_splits(data_args: ClassificationDataArguments, splits: tuple |
         task = load_reference_manual_groups(data_args.test_fraction, min_characters=data_args.min_characters,
                                             validation_fraction=data_args.validation_fraction)
         train, test = task["train"], task["validation" if data_args.validation_fraction > 0 else "test"]
-    if data_args.max_train_samples is not None:
+    if data_args.max_train_samples is not None and row_count(train) is None:  # a stream: its first rows
+        train = first_rows(train, data_args.max_train_samples)
+    elif data_args.max_train_samples is not None:
         if data_args.max_train_samples > len(train):
             raise ValueError(f"max_train_samples={data_args.max_train_samples} exceeds the {len(train)} labelled "
                              f"training examples.")
@@ -345,7 +355,8 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
         train, test = load_labelled_splits(data_args, user_splits)
         columns = train.column_names
         workers = data_args.preprocessing_num_workers
-        train = train.map(encode, batched=True, remove_columns=columns, num_proc=workers, desc="tokenize train")
+        in_memory = {"num_proc": workers, "desc": "tokenize train"} if row_count(train) is not None else {}
+        train = train.map(encode, batched=True, remove_columns=columns, **in_memory)
         test = test.map(encode, batched=True, remove_columns=columns, num_proc=workers, desc="tokenize test")
 
     def class_scores(logits: Any, labels: torch.Tensor) -> torch.Tensor:
@@ -367,7 +378,7 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
                       compute_metrics=compute_metrics, preprocess_logits_for_metrics=class_scores)
     print(f"[hfgen] process {training_args.process_index} of {training_args.world_size}: fine-tuning {family} "
           f"({'from ' + model_args.model_name_or_path if model_args.model_name_or_path else 'from scratch'}) on "
-          f"{len(train)} labelled examples, scored on {len(test)}", flush=True)
+          f"{row_count(train) or 'streamed'} labelled examples, scored on {len(test)}", flush=True)
 
     # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
     # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
@@ -388,7 +399,7 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
         "global_step": trainer.state.global_step,
         "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.world_size
                                    * training_args.gradient_accumulation_steps),
-        "train_examples": len(train),
+        "train_examples": row_count(train),
         "eval_examples": len(test),
         "learning_rate": training_args.learning_rate,
         "world_size": training_args.world_size,
@@ -405,6 +416,6 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
                               (trainer.state.global_step, after["eval_loss"])])
     return ClassificationResult(
         output_dir=str(training_args.output_dir), eval_accuracy_before=before["eval_accuracy"],
-        eval_accuracy=after["eval_accuracy"], eval_macro_f1=after["eval_macro_f1"], train_examples=len(train),
+        eval_accuracy=after["eval_accuracy"], eval_macro_f1=after["eval_macro_f1"], train_examples=row_count(train),
         train_loss_history=loss_history(trainer), train_runtime=float(totals["train_runtime_s"] or 0.0),
         metrics=metrics, model=trainer.model)
