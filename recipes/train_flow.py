@@ -18,12 +18,16 @@ import os
 import sys
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from image_common import add_common_arguments, check_arguments, is_save_step, load_split, report  # noqa: E402
+from image_common import (  # noqa: E402
+    TrainingLoop,
+    add_common_arguments,
+    check_arguments,
+    is_save_step,
+    load_split,
+    report,
+)
 
 from hfgen.data.images import save_image_grid  # noqa: E402
 from hfgen.diffusion import HfGenFlowModel  # noqa: E402
@@ -51,18 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dequantize(images: torch.Tensor, num_bins: int, generator=None) -> torch.Tensor:
-    """Snap ``[-1, 1]`` images to ``num_bins`` levels and spread each uniformly over its bin."""
+def dequantize(images: torch.Tensor, num_bins: int, generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Snap ``[-1, 1]`` images to ``num_bins`` levels and spread each uniformly over its bin (by ``noise``, uniform in
+    [0, 1) and shaped as ``images``, or drawn with ``generator``)."""
     levels = ((images + 1) / 2 * (num_bins - 1)).round()
-    noise = torch.rand(images.shape, generator=generator).to(images.device)
+    if noise is None:
+        noise = torch.rand(images.shape, generator=generator).to(images.device)
     return (levels + noise) / num_bins * 2 - 1
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     check_arguments(args)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    set_seed(args.seed)
+    loop = TrainingLoop(args, "flow")
+    accelerator = loop.accelerator
     split = load_split(args)
     model = HfGenFlowModel(in_channels=1, sample_size=args.image_size, num_steps=args.num_steps,
                            hidden_channels=args.hidden_channels)
@@ -70,35 +76,32 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad():  # actnorm's data-dependent initialisation on one batch
         model.train()(dequantize(split.train_images[:512], bins))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.max_train_steps)
+    schedule = loop.scheduler(optimizer)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(split.train_images),
                                          batch_size=args.train_batch_size, shuffle=True, drop_last=True)
-    model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+    model, optimizer, loader, schedule = loop.prepare(model, optimizer, loader, schedule)
     os.makedirs(args.output_dir, exist_ok=True)
-    progress = tqdm(range(args.max_train_steps), desc="flow", disable=not accelerator.is_local_main_process)
-    step = 0
-    while step < args.max_train_steps:
-        for (images,) in loader:
-            out = model(dequantize(images, bins))
+    for (images,) in loop.batches(loader):
+        with accelerator.accumulate(model), accelerator.autocast():
+            out = model(dequantize(images, bins, noise=loop.draw("rand", tuple(images.shape))))
             accelerator.backward(out.loss)
-            accelerator.clip_grad_norm_(model.parameters(), 5.0)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
-            step += 1
-            progress.update(1)
-            progress.set_postfix(bpd=f"{out.bits_per_dim.mean().item():.3f}")
-            if accelerator.is_main_process and args.save_images_steps and step % args.save_images_steps == 0:
-                flow = accelerator.unwrap_model(model).eval()
-                save_image_grid(flow.sample(20, torch.Generator().manual_seed(args.seed), args.temperature).clamp(-1, 1),
-                                os.path.join(args.output_dir, f"samples_step_{step}.png"), columns=10)
-                flow.train()
-            if accelerator.is_main_process and is_save_step(args, step):
-                save_flow(accelerator.unwrap_model(model), args, step)
-            if step >= args.max_train_steps:
-                break
-    progress.close()
+        if not loop.step_done({"bits_per_dim": out.bits_per_dim.mean().item()}):
+            continue
+        step = loop.step
+        if accelerator.is_main_process and args.save_images_steps and step % args.save_images_steps == 0:
+            flow = accelerator.unwrap_model(model).eval()
+            save_image_grid(flow.sample(20, torch.Generator().manual_seed(args.seed), args.temperature).clamp(-1, 1),
+                            os.path.join(args.output_dir, f"samples_step_{step}.png"), columns=10)
+            flow.train()
+        if accelerator.is_main_process and is_save_step(args, step):
+            save_flow(accelerator.unwrap_model(model), args, step)
     accelerator.wait_for_everyone()
+    step = loop.step
     metrics = {}
     if accelerator.is_main_process:
         flow = accelerator.unwrap_model(model).eval()
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                                args.temperature).cpu().clamp(-1, 1) if args.num_eval_samples else None)
         metrics = report(args, "flow", split, samples, {"bits_per_dim": held.bits_per_dim.mean().item(),
                                                          "steps": step, "temperature": args.temperature})
-    accelerator.end_training()
+    loop.end()
     logger.info("saved to %s (flow/, samples.png, metrics.json)", args.output_dir)
     return metrics
 

@@ -15,12 +15,16 @@ import os
 import sys
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from image_common import add_common_arguments, check_arguments, is_save_step, load_split, report  # noqa: E402
+from image_common import (  # noqa: E402
+    TrainingLoop,
+    add_common_arguments,
+    check_arguments,
+    is_save_step,
+    load_split,
+    report,
+)
 
 from hfgen.data.images import save_image_grid  # noqa: E402
 from hfgen.diffusion import (  # noqa: E402
@@ -53,14 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--learning_rate", type=float, default=2e-4, help="Adam's learning rate (both networks)")
     parser.add_argument("--save_images_steps", type=int, default=500,
                         help="grid of the same 20 latents every N steps (0: never)")
+    parser.set_defaults(lr_scheduler="constant")  # DCGAN's constant learning rate
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     check_arguments(args)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    set_seed(args.seed)
+    if args.gradient_accumulation_steps != 1:
+        raise ValueError(f"--gradient_accumulation_steps must be 1 for the GAN (its two networks step in turn on "
+                         f"each batch), got {args.gradient_accumulation_steps}.")
+    loop = TrainingLoop(args, "gan")
+    accelerator = loop.accelerator
     split = load_split(args)
     generator = HfGenGANGenerator(latent_dim=args.latent_dim, image_size=args.image_size,
                                   base_channels=args.base_channels)
@@ -69,45 +77,42 @@ def main(argv: list[str] | None = None) -> dict:
     betas = (0.5, 0.999)  # DCGAN's Adam settings
     opt_g = torch.optim.Adam(generator.parameters(), lr=args.learning_rate, betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.learning_rate, betas=betas)
+    schedule_g, schedule_d = loop.scheduler(opt_g), loop.scheduler(opt_d)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(split.train_images),
                                          batch_size=args.train_batch_size, shuffle=True, drop_last=True)
-    generator, discriminator, opt_g, opt_d, loader = accelerator.prepare(generator, discriminator, opt_g, opt_d,
-                                                                         loader)
+    generator, discriminator, opt_g, opt_d, schedule_g, schedule_d, loader = loop.prepare(
+        generator, discriminator, opt_g, opt_d, schedule_g, schedule_d, loader)
     fixed_z = torch.randn(20, args.latent_dim, generator=torch.Generator().manual_seed(args.seed))
     os.makedirs(args.output_dir, exist_ok=True)
-    progress = tqdm(range(args.max_train_steps), desc="gan", disable=not accelerator.is_local_main_process)
-    step = 0
-    while step < args.max_train_steps:
-        for (real,) in loader:
-            z = torch.randn(real.shape[0], args.latent_dim, device=real.device)
-            with accelerator.autocast():
-                fake = generator(z)
-                loss_d = discriminator_loss(discriminator(real), discriminator(fake.detach()))
-            if args.r1_gamma > 0:
-                loss_d = loss_d + args.r1_gamma / 2 * r1_penalty(discriminator, real)
-            opt_d.zero_grad()
-            accelerator.backward(loss_d)
-            opt_d.step()
-            with accelerator.autocast():
-                loss_g = generator_loss(discriminator(fake))
-            opt_g.zero_grad()
-            accelerator.backward(loss_g)
-            opt_g.step()
-            step += 1
-            progress.update(1)
-            progress.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}")
-            if accelerator.is_main_process and args.save_images_steps and step % args.save_images_steps == 0:
-                g = accelerator.unwrap_model(generator).eval()
-                with torch.no_grad():
-                    save_image_grid(g(fixed_z.to(real.device)), os.path.join(args.output_dir,
-                                                                             f"samples_step_{step}.png"), columns=10)
-                g.train()
-            if accelerator.is_main_process and is_save_step(args, step):
-                save_gan(accelerator.unwrap_model(generator), accelerator.unwrap_model(discriminator), args, step)
-            if step >= args.max_train_steps:
-                break
-    progress.close()
+    for (real,) in loop.batches(loader):
+        z = loop.draw("randn", (real.shape[0], args.latent_dim))
+        with accelerator.autocast():
+            fake = generator(z)
+            loss_d = discriminator_loss(discriminator(real), discriminator(fake.detach()))
+        if args.r1_gamma > 0:
+            loss_d = loss_d + args.r1_gamma / 2 * r1_penalty(discriminator, real)
+        opt_d.zero_grad()
+        accelerator.backward(loss_d)
+        opt_d.step()
+        schedule_d.step()
+        with accelerator.autocast():
+            loss_g = generator_loss(discriminator(fake))
+        opt_g.zero_grad()
+        accelerator.backward(loss_g)
+        opt_g.step()
+        schedule_g.step()
+        loop.step_done({"loss_d": loss_d.item(), "loss_g": loss_g.item()})
+        step = loop.step
+        if accelerator.is_main_process and args.save_images_steps and step % args.save_images_steps == 0:
+            g = accelerator.unwrap_model(generator).eval()
+            with torch.no_grad():
+                save_image_grid(g(fixed_z.to(real.device)), os.path.join(args.output_dir,
+                                                                         f"samples_step_{step}.png"), columns=10)
+            g.train()
+        if accelerator.is_main_process and is_save_step(args, step):
+            save_gan(accelerator.unwrap_model(generator), accelerator.unwrap_model(discriminator), args, step)
     accelerator.wait_for_everyone()
+    step = loop.step
     metrics = {}
     if accelerator.is_main_process:
         g = accelerator.unwrap_model(generator).eval()
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
                    if args.num_eval_samples else None)
         metrics = report(args, "gan", split, samples, {"steps": step, "spectral_norm": not args.no_spectral_norm,
                                                        "r1_gamma": args.r1_gamma})
-    accelerator.end_training()
+    loop.end()
     logger.info("saved to %s (generator/, discriminator/, samples.png, metrics.json)", args.output_dir)
     return metrics
 

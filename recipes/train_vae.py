@@ -17,12 +17,16 @@ import os
 import sys
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from image_common import add_common_arguments, check_arguments, is_save_step, load_split, report  # noqa: E402
+from image_common import (  # noqa: E402
+    TrainingLoop,
+    add_common_arguments,
+    check_arguments,
+    is_save_step,
+    load_split,
+    report,
+)
 
 from hfgen.data.images import save_image_grid  # noqa: E402
 from hfgen.diffusion import HfGenVAEModel  # noqa: E402
@@ -54,42 +58,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     check_arguments(args)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    set_seed(args.seed)
+    loop = TrainingLoop(args, "vae")
+    accelerator = loop.accelerator
     split = load_split(args)
     model = HfGenVAEModel(in_channels=1, latent_channels=args.latent_channels,
                           block_out_channels=tuple(args.block_out_channels), sample_size=args.image_size,
                           norm_num_groups=8, decoder_std=args.decoder_std)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.max_train_steps)
+    schedule = loop.scheduler(optimizer)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(split.train_images),
                                          batch_size=args.train_batch_size, shuffle=True, drop_last=True)
-    model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+    model, optimizer, loader, schedule = loop.prepare(model, optimizer, loader, schedule)
     os.makedirs(args.output_dir, exist_ok=True)
-    progress = tqdm(range(args.max_train_steps), desc="vae", disable=not accelerator.is_local_main_process)
-    step = 0
-    while step < args.max_train_steps:
-        for (images,) in loader:
-            with accelerator.autocast():
-                out = model(images)
+    for (images,) in loop.batches(loader):
+        with accelerator.accumulate(model), accelerator.autocast():
+            out = model(images, generator=loop.generator)  # the posterior sample: saved with the checkpoints
             accelerator.backward(out.loss)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
-            step += 1
-            progress.update(1)
-            progress.set_postfix(elbo_per_dim=f"{-out.loss.item():.3f}", kl=f"{out.kl.mean().item():.2f}")
-            if accelerator.is_main_process and args.save_images_steps and step % args.save_images_steps == 0:
-                vae = accelerator.unwrap_model(model).eval()
-                save_image_grid(vae.sample_prior(20, torch.Generator().manual_seed(args.seed)),
-                                os.path.join(args.output_dir, f"samples_step_{step}.png"), columns=10)
-                vae.train()
-            if accelerator.is_main_process and is_save_step(args, step):
-                save_vae(accelerator.unwrap_model(model), args, step)
-            if step >= args.max_train_steps:
-                break
-    progress.close()
+        if not loop.step_done({"elbo_per_dim": -out.loss.item(), "kl": out.kl.mean().item()}):
+            continue
+        step = loop.step
+        if accelerator.is_main_process and args.save_images_steps and step % args.save_images_steps == 0:
+            vae = accelerator.unwrap_model(model).eval()
+            save_image_grid(vae.sample_prior(20, torch.Generator().manual_seed(args.seed)),
+                            os.path.join(args.output_dir, f"samples_step_{step}.png"), columns=10)
+            vae.train()
+        if accelerator.is_main_process and is_save_step(args, step):
+            save_vae(accelerator.unwrap_model(model), args, step)
     accelerator.wait_for_everyone()
+    step = loop.step
     metrics = {}
     if accelerator.is_main_process:
         vae = accelerator.unwrap_model(model).eval()
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
                          {"elbo_per_image": held.elbo.mean().item(), "elbo_per_dim": held.elbo.mean().item() / dims,
                           "reconstruction_per_image": held.reconstruction.mean().item(),
                           "kl_per_image": held.kl.mean().item(), "steps": step})
-    accelerator.end_training()
+    loop.end()
     logger.info("saved to %s (vae/, samples.png, interpolation.png, metrics.json)", args.output_dir)
     return metrics
 
