@@ -444,9 +444,10 @@ def no_router_logits(family: Family, variant: dict) -> dict:
 def check_custom_4d_attention_mask(family: Family, variant: dict) -> None:
     """A 4D mask is used as given. Decoder: two sequences packed in one row with a block-diagonal causal mask and
     restarting positions give each sequence's logits alone. Encoder: the 4D expansion of a padding mask equals the
-    2D mask (for an encoder-decoder: of its encoder)."""
+    2D mask (for an encoder-decoder: of its encoder; and its decoder takes two packed targets as the causal one)."""
     model = family.build(family.head, variant, attn_implementation="sdpa", **no_router_logits(family, variant))
     if family.kind == "seq2seq":
+        _check_packed_targets(model, family, variant)
         model = model.get_encoder()
     vocab = family.text_vocab(model.config)
     generator = torch.Generator().manual_seed(5)
@@ -469,6 +470,29 @@ def check_custom_4d_attention_mask(family: Family, variant: dict) -> None:
             got = model(input_ids=ids, attention_mask=four_d)[0]
         real = mask.bool()
         torch.testing.assert_close(got[real], expected[real], atol=1e-4, rtol=1e-4)
+
+
+def _check_packed_targets(model, family: Family, variant: dict) -> None:
+    """Two targets packed into one decoder row under a block-diagonal causal ``decoder_attention_mask`` give each
+    target's logits alone; the second one only where scores depend on relative positions alone: T5's bias, ALiBi,
+    none, and rotary under dot-product scoring (additive scoring's tanh(R_i q + R_j k) is not a function of i - j)."""
+    vocab = family.text_vocab(model.config)
+    generator = torch.Generator().manual_seed(6)
+    source = torch.randint(1, vocab, (1, 6), generator=generator)
+    first, second = (torch.randint(1, vocab, (1, n), generator=generator) for n in (5, 4))
+    allowed = torch.zeros(9, 9, dtype=torch.bool)
+    allowed[:5, :5] = torch.ones(5, 5, dtype=torch.bool).tril()
+    allowed[5:, 5:] = torch.ones(4, 4, dtype=torch.bool).tril()
+    with torch.no_grad():
+        got = model(input_ids=source, decoder_input_ids=torch.cat((first, second), 1),
+                    decoder_attention_mask=allowed[None, None]).logits
+        torch.testing.assert_close(got[:, :5], model(input_ids=source, decoder_input_ids=first).logits,
+                                   atol=1e-4, rtol=1e-4)
+        position = getattr(model.config, "position_embedding", "relative_bias")
+        additive = getattr(model.config, "attention_scoring", None) == "additive"
+        if position in ("relative_bias", "alibi", "none") or (position == "rotary" and not additive):
+            torch.testing.assert_close(got[:, 5:], model(input_ids=source, decoder_input_ids=second).logits,
+                                       atol=1e-4, rtol=1e-4)
 
 
 def check_eager_matches_sdpa(family: Family, variant: dict) -> None:
