@@ -16,6 +16,10 @@ Accelerate (DDP under ``torchrun`` / ``accelerate launch``), callbacks, logging 
 5. ``num_ppo_epochs`` passes over the batch in ``num_mini_batches`` shuffled mini-batches, minimising the clipped
    policy loss plus ``vf_coef`` times the clipped value loss.
 
+Under DDP the whitening statistics and the losses' token means cover every process's rows, so the same rollouts
+give the update of one process (tests/test_ddp_equivalence.py); the rollouts themselves differ, each process
+sampling its prompts' responses from its own generator, and so do mini-batches (shuffled within each process).
+
 The policy is an actor-critic model with a value head: :class:`hfgen.models.HfGenDecoderForCausalLMWithValueHead`
 (load any hfgen or Llama causal-LM checkpoint into it), optionally wrapped by PEFT with ``modules_to_save=
 ["v_head"]``. The loss arithmetic lives in :mod:`hfgen.training.ppo_core`.
@@ -380,6 +384,10 @@ class PPOTrainer(Trainer):
         return Rollout(query_response, attention_mask, context_length, response_mask.float(), logprobs,
                        ref_logprobs, values, scores)
 
+    def _total(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the processes (each holds its share of the batch's rows)."""
+        return self.accelerator.reduce(tensor, "sum") if self.accelerator.num_processes > 1 else tensor
+
     def _advantages(self, rollout: Rollout) -> dict[str, torch.Tensor]:
         """Per-token rewards (KL penalty + score on the last real token), GAE, whitening; fills the rollout."""
         args, mask = self.args, rollout.response_mask
@@ -389,10 +397,10 @@ class PPOTrainer(Trainer):
         rows = torch.arange(mask.shape[0], device=mask.device)
         rewards[rows, last] += rollout.scores
         if args.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False, total=self._total)
         advantages, returns = compute_gae(rewards, rollout.values, mask, args.gamma, args.lam)
         if args.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, mask, total=self._total)
         rollout.advantages, rollout.returns = advantages, returns
         return {"kl": kl.sum(-1).mean(), "non_score_reward": (-self.kl_controller.value * kl).sum(-1).mean(),
                 "rlhf_reward": (rollout.scores - self.kl_controller.value * kl.sum(-1)).mean()}
@@ -410,10 +418,13 @@ class PPOTrainer(Trainer):
                 mask = rollout.response_mask[index]
                 logprobs, values, logits = self._forward(model, rollout.query_response[index],
                                                          rollout.attention_mask[index], rollout.context_length)
+                # The token means of the losses are over the tokens of every process's mini-batch: DDP averages
+                # the processes' gradients, so each divides its token sum by (all tokens / processes).
+                count = (self._total(mask.sum()) / self.accelerator.num_processes).clamp(min=1)
                 pg_loss, pg_stats = policy_loss(logprobs, rollout.logprobs[index], rollout.advantages[index], mask,
-                                                args.cliprange)
+                                                args.cliprange, count=count)
                 vf_loss, vf_stats = value_loss(values, rollout.values[index], rollout.returns[index], mask,
-                                               args.cliprange_value)
+                                               args.cliprange_value, count=count)
                 loss = pg_loss + args.vf_coef * vf_loss
                 self.accelerator.backward(loss)
                 if args.max_grad_norm is not None and args.max_grad_norm > 0:

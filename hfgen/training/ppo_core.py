@@ -18,6 +18,8 @@ contribute. Shapes: ``[batch, response length]`` unless stated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 KL_ESTIMATORS = ("k1", "k3")
@@ -27,26 +29,37 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None)
     return (values * mask).sum() if dim is None else (values * mask).sum(dim)
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean over the positions where ``mask`` is 1 (over all of them, or along ``dim``)."""
+# Sums a tensor over the processes that share a batch (each holding some of its rows); None: this process alone.
+Total = Callable[[torch.Tensor], torch.Tensor]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None,
+                total: Total | None = None) -> torch.Tensor:
+    """Mean over the positions where ``mask`` is 1 (over all of them, or along ``dim``); with ``total``, over
+    those of every process (``dim`` None only)."""
+    if total is not None:
+        return total(masked_sum(values, mask)) / total(mask.sum()).clamp(min=1)
     return masked_sum(values, mask, dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance over the masked positions, with Bessel's correction by default."""
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
-    count = mask.sum()
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True,
+               total: Total | None = None) -> torch.Tensor:
+    """Variance over the masked positions (of every process, with ``total``), with Bessel's correction by
+    default."""
+    mean = masked_mean(values, mask, total=total)
+    variance = masked_mean((values - mean) ** 2, mask, total=total)
+    count = mask.sum() if total is None else total(mask.sum())
     if unbiased and count > 1:
         variance = variance * count / (count - 1)
     return variance
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  eps: float = 1e-8) -> torch.Tensor:
+                  eps: float = 1e-8, total: Total | None = None) -> torch.Tensor:
     """``(x - mean) / sqrt(var + eps)`` over the masked positions (the mean is added back when not
-    ``shift_mean``); masked-out positions are returned as 0."""
-    mean, variance = masked_mean(values, mask), masked_var(values, mask)
+    ``shift_mean``); masked-out positions are returned as 0. With ``total``, the mean and variance are those of
+    every process's positions together: the whole batch's, as one process computes them."""
+    mean, variance = masked_mean(values, mask, total=total), masked_var(values, mask, total=total)
     whitened = (values - mean) * torch.rsqrt(variance + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -88,9 +101,16 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     return torch.expm1(-log_ratio) + log_ratio  # (rho - 1) - log(rho), rho = exp(-log_ratio)
 
 
+def _token_mean(values: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | float | None) -> torch.Tensor:
+    return masked_mean(values, mask) if count is None else masked_sum(values, mask) / count
+
+
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate as a loss to minimise: ``mean(max(-A r, -A clip(r, 1-eps, 1+eps)))``.
+                cliprange: float, count: torch.Tensor | float | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate as a loss to minimise: ``mean(max(-A r, -A clip(r, 1-eps, 1+eps)))``. The mean is
+    over the masked tokens, or their sum divided by ``count`` (data parallel: the batch's tokens over the number of
+    processes, so that averaging the processes' gradients gives the whole batch's token mean).
 
     Returns the loss and statistics: ``clipfrac`` (share of tokens where the clipped term won) and ``approxkl``
     (``0.5 mean((log r)^2)``, the old-vs-new policy distance).
@@ -99,21 +119,23 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = _token_mean(torch.maximum(unclipped, clipped), mask, count)
     stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask),
              "approxkl": 0.5 * masked_mean(log_ratio**2, mask)}
     return loss, stats
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               cliprange_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss: ``0.5 mean(max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2))``.
+               cliprange_value: float, count: torch.Tensor | float | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss: ``0.5 mean(max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2))`` (the mean as in
+    :func:`policy_loss`).
 
     Returns the loss and ``vf_clipfrac`` (share of tokens where the clipped error was the larger).
     """
     clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     unclipped_error, clipped_error = (values - returns) ** 2, (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    loss = 0.5 * _token_mean(torch.maximum(unclipped_error, clipped_error), mask, count)
     return loss, {"vf_clipfrac": masked_mean((clipped_error > unclipped_error).float(), mask)}
 
 
