@@ -181,14 +181,12 @@ def test_trainer_fsdp2_config_on_two_gpus(tmp_path):
     """The shipped fsdp2.yaml through Trainer (accelerate's FSDP plugin, fsdp_version 2) == DDP's weights."""
     if torch.cuda.device_count() < 2:
         pytest.skip("accelerate runs FSDP on accelerator devices only; needs 2 CUDA devices")
-    from test_ddp_equivalence import recipe_run
+    from test_ddp_equivalence import assert_same_weights, recipe_run
 
     one = recipe_run("pretrain_causal_lm", tmp_path / "one", processes=1)
     sharded = recipe_run("pretrain_causal_lm", tmp_path / "fsdp", processes=2,
-                         launcher=["accelerate", "launch", "--config_file",
+                         launcher=[sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                                    str(REPO / "recipes/configs/accelerate/fsdp2.yaml")])
-    from test_ddp_equivalence import assert_same_weights
-
     assert_same_weights(one, sharded, "fsdp2 via Trainer")
 
 
