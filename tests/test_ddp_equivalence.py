@@ -60,12 +60,7 @@ RECIPES = [
     pytest.param("pretrain_causal_lm", id="pretrain_causal_lm"),
     *[pytest.param(recipe, id=recipe, marks=pytest.mark.slow) for recipe in (
         "finetune_classification", "finetune_lora", "pretrain_masked_lm", "pretrain_span_corruption",
-        "reward_model")],
-    # Passed (largest difference 1e-5 of a tensor's scale) before the decoder config declared the MoE keys for every
-    # model: TRL's SFTTrainer reads a declared router_aux_loss_coef / output_router_logits as "MoE model" and asks
-    # for router logits, which a decoder without experts refuses (the recipe fails in one process too).
-    pytest.param("sft", id="sft", marks=[pytest.mark.slow, pytest.mark.xfail(
-        strict=True, reason="SFTTrainer asks a decoder without experts for router logits (check_router_request)")]),
+        "reward_model", "sft")],
 ]
 
 

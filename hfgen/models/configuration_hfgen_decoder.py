@@ -52,7 +52,8 @@ class HfGenDecoderConfig(ValidatedConfigMixin, PreTrainedConfig):
         num_experts (`int`, 0) / num_experts_per_tok (`int`, 2) / router_aux_loss_coef / router_z_loss_coef /
             router_jitter_noise / output_router_logits: a sparse mixture of experts in place of each MLP
             (``moe.py``; Mixtral's parameter names and ``num_local_experts`` accepted); 0 experts: the plain MLP,
-            exactly as without these keys. ``output_router_logits`` (default: on with experts) returns the router
+            exactly as without these keys. The router coefficients default to Mixtral's 0.001 (z-loss: ST-MoE's 0.001)
+            with experts and to 0 without. ``output_router_logits`` (default: on with experts) returns the router
             logits and adds the weighted router losses to the loss. Capacity: none, by design ("dropless", as
             Mixtral): every token is processed by all of its top-k experts however unbalanced the routing, so no
             token is ever dropped; imbalance costs time, not quality (``moe.expert_utilization`` shows it).

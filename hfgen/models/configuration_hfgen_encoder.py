@@ -79,7 +79,7 @@ class HfGenEncoderConfig(ValidatedConfigMixin, PreTrainedConfig):
             ``w2(act(w1 x))`` with ``mlp_type="standard"``, ``w2(act(w1 x) * w3 x)`` with ``"gated"``.
         num_experts_per_tok (`int`, 2): experts per token (top-k of the router's softmax, weights renormalised over
             the k), between 1 and ``num_experts``.
-        router_aux_loss_coef (`float`, 0.001) / router_z_loss_coef (`float`, 0.001): weights of the load-balancing
+        router_aux_loss_coef / router_z_loss_coef (`float`, 0.001 with experts, 0 without): weights of the load-balancing
             loss ``E * sum_e f_e P_e`` and the router z-loss ``mean (logsumexp z)^2`` (real tokens only) added to
             the masked-LM, pre-training and classification losses; the outputs carry ``aux_loss``, ``z_loss`` and
             ``router_logits``.

@@ -67,15 +67,22 @@ from transformers.utils.output_capturing import OutputRecorder
 logger = logging.get_logger(__name__)
 
 # Keys a config gains with MoE, and their defaults (0 experts: the plain MLP, exactly as before).
-# output_router_logits None: on when there are experts (the router losses join the training loss), off otherwise;
-# a Mixtral config.json carries its own value (False unless set).
+# None means "decided by num_experts at construction" (ROUTER_DEFAULTS): output_router_logits is on when there are
+# experts (the router losses join the training loss), off otherwise; a Mixtral config.json carries its own value.
 MOE_DEFAULTS = dict(
     num_experts=0,
     num_experts_per_tok=2,
-    router_aux_loss_coef=0.001,  # Mixtral's default
-    router_z_loss_coef=0.001,  # ST-MoE's default
+    router_aux_loss_coef=None,
+    router_z_loss_coef=None,
     router_jitter_noise=0.0,
     output_router_logits=None,
+)
+# (value with experts, value without). The coefficients are 0 without experts because TRL's SFTTrainer reads a
+# non-zero router_aux_loss_coef as "a mixture of experts" and then asks the model for router logits it cannot have.
+ROUTER_DEFAULTS = dict(
+    router_aux_loss_coef=(0.001, 0.0),  # Mixtral's default
+    router_z_loss_coef=(0.001, 0.0),  # ST-MoE's default
+    output_router_logits=(True, False),
 )
 
 # Output fields a mixture of experts adds. Trainer leaves them out of the predictions (``keys_to_ignore_at_inference``
@@ -90,12 +97,14 @@ def init_moe_config(config, kwargs: dict) -> None:
     """Pop the MoE keys from a config ``__init__``'s ``kwargs`` (defaults from :data:`MOE_DEFAULTS`), set and check
     them. Mixtral's ``num_local_experts`` is read as ``num_experts`` so a Mixtral ``config.json`` loads."""
     local = kwargs.pop("num_local_experts", None)
-    for key, default in MOE_DEFAULTS.items():
-        setattr(config, key, kwargs.pop(key, default))
-    if local is not None and not config.num_experts:
-        config.num_experts = local
-    if config.output_router_logits is None:
-        config.output_router_logits = bool(config.num_experts)
+    values = {key: kwargs.pop(key, default) for key, default in MOE_DEFAULTS.items()}
+    if local is not None and not values["num_experts"]:
+        values["num_experts"] = local
+    for key, (with_experts, without) in ROUTER_DEFAULTS.items():
+        if values[key] is None:
+            values[key] = with_experts if values["num_experts"] else without
+    for key, value in values.items():
+        setattr(config, key, value)
     if kwargs.get("sliding_window") is not None:  # Mixtral/Mistral key; left set, transformers' caches would slide
         raise ValueError(f"sliding_window={kwargs['sliding_window']} (sliding-window attention) is not supported by "
                          f"hfgen: every token attends to the whole context. Load with sliding_window=None only if "
