@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+
 from .positions import apply_rotary
 from .softmax import SOFTMAX_FUNCTIONS, beta_from_entropy
 

@@ -21,9 +21,9 @@ from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
-
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+
 from .attention import HfGenAttention
 from .configuration_hfgen_decoder import HfGenDecoderConfig
 from .input_checks import HfGenGenerationMixin, check_classification_labels, check_head_inputs

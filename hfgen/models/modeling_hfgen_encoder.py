@@ -42,9 +42,9 @@ from transformers.modeling_outputs import (
 from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
-
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+
 from .attention import HfGenAttention, repeat_kv
 from .configuration_hfgen_encoder import HfGenEncoderConfig, validate_encoder_config
 from .disentangled import add_disentangled_modules, disentangled_bias, relative_embeddings, relative_row_index

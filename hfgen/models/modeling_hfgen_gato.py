@@ -17,9 +17,9 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
-
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+
 from .configuration_hfgen_gato import MODALITIES, HfGenGatoConfig
 from .input_checks import HfGenGenerationMixin, check_finite, check_head_inputs, mark_checked
 from .modeling_common import check_inputs

@@ -35,9 +35,9 @@ from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
-
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+
 from .attention import HfGenAttention
 from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig, validate_seq2seq_config
 from .layers import HfGenMLP, build_norm

@@ -14,9 +14,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
-
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+
 from .attention import HfGenAttention
 from .configuration_hfgen_vit import HfGenViTConfig, validate_vision_config
 from .input_checks import check_finite

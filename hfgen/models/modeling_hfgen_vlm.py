@@ -22,9 +22,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
-
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+
 from .attention import HfGenAttention
 from .configuration_hfgen_vlm import HfGenVlmConfig
 from .input_checks import HfGenGenerationMixin, check_head_inputs, mark_checked
