@@ -27,6 +27,8 @@ from .configuration_hfgen_decoder import HfGenDecoderConfig
 from .input_checks import HfGenGenerationMixin
 from .kv_cache import PreallocatedCacheMixin
 from .modeling_hfgen_decoder import HfGenDecoderModel, HfGenDecoderPreTrainedModel
+# The trunk may hold experts: transformers offers experts_implementation only if this file names
+# `@use_experts_implementation` (as the decoder's file does; moe.py's decorator).
 
 
 @dataclass
