@@ -326,3 +326,14 @@ def test_recipes_have_help():
         with pytest.raises(SystemExit) as exit_info:
             _recipe(name).parse_args(["--help"])
         assert exit_info.value.code == 0
+
+
+def test_entropy_from_logits_equals_the_masked_formula_on_filtered_rows():
+    """The metric (torch's Categorical entropy) equals ``-sum_{p>0} p log p`` in fp64, with rows top-k filtered to
+    ``-inf`` as the sampling experiment's warpers leave them."""
+    logits = torch.randn(200, 64, generator=torch.Generator().manual_seed(0)) * 5
+    logits[logits < -2] = float("-inf")
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    p = logp.exp()
+    expected = -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(dim=-1)
+    torch.testing.assert_close(entropy_from_logits(logits), expected, rtol=1e-12, atol=1e-12)

@@ -147,3 +147,19 @@ def test_logprobs_and_entropy_follow_their_definitions():
     torch.testing.assert_close(logprobs_from_logits(logits, tokens, temperature=2.0),
                                torch.log(torch.stack([probs[0, 0, 2], probs[0, 1, 0]]))[None])
     torch.testing.assert_close(entropy_from_logits(logits)[0, 1], torch.tensor(math.log(3.0)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_trl_backed_logprobs_and_entropy_equal_the_plain_formulas(dtype):
+    """ppo_core's log-probs and entropy come from TRL's utilities; they equal the plain fp32 formulas they replaced
+    (``log_softmax -> gather`` and ``-sum p log p`` of ``logits / T``), on batches larger than TRL's entropy chunk."""
+    logits = (torch.randn(3, 70, 50, generator=torch.Generator().manual_seed(0)) * 4).to(dtype)
+    tokens = torch.randint(0, 50, (3, 70), generator=torch.Generator().manual_seed(1))
+    for temperature in (1.0, 0.7):
+        log_p = (logits.float() / temperature).log_softmax(-1)
+        logprobs = logprobs_from_logits(logits, tokens, temperature)
+        assert logprobs.dtype == torch.float32
+        torch.testing.assert_close(logprobs, log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), rtol=0, atol=2e-6)
+        assert torch.equal(entropy_from_logits(logits, temperature), -(log_p.exp() * log_p).sum(-1))
+    with pytest.raises(ValueError, match="temperature"):
+        logprobs_from_logits(logits, tokens, 0.0)

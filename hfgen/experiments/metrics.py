@@ -35,10 +35,10 @@ def distinct_n(sequences: Iterable[Sequence[int]], n: int) -> float:
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) of ``softmax(logits)`` over the last dimension; ``-inf`` logits count as zero mass."""
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    p = logp.exp()
-    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(dim=-1)
+    """Shannon entropy (nats) of ``softmax(logits)`` over the last dimension, in fp64; ``-inf`` logits (top-k/top-p
+    filtered) count as zero mass. torch's ``Categorical.entropy`` rather than TRL's ``entropy_from_logits``: TRL's
+    gives NaN for a row holding ``-inf``."""
+    return torch.distributions.Categorical(logits=logits.double()).entropy()
 
 
 def mean_spread(values: Sequence[float]) -> dict[str, float]:

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from trl.trainer.utils import entropy_from_logits as trl_entropy_from_logits
+from trl.trainer.utils import selective_log_softmax
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -141,15 +143,14 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``log softmax(logits / temperature)[token]`` for each position: the log-probability under the sampling
-    distribution that produced ``tokens``."""
-    logits = logits.float() / temperature
-    return torch.gather(logits.log_softmax(-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
+    distribution that produced ``tokens``, in fp32 (TRL's ``selective_log_softmax``)."""
+    return selective_log_softmax(logits.float(), tokens, temperature)
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``-sum_v p_v log p_v`` per position."""
-    log_p = (logits.float() / temperature).log_softmax(-1)
-    return -(log_p.exp() * log_p).sum(-1)
+    """``-sum_v p_v log p_v`` per position of ``softmax(logits / temperature)``, in fp32 (TRL's
+    ``entropy_from_logits``)."""
+    return trl_entropy_from_logits(logits.float() / temperature)
 
 
 class FixedKLController:
