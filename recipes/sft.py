@@ -89,7 +89,6 @@ def run(script_args: SFTScriptArguments, sft_config, data_args: "UserDataArgumen
     """Instruction-tune and save the model; return the metrics. ``data_args`` with ``--dataset_name`` /
     ``--train_file``: the user's rows instead of the embedded pairs, measured by validation loss before and after
     (the embedded task's rule does not apply to them)."""
-    import torch
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTTrainer
 

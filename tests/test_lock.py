@@ -32,5 +32,5 @@ def test_write_then_drift_is_empty_and_every_change_is_named(tmp_path):
     report = _lock("drift", "--no-index", "--lock", str(lock))
     assert "3 of %d locked packages differ" % len(pins) in report
     lines = {line.split()[0]: line for line in report.splitlines()[1:] if line.startswith("  ")}
-    assert f"lock 0.0.1" in lines["peft"] and f"installed {pins['peft']}" in lines["peft"]
+    assert "lock 0.0.1" in lines["peft"] and f"installed {pins['peft']}" in lines["peft"]
     assert "lock -" in lines["trl"] and "lock 1.0" in lines["not-a-real-package"]

@@ -112,7 +112,7 @@ def test_reused_stages_give_the_same_policy_and_another_seed_another(ppo_run, tm
     same = run.main(["--output_dir", str(tmp_path / "reused"), *flags, *TINY])
     assert same["curve"] == results["curve"] and same["after"] == results["after"]
     assert _weights(tmp_path / "reused" / "ppo") == _weights(out / "ppo")
-    other = run.main(["--output_dir", str(tmp_path / "seed1"), *flags, *TINY, "--seed", "1"])
+    run.main(["--output_dir", str(tmp_path / "seed1"), *flags, *TINY, "--seed", "1"])
     assert _weights(tmp_path / "seed1" / "ppo") != _weights(out / "ppo")
 
 

@@ -41,7 +41,7 @@ def test_pushing_a_processor_never_runs_the_target_repositorys_code(tmp_path):
     """The VLM processor's push reads the repository's config.json to build hfgen's card: as JSON, so the module
     its auto_map names is never imported (an earlier version loaded it with trust_remote_code=True)."""
     marker = tmp_path / "marker"
-    child = textwrap.dedent(f"""
+    child = textwrap.dedent("""
         from hfgen.data.captions import vlm_processor, vlm_tokenizer
         from hfgen.models import HfGenDecoderConfig, HfGenVlmConfig
         tokenizer = vlm_tokenizer()

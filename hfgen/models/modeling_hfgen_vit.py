@@ -12,7 +12,6 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs

@@ -22,7 +22,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 from hfgen.experiments.lm import (
     BYTE_VOCAB_SIZE,
