@@ -15,6 +15,9 @@ The comparison is kept honest: every method sees the same continued-training blo
 once (one epoch: no repeated tokens to memorise); early stopping picks the checkpoint by perplexity on one half of
 the validation documents' blocks ("dev"), and the other half ("test") is what is reported. Sources and the target are
 also compared in bits per character, which does not depend on the tokenizer.
+
+Every stage trains with ``Trainer`` (``hfgen.training.fusellm.FuseLLMTrainer``: the fusion loss in
+``compute_loss``, as TRL's distillation trainers), checkpoints and logs under OUTPUT_DIR/checkpoints.
 """
 
 from __future__ import annotations
@@ -27,14 +30,20 @@ import os
 import statistics
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import TrainingArguments
 
 from hfgen.data.corpus import load_corpus
 from hfgen.data.tokenizer import load_tokenizer, train_tokenizer
 from hfgen.models import HfGenDecoderConfig, HfGenDecoderForCausalLM
-from hfgen.training.fusellm import (SourceModel, VocabularyMap, aligned_distributions, fuse_distributions,
-                                    fusellm_loss)
+from hfgen.training.fusellm import (
+    FuseLLMCollator,
+    FuseLLMTrainer,
+    SourceModel,
+    VocabularyMap,
+    aligned_distributions,
+)
+from hfgen.training.pretrain import cpu_training_defaults
 
 METHODS = ("clm", "min_ce", "avg_ce")
 
@@ -67,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continued-training seeds (results as mean and spread over them)")
     parser.add_argument("--topics_only", action="store_true",
                         help="only the reference manual (no standard-library docstrings): a quarter of the tokens")
+    parser.add_argument("--report_to", default="none",
+                        help="Trainer's logging integrations for every stage (tensorboard, wandb, ...; none: off)")
     parser.add_argument("--quick", action="store_true", help="tiny settings: proves the pipeline runs")
     return parser
 
@@ -88,15 +99,28 @@ def lm(vocab_size: int, hidden: int, tokenizer, seed: int) -> HfGenDecoderForCau
                                                       eos_token_id=tokenizer.eos_token_id))
 
 
+def training_arguments(args, output_dir: str, steps: int, learning_rate: float, seed: int,
+                       **changes) -> TrainingArguments:
+    """Trainer settings of every stage: the former loops' AdamW (constant learning rate, weight decay 0.01, no
+    clipping), ``steps`` optimizer steps of ``--batch_size`` blocks, nothing saved unless ``changes`` ask."""
+    return TrainingArguments(**{**cpu_training_defaults(), "output_dir": output_dir, "max_steps": steps,
+                                "per_device_train_batch_size": args.batch_size, "learning_rate": learning_rate,
+                                "lr_scheduler_type": "constant", "weight_decay": 0.01, "max_grad_norm": 0.0,
+                                "seed": seed, "report_to": args.report_to, "save_strategy": "no",
+                                "logging_steps": 10, "remove_unused_columns": False, "disable_tqdm": False,
+                                **changes})
+
+
+def block_rows(blocks: torch.Tensor) -> list[dict]:
+    return [{"input_ids": block, "index": i} for i, block in enumerate(blocks)]
+
+
 def train_clm(model, blocks: torch.Tensor, steps: int, args, seed: int, desc: str) -> None:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in tqdm(range(steps), desc=desc):
-        batch = blocks[torch.randint(len(blocks), (args.batch_size,), generator=generator)]
-        model(input_ids=batch, labels=batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    """Pre-train ``model`` on ``blocks`` with Trainer (the model's own causal-LM loss, shuffled epochs)."""
+    logger.info("%s: %d steps", desc, steps)
+    run = training_arguments(args, os.path.join(args.output_dir, "checkpoints", desc.split(" (")[0].replace(" ", "_")),
+                             steps, args.learning_rate, seed)
+    FuseLLMTrainer(model=model, args=run, train_dataset=block_rows(blocks), data_collator=FuseLLMCollator()).train()
 
 
 @torch.no_grad()
@@ -138,36 +162,29 @@ def source_distributions(sources: list[SourceModel], target_tokenizer, blocks: t
 
 def continue_training(model, blocks, distributions, method: str, args, seed: int, dev: torch.Tensor,
                       steps: int) -> dict:
-    """One pass over ``blocks`` in a seeded order (the same for every method), ``args.batch_size`` blocks a step.
-    Early stopping: the state with the lowest dev perplexity (checked every ``eval_every`` steps) is restored.
-    Returns the dev curve and the step kept."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.continue_learning_rate)
-    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
-    best = (perplexity(model, dev), 0, {k: v.clone() for k, v in model.state_dict().items()})
-    curve = [(0, best[0])]
-    for step in tqdm(range(1, steps + 1), desc=method):
-        model.train()
-        index = order[(step - 1) * args.batch_size:step * args.batch_size]
-        batch = blocks[index]
-        logits = model(input_ids=batch).logits[:, :-1]
-        labels = batch[:, 1:]
-        mask = torch.ones_like(labels, dtype=torch.float)
-        if method == "clm":
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
-        else:
-            per_source = [torch.stack([rows[i].to_dense() for i in index.tolist()]) for rows in distributions]
-            fused = fuse_distributions(per_source, labels, mask, method)
-            loss = fusellm_loss(logits, labels, fused, mask, args.lam)[0]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if step % args.eval_every == 0 or step == steps:
-            dev_perplexity = perplexity(model, dev)
-            curve.append((step, dev_perplexity))
-            if dev_perplexity < best[0]:
-                best = (dev_perplexity, step, {k: v.clone() for k, v in model.state_dict().items()})
-    model.load_state_dict(best[2])
-    return {"dev_curve": curve, "best_step": best[1]}
+    """One pass over ``blocks`` in a seeded order (the same for every method: Trainer's sampler seeded by ``seed``),
+    ``args.batch_size`` blocks a step, with :class:`FuseLLMTrainer`. Early stopping: dev perplexity every
+    ``eval_every`` steps, the best checkpoint restored at the end (``load_best_model_at_end``), or the starting
+    weights when no step beat them. Returns the dev curve and the step kept."""
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    curve = [(0, perplexity(model, dev))]
+    run = training_arguments(args, os.path.join(args.output_dir, "checkpoints", f"{method}_seed{seed}"), steps,
+                             args.continue_learning_rate, seed, eval_strategy="steps", eval_steps=args.eval_every,
+                             save_strategy="steps", save_steps=args.eval_every, save_total_limit=1,
+                             load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=False,
+                             per_device_eval_batch_size=16, prediction_loss_only=True)
+    trainer = FuseLLMTrainer(model=model, args=run, train_dataset=block_rows(blocks),
+                             eval_dataset=block_rows(dev), data_collator=FuseLLMCollator(distributions),
+                             method=method, lam=args.lam)
+    trainer.train()
+    curve += [(entry["step"], math.exp(entry["eval_loss"])) for entry in trainer.state.log_history
+              if "eval_loss" in entry]
+    best_step = int(trainer.state.best_model_checkpoint.rsplit("-", 1)[1]) if trainer.state.best_model_checkpoint \
+        else steps
+    if perplexity(model, dev) >= curve[0][1]:  # no step beat the starting point: keep it
+        model.load_state_dict(start)
+        best_step = 0
+    return {"dev_curve": curve, "best_step": best_step}
 
 
 def plot_dev_curves(summary: dict, path: str) -> str:

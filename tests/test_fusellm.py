@@ -114,3 +114,32 @@ def test_vocabulary_map_equals_a_scan_of_the_whole_target_vocabulary():
         if checked == 4:  # a full scan costs a second per token
             break
     assert checked == 4
+
+
+def test_fusellm_trainer_loss_reduces_to_the_models_own_loss(tmp_path):
+    """FuseLLMTrainer.compute_loss: with one-hot source distributions on the gold tokens the fusion term is the
+    cross-entropy itself, so for any lambda the loss equals the model's own causal-LM loss; with a uniform source
+    and lambda 0 it is the mean cross-entropy to the uniform distribution, -mean log_softmax."""
+    import torch.nn.functional as F
+    from transformers import TrainingArguments
+
+    from conftest import build, tiny_config
+    from hfgen import HfGenDecoderForCausalLM
+    from hfgen.training.fusellm import FuseLLMCollator, FuseLLMTrainer
+
+    model = build(HfGenDecoderForCausalLM, tiny_config(vocab_size=64))
+    blocks = torch.randint(0, 64, (3, 7), generator=torch.Generator().manual_seed(0))
+    one_hot = [F.one_hot(b[1:], 64).float() for b in blocks]
+    uniform = [torch.full((6, 64), 1 / 64) for _ in blocks]
+    rows = [{"input_ids": b, "index": i} for i, b in enumerate(blocks)]
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    model.train()
+    with torch.no_grad():
+        own = model(input_ids=blocks, labels=blocks).loss
+        for lam in (0.0, 0.9):
+            trainer = FuseLLMTrainer(model=model, args=args, method="min_ce", lam=lam)
+            batch = FuseLLMCollator([one_hot, uniform])(rows)
+            torch.testing.assert_close(trainer.compute_loss(model, batch), own)
+        trainer = FuseLLMTrainer(model=model, args=args, method="avg_ce", lam=0.0)
+        expected = -F.log_softmax(model(input_ids=blocks).logits[:, :-1].float(), -1).mean()
+        torch.testing.assert_close(trainer.compute_loss(model, FuseLLMCollator([uniform])(rows)), expected)

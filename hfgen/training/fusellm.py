@@ -9,7 +9,7 @@ several source LMs -- with different tokenizers -- into a target LM by continued
    ``MinCE`` keeps the distribution with the lowest cross-entropy; ``AvgCE`` averages them with weights
    ``softmax(-CE)`` (lower cross-entropy, larger weight).
 3. Training objective ``L = lambda * L_CLM + (1 - lambda) * L_fusion``, with ``L_fusion = -sum_t sum_v
-   P_fused(v | t) log Q_target(v | t)`` (:func:`fusellm_loss`).
+   P_fused(v | t) log Q_target(v | t)`` (:func:`fusellm_loss`), trained by :class:`FuseLLMTrainer`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import Trainer
 
 FUSIONS = ("min_ce", "avg_ce")
 
@@ -174,3 +175,53 @@ class SourceModel:
         if self.tokenizer is None:
             raise ValueError("Every FuseLLM source model needs its tokenizer: token alignment compares the token "
                              "strings of the source and the target.")
+
+
+class FuseLLMCollator:
+    """Rows ``{"input_ids": [T], "index": i}`` -> ``input_ids`` and ``labels`` (the same ids: the model shifts them)
+    ``[B, T]`` and, where ``distributions`` is given
+    (per source, per row index, the aligned ``[T - 1, V]`` distributions, dense or sparse), ``source_distributions``
+    ``[K, B, T - 1, V]``."""
+
+    def __init__(self, distributions: list[list[torch.Tensor]] | None = None):
+        self.distributions = distributions
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids = torch.stack([torch.as_tensor(r["input_ids"]) for r in rows])
+        batch = {"input_ids": input_ids, "labels": input_ids}
+        if self.distributions:
+            index = [int(r["index"]) for r in rows]
+            batch["source_distributions"] = torch.stack([torch.stack([per_row[i].to_dense() for i in index])
+                                                         for per_row in self.distributions])
+        return batch
+
+
+class FuseLLMTrainer(Trainer):
+    """A ``Trainer`` whose training loss is FuseLLM's ``lam * L_CLM + (1 - lam) * L_fusion`` (:func:`fusellm_loss`)
+    over the sources' aligned distributions fused by ``method`` (``"min_ce"`` / ``"avg_ce"``), as TRL's
+    distillation trainers override ``compute_loss``; ``method="clm"``, and every evaluation, use the model's own
+    causal-LM loss. Batches come from :class:`FuseLLMCollator`."""
+
+    def __init__(self, *args, method: str = "clm", lam: float = 0.9, **kwargs):
+        if method not in ("clm", *FUSIONS):
+            raise ValueError(f"method must be 'clm' or one of {FUSIONS}, got {method!r}.")
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"lam must be in [0, 1], got {lam}.")
+        super().__init__(*args, **kwargs)
+        self.method, self.lam = method, lam
+        # Both losses are per-batch means: Trainer scales them for accumulation and does not multiply them by the
+        # number of processes.
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        input_ids = inputs["input_ids"]
+        distributions = inputs.get("source_distributions")
+        if self.method == "clm" or distributions is None or not model.training:
+            outputs = model(input_ids=input_ids, labels=input_ids)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+        outputs = model(input_ids=input_ids)
+        labels = input_ids[:, 1:]
+        mask = torch.ones_like(labels, dtype=torch.float)
+        fused = fuse_distributions(list(distributions.float()), labels, mask, self.method)
+        loss = fusellm_loss(outputs.logits[:, :-1], labels, fused, mask, self.lam)[0]
+        return (loss, outputs) if return_outputs else loss

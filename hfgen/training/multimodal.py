@@ -1,6 +1,6 @@
 """Trainer pieces for the models whose loss is on a few labelled tokens of long mixed rows (the VLM's target after
 image tokens and prompt, Gato's text and actions): the loss computed through the model's own ``forward`` (so DDP
-synchronises it), with the language-model head applied only at positions where some row has a label.
+synchronises it), with the language-model head applied only at the labelled tokens.
 
 Used by ``recipes/train_vlm.py`` and ``recipes/train_gato.py``.
 """
@@ -20,19 +20,32 @@ from transformers import Trainer, TrainingArguments
 def labelled_token_loss(model: torch.nn.Module, inputs: dict[str, Any],
                         groups: Sequence[slice] | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled tokens (``labels`` -100 elsewhere): the model's own causal-LM
-    loss, with the head applied only at the positions where at least one row of the batch has a next-token label
-    (``logits_to_keep`` as a tensor of positions, which every hfgen causal head accepts).
+    loss, with the language-model head applied only at the labelled tokens.
+
+    The model runs through its own ``forward`` (so a DDP wrapper synchronises every parameter), asked for its
+    final hidden states and for the logits of one position only; the head (``get_output_embeddings``) is then
+    applied to the hidden states of the labelled tokens. Its weight thus gets its gradient outside ``forward``,
+    which DDP's per-parameter hooks synchronise as any other.
 
     ``groups``: row slices whose losses are averaged separately and then summed (Gato's domains: a loss per domain,
     whatever their token counts)."""
+    from accelerate.utils import extract_model_from_parallel
+
     inputs = dict(inputs)
     labels = inputs.pop("labels")
+    outputs = model(**inputs, logits_to_keep=1, output_hidden_states=True, use_cache=False)
+    hidden = outputs.hidden_states[-1][:, :-1]
     targets = labels[:, 1:]
-    keep = (targets != -100).any(0).nonzero().squeeze(1)
-    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits.float()
-    targets = targets[:, keep]
-    rows = groups or [slice(None)]
-    return sum(F.cross_entropy(logits[r].flatten(0, 1), targets[r].flatten(), ignore_index=-100) for r in rows)
+    keep = targets != -100
+    head = extract_model_from_parallel(model).get_output_embeddings()
+    losses = F.cross_entropy(head(hidden[keep]).float(), targets[keep], reduction="none")
+    rows = keep.nonzero()[:, 0]
+    total = 0
+    for group in groups or [slice(None)]:
+        start, stop, _ = group.indices(labels.shape[0])
+        chosen = (rows >= start) & (rows < stop)
+        total = total + losses[chosen].mean()
+    return total
 
 
 class LabelledTokenTrainer(Trainer):
