@@ -28,6 +28,7 @@ Accuracy and macro-F1 come from ``evaluate`` with the metric module hfgen ships 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -62,6 +63,8 @@ from .masked_lm import EncoderModelArguments
 from .pretrain import build_config
 from .recipe_common import loss_history, save_run, variant_title
 from .start_evaluation import evaluate_then_train
+
+logger = logging.getLogger(__name__)
 
 # model_type -> (config class, model class fine-tuned for classification)
 FAMILIES: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
@@ -376,9 +379,10 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=test,
                       processing_class=tokenizer, data_collator=collator, callbacks=callbacks,
                       compute_metrics=compute_metrics, preprocess_logits_for_metrics=class_scores)
-    print(f"[hfgen] process {training_args.process_index} of {training_args.world_size}: fine-tuning {family} "
-          f"({'from ' + model_args.model_name_or_path if model_args.model_name_or_path else 'from scratch'}) on "
-          f"{row_count(train) or 'streamed'} labelled examples, scored on {len(test)}", flush=True)
+    origin = "from " + model_args.model_name_or_path if model_args.model_name_or_path else "from scratch"
+    logger.info("[hfgen] process %d of %d: fine-tuning %s (%s) on %s labelled examples, scored on %d",
+                training_args.process_index, training_args.world_size, family, origin,
+                row_count(train) or "streamed", len(test))
 
     # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
     # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.

@@ -9,6 +9,7 @@ under ``torchrun``); the output folder is Hub-ready like the causal-LM recipe's.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,6 +26,8 @@ from .checkpoints import train_resumable
 from .pretrain import ModelArguments, PretrainResult, build_config, perplexity
 from .recipe_common import PretrainingDataArguments, loss_history, save_run, variant_title
 from .start_evaluation import evaluate_then_train
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -162,9 +165,9 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
         blocks = mlm_blocks(data_args.load_text(), tokenizer, data_args.block_size,
                             num_proc=data_args.preprocessing_num_workers, max_eval_samples=data_args.max_eval_samples)
     train, validation = data_args.select(blocks["train"], blocks["validation"])
-    print(f"[hfgen] process {training_args.process_index} of {training_args.world_size} on {training_args.device}: "
-          f"{row_count(train) or 'streamed'} training blocks of {data_args.block_size} tokens, "
-          f"{model.num_parameters():,} parameters", flush=True)
+    logger.info("[hfgen] process %d of %d on %s: %s training blocks of %d tokens, %s parameters",
+                training_args.process_index, training_args.world_size, training_args.device,
+                row_count(train) or "streamed", data_args.block_size, f"{model.num_parameters():,}")
 
     trainer = MaskedPositionsTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
                                      processing_class=tokenizer, data_collator=collator,

@@ -9,6 +9,7 @@ code, the tokenizer, a loss curve and a model card.
 
 from __future__ import annotations
 
+import logging
 import difflib
 import inspect
 import json
@@ -37,6 +38,8 @@ from ..models import HfGenDecoderConfig, HfGenDecoderForCausalLM, variants
 from ..models.configuration_common import VARIANT_DEFAULTS
 from .checkpoints import train_resumable
 from .start_evaluation import evaluate_then_train
+
+logger = logging.getLogger(__name__)
 
 LOSS_CURVE_FILE = "loss_curve.png"
 # Fields of ModelArguments that are not config keys.
@@ -320,10 +323,9 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
     else:
         model = HfGenDecoderForCausalLM.from_pretrained(model_args.model_name_or_path, config=config)
     train, validation = _load_blocks(data_args, tokenizer, training_args)
-    print(f"[hfgen] process {training_args.process_index} of {training_args.world_size} "
-          f"on {training_args.device}: {row_count(train) or 'streamed'} training blocks of {data_args.block_size} "
-          f"tokens, "
-          f"{model.num_parameters():,} parameters", flush=True)
+    logger.info("[hfgen] process %d of %d on %s: %s training blocks of %d tokens, %s parameters",
+                training_args.process_index, training_args.world_size, training_args.device,
+                row_count(train) or "streamed", data_args.block_size, f"{model.num_parameters():,}")
 
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
                       processing_class=tokenizer,

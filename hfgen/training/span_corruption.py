@@ -11,6 +11,7 @@ is exactly ``block_size`` tokens (T5's ``random_spans_helper``), and
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -30,6 +31,8 @@ from .checkpoints import train_resumable
 from .pretrain import ModelArguments, PretrainResult, build_config, perplexity
 from .recipe_common import PretrainingDataArguments, loss_history, save_run, variant_title
 from .start_evaluation import evaluate_then_train
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SENTINELS = 100  # T5's count
 OBJECTIVES = ("span_corruption", "bart_denoising")
@@ -202,9 +205,10 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
     train, validation = data_args.select(blocks["train"], blocks["validation"])
     shape = ("targets are the blocks" if denoising else
              f"{data_args.block_size} after corruption, targets of {target_length}")
-    print(f"[hfgen] process {training_args.process_index} of {training_args.world_size} on {training_args.device}: "
-          f"{row_count(train) or 'streamed'} training blocks of {raw_length} tokens ({data_args.objective}: {shape}), "
-          f"{model.num_parameters():,} parameters", flush=True)
+    logger.info("[hfgen] process %d of %d on %s: %s training blocks of %d tokens (%s: %s), %s parameters",
+                training_args.process_index, training_args.world_size, training_args.device,
+                row_count(train) or "streamed", raw_length, data_args.objective, shape,
+                f"{model.num_parameters():,}")
 
     # Each block's noise is keyed by (seed, epoch, its tokens): a resumed run and N processes corrupt it as one
     # uninterrupted process does; the callback moves the epoch on.

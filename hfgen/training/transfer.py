@@ -37,6 +37,7 @@ number of labelled examples (``recipes/configs/transfer_encoder_long.yaml``).
 
 from __future__ import annotations
 
+import logging
 import json
 import math
 import time
@@ -48,6 +49,8 @@ from transformers import TrainingArguments
 
 from .classification import ClassificationDataArguments, ClassificationModelArguments, finetune_classification
 from .pretrain import ModelArguments, cpu_training_defaults
+
+logger = logging.getLogger(__name__)
 
 FAMILY_OBJECTIVES = {"encoder": ("hfgen_encoder", "masked LM"), "seq2seq": ("hfgen_seq2seq", "span corruption")}
 SEQ2SEQ_OBJECTIVE_NAMES = {"span_corruption": "span corruption", "bart_denoising": "BART denoising"}
@@ -632,8 +635,8 @@ def select_learning_rates(family: str, args: TransferArguments, pretrained_dirs:
                                    validation_fraction=args.selection_validation_fraction, **training_extra)
                 scores.append({"learning_rate": rate, "accuracy": result.eval_accuracy,
                                "macro_f1": result.eval_macro_f1})
-                print(f"[hfgen] {family} {init:>10}{'' if n is None else f' n={n:4d}'} learning rate {rate:g}: "
-                      f"validation accuracy {result.eval_accuracy:.3f}", flush=True)
+                logger.info("[hfgen] %s %10s%s learning rate %g: validation accuracy %.3f", family, init,
+                            "" if n is None else f" n={n:4d}", rate, result.eval_accuracy)
             best = max(scores, key=lambda row: (row["accuracy"], row["macro_f1"], -row["learning_rate"]))
             per_size[n] = {"learning_rate": best["learning_rate"], "validation": scores}
         chosen[init] = per_size[None] if sizes is None else {"per_size": {str(n): v for n, v in per_size.items()}}
@@ -683,7 +686,7 @@ def run_transfer_experiment(args: TransferArguments, **training_extra: Any) -> d
         elif "pretrained" not in args.init_list():
             pass
         else:
-            print(f"[hfgen] pre-training the {family} with {objective}", flush=True)
+            logger.info("[hfgen] pre-training the %s with %s", family, objective)
             pretrained_dirs[family] = pretrain_family(family, args, out / f"pretrained_{family}", **training_extra)
         candidates = args.learning_rate_candidates()
         rates = {(init, n): candidates[0] if len(candidates) == 1 else args.finetune_learning_rate
@@ -702,6 +705,6 @@ def run_transfer_experiment(args: TransferArguments, **training_extra: Any) -> d
                                     "accuracy": result.eval_accuracy, "macro_f1": result.eval_macro_f1,
                                     "accuracy_before": result.eval_accuracy_before, "learning_rate": rates[init, n],
                                     "train_runtime_s": result.train_runtime, "majority_accuracy": majority})
-                    print(f"[hfgen] {family} {init:>10} n={n:4d} seed {seed}: accuracy {result.eval_accuracy:.3f}",
-                          flush=True)
+                    logger.info("[hfgen] %s %10s n=%4d seed %s: accuracy %.3f", family, init, n, seed,
+                                result.eval_accuracy)
     return write_outputs(args, results, pretrained_dirs, time.monotonic() - started, selection)
