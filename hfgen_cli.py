@@ -30,6 +30,9 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
+    # Plain argparse, not HfArgumentParser over hfgen.training.pretrain.ModelArguments: importing that dataclass runs
+    # the hfgen package (torch and every model) and HfArgumentParser imports transformers, while `hfgen --help` must
+    # stay at a plain interpreter start. tests/test_cli.py checks that every flag here names a field of it.
     demo = subparsers.add_parser(
         "demo",
         help="pre-train a small decoder on the embedded corpus in a few minutes on a CPU",

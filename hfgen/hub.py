@@ -120,6 +120,9 @@ def _read_json(path: Path) -> dict:
 
 def _module_problems(folder: Path, relative: str) -> list[str]:
     """Why the Python file ``relative`` would not load from the folder alone (empty if it would)."""
+    # Not transformers.dynamic_module_utils: get_relative_imports is a regex without line numbers that reads
+    # 'from ..x' and 'from .sub.x' as siblings, and check_imports asks whether a package imports in *this*
+    # environment, where hfgen is installed, so it cannot flag the 'import hfgen' a user without it fails on.
     import ast
 
     path = folder / relative
@@ -345,6 +348,9 @@ JSON, code, cards, plots, tokenizer files; never a pickle: anything else is name
     if not (folder / "README.md").is_file():
         card = _card_for_folder(folder, found["kind"], found["config"], repo_id)
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
+    # create_commit rather than upload_folder: the commit also carries files that are not in the folder (the
+    # generated card, Trainer's arguments as JSON) and the folder must stay unchanged; upload_folder only sends
+    # files on disk, so it would need a staged copy, and it creates neither the repository nor the branch.
     api = HfApi(endpoint=endpoint, token=token)
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id

@@ -65,3 +65,24 @@ def test_tiny_demo_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     card = (out / "README.md").read_text()
     assert "softmax:off_by_one" in card and "attention:mqa" in card and "attention_gate" in card
+
+
+def test_demo_model_flags_are_fields_of_the_recipes_model_arguments():
+    """The demo keeps its own argparse copy of the model flags (so `hfgen --help` imports nothing heavy); every flag
+    of its variant and size groups names a field of the pre-training recipe's ModelArguments, with the same type
+    where the field has a plain one."""
+    import dataclasses
+
+    import hfgen_cli
+    from hfgen.training.pretrain import ModelArguments
+
+    fields = {field.name: field for field in dataclasses.fields(ModelArguments)}
+    demo = hfgen_cli.build_parser()._subparsers._group_actions[0].choices["demo"]
+    groups = [group for group in demo._action_groups if group.title.startswith(("variant", "size"))]
+    flags = [action for group in groups for action in group._group_actions if action.dest != "block_size"]
+    assert len(flags) > 10
+    for action in flags:
+        assert action.dest in fields, action.dest
+        annotation = str(fields[action.dest].type)
+        if action.type in (int, float):
+            assert action.type.__name__ in annotation, (action.dest, annotation)

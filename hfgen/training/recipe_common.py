@@ -64,6 +64,10 @@ def parse_recipe_arguments(parser: HfArgumentParser, argv: Sequence[str]) -> tup
     """Parse ``[config.yaml] [--flag value ...]``: YAML values become defaults, flags override them.
 
     An unknown YAML key is an error (argparse exits, naming the keys and pointing to ``--help``)."""
+    # Not TRL's TrlParser.parse_args_and_config: it reads the YAML only from a ``--config`` flag (every recipe, its
+    # README line and the tests give it as the first positional argument), raises a ValueError traceback for an
+    # unknown key instead of argparse's usage error, refuses an empty file, and copies an ``env:`` key into
+    # os.environ; bridging those would take more lines than this function.
     argv = list(argv)
     if argv and argv[0].endswith((".yaml", ".yml")):
         values = yaml.safe_load(Path(argv[0]).read_text()) or {}
