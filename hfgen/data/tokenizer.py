@@ -7,12 +7,15 @@ trained before the first run; `python -m hfgen.data.tokenizer` rebuilds it.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+logger = logging.getLogger(__name__)
 
 TOKENIZER_DIR = Path(__file__).with_name("tokenizer")
 
@@ -108,13 +111,14 @@ def main(argv: list[str] | None = None) -> None:
         "--output-dir", type=Path, default=TOKENIZER_DIR, help=f"where to save (default: {TOKENIZER_DIR})"
     )
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from .corpus import load_corpus
 
     tokenizer = train_tokenizer(load_corpus()["train"]["text"], vocab_size=args.vocab_size)
     os.makedirs(args.output_dir, exist_ok=True)
     tokenizer.save_pretrained(str(args.output_dir))
-    print(f"saved a {len(tokenizer)}-token tokenizer to {args.output_dir}")
+    logger.info("saved a %d-token tokenizer to %s", len(tokenizer), args.output_dir)
 
 
 if __name__ == "__main__":
