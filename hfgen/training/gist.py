@@ -5,13 +5,15 @@ same examples from the same initial weights, scored by the validation loss on th
 from __future__ import annotations
 
 import copy
+import tempfile
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from transformers import Trainer, TrainingArguments
 
 from ..data.gist import GistCollator, GistSeq2SeqCollator
 from ..models.gist import GIST_MODES
+from .pretrain import cpu_training_defaults
 
 
 @dataclass
@@ -25,26 +27,38 @@ class GistRun:
 
 def train_with_gist_mask(initial: torch.nn.Module, train: list[dict], validation: list[dict],
                          gist_token_ids: list[int], pad_token_id: int, mode: str = "gist", batch_size: int = 16,
-                         learning_rate: float = 3e-3, seed: int = 0, progress: bool = True) -> GistRun:
-    """One pass over ``train`` in batches with AdamW, from a copy of ``initial``, under the ``mode`` mask
-    (``gist``, ``positive``, ``negative``); then the validation loss under the same mask. An encoder-decoder
-    (``config.is_encoder_decoder``) takes :func:`gist_seq2seq_examples` and the encoder/cross-attention masks,
-    a causal LM :func:`gist_instruction_examples` and the causal gist mask."""
+                         learning_rate: float = 3e-3, seed: int = 0, progress: bool = True,
+                         output_dir: str | None = None, report_to: str = "none") -> GistRun:
+    """One pass over ``train`` in order, in batches, with ``Trainer`` (torch's AdamW at a constant ``learning_rate``,
+    no clipping), from a copy of ``initial``, under the ``mode`` mask (``gist``, ``positive``,
+    ``negative``); then the validation loss under the same mask. An encoder-decoder (``config.is_encoder_decoder``)
+    takes :func:`gist_seq2seq_examples` and the encoder/cross-attention masks, a causal LM
+    :func:`gist_instruction_examples` and the causal gist mask. ``output_dir``: where Trainer writes (default a
+    temporary folder; nothing is saved); ``report_to``: Trainer's logging integrations."""
     if mode not in GIST_MODES:
         raise ValueError(f"Unknown gist mask mode={mode!r}; valid choices are: {', '.join(map(repr, GIST_MODES))}.")
     torch.manual_seed(seed)
     model = copy.deepcopy(initial).train()
     seq2seq = getattr(initial.config, "is_encoder_decoder", False)
     collate = (GistSeq2SeqCollator if seq2seq else GistCollator)(gist_token_ids, pad_token_id, mode=mode)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     run = GistRun(mode=mode, model=model)
-    steps = range(0, len(train) - batch_size + 1, batch_size)
-    for start in tqdm(steps, desc=f"{mode} mask", disable=not progress):
-        loss = model(**collate(train[start:start + batch_size])).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        run.train_losses.append(loss.item())
+    steps = len(train) // batch_size
+    if steps:
+        with tempfile.TemporaryDirectory() as scratch:
+            args = TrainingArguments(**{
+                **cpu_training_defaults(), "output_dir": output_dir or scratch, "max_steps": steps,
+                "per_device_train_batch_size": batch_size, "learning_rate": learning_rate,
+                "lr_scheduler_type": "constant", "max_grad_norm": 0.0,
+                "train_sampling_strategy": "sequential", "dataloader_drop_last": True, "logging_steps": 1,
+                "save_strategy": "no", "report_to": report_to, "seed": seed, "remove_unused_columns": False,
+                "disable_tqdm": not progress})
+            # torch's AdamW with its default weight decay on every parameter, as the paper's comparison was run
+            # (Trainer's own optimizer exempts biases and norms from decay)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+            trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collate,
+                              optimizers=(optimizer, None))
+            trainer.train()
+        run.train_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     model.eval()
     with torch.no_grad():
         batch = collate(validation)
