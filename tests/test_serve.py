@@ -142,3 +142,32 @@ def test_bad_checkpoints_are_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match="tokenizer_config.json"):
         prepare_for_serving(tmp_path / "no-tokenizer", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # SmolLM2-135M: the server's model process loads 540 MB of fp32 weights
+def test_smollm2_through_hfgen_serves_the_tokens_of_generate(tmp_path):
+    pytest.importorskip("gguf", reason="optional extra hfgen[pretrained] not installed")
+    from hfgen.pretrained import load_smollm2
+
+    try:
+        model, tokenizer = load_smollm2()  # converts the GGUF into an hfgen checkpoint on first use
+    except ImportError as error:
+        pytest.skip(str(error))
+    # saved again rather than served from the conversion cache, whose code files date from its conversion
+    model.save_pretrained(tmp_path / "smollm2")
+    tokenizer.save_pretrained(tmp_path / "smollm2")
+    folder = prepare_for_serving(tmp_path / "smollm2", tmp_path / "smollm2-served")
+    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
+    server = Server(tmp_path / "server.log")
+    try:
+        server.wait_until_up()
+        response = server.client.chat.completions.create(model=str(folder), messages=MESSAGES,
+                                                         max_tokens=NEW_TOKENS, temperature=0)
+        streamed = server.client.chat.completions.create(model=str(folder), messages=MESSAGES,
+                                                         max_tokens=NEW_TOKENS, temperature=0, stream=True)
+        streamed_text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+    finally:
+        server.stop()
+    expected = greedy_text(model, tokenizer, ids)
+    assert response.choices[0].message.content == expected == streamed_text
