@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import random
 import sys
 from dataclasses import dataclass, field
 
@@ -126,7 +125,7 @@ class GatoCollator:
         self.domains = domains
 
     def __call__(self, indices: list[int]) -> dict:
-        d, config = self.domains, self.domains.config
+        d = self.domains
         text = [d.text_train[i % len(d.text_train)] for i in indices]
         image_index = [i % len(d.train_images) for i in indices]
         prompt = d.image_prompt()
