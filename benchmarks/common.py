@@ -162,6 +162,14 @@ def load_average() -> float:
         return math.nan
 
 
+def add_run_arguments(parser) -> None:
+    """``--repeats`` (interleaved timed repetitions), ``--threads`` (torch threads, default one: CPU time of one
+    thread is the fair clock on a shared machine) and ``--write`` (replace the script's RESULTS.md section)."""
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed repetitions")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--write", action="store_true", help="replace this benchmark's section of RESULTS.md")
+
+
 def write_section(path: Path, section: str) -> None:
     """Replace the section of ``path`` headed by ``section``'s first line (a ``## `` heading, matched as a whole
     line) up to the next ``## `` heading, or append ``section``; every other section stays as it is."""
