@@ -14,7 +14,7 @@ generation calls of all rows interleaved, CPU time of one thread (see common.py)
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib.metadata
 import logging
 import statistics
 from collections.abc import Callable
@@ -36,12 +36,16 @@ def schemes() -> dict[str, Callable[[], object | None]]:
             "torchao int8 weight-only": lambda: TorchAoConfig(Int8WeightOnlyConfig()),
             "torchao int4 weight-only (group 32)": lambda: TorchAoConfig(
                 IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))}
-    if importlib.util.find_spec("optimum") and importlib.util.find_spec("optimum.quanto"):
+    try:
+        importlib.metadata.version("optimum-quanto")
+    except importlib.metadata.PackageNotFoundError:  # (its folder can outlive an uninstall: ask the metadata)
+        return rows
+    else:
         from transformers import QuantoConfig
 
         rows["quanto int8"] = lambda: QuantoConfig(weights="int8")
         rows["quanto int4"] = lambda: QuantoConfig(weights="int4")
-    return rows
+        return rows
 
 
 def corpus_blocks(tokenizer, blocks: int, length: int) -> torch.Tensor:
