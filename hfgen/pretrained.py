@@ -211,5 +211,23 @@ def load_smollm2(cache_dir: str | os.PathLike | None = None, dtype: torch.dtype 
     if variant_overrides:
         folder = _variant_folder(folder, variant_overrides)
     model = HfGenDecoderForCausalLM.from_pretrained(folder, dtype=dtype)
+    refresh_model_code(model, folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model.eval(), tokenizer
+
+
+def refresh_model_code(model: HfGenDecoderForCausalLM, folder: Path) -> None:
+    """Make the model code in a cached ``folder`` the installed hfgen's. The folder was converted by whichever
+    hfgen ran first; loading it by path with ``trust_remote_code`` (or serving it) runs the code it holds, which
+    would otherwise stay that version's after hfgen is upgraded. Files are written beside and renamed into place,
+    so a process loading the folder meanwhile reads either the old file or the new one."""
+    import filecmp
+    import tempfile
+
+    from transformers.dynamic_module_utils import custom_object_save
+
+    with tempfile.TemporaryDirectory(dir=folder) as staging:
+        for name in {Path(path).name for path in custom_object_save(model, staging)}:  # a file imported twice: once
+            new, old = Path(staging) / name, folder / name
+            if not old.is_file() or not filecmp.cmp(new, old, shallow=False):
+                os.replace(new, old)

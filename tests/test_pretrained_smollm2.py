@@ -99,3 +99,22 @@ def test_lora_steps_lower_the_loss(smollm2):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_cached_folder_holds_the_installed_model_code(smollm2):
+    """The cached checkpoint carries model code for trust_remote_code loads and serving: after an older hfgen wrote
+    it (simulated by changing a file and removing another), loading brings the installed code back."""
+    from pathlib import Path
+
+    import hfgen.models
+
+    folder = Path(smollm2[0].name_or_path)
+    code = sorted(folder.glob("*.py"))
+    assert code, "the converted folder holds no model code"
+    code[0].write_text("# model code of an older hfgen\n")
+    code[-1].unlink()
+    load_smollm2()
+    installed = Path(hfgen.models.__file__).parent
+    assert sorted(path.name for path in folder.glob("*.py")) == [path.name for path in code]
+    for path in folder.glob("*.py"):
+        assert path.read_bytes() == (installed / path.name).read_bytes(), path.name
