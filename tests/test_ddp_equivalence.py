@@ -54,13 +54,21 @@ RECIPE_FLAGS = {
     # TRL's trainers; --eval_max_new_tokens keeps SFT's final sampling short.
     "sft": ["--hidden_size", "32", "--num_hidden_layers", "1", "--max_length", "64", "--eval_max_new_tokens", "2"],
     "reward_model": ["--hidden_size", "32", "--num_hidden_layers", "1", "--max_length", "64"],
+    "train_gato": ["--hidden_size", "32", "--num_hidden_layers", "1", "--block_size", "32", "--expert_episodes", "20",
+                   "--eval_episodes", "2", "--eval_images", "4", "--eval_text_blocks", "4"],
 }
-SAVED = {"finetune_lora": "adapter_model.safetensors"}  # the others save model.safetensors
+# finetune_lora's adapter holds every trained weight; train_gato saves under model/; the others save model.safetensors.
+SAVED = {"finetune_lora": "adapter_model.safetensors", "train_gato": "model/model.safetensors"}
 RECIPES = [
     pytest.param("pretrain_causal_lm", id="pretrain_causal_lm"),
     *[pytest.param(recipe, id=recipe, marks=pytest.mark.slow) for recipe in (
         "finetune_classification", "finetune_lora", "pretrain_masked_lm", "pretrain_span_corruption",
         "reward_model", "sft")],
+    # Measured 2026-12-08: largest difference 0.305 of a tensor's scale, half the elements beyond 1e-6 -- the ranks
+    # do not train as one model. Candidates: the Gato collator's per-process draws and the per-domain means of
+    # labelled_token_loss averaged per rank (issue 20).
+    pytest.param("train_gato", id="train_gato", marks=[pytest.mark.slow, pytest.mark.xfail(
+        strict=True, reason="Gato under 2 processes trains other weights than one process (issue 20)")]),
 ]
 
 
