@@ -64,11 +64,8 @@ RECIPES = [
     *[pytest.param(recipe, id=recipe, marks=pytest.mark.slow) for recipe in (
         "finetune_classification", "finetune_lora", "pretrain_masked_lm", "pretrain_span_corruption",
         "reward_model", "sft")],
-    # Measured 2026-12-08: largest difference 0.305 of a tensor's scale, half the elements beyond 1e-6 -- the ranks
-    # do not train as one model. Candidates: the Gato collator's per-process draws and the per-domain means of
-    # labelled_token_loss averaged per rank (issue 20).
-    pytest.param("train_gato", id="train_gato", marks=[pytest.mark.slow, pytest.mark.xfail(
-        strict=True, reason="Gato under 2 processes trains other weights than one process (issue 20)")]),
+    # Gato's loss is a sum of per-domain means: each rank divides by the step's token count (LabelledTokenTrainer).
+    pytest.param("train_gato", id="train_gato", marks=pytest.mark.slow),
 ]
 
 

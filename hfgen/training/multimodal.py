@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 
-def labelled_token_loss(model: torch.nn.Module, inputs: dict[str, Any],
-                        groups: Sequence[slice] | None = None) -> torch.Tensor:
+def labelled_token_loss(model: torch.nn.Module, inputs: dict[str, Any], groups: Sequence[slice] | None = None,
+                        group_sizes: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled tokens (``labels`` -100 elsewhere): the model's own causal-LM
     loss, with the language-model head applied only at the labelled tokens.
 
@@ -28,7 +28,9 @@ def labelled_token_loss(model: torch.nn.Module, inputs: dict[str, Any],
     which DDP's per-parameter hooks synchronise as any other.
 
     ``groups``: row slices whose losses are averaged separately and then summed (Gato's domains: a loss per domain,
-    whatever their token counts)."""
+    whatever their token counts). ``group_sizes``: the token count each group's sum is divided by, in place of the
+    group's own (under several processes: the whole step's count over the number of processes, see
+    :class:`LabelledTokenTrainer`)."""
     from accelerate.utils import extract_model_from_parallel
 
     inputs = dict(inputs)
@@ -41,17 +43,27 @@ def labelled_token_loss(model: torch.nn.Module, inputs: dict[str, Any],
     losses = F.cross_entropy(head(hidden[keep]).float(), targets[keep], reduction="none")
     rows = keep.nonzero()[:, 0]
     total = 0
-    for group in groups or [slice(None)]:
-        start, stop, _ = group.indices(labels.shape[0])
-        chosen = (rows >= start) & (rows < stop)
-        total = total + losses[chosen].mean()
+    for index, chosen in enumerate(group_rows(rows, groups, labels.shape[0])):
+        total = total + (losses[chosen].mean() if group_sizes is None else losses[chosen].sum() / group_sizes[index])
     return total
+
+
+def group_rows(rows: torch.Tensor, groups: Sequence[slice] | None, batch_size: int) -> list[torch.Tensor]:
+    """For each row slice of ``groups`` (default: the whole batch), which of the labelled tokens (their ``rows``)
+    fall in it."""
+    chosen = []
+    for group in groups or [slice(None)]:
+        start, stop, _ = group.indices(batch_size)
+        chosen.append((rows >= start) & (rows < stop))
+    return chosen
 
 
 class LabelledTokenTrainer(Trainer):
     """A ``Trainer`` whose loss is :func:`labelled_token_loss` (a per-batch mean; the collator may put row groups
-    under ``"loss_groups"``). Under several processes each rank's mean is averaged, as for any loss that is not a
-    token sum."""
+    under ``"loss_groups"``). Under several processes each group's token sum is divided by the step's token count of
+    that group over all processes (times the number of processes, which DDP's gradient average divides out), so N
+    processes train the model one process trains on the same global batch; a per-rank mean weighted the tokens of a
+    rank with fewer of them more (Gato, 2 processes: weights 0.3 of a tensor's scale apart after 4 steps)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -62,7 +74,13 @@ class LabelledTokenTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         groups = inputs.pop("loss_groups", None)
-        loss = labelled_token_loss(model, inputs, groups)
+        sizes = None
+        if self.accelerator.num_processes > 1:
+            keep = inputs["labels"][:, 1:] != -100
+            rows = keep.nonzero()[:, 0]
+            local = torch.stack([chosen.sum() for chosen in group_rows(rows, groups, keep.shape[0])]).float()
+            sizes = self.accelerator.reduce(local, reduction="sum") / self.accelerator.num_processes
+        loss = labelled_token_loss(model, inputs, groups, sizes)
         return (loss, None) if return_outputs else loss
 
 
