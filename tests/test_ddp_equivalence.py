@@ -56,9 +56,15 @@ RECIPE_FLAGS = {
     "reward_model": ["--hidden_size", "32", "--num_hidden_layers", "1", "--max_length", "64"],
     "train_gato": ["--hidden_size", "32", "--num_hidden_layers", "1", "--block_size", "32", "--expert_episodes", "20",
                    "--eval_episodes", "2", "--eval_images", "4", "--eval_text_blocks", "4"],
+    # Two stages: the language model on text, then the cross-attention bridge with the language model frozen.
+    "train_vlm": ["--fusions", "cross_attention", "--hidden_size", "32", "--num_hidden_layers", "1",
+                  "--vision_hidden_size", "32", "--vision_layers", "1", "--lm_steps", "3", "--bridge_steps", "3",
+                  "--bridge_learning_rate", "5e-3", "--eval_images", "4"],
 }
-# finetune_lora's adapter holds every trained weight; train_gato saves under model/; the others save model.safetensors.
-SAVED = {"finetune_lora": "adapter_model.safetensors", "train_gato": "model/model.safetensors"}
+# finetune_lora's adapter holds every trained weight; train_gato and train_vlm save in a subfolder; the others save
+# model.safetensors.
+SAVED = {"finetune_lora": "adapter_model.safetensors", "train_gato": "model/model.safetensors",
+         "train_vlm": "cross_attention/model.safetensors"}
 RECIPES = [
     pytest.param("pretrain_causal_lm", id="pretrain_causal_lm"),
     *[pytest.param(recipe, id=recipe, marks=pytest.mark.slow) for recipe in (
@@ -66,6 +72,7 @@ RECIPES = [
         "reward_model", "sft")],
     # Gato's loss is a sum of per-domain means: each rank divides by the step's token count (LabelledTokenTrainer).
     pytest.param("train_gato", id="train_gato", marks=pytest.mark.slow),
+    pytest.param("train_vlm", id="train_vlm", marks=pytest.mark.slow),
 ]
 
 
