@@ -243,22 +243,56 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
             output_type: ``"pil"``, ``"np"`` (``[B, H, W, C]`` in ``[0, 1]``), ``"pt"`` (``[B, C, H, W]`` in
                 ``[0, 1]``) or ``"latent"``.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"Unknown output_type {output_type!r}; valid choices are: {', '.join(OUTPUT_TYPES)}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        self.check_inputs(num_inference_steps, output_type)
         device = self._execution_device
         batch_size, cond = self._conditions(batch_size, class_labels, prompt, prompt_embeds, prompt_attention_mask,
                                             device)
         if guidance_scale is not None and not cond:
             raise ValueError("guidance_scale needs a conditional model and a condition (class_labels or a prompt); "
                              "for unconditional sampling leave guidance_scale=None.")
-        takes_clipped = "use_clipped_model_output" in inspect.signature(self.scheduler.step).parameters
-        if use_clipped_model_output is None:
-            use_clipped_model_output = takes_clipped
-        elif use_clipped_model_output and not takes_clipped:
+        step_kwargs = self._step_kwargs(eta, generator, use_clipped_model_output)
+        shape = self._latent_shape(batch_size, height, width)
+        inpaint = self._inpainting_inputs(image, mask_image, shape, device, self.unet.dtype)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        if inpaint is not None:
+            inpaint["noise"] = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = self._denoise(latents, cond, guidance_scale, inpaint, step_kwargs)
+        images = latents if output_type == "latent" else self._postprocess(self._decode(latents, inpaint), output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    @staticmethod
+    def check_inputs(num_inference_steps: int, output_type: str) -> None:
+        """Reject an unknown ``output_type`` or a step count that is not a positive integer."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"Unknown output_type {output_type!r}; valid choices are: {', '.join(OUTPUT_TYPES)}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+
+    def _step_kwargs(self, eta, generator, use_clipped_model_output) -> dict:
+        """The keyword arguments of ``scheduler.step`` that this scheduler takes (``eta``, ``generator``,
+        ``use_clipped_model_output``; the last on by default wherever it is taken, see ``__call__``)."""
+        step_parameters = set(inspect.signature(self.scheduler.step).parameters)
+        takes_clipped = "use_clipped_model_output" in step_parameters
+        if use_clipped_model_output and not takes_clipped:
             raise ValueError(f"use_clipped_model_output=True needs a scheduler whose step takes it (DDIM); "
                              f"{type(self.scheduler).__name__} does not. Leave it None or use set_scheduler('ddim').")
+        step_kwargs = {}
+        if "eta" in step_parameters:
+            step_kwargs["eta"] = eta
+        if "generator" in step_parameters:
+            step_kwargs["generator"] = generator
+        if takes_clipped and use_clipped_model_output is not False:
+            step_kwargs["use_clipped_model_output"] = True
+        return step_kwargs
+
+    def _latent_shape(self, batch_size: int, height: int | None, width: int | None) -> tuple[int, int, int, int]:
+        """``[B, C, h, w]`` of the denoiser's input for an output of ``height x width`` pixels (default: the
+        denoiser's ``sample_size`` times the VAE's factor), which both the VAE and the denoiser must divide."""
         factor = self.vae_scale_factor
         height = height or self.unet.config.sample_size * factor
         width = width or self.unet.config.sample_size * factor
@@ -266,54 +300,46 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
         if height % multiple or width % multiple:
             raise ValueError(f"Image size ({height}, {width}) is not divisible by the denoiser's downsampling "
                              f"factor{' times the VAE factor' if factor > 1 else ''} ({multiple}).")
-        shape = (batch_size, self.unet.config.in_channels, height // factor, width // factor)
-        inpaint = self._inpainting_inputs(image, mask_image, shape, device, self.unet.dtype)
+        return (batch_size, self.unet.config.in_channels, height // factor, width // factor)
 
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        latents = latents * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+    def _denoise(self, latents, cond, guidance_scale, inpaint, step_kwargs) -> torch.Tensor:
+        """The scheduler loop from pure noise to the sample, with the known part replaced after every step when
+        inpainting."""
         timesteps = self.scheduler.timesteps
-        known_noise = None if inpaint is None else randn_tensor(shape, generator=generator, device=device,
-                                                                dtype=self.unet.dtype)
-        step_kwargs = {}
-        step_parameters = set(inspect.signature(self.scheduler.step).parameters)
-        if "eta" in step_parameters:
-            step_kwargs["eta"] = eta
-        if "generator" in step_parameters:
-            step_kwargs["generator"] = generator
-        if use_clipped_model_output:
-            step_kwargs["use_clipped_model_output"] = True
-
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = self.scheduler.scale_model_input(latents, t)
             noise_pred = self._predict(model_input, t, cond, guidance_scale)
             latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
-            if inpaint is not None:  # x_{t-1} = m * generated + (1 - m) * known noised to level t-1
-                known, mask = inpaint["latents"], inpaint["latent_mask"]
-                if i + 1 < len(timesteps):
-                    next_t = timesteps[i + 1].reshape(1)
-                    level = self.scheduler.add_noise(known, known_noise, next_t)
-                else:
-                    level = known
-                latents = mask * latents + (1 - mask) * level
+            if inpaint is not None:
+                next_t = timesteps[i + 1].reshape(1) if i + 1 < len(timesteps) else None
+                latents = self._replace_known(latents, inpaint, next_t)
+        return latents
 
-        if output_type == "latent":
-            images = latents
-        else:
-            if self.vae is not None:
-                latents = latents / self.vae.config.scaling_factor
-                latents = self.vae.decode(latents).sample
-                if inpaint is not None:  # the decoder is lossy: paste the known pixels back
-                    latents = inpaint["mask"] * latents + (1 - inpaint["mask"]) * inpaint["image"]
-            images = (latents / 2 + 0.5).clamp(0, 1)
-            if output_type in ("np", "pil"):
-                images = images.cpu().permute(0, 2, 3, 1).float().numpy()
-                if output_type == "pil":
-                    images = self.numpy_to_pil(images)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+    def _replace_known(self, latents, inpaint, next_t) -> torch.Tensor:
+        """``x_{t-1} = m * generated + (1 - m) * known`` noised to the level of ``next_t`` (the known latents
+        themselves after the last step, ``next_t=None``)."""
+        known, mask = inpaint["latents"], inpaint["latent_mask"]
+        level = known if next_t is None else self.scheduler.add_noise(known, inpaint["noise"], next_t)
+        return mask * latents + (1 - mask) * level
+
+    def _decode(self, latents, inpaint) -> torch.Tensor:
+        """Pixels in ``[-1, 1]``: the VAE's decoding of the latents (with the known pixels pasted back when
+        inpainting, the decoder being lossy), or the sample itself without a VAE."""
+        if self.vae is None:
+            return latents
+        pixels = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        if inpaint is not None:
+            pixels = inpaint["mask"] * pixels + (1 - inpaint["mask"]) * inpaint["image"]
+        return pixels
+
+    def _postprocess(self, pixels: torch.Tensor, output_type: str):
+        """``[-1, 1]`` pixels to ``[0, 1]`` in the layout of ``output_type`` (``pt``, ``np`` or ``pil``)."""
+        images = (pixels / 2 + 0.5).clamp(0, 1)
+        if output_type in ("np", "pil"):
+            images = images.cpu().permute(0, 2, 3, 1).float().numpy()
+            if output_type == "pil":
+                images = self.numpy_to_pil(images)
+        return images
 
     # ---------------------------------------------------------------- saving as code on the Hub
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
