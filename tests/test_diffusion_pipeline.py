@@ -19,9 +19,10 @@ from diffusers import (
     EulerDiscreteScheduler,
     UNet2DModel,
 )
-from diffusers.models.embeddings import get_timestep_embedding
 
 from hfgen.diffusion import HfGenDiffusionPipeline, HfGenDiTModel, HfGenUNet2DModel, HfGenVAEModel, timestep_embedding
+from hfgen.diffusion.embeddings_hfgen import ConditionEmbedding
+from hfgen.diffusion.transformer_hfgen import patch_positions
 
 UNET = dict(sample_size=8, block_out_channels=(8, 16), num_attention_heads=2, norm_num_groups=4)
 DIT = dict(sample_size=8, patch_size=2, hidden_size=16, num_layers=1, num_attention_heads=2)
@@ -49,20 +50,54 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def test_timestep_embedding_matches_the_formula_and_diffusers():
-    t = torch.tensor([0.0, 1.0, 17.0, 999.0, 3.5])
-    dim, half = 10, 5
-    expected = torch.zeros(len(t), dim)
-    for row, step in enumerate(t.tolist()):
+def ddpm_sinusoid(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
+    """DDPM's timestep embedding written out: ``[cos(t w_i) | sin(t w_i)]``, ``w_i = 10000^(-i / half)``, an odd
+    width padded with a zero channel."""
+    half = dim // 2
+    expected = torch.zeros(len(timesteps), dim)
+    for row, step in enumerate(timesteps.tolist()):
         for i in range(half):
             w = 10000.0 ** (-i / half)
             expected[row, i] = math.cos(step * w)
             expected[row, half + i] = math.sin(step * w)
-    assert torch.allclose(timestep_embedding(t, dim), expected, atol=1e-5)
-    reference = get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)
-    assert torch.allclose(timestep_embedding(t, dim), reference, atol=1e-5)
-    odd = timestep_embedding(t, 11)
-    assert odd.shape == (5, 11) and torch.equal(odd[:, -1], torch.zeros(5))
+    return expected
+
+
+@pytest.mark.parametrize("dim", [10, 11])
+def test_condition_embedding_embeds_the_timestep_as_ddpm(dim):
+    """The denoisers' conditioning (diffusers' get_timestep_embedding as configured there) is the MLP of DDPM's
+    sinusoid."""
+    t = torch.tensor([0.0, 1.0, 17.0, 999.0, 3.5])
+    condition = ConditionEmbedding(dim, 8, num_class_embeds=None)
+    with torch.no_grad():
+        expected = condition.linear_2(condition.act(condition.linear_1(ddpm_sinusoid(t, dim))))
+        assert torch.allclose(condition(t, len(t), None, torch.float32), expected, atol=1e-5)
+
+
+def test_timestep_embedding_is_a_deprecated_alias_of_the_formula():
+    t = torch.tensor([0.0, 1.0, 17.0, 999.0, 3.5])
+    with pytest.warns(FutureWarning, match="get_timestep_embedding"):
+        assert torch.allclose(timestep_embedding(t, 11), ddpm_sinusoid(t, 11), atol=1e-5)
+    with pytest.raises(ValueError, match="timesteps must be a 1-D tensor"), pytest.warns(FutureWarning):
+        timestep_embedding(t[None], 10)
+
+
+def test_dit_patch_positions_are_the_2d_sincos_formula():
+    """Row-major patches of a crop of the table: the row's ``[sin | cos]`` (frequencies ``10000^(-i / (dim/4))``)
+    in the first half of the channels, the column's in the second (Peebles & Xie)."""
+    dim, grid, height, width = 16, 4, 3, 2
+    quarter = dim // 4
+    expected = torch.zeros(height * width, dim)
+    for r in range(height):
+        for c in range(width):
+            for i in range(quarter):
+                w = 10000.0 ** (-i / quarter)
+                row = [math.sin(r * w), math.cos(r * w), math.sin(c * w), math.cos(c * w)]
+                for k, value in enumerate(row):
+                    expected[r * width + c, k * quarter + i] = value
+    assert torch.allclose(patch_positions(dim, grid, height, width).float(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="hidden_size must be divisible by 4"):
+        HfGenDiTModel(**{**DIT, "hidden_size": 18})
 
 
 @pytest.mark.parametrize("name", ["ddim", "ddpm"])

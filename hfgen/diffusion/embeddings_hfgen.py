@@ -1,5 +1,5 @@
-"""Pieces every hfgen denoiser shares: the sinusoidal timestep embedding, the conditioning embedding (timestep +
-class label), the 2-D sin/cos patch positions of a DiT, and the bridge to hfgen's shared attention layer.
+"""Pieces every hfgen denoiser shares: the conditioning embedding (diffusers' sinusoidal timestep embedding + class
+label) and the bridge to hfgen's shared attention layer.
 
 The attention of the image models is :class:`HfGenAttention` from ``hfgen/models/attention.py`` -- the same layer,
 variants and kernels as the text families -- run over the ``H*W`` image tokens without a causal mask and without
@@ -9,9 +9,10 @@ positions).
 
 from __future__ import annotations
 
-import math
+import warnings
 
 import torch
+from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
 from ..models.attention import HfGenAttention
@@ -19,19 +20,14 @@ from ..models.variants import ATTENTION_SCORINGS, SOFTMAX_VARIANTS, check_choice
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, as the Transformer's positions (Vaswani et al.)
-    and DDPM: ``emb[:, i] = cos(t * w_i)`` and ``emb[:, half + i] = sin(t * w_i)``, ``w_i = max_period^(-i/half)``,
-    ``half = dim // 2``; an odd ``dim`` gets a zero last channel. (diffusers' ``get_timestep_embedding`` with
-    ``flip_sin_to_cos=True, downscale_freq_shift=0``.)"""
+    """Deprecated: diffusers' ``get_timestep_embedding(timesteps, dim, flip_sin_to_cos=True,
+    downscale_freq_shift=0, max_period=max_period)`` (``[cos | sin]``, frequencies ``max_period^(-i / (dim // 2))``,
+    an odd ``dim`` padded with a zero channel), which the denoisers call themselves."""
+    warnings.warn("hfgen.diffusion.timestep_embedding is deprecated: call diffusers' get_timestep_embedding(..., "
+                  "flip_sin_to_cos=True, downscale_freq_shift=0) instead.", FutureWarning, stacklevel=2)
     if timesteps.ndim != 1:
         raise ValueError(f"timesteps must be a 1-D tensor (one per sample), got shape {tuple(timesteps.shape)}.")
-    half = dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
-    angles = timesteps.float()[:, None] * torch.exp(exponent)[None, :]
-    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-    if dim % 2:
-        emb = torch.nn.functional.pad(emb, (0, 1))
-    return emb
+    return get_timestep_embedding(timesteps, dim, flip_sin_to_cos=True, downscale_freq_shift=0, max_period=max_period)
 
 
 class ConditionEmbedding(nn.Module):
@@ -62,7 +58,9 @@ class ConditionEmbedding(nn.Module):
         if timestep.is_floating_point() and not torch.compiler.is_compiling() and not torch.isfinite(timestep).all():
             raise ValueError(f"timestep must be finite, got {timestep.tolist()[:8]}: NaN or inf would make every "
                              f"output NaN. Timesteps come from the scheduler (scheduler.timesteps).")
-        emb = self.linear_2(self.act(self.linear_1(timestep_embedding(timestep, self.base_dim).to(dtype))))
+        # [cos | sin] with frequencies 10000^(-i / half): the layout of DDPM's reference code.
+        sinusoid = get_timestep_embedding(timestep, self.base_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        emb = self.linear_2(self.act(self.linear_1(sinusoid.to(dtype))))
         if self.class_embedding is not None:
             if class_labels is None:  # an unconditional call of a class-conditional model: the null class
                 class_labels = torch.full((batch,), self.num_class_embeds, dtype=torch.long, device=emb.device)
@@ -131,25 +129,5 @@ def make_attention(settings: AttentionSettings, cross: bool = False) -> HfGenAtt
     (general scoring's ``W_k`` = identity, additive scoring's ``v`` ~ N(0, 0.02))."""
     attention = HfGenAttention(settings, layer_idx=0, is_causal=False, is_cross_attention=cross)
     with torch.no_grad():
-        if hasattr(attention, "score_weight"):
-            attention.score_weight.copy_(torch.eye(settings.head_dim).expand_as(attention.score_weight))
-        if hasattr(attention, "score_vector"):
-            attention.score_vector.normal_(0.0, 0.02)
+        attention.scoring_entry.init_parameters(attention, 0.02)
     return attention
-
-
-def sincos_2d_positions(dim: int, grid: int) -> torch.Tensor:
-    """``[grid*grid, dim]`` fixed 2-D positions of a DiT's patches (Peebles & Xie): half the channels a 1-D
-    sinusoid of the row, half of the column, each ``[sin | cos]`` with frequencies ``10000^(-i / (dim/4))``."""
-    if dim % 4:
-        raise ValueError(f"2-D sin/cos positions need a width divisible by 4, got {dim}.")
-    quarter = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    coords = torch.arange(grid, dtype=torch.float64)
-    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
-
-    def one_axis(pos):
-        angles = pos.reshape(-1)[:, None] * omega[None]
-        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
-
-    return torch.cat([one_axis(rows), one_axis(cols)], dim=1).float()

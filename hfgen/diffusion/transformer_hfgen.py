@@ -12,12 +12,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .export_hfgen import HubExportMixin
-from .embeddings_hfgen import ConditionEmbedding, attention_settings, make_attention, sincos_2d_positions
+from .embeddings_hfgen import ConditionEmbedding, attention_settings, make_attention
 from .unet_hfgen import HfGenUNet2DOutput, check_denoiser_inputs, cross_attend, cross_attention_mask
+
+
+def patch_positions(hidden_size: int, grid: int, height: int, width: int) -> torch.Tensor:
+    """``[height * width, hidden_size]`` fixed 2-D sin/cos positions of the top-left ``height x width`` patches of a
+    ``grid x grid`` table (Peebles & Xie): the row's ``[sin | cos]`` in the first half of the channels, the column's
+    in the second, frequencies ``10000^(-i / (hidden_size / 4))``."""
+    # diffusers' table (MAE's layout) gives the column the first half; the row-first table is the transposed grid's.
+    table = get_2d_sincos_pos_embed(hidden_size, grid, base_size=grid).view(grid, grid, -1).transpose(0, 1)
+    return table[:height, :width].reshape(height * width, -1)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -63,6 +73,9 @@ class HfGenDiTModel(HubExportMixin, ModelMixin, ConfigMixin):
         super().__init__()
         if sample_size % patch_size:
             raise ValueError(f"sample_size ({sample_size}) must be a multiple of patch_size ({patch_size}).")
+        if hidden_size % 4:
+            raise ValueError(f"hidden_size must be divisible by 4 (the 2-D sin/cos patch positions give each axis "
+                             f"half the channels, half sin and half cos), got {hidden_size}.")
         settings = attention_settings(self.config, hidden_size)
         self.patch_embed = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
         self.condition = ConditionEmbedding(hidden_size, hidden_size, num_class_embeds)
@@ -96,8 +109,7 @@ class HfGenDiTModel(HubExportMixin, ModelMixin, ConfigMixin):
         x = self.patch_embed(sample)  # [B, D, H/p, W/p]
         gh, gw = x.shape[-2:]
         grid = self.config.sample_size // p
-        pos = sincos_2d_positions(self.config.hidden_size, grid).to(x.device, x.dtype)
-        pos = pos.view(grid, grid, -1)[:gh, :gw].reshape(gh * gw, -1)
+        pos = patch_positions(self.config.hidden_size, grid, gh, gw).to(x.device, x.dtype)
         x = x.flatten(2).transpose(1, 2) + pos
         mask = cross_attention_mask(encoder_attention_mask)
         for block in self.blocks:

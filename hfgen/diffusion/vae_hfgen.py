@@ -58,11 +58,6 @@ class Block(nn.Module):
         return self.skip(x) + self.net(x)
 
 
-def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """``KL(N(mean, exp(logvar)) || N(0, 1))`` summed over all but the batch dimension."""
-    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
-
-
 def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
     """``log N(x; mean, std^2 I)`` summed over all but the batch dimension."""
     return (-0.5 * ((x - mean) / std).pow(2) - math.log(std) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
@@ -137,7 +132,7 @@ class HfGenVAEModel(HubExportMixin, ModelMixin, ConfigMixin):
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         mean = self.decode(z).sample
         reconstruction = gaussian_log_likelihood(sample, mean, self.config.decoder_std)
-        kl = gaussian_kl(posterior.mean, posterior.logvar)
+        kl = posterior.kl()  # KL(q(z|x) || N(0, I)) in closed form, summed per image
         elbo = reconstruction - kl
         loss = -elbo.mean() / sample[0].numel()
         out = HfGenVAEOutput(sample=mean, reconstruction=reconstruction, kl=kl, elbo=elbo, loss=loss)
