@@ -5,6 +5,8 @@ continued training on the same tokens, over several seeds, by validation perplex
 
     python recipes/fusellm.py --output_dir outputs/fusellm
     python recipes/fusellm.py --quick
+    python recipes/fusellm.py --train_file my_texts.jsonl --validation_file my_held_out.jsonl   # your own text
+    torchrun --nproc_per_node 2 recipes/fusellm.py --quick       # several processes: the weights of one
 
 The corpus' training documents (reference manual + standard-library docstrings, about 457k target tokens) are
 cut into disjoint slices: one per source, one for the target's pre-training, one for the continued training.
@@ -17,7 +19,11 @@ the validation documents' blocks ("dev"), and the other half ("test") is what is
 also compared in bits per character, which does not depend on the tokenizer.
 
 Every stage trains with ``Trainer`` (``hfgen.training.fusellm.FuseLLMTrainer``: the fusion loss in
-``compute_loss``, as TRL's distillation trainers), checkpoints and logs under OUTPUT_DIR/checkpoints.
+``compute_loss``, as TRL's distillation trainers), checkpoints and logs under OUTPUT_DIR/checkpoints. ``--batch_size``
+is the global batch: under ``torchrun`` / ``accelerate launch`` each of N processes takes ``batch_size / N`` blocks of
+each step, so a run trains the weights of one process. The user's own text (``--dataset_name`` / ``--train_file``,
+``hfgen.data.user_data``) replaces the embedded corpus: its documents are cut into the slices, its validation
+split gives dev and test (it is read into memory: the slices need every document, so ``--streaming`` is refused).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import statistics
 
 import torch
 from tqdm.auto import tqdm
-from transformers import TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 from hfgen.data.corpus import load_corpus
 from hfgen.data.tokenizer import load_tokenizer, train_tokenizer
@@ -43,6 +49,7 @@ from hfgen.training.fusellm import (
     VocabularyMap,
     aligned_distributions,
 )
+from hfgen.data.user_data import TextDataArguments
 from hfgen.training.pretrain import cpu_training_defaults
 
 METHODS = ("clm", "min_ce", "avg_ce")
@@ -51,9 +58,10 @@ METHODS = ("clm", "min_ce", "avg_ce")
 logger = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> HfArgumentParser:
+    """The user-data flags (``TextDataArguments``), then the recipe's own."""
+    parser = HfArgumentParser((TextDataArguments,), description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/fusellm", help="where the models, plot and results go")
     parser.add_argument("--source_vocab_sizes", type=int, nargs="+", default=[1024, 2048],
                         help="one source model per size, each with its own tokenizer of that vocabulary")
@@ -64,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--continue_steps", type=int, default=None,
                         help="default: one epoch over the continued-training slice (each block once)")
     parser.add_argument("--block_size", type=int, default=64, help="tokens per sequence")
-    parser.add_argument("--batch_size", type=int, default=16, help="sequences per step")
+    parser.add_argument("--batch_size", type=int, default=16,
+                        help="sequences per step, over all processes (each of N processes takes batch_size / N)")
     parser.add_argument("--learning_rate", type=float, default=3e-3, help="pre-training learning rate")
     parser.add_argument("--lam", type=float, default=0.9, help="lambda: weight of the CLM loss (FuseLLM: 0.9)")
     parser.add_argument("--top_k", type=int, default=10,
@@ -99,12 +108,19 @@ def lm(vocab_size: int, hidden: int, tokenizer, seed: int) -> HfGenDecoderForCau
                                                       eos_token_id=tokenizer.eos_token_id))
 
 
+def process_count() -> int:
+    """Processes of the launch (``torchrun`` / ``accelerate launch`` set WORLD_SIZE; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def training_arguments(args, output_dir: str, steps: int, learning_rate: float, seed: int,
                        **changes) -> TrainingArguments:
     """Trainer settings of every stage: the former loops' AdamW (constant learning rate, weight decay 0.01, no
-    clipping), ``steps`` optimizer steps of ``--batch_size`` blocks, nothing saved unless ``changes`` ask."""
+    clipping), ``steps`` optimizer steps of ``--batch_size`` blocks over all processes, nothing saved unless
+    ``changes`` ask."""
+    per_process = args.batch_size // process_count()
     return TrainingArguments(**{**cpu_training_defaults(), "output_dir": output_dir, "max_steps": steps,
-                                "per_device_train_batch_size": args.batch_size, "learning_rate": learning_rate,
+                                "per_device_train_batch_size": per_process, "learning_rate": learning_rate,
                                 "lr_scheduler_type": "constant", "weight_decay": 0.01, "max_grad_norm": 0.0,
                                 "seed": seed, "report_to": args.report_to, "save_strategy": "no",
                                 "logging_steps": 10, "remove_unused_columns": False, "disable_tqdm": False,
@@ -211,22 +227,35 @@ def plot_dev_curves(summary: dict, path: str) -> str:
     return path
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+def parse_arguments(argv: list[str] | None) -> tuple[TextDataArguments, argparse.Namespace]:
+    """The data flags and the recipe's, with ``--quick`` applied; every check that needs no data done."""
+    data, args = build_parser().parse_args_into_dataclasses(argv)
     if args.quick:
         args.source_steps, args.target_pretrain_steps, args.continue_steps = 20, 10, 6
         args.eval_every, args.eval_blocks, args.seeds, args.source_vocab_sizes = 3, 8, [0], [512, 1024]
         args.topics_only, args.batch_size = True, 4
-    os.makedirs(args.output_dir, exist_ok=True)
-    corpus = load_corpus(include_docstrings=not args.topics_only)
-    documents = corpus["train"]["text"]
-    parts = len(args.source_vocab_sizes) + 2  # sources, target pre-training, continued training
-    slices = [documents[i::parts] for i in range(parts)]
-    target_tokenizer = load_tokenizer()
-    validation = blocks_of(corpus["validation"]["text"], target_tokenizer, args.block_size)
-    dev, test = validation[0::2][:args.eval_blocks], validation[1::2][:args.eval_blocks]
-    test_text = [target_tokenizer.decode(block) for block in test]
-    sources, report = [], {}
+    data.check()
+    if data.streaming:
+        raise ValueError("--streaming is not supported by FuseLLM: the documents are dealt into the sources' and "
+                         "the target's slices, which needs all of them; the data is read into memory.")
+    processes = process_count()
+    if args.batch_size < processes or args.batch_size % processes:
+        raise ValueError(f"--batch_size {args.batch_size} (sequences per step over all processes) must be a "
+                         f"multiple of the {processes} processes of this launch.")
+    return data, args
+
+
+def load_documents(data: TextDataArguments, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """``(training documents, validation documents)``: the user's (``--dataset_name`` / ``--train_file``, one
+    document per row), else the embedded corpus."""
+    corpus = data.texts(lambda: load_corpus(include_docstrings=not args.topics_only))
+    return corpus["train"]["text"], corpus["validation"]["text"]
+
+
+def train_sources(args, slices: list[list[str]], test_text: list[str], report: dict) -> list[SourceModel]:
+    """One source per ``--source_vocab_sizes`` entry: its own tokenizer and LM trained on its own slice; its test
+    bits per character go into ``report``."""
+    sources = []
     for k, vocab_size in enumerate(args.source_vocab_sizes):
         tokenizer = train_tokenizer(slices[k], vocab_size=vocab_size)
         model = lm(len(tokenizer), args.hidden_size, tokenizer, seed=100 + k)
@@ -235,16 +264,13 @@ def main(argv: list[str] | None = None) -> dict:
         sources.append(SourceModel(model, tokenizer))
         report[f"source_{k}_test_bits_per_character"] = bits_per_character(
             model, tokenizer, blocks_of(test_text, tokenizer, args.block_size))
-    pretrain_blocks = blocks_of(slices[-2], target_tokenizer, args.block_size)
-    continue_blocks = blocks_of(slices[-1], target_tokenizer, args.block_size)
-    steps = args.continue_steps or len(continue_blocks) // args.batch_size
-    if steps * args.batch_size > len(continue_blocks):
-        raise ValueError(f"--continue_steps {steps} x --batch_size {args.batch_size} needs {steps * args.batch_size} "
-                         f"blocks; the continued-training slice has {len(continue_blocks)} (one epoch, no repeats).")
-    continue_blocks = continue_blocks[:steps * args.batch_size]
-    report.update(continued_training_steps=steps, continued_training_tokens=continue_blocks.numel(),
-                  tokens_per_step=args.batch_size * args.block_size)
-    distributions = source_distributions(sources, target_tokenizer, continue_blocks, args.top_k)
+    return sources
+
+
+def compare_methods(args, target_tokenizer, pretrain_blocks, continue_blocks, distributions, dev, test, steps,
+                    report: dict):
+    """Per seed: pre-train a target, then continue it with each method from the same weights; test perplexity
+    per method and seed, the continued-training details, and the last target (AvgCE, last seed)."""
     results = {method: [] for method in ("before_continued_training", *METHODS)}
     details = {method: [] for method in METHODS}
     for seed in args.seeds:
@@ -259,15 +285,12 @@ def main(argv: list[str] | None = None) -> dict:
             details[method].append(continue_training(base, continue_blocks, distributions, method, args, seed, dev,
                                                      steps))
             results[method].append(perplexity(base, test))
-    # The last fused target (AvgCE, last seed), saved Hub-loadable with its tokenizer and reloaded.
-    path = os.path.join(args.output_dir, "target_avg_ce")
-    base.save_pretrained(path)
-    target_tokenizer.save_pretrained(path)
-    reloaded = HfGenDecoderForCausalLM.from_pretrained(path).eval()
-    base.eval()
-    with torch.no_grad():
-        identical = torch.equal(base(input_ids=validation[:2]).logits, reloaded(input_ids=validation[:2]).logits)
-    logger.info(f"saved {path}; identical logits: {identical}")
+    return results, details, base
+
+
+def summarize(results: dict, details: dict, report: dict) -> dict:
+    """Mean, spread and per-seed values of each method's test perplexity, and the fused methods' paired
+    differences to CLM-only continued training."""
     summary = {name: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
                       "min": min(v), "max": max(v), "per_seed": v} for name, v in results.items()}
     for method in METHODS:
@@ -278,12 +301,55 @@ def main(argv: list[str] | None = None) -> dict:
         summary[f"{method}_minus_clm"] = {"mean": statistics.mean(differences), "per_seed": differences,
                                          "std": statistics.stdev(differences) if len(differences) > 1 else 0.0}
     summary.update(report)
+    return summary
+
+
+def save_target(model, tokenizer, path: str, blocks: torch.Tensor) -> bool:
+    """Save ``model`` Hub-loadable with its tokenizer, reload it; whether the logits on ``blocks`` are identical."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    reloaded = HfGenDecoderForCausalLM.from_pretrained(path).eval()
+    model.eval()
+    with torch.no_grad():
+        identical = torch.equal(model(input_ids=blocks).logits, reloaded(input_ids=blocks).logits)
+    logger.info(f"saved {path}; identical logits: {identical}")
+    return identical
+
+
+def main(argv: list[str] | None = None) -> dict:
+    data, args = parse_arguments(argv)
+    os.makedirs(args.output_dir, exist_ok=True)
+    documents, validation_documents = load_documents(data, args)
+    parts = len(args.source_vocab_sizes) + 2  # sources, target pre-training, continued training
+    slices = [documents[i::parts] for i in range(parts)]
+    target_tokenizer = load_tokenizer()
+    validation = blocks_of(validation_documents, target_tokenizer, args.block_size)
+    dev, test = validation[0::2][:args.eval_blocks], validation[1::2][:args.eval_blocks]
+    report = {}
+    sources = train_sources(args, slices, [target_tokenizer.decode(block) for block in test], report)
+    pretrain_blocks = blocks_of(slices[-2], target_tokenizer, args.block_size)
+    continue_blocks = blocks_of(slices[-1], target_tokenizer, args.block_size)
+    steps = args.continue_steps or len(continue_blocks) // args.batch_size
+    if steps * args.batch_size > len(continue_blocks):
+        raise ValueError(f"--continue_steps {steps} x --batch_size {args.batch_size} needs {steps * args.batch_size} "
+                         f"blocks; the continued-training slice has {len(continue_blocks)} (one epoch, no repeats).")
+    continue_blocks = continue_blocks[:steps * args.batch_size]
+    report.update(continued_training_steps=steps, continued_training_tokens=continue_blocks.numel(),
+                  tokens_per_step=args.batch_size * args.block_size)
+    distributions = source_distributions(sources, target_tokenizer, continue_blocks, args.top_k)
+    results, details, base = compare_methods(args, target_tokenizer, pretrain_blocks, continue_blocks, distributions,
+                                             dev, test, steps, report)
+    summary = summarize(results, details, report)
+    if int(os.environ.get("RANK", "0")) != 0:  # every process trained the same weights; one writes them
+        return summary
+    # The last fused target (AvgCE, last seed), saved Hub-loadable with its tokenizer and reloaded.
+    identical = save_target(base, target_tokenizer, os.path.join(args.output_dir, "target_avg_ce"), validation[:2])
     plot_dev_curves(summary, os.path.join(args.output_dir, "dev_perplexity.png"))
     summary["identical_logits_after_reload"] = identical
     for name, value in summary.items():
         logger.info("%s %s", name, value)
     with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
-        json.dump({"args": vars(args), "results": summary}, handle, indent=2)
+        json.dump({"args": vars(args), "data": vars(data), "results": summary}, handle, indent=2)
     logger.info("saved to %s (target_avg_ce/, dev_perplexity.png, results.json)", args.output_dir)
     return summary
 

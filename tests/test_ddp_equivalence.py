@@ -13,6 +13,7 @@ process or on the batch a block lands in, so a plain ``torchrun`` masks every bl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -82,20 +83,24 @@ def recipe_run(recipe: str, output_dir: Path, processes: int, launcher: list[str
     one process (``processes=1``) or under ``launcher`` (default ``torchrun --standalone --nproc_per_node N``);
     return the saved weights. ``extra`` flags come last (they win)."""
     flags = [flag.replace("{base}", base_folder or "") for flag in RECIPE_FLAGS[recipe]]
-    script = str(REPO / "recipes" / f"{recipe}.py")
-    per_device = GLOBAL_BATCH // processes
+    launch(REPO / "recipes" / f"{recipe}.py", [*flags, *COMMON_FLAGS, *extra, "--per_device_train_batch_size",
+                                               str(GLOBAL_BATCH // processes), "--output_dir", str(output_dir)],
+           processes, launcher)
+    return load_file(output_dir / SAVED.get(recipe, "model.safetensors"))
+
+
+def launch(script: Path | str, flags: list[str], processes: int, launcher: list[str] | None = None) -> None:
+    """``python script flags`` (``processes=1``) or the same under ``launcher`` (default ``torchrun --standalone
+    --nproc_per_node N``), one thread per process; fails the test with the end of the output if the run fails."""
     if processes == 1:
-        command = [sys.executable, script]
+        command = [sys.executable, str(script)]
     else:
         command = [*(launcher or [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                  str(processes)]), script]
+                                  str(processes)]), str(script)]
     # One thread per process: two ranks on two cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*command, *flags, *COMMON_FLAGS, *extra, "--per_device_train_batch_size",
-                             str(per_device), "--output_dir", str(output_dir)], capture_output=True, text=True,
-                            timeout=300, cwd=REPO, env=env)
+    result = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return load_file(output_dir / SAVED.get(recipe, "model.safetensors"))
 
 
 def assert_same_weights(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor], label: str,
@@ -220,6 +225,29 @@ def test_ppo_update_from_the_same_rollouts_is_that_of_one_process(tmp_path):
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert_same_weights(load_file(tmp_path / "one" / "model.safetensors"),
                         load_file(tmp_path / "two" / "model.safetensors"), "PPO update, 2 processes")
+
+
+# FuseLLM (recipes/fusellm.py): two sources, the target's pre-training and its continued training under each
+# method, every stage on Trainer; --batch_size is the global batch (each of N processes takes batch_size / N blocks).
+FUSELLM_TINY = ["--source_vocab_sizes", "300", "400", "--source_steps", "2", "--target_pretrain_steps", "2",
+                "--continue_steps", "2", "--eval_every", "1", "--eval_blocks", "4", "--seeds", "0", "--topics_only",
+                "--batch_size", "4", "--hidden_size", "16", "--block_size", "32"]
+
+
+@pytest.mark.slow
+def test_fusellm_two_processes_train_the_targets_of_one(tmp_path):
+    """Under torchrun x2 every stage trains what one process trains: the saved fused target (AvgCE) has the weights
+    of one process (up to the order of float sums), and the test perplexity of every method's target (CLM, MinCE,
+    AvgCE, and before continued training) is one process's within 1e-4."""
+    weights, results = {}, {}
+    for processes in (1, 2):
+        out = tmp_path / str(processes)
+        launch(REPO / "recipes" / "fusellm.py", [*FUSELLM_TINY, "--output_dir", str(out)], processes)
+        weights[processes] = load_file(out / "target_avg_ce" / "model.safetensors")
+        results[processes] = json.loads((out / "results.json").read_text())["results"]
+    assert_same_weights(weights[1], weights[2], "fusellm, 2 processes")
+    for method in ("before_continued_training", "clm", "min_ce", "avg_ce"):
+        assert results[2][method]["per_seed"] == pytest.approx(results[1][method]["per_seed"], rel=1e-4), method
 
 
 if __name__ == "__main__":

@@ -143,3 +143,72 @@ def test_fusellm_trainer_loss_reduces_to_the_models_own_loss(tmp_path):
         trainer = FuseLLMTrainer(model=model, args=args, method="avg_ce", lam=0.0)
         expected = -F.log_softmax(model(input_ids=blocks).logits[:, :-1].float(), -1).mean()
         torch.testing.assert_close(trainer.compute_loss(model, FuseLLMCollator([uniform])(rows)), expected)
+
+
+# --- The recipe on the user's own text (recipes/fusellm.py through hfgen.data.user_data) ---
+
+def fusellm_recipe():
+    """recipes/fusellm.py as a module (test_recipe_data's loader: the script's dataclasses look it up by name)."""
+    from test_recipe_data import recipe
+
+    return recipe("fusellm")
+
+
+@pytest.fixture(scope="module")
+def corpus_files(tmp_path_factory):
+    """The embedded corpus of ``--topics_only`` (the reference manual) written as the user's files: a jsonl pair
+    and a dataset folder (train.jsonl + validation.jsonl)."""
+    from hfgen.data.corpus import load_corpus
+
+    root = tmp_path_factory.mktemp("fusellm_data")
+    (root / "folder").mkdir()
+    corpus = load_corpus(include_docstrings=False)
+    for split in ("train", "validation"):
+        corpus[split].to_json(str(root / f"{split}.jsonl"))
+        corpus[split].to_json(str(root / "folder" / f"{split}.jsonl"))
+    return root
+
+
+def test_fusellm_reads_the_users_documents_in_order(corpus_files):
+    """--train_file / --validation_file, and --dataset_name with a local folder, give the recipe the documents of
+    the embedded corpus they were written from, in the same order (so the same slices, blocks and models)."""
+    module = fusellm_recipe()
+    default = module.load_documents(*module.parse_arguments(["--topics_only"]))
+    for flags in (["--train_file", str(corpus_files / "train.jsonl"), "--validation_file",
+                   str(corpus_files / "validation.jsonl")], ["--dataset_name", str(corpus_files / "folder")]):
+        assert module.load_documents(*module.parse_arguments(flags)) == default, flags
+
+
+@pytest.mark.parametrize("flags,world,message", [
+    (["--streaming", "true", "--train_file", "{train}", "--validation_file", "{train}"], "1",
+     "--streaming is not supported by FuseLLM"),
+    (["--batch_size", "4"], "3", "--batch_size 4 .* multiple of the 3 processes"),
+    (["--validation_file", "{train}"], "1", "--validation_file .* needs --train_file"),
+])
+def test_fusellm_refuses_bad_data_flags_before_any_work(flags, world, message, corpus_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", world)
+    flags = [flag.format(train=corpus_files / "train.jsonl") for flag in flags]
+    with pytest.raises(ValueError, match=message):
+        fusellm_recipe().main([*flags, "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_fusellm_on_files_trains_the_targets_of_the_embedded_corpus(corpus_files, tmp_path):
+    """A tiny run on the embedded corpus written as jsonl ends with the fused target and the per-method test
+    perplexities of the same run on the embedded corpus, bitwise."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from test_ddp_equivalence import FUSELLM_TINY
+
+    module = fusellm_recipe()
+    files = ["--train_file", str(corpus_files / "train.jsonl"), "--validation_file",
+             str(corpus_files / "validation.jsonl")]
+    for name, flags in (("embedded", []), ("files", files)):
+        module.main([*FUSELLM_TINY, *flags, "--output_dir", str(tmp_path / name)])
+    weights = [load_file(tmp_path / name / "target_avg_ce" / "model.safetensors") for name in ("embedded", "files")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    results = [json.loads((tmp_path / name / "results.json").read_text())["results"] for name in ("embedded", "files")]
+    assert all(results[0][m]["per_seed"] == results[1][m]["per_seed"] for m in ("clm", "min_ce", "avg_ce"))
