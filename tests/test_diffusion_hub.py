@@ -27,6 +27,7 @@ from hfgen.diffusion import (
     HfGenUNet2DModel,
     HfGenVAEModel,
 )
+from hfgen.diffusion.vq_hfgen import HfGenVQModel
 from test_diffusion_pipeline import DIT, UNET, randomised
 from test_hub_portability import isolated_pythonpath
 
@@ -112,6 +113,9 @@ def exported(tmp_path_factory):
         for step in flow.steps:
             step.coupling.net[-1].weight.normal_(0, 0.3)
     add_model("flow", flow, "decode", z=torch.randn(2, 1, 4, 4))
+    vq = HfGenVQModel(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, num_vq_embeddings=16,
+                      num_levels=2)
+    add_model("vqvae2", vq, "detokenize", tokens=vq.tokenize(torch.randn(2, 1, 8, 8)))
 
     (root / "jobs.json").write_text(json.dumps(jobs))
     workdir = root / "cwd"
@@ -124,7 +128,8 @@ def exported(tmp_path_factory):
     return dict(root=root, local=local, remote=torch.load(root / "out.pt"))
 
 
-NAMES = ["unet-class", "dit-text", "text-encoder", "latent", "vae", "gan-generator", "gan-discriminator", "flow"]
+NAMES = ["unet-class", "dit-text", "text-encoder", "latent", "vae", "gan-generator", "gan-discriminator", "flow",
+         "vqvae2"]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,5 +1,5 @@
 """Image generators as native diffusers / Hugging Face models: diffusion denoisers (UNet, DiT) and their pipeline,
-a VAE, a GAN and a normalizing flow.
+a VAE, a VQ-VAE (and VQ-VAE-2), a GAN and a normalizing flow.
 
 Flat files with relative imports: ``HfGenDiffusionPipeline.save_pretrained`` (and each model's ``save_pretrained``
 through :func:`export_module`) writes a model's file, with everything it imports inlined, into a saved folder, the
@@ -28,6 +28,7 @@ from .quality import (
 from .transformer_hfgen import HfGenDiTModel
 from .unet_hfgen import HfGenUNet2DModel, HfGenUNet2DOutput
 from .vae_hfgen import HfGenVAEModel, HfGenVAEOutput
+from .vq_hfgen import HfGenVectorQuantizer, HfGenVQModel, HfGenVQOutput
 
 __all__ = [
     "SCHEDULERS",
@@ -43,6 +44,9 @@ __all__ = [
     "HfGenUNet2DOutput",
     "HfGenVAEModel",
     "HfGenVAEOutput",
+    "HfGenVQModel",
+    "HfGenVQOutput",
+    "HfGenVectorQuantizer",
     "HubExportMixin",
     "bits_per_dim",
     "class_spread",
