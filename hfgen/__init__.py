@@ -29,6 +29,9 @@ from .models import (
     HfGenVlmForConditionalGeneration,
     HfGenVlmModel,
     HfGenVlmProcessor,
+    HfGenTabularConfig,
+    HfGenTabularForGeneration,
+    HfGenTabularProcessor,
     register_auto_classes,
 )
 
@@ -39,6 +42,9 @@ register_auto_classes()
 __version__ = "0.1.0"
 
 __all__ = [
+    "HfGenTabularConfig",
+    "HfGenTabularForGeneration",
+    "HfGenTabularProcessor",
     "HfGenGatoConfig",
     "HfGenGatoForCausalLM",
     "HfGenViTConfig",

@@ -43,6 +43,9 @@ from .modeling_hfgen_vlm import HfGenVlmForConditionalGeneration, HfGenVlmModel
 from .processing_hfgen_vlm import HfGenVlmImageProcessor, HfGenVlmProcessor
 from .configuration_hfgen_gato import HfGenGatoConfig
 from .modeling_hfgen_gato import HfGenGatoForCausalLM
+from .configuration_hfgen_tabular import HfGenTabularConfig
+from .modeling_hfgen_tabular import HfGenTabularForGeneration
+from .processing_hfgen_tabular import HfGenTabularProcessor
 from .registration import register_auto_classes
 from .variants import (
     ATTENTION_SCORINGS,
@@ -54,6 +57,9 @@ from .variants import (
 )
 
 __all__ = [
+    "HfGenTabularConfig",
+    "HfGenTabularForGeneration",
+    "HfGenTabularProcessor",
     "HfGenGatoConfig",
     "HfGenGatoForCausalLM",
     "HfGenViTConfig",

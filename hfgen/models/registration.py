@@ -32,10 +32,12 @@ from .configuration_hfgen_retnet import HfGenRetNetConfig
 from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig
 from .configuration_hfgen_vit import HfGenViTConfig
 from .configuration_hfgen_vlm import HfGenVlmConfig
+from .configuration_hfgen_tabular import HfGenTabularConfig
 from .processing_hfgen_vlm import HfGenVlmImageProcessor, HfGenVlmProcessor
 
 CONFIGS = (HfGenViTConfig, HfGenGatoConfig, HfGenVlmConfig, HfGenRetNetConfig, HfGenDecoderConfig,
            HfGenSeq2SeqConfig, HfGenEncoderConfig)
+CONFIGS += (HfGenTabularConfig,)
 AUTO_CLASSES = {auto_class.__name__: auto_class for auto_class in (
     AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForMaskedLM, AutoModelForPreTraining,
     AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoModelForTokenClassification)}
