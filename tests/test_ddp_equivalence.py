@@ -91,7 +91,8 @@ def recipe_run(recipe: str, output_dir: Path, processes: int, launcher: list[str
 
 def launch(script: Path | str, flags: list[str], processes: int, launcher: list[str] | None = None) -> None:
     """``python script flags`` (``processes=1``) or the same under ``launcher`` (default ``torchrun --standalone
-    --nproc_per_node N``), one thread per process; fails the test with the end of the output if the run fails."""
+    --nproc_per_node N``), one thread per process; fails the test with the end of the output if the run fails.
+    ``script`` "-m" runs the module named first in ``flags``."""
     if processes == 1:
         command = [sys.executable, str(script)]
     else:
@@ -248,6 +249,33 @@ def test_fusellm_two_processes_train_the_targets_of_one(tmp_path):
     assert_same_weights(weights[1], weights[2], "fusellm, 2 processes")
     for method in ("before_continued_training", "clm", "min_ce", "avg_ce"):
         assert results[2][method]["per_seed"] == pytest.approx(results[1][method]["per_seed"], rel=1e-4), method
+
+
+# The gist experiment (python -m hfgen.training.gist_experiment): the gist model and both controls of each family on
+# Trainer, in order; --batch_size is the global batch, and the loss is divided by the step's labelled tokens over all
+# processes (Trainer's num_items_in_batch), so ranks whose halves hold other numbers of output tokens still train as
+# one model.
+GIST_TINY = ["--steps", "3", "--batch_size", "8", "--validation_examples", "8", "--hidden_size", "32",
+             "--num_hidden_layers", "1", "--save_models"]
+
+
+@pytest.mark.slow
+def test_gist_experiment_two_processes_train_the_models_of_one(tmp_path):
+    """Under torchrun x2 the three masks' models of both families (decoder, encoder-decoder) are one process's (up to
+    the order of float sums; measured: at most 1.5e-6 of a tensor's scale, 1 element of 535k beyond 1e-6), and so
+    are their validation losses (within 1e-5)."""
+    results = {}
+    for processes in (1, 2):
+        out = tmp_path / str(processes)
+        launch("-m", ["hfgen.training.gist_experiment", *GIST_TINY, "--output_dir", str(out)], processes)
+        results[processes] = json.loads((out / "results.json").read_text())["rows"]
+    for family in ("decoder", "seq2seq"):
+        for mask in ("positive", "gist", "negative"):
+            assert_same_weights(load_file(tmp_path / "1" / f"{family}_{mask}" / "model.safetensors"),
+                                load_file(tmp_path / "2" / f"{family}_{mask}" / "model.safetensors"),
+                                f"gist experiment, {family} {mask}, 2 processes")
+    for one, two in zip(results[1], results[2]):
+        assert two["validation_loss"] == pytest.approx(one["validation_loss"], rel=1e-5), one["family"]
 
 
 if __name__ == "__main__":

@@ -166,6 +166,93 @@ def test_gist_experiment_script_writes_its_results(tmp_path):
     assert "| decoder |" in (tmp_path / "results.md").read_text()
 
 
+GIST_TINY = ["--steps", "1", "--batch_size", "2", "--validation_examples", "4", "--hidden_size", "32",
+             "--num_hidden_layers", "1", "--words_per_input", "3"]
+
+
+@pytest.fixture
+def embedded_task_files(tmp_path):
+    """The embedded task's rows (instruction, input, output) of GIST_TINY's run written as jsonl: the flags."""
+    import json
+
+    from hfgen.data.gist import add_gist_tokens, instruction_rows
+    from hfgen.training.gist_experiment import GistExperimentSettings
+
+    settings, tokenizer = GistExperimentSettings(), load_hfgen_tokenizer()
+    add_gist_tokens(tokenizer, settings.num_gist_tokens)
+    for name, count, split, seed in (("train", 2, "train", 0), ("validation", 4, "validation", 1)):
+        rows = instruction_rows(count, 3, split, seed, tokenizer, settings.word_pool)
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return ["--train_file", str(tmp_path / "train.jsonl"), "--validation_file", str(tmp_path / "validation.jsonl")]
+
+
+def test_gist_experiment_reads_the_users_rows_as_the_embedded_task(embedded_task_files):
+    """Those files, read back through --train_file / --validation_file, give both families the embedded task's
+    training and validation examples."""
+    from hfgen.training import gist_experiment as experiment
+
+    data, args = experiment.build_parser().parse_args_into_dataclasses([*GIST_TINY, *embedded_task_files])
+    settings = experiment.GistExperimentSettings(**{k: getattr(args, k) for k in
+                                                    vars(experiment.GistExperimentSettings())})
+    rows = experiment.user_rows(data)
+    for family in experiment.FAMILIES:
+        tokenizer = load_hfgen_tokenizer()
+        experiment.add_gist_tokens(tokenizer, settings.num_gist_tokens)
+        assert experiment.family_examples(family, tokenizer, settings, rows) == \
+            experiment.family_examples(family, tokenizer, settings), family
+
+
+@pytest.mark.slow
+def test_gist_experiment_on_files_trains_the_models_of_the_embedded_task(embedded_task_files, tmp_path):
+    """End to end (15 s): both families' models trained from the files are the embedded run's, bitwise, and score
+    the same."""
+    from safetensors.torch import load_file
+
+    from hfgen.training.gist_experiment import main
+
+    results = {name: main([*GIST_TINY, *flags, "--save_models", "--output_dir", str(tmp_path / name)])
+               for name, flags in (("embedded", []), ("files", embedded_task_files))}
+    assert [r["validation_loss"] for r in results["embedded"]["rows"]] == \
+        [r["validation_loss"] for r in results["files"]["rows"]]
+    for model in ("decoder_gist", "decoder_negative", "seq2seq_gist", "seq2seq_positive"):
+        embedded, files = (load_file(tmp_path / name / model / "model.safetensors") for name in ("embedded", "files"))
+        assert all(torch.equal(embedded[key], files[key]) for key in embedded), model
+
+
+def test_user_rows_without_input_are_laid_out_without_it():
+    """Alpaca-style rows whose input is missing or empty: instruction + gist tokens, then "\\nOutput:", the output
+    and eos, written out here token by token."""
+    from hfgen.data.gist import add_gist_tokens, gist_examples
+
+    tokenizer = load_hfgen_tokenizer()
+    ids = add_gist_tokens(tokenizer, 2)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt, rest, answer = encode("Name a colour.") + ids, encode("\nOutput:"), encode(" blue") + [tokenizer.eos_token_id]
+    for row in ({"instruction": "Name a colour.", "output": "blue"},
+                {"instruction": "Name a colour.", "input": "", "output": "blue"}):
+        assert gist_examples([row], tokenizer, 2) == [{"input_ids": prompt + rest + answer, "prompt_length": len(prompt),
+                                                      "labels": [-100] * (len(prompt) + len(rest)) + answer}]
+        assert gist_examples([row], tokenizer, 2, seq2seq=True) == [{"input_ids": prompt + rest, "labels": answer,
+                                                                    "prompt_length": len(prompt)}]
+
+
+@pytest.mark.parametrize("flags,world,message", [
+    (["--streaming", "true"], "1", "--streaming is not supported by the gist experiment"),
+    ([], "1", r"columns question, answer; this recipe reads \(instruction, input, output\) or \(instruction, output\)"),
+    (["--batch_size", "4"], "3", "batch_size=4 .* multiple of the 3 processes"),
+])
+def test_gist_experiment_refuses_bad_data_flags(flags, world, message, tmp_path, monkeypatch):
+    from hfgen.training.gist_experiment import main
+
+    monkeypatch.setenv("WORLD_SIZE", world)
+    (tmp_path / "train.jsonl").write_text('{"question": "a", "answer": "b"}\n')
+    files = [] if world != "1" else ["--train_file", str(tmp_path / "train.jsonl"), "--validation_file",
+                                     str(tmp_path / "train.jsonl")]
+    with pytest.raises(ValueError, match=message):
+        main([*GIST_TINY, *files, *flags, "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_input(model):
     ids = with_gist(3, 2)
     with pytest.raises(ValueError, match=r"mode='both'.*'gist', 'positive', 'negative'"):

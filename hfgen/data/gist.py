@@ -73,48 +73,68 @@ def word_pool(tokenizer, size: int, seed: int = 0) -> list[str]:
     raise ValueError(f"word_pool size {size} is more than the {len(single)} one-token words of the corpus.")
 
 
-def _instruction_parts(tokenizer, num_gist_tokens: int, count: int, words_per_input: int, split: str, seed: int,
-                       pool: int | None = None):
-    """``count`` triples ``(prompt, source, target)`` of token ids: instruction + gist tokens, the input words,
-    the output words + eos. ``pool``: only the ``word_pool`` of that size (the corpus's words in order, the others
-    left out); ``None``: every word."""
-    gist_ids = gist_token_ids(tokenizer, num_gist_tokens)
+def instruction_rows(count: int, words_per_input: int = 4, split: str = "train", seed: int = 0,
+                     tokenizer=None, pool: int | None = None) -> list[dict[str, str]]:
+    """``count`` rows ``{"instruction", "input", "output"}`` of the embedded task (the layout of Alpaca-style
+    instruction data, which :func:`gist_examples` also takes from the user's files): one of :data:`TASKS`' instructions,
+    ``words_per_input`` consecutive words of the corpus, and those words as the instruction asks. ``pool``: only the
+    ``word_pool(tokenizer, pool)`` words (the corpus's words in order, the others left out); ``None``: every word."""
     words = corpus_words(split, seed)
     if pool is not None:
         keep = set(word_pool(tokenizer, pool))
         words = [w for w in words if w in keep]
     rng = random.Random(seed)
+    rows = []
     for _ in range(count):
         instruction, task = rng.choice(list(TASKS.items()))
         start = rng.randrange(len(words) - words_per_input)
         chosen = words[start:start + words_per_input]
-        prompt = tokenizer(instruction, add_special_tokens=False)["input_ids"] + gist_ids
-        source = tokenizer(" Input: " + " ".join(chosen) + "\nOutput:", add_special_tokens=False)["input_ids"]
-        target = tokenizer(" " + " ".join(task(chosen)), add_special_tokens=False)["input_ids"]
-        yield prompt, source, target + [tokenizer.eos_token_id]
+        rows.append({"instruction": instruction, "input": " ".join(chosen), "output": " ".join(task(chosen))})
+    return rows
+
+
+def _row_parts(rows, tokenizer, num_gist_tokens: int):
+    """Per row, the token ids ``(prompt, source, target)``: instruction + gist tokens, `` Input: <input>\nOutput:``
+    (``\nOutput:`` alone where the row has no input), `` <output>`` + eos."""
+    gist_ids = gist_token_ids(tokenizer, num_gist_tokens)
+    for row in rows:
+        source = f" Input: {row['input']}\nOutput:" if row.get("input") else "\nOutput:"
+        yield (tokenizer(row["instruction"], add_special_tokens=False)["input_ids"] + gist_ids,
+               tokenizer(source, add_special_tokens=False)["input_ids"],
+               tokenizer(" " + row["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+
+
+def gist_examples(rows, tokenizer, num_gist_tokens: int, seq2seq: bool = False) -> list[dict[str, list[int]]]:
+    """Rows ``{"instruction", "input" (optional), "output"}`` (the embedded task's :func:`instruction_rows`, or the
+    user's) as training examples ``{"input_ids", "labels", "prompt_length"}``. A causal LM (``seq2seq=False``):
+    instruction + gist tokens (the prompt), the input, then the output + eos, labels -100 everywhere but the output.
+    An encoder-decoder: ``input_ids`` = instruction + gist tokens + input into the encoder, ``labels`` = the output +
+    eos."""
+    if seq2seq:
+        return [{"input_ids": prompt + source, "labels": target, "prompt_length": len(prompt)}
+                for prompt, source, target in _row_parts(rows, tokenizer, num_gist_tokens)]
+    return [{"input_ids": prompt + source + target, "labels": [-100] * (len(prompt) + len(source)) + target,
+             "prompt_length": len(prompt)} for prompt, source, target in _row_parts(rows, tokenizer, num_gist_tokens)]
 
 
 def gist_instruction_examples(tokenizer, num_gist_tokens: int, count: int, words_per_input: int = 4,
                               split: str = "train", seed: int = 0,
                               word_pool: int | None = None) -> list[dict[str, list[int]]]:
-    """``count`` examples ``{"input_ids", "labels", "prompt_length"}`` for a causal LM: instruction + gist tokens
-    (the prompt), then the input words and the output words + eos; labels are -100 everywhere but the output.
+    """``count`` examples of the embedded task (:func:`instruction_rows`) for a causal LM (:func:`gist_examples`).
     ``word_pool``: draw the words from the ``word_pool(tokenizer, word_pool)`` most frequent one-token words only."""
-    return [{"input_ids": prompt + source + target, "labels": [-100] * (len(prompt) + len(source)) + target,
-             "prompt_length": len(prompt)}
-            for prompt, source, target in _instruction_parts(tokenizer, num_gist_tokens, count, words_per_input,
-                                                             split, seed, word_pool)]
+    gist_token_ids(tokenizer, num_gist_tokens)  # the gist tokens' error before the corpus is read
+    rows = instruction_rows(count, words_per_input, split, seed, tokenizer, word_pool)
+    return gist_examples(rows, tokenizer, num_gist_tokens)
 
 
 def gist_seq2seq_examples(tokenizer, num_gist_tokens: int, count: int, words_per_input: int = 4,
                           split: str = "train", seed: int = 0,
                           word_pool: int | None = None) -> list[dict[str, list[int]]]:
     """The same examples as :func:`gist_instruction_examples` (same seed, same tasks and words) for an
-    encoder-decoder: ``input_ids`` = instruction + gist tokens + input words into the encoder, ``labels`` = the
-    output words + eos, ``prompt_length`` = the instruction and gist tokens."""
-    return [{"input_ids": prompt + source, "labels": target, "prompt_length": len(prompt)}
-            for prompt, source, target in _instruction_parts(tokenizer, num_gist_tokens, count, words_per_input,
-                                                             split, seed, word_pool)]
+    encoder-decoder (:func:`gist_examples` with ``seq2seq=True``)."""
+    gist_token_ids(tokenizer, num_gist_tokens)
+    rows = instruction_rows(count, words_per_input, split, seed, tokenizer, word_pool)
+    return gist_examples(rows, tokenizer, num_gist_tokens, seq2seq=True)
 
 
 class GistCollator:

@@ -5,6 +5,7 @@ same examples from the same initial weights, scored by the validation loss on th
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 from dataclasses import dataclass, field
 
@@ -34,9 +35,16 @@ def train_with_gist_mask(initial: torch.nn.Module, train: list[dict], validation
     ``negative``); then the validation loss under the same mask. An encoder-decoder (``config.is_encoder_decoder``)
     takes :func:`gist_seq2seq_examples` and the encoder/cross-attention masks, a causal LM
     :func:`gist_instruction_examples` and the causal gist mask. ``output_dir``: where Trainer writes (default a
-    temporary folder; nothing is saved); ``report_to``: Trainer's logging integrations."""
+    temporary folder; nothing is saved); ``report_to``: Trainer's logging integrations. ``batch_size`` is the batch
+    of a step over all processes: under ``torchrun`` / ``accelerate launch`` each of N processes takes
+    ``batch_size / N`` examples of it (and Trainer divides the loss by the step's labelled tokens over all processes),
+    so N processes train the weights of one."""
     if mode not in GIST_MODES:
         raise ValueError(f"Unknown gist mask mode={mode!r}; valid choices are: {', '.join(map(repr, GIST_MODES))}.")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch_size < processes or batch_size % processes:
+        raise ValueError(f"batch_size={batch_size} (examples per step over all processes) must be a multiple of the "
+                         f"{processes} processes of this launch.")
     torch.manual_seed(seed)
     model = copy.deepcopy(initial).train()
     seq2seq = getattr(initial.config, "is_encoder_decoder", False)
@@ -47,7 +55,7 @@ def train_with_gist_mask(initial: torch.nn.Module, train: list[dict], validation
         with tempfile.TemporaryDirectory() as scratch:
             args = TrainingArguments(**{
                 **cpu_training_defaults(), "output_dir": output_dir or scratch, "max_steps": steps,
-                "per_device_train_batch_size": batch_size, "learning_rate": learning_rate,
+                "per_device_train_batch_size": batch_size // processes, "learning_rate": learning_rate,
                 "lr_scheduler_type": "constant", "max_grad_norm": 0.0,
                 "train_sampling_strategy": "sequential", "dataloader_drop_last": True, "logging_steps": 1,
                 "save_strategy": "no", "report_to": report_to, "seed": seed, "remove_unused_columns": False,

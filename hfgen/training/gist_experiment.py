@@ -18,24 +18,41 @@ so the gist model could not be told from its negative control.
     python -m hfgen.training.gist_experiment                     # the committed run: notebooks/gist_results/
     python -m hfgen.training.gist_experiment --families seq2seq  # one family (other rows in the folder stay)
     python -m hfgen.training.gist_experiment --steps 2 --output_dir /tmp/gist   # a smoke run
+    python -m hfgen.training.gist_experiment --train_file alpaca.jsonl --validation_file held_out.jsonl \
+        --output_dir outputs/gist --save_models                   # your own instruction data
+    torchrun --nproc_per_node 2 -m hfgen.training.gist_experiment --output_dir outputs/gist   # several processes
+
+Your own instruction data (``--dataset_name`` / ``--train_file``, ``hfgen.data.user_data``): rows with the columns
+``instruction``, ``output`` and optionally ``input`` (Alpaca's layout, the data of Mu et al.), laid out as
+``instruction <gist> Input: input\nOutput: output`` (:func:`hfgen.data.gist.gist_examples`); the first ``--steps`` x
+``--batch_size`` train rows train (each once, in order), the first ``--validation_examples`` validation rows score.
+``--batch_size`` is the batch of a step over all processes: under ``torchrun`` each of N processes takes
+``batch_size / N`` examples, so N processes train the models of one. ``--save_models`` writes each trained model
+with its tokenizer (gist tokens added) to OUTPUT_DIR/<family>_<mask>/.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformers import HfArgumentParser
 
-from ..data.gist import add_gist_tokens, gist_instruction_examples, gist_seq2seq_examples
+from ..data.gist import add_gist_tokens, gist_examples, gist_instruction_examples, gist_seq2seq_examples
+from ..data.user_data import UserDataArguments
 from .gist import compare_with_controls, recovered_gap
 
 FAMILIES = ("decoder", "seq2seq")
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "notebooks" / "gist_results"
+# The user's rows: Alpaca's layout, the input optional.
+ROW_LAYOUTS = (("instruction", "input", "output"), ("instruction", "output"))
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,23 +124,41 @@ def initial_model(family: str, tokenizer, settings: GistExperimentSettings) -> t
     return HfGenSeq2SeqForConditionalGeneration(HfGenSeq2SeqConfig(**size, tie_word_embeddings=False))
 
 
-def run_family(family: str, tokenizer, settings: GistExperimentSettings, progress: bool = True) -> dict:
-    """Train the gist model and both controls of ``family``; the summary row (losses, exact match, gap recovered,
-    compression, FLOPs, training curves, minutes)."""
+def family_examples(family: str, tokenizer, settings: GistExperimentSettings,
+                    rows: tuple[list[dict], list[dict]] | None = None) -> tuple[list[dict], list[dict]]:
+    """``(train, validation)`` examples of ``family``: the embedded task's, or of ``rows`` (the user's train and
+    validation rows: the first ``steps x batch_size`` and ``validation_examples`` of them)."""
+    if rows is not None:
+        train, valid = rows[0][:settings.steps * settings.batch_size], rows[1][:settings.validation_examples]
+        seq2seq = family == "seq2seq"
+        return (gist_examples(train, tokenizer, settings.num_gist_tokens, seq2seq),
+                gist_examples(valid, tokenizer, settings.num_gist_tokens, seq2seq))
+    make = gist_instruction_examples if family == "decoder" else gist_seq2seq_examples
+    data = dict(words_per_input=settings.words_per_input, word_pool=settings.word_pool)
+    return (make(tokenizer, settings.num_gist_tokens, settings.batch_size * settings.steps, split="train",
+                 seed=settings.seed, **data),
+            make(tokenizer, settings.num_gist_tokens, settings.validation_examples, split="validation",
+                 seed=settings.seed + 1, **data))
+
+
+def run_family(family: str, tokenizer, settings: GistExperimentSettings, progress: bool = True,
+               rows: tuple[list[dict], list[dict]] | None = None, save_to: Path | None = None) -> dict:
+    """Train the gist model and both controls of ``family`` (on the embedded task, or on ``rows``: the user's train
+    and validation rows); the summary row (losses, exact match, gap recovered, compression, FLOPs, training curves,
+    minutes). ``save_to``: each trained model and the tokenizer go to ``save_to/<family>_<mask>/``."""
     if family not in FAMILIES:
         raise ValueError(f"Unknown family={family!r}; valid choices are: {', '.join(map(repr, FAMILIES))}.")
     gist_ids = add_gist_tokens(tokenizer, settings.num_gist_tokens)
-    make = gist_instruction_examples if family == "decoder" else gist_seq2seq_examples
-    data = dict(words_per_input=settings.words_per_input, word_pool=settings.word_pool)
-    train = make(tokenizer, settings.num_gist_tokens, settings.batch_size * settings.steps, split="train",
-                 seed=settings.seed, **data)
-    valid = make(tokenizer, settings.num_gist_tokens, settings.validation_examples, split="validation",
-                 seed=settings.seed + 1, **data)
+    train, valid = family_examples(family, tokenizer, settings, rows)
     model = initial_model(family, tokenizer, settings)
     start, cpu_start = time.time(), time.process_time()
     runs = compare_with_controls(model, train, valid, gist_ids, tokenizer.pad_token_id,
                                  batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                                  seed=settings.seed, progress=progress)
+    if save_to is not None:
+        for mode, run in runs.items():
+            run.model.save_pretrained(save_to / f"{family}_{mode}")
+            tokenizer.save_pretrained(save_to / f"{family}_{mode}")
     flops = decoder_flops if family == "decoder" else seq2seq_flops
     gisted, full = flops(valid, settings.num_gist_tokens, model.config.hidden_size, model.config.intermediate_size)
     prompt = sum(e["prompt_length"] - settings.num_gist_tokens for e in valid) / len(valid)
@@ -181,41 +216,73 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> HfArgumentParser:
+    """The user-data flags (``UserDataArguments``), then the experiment's settings and options."""
     defaults = GistExperimentSettings()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = HfArgumentParser((UserDataArguments,), description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, value in asdict(defaults).items():
         kind = int if name == "word_pool" else type(value)
         parser.add_argument(f"--{name}", type=kind, default=value, help=f"(default {value})")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--save_models", action="store_true",
+                        help="write each trained model and its tokenizer to OUTPUT_DIR/<family>_<mask>/")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def user_rows(data: UserDataArguments) -> tuple[list[dict], list[dict]] | None:
+    """The user's ``(train, validation)`` rows (instruction, output, optional input), or None for the embedded
+    task. Raises ``ValueError`` for flags that cannot work (``--streaming``: the rows are read into memory)."""
+    data.check()
+    if data.streaming:
+        raise ValueError("--streaming is not supported by the gist experiment: its rows are read into memory.")
+    if not data.uses_user_data:
+        return None
+    splits = data.load_one_of(ROW_LAYOUTS)
+    return tuple([{"instruction": row["instruction"], "input": row.get("input") or "", "output": row["output"]}
+                  for row in splits[split]] for split in ("train", "validation"))
+
+
+def write_results(rows: list[dict], families: list[str], output_dir: Path, minutes: float) -> dict:
+    """Merge ``rows`` with the other families' rows already in ``output_dir`` (one family per process can run side by
+    side), then write results.json, results.md and the training plot."""
+    path = output_dir / "results.json"
+    kept = [row for row in (json.loads(path.read_text())["rows"] if path.exists() else [])
+            if row["family"] not in families]
+    rows = sorted(kept + rows, key=lambda row: FAMILIES.index(row["family"]))
+    results = {"rows": rows, "minutes_of_this_process": minutes}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    (output_dir / "results.md").write_text(results_table(rows) + "\n")
+    plot_curves(rows, output_dir / "gist_training.png")
+    logger.info("%s", results_table(rows))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    data, args = build_parser().parse_args_into_dataclasses(argv)
+    rows = user_rows(data)
     if args.threads:  # only when asked: main() also runs inside other processes (tests), whose setting it would change
         torch.set_num_threads(args.threads)
-    settings = GistExperimentSettings(**{k: getattr(args, k) for k in asdict(defaults)})
+    settings = GistExperimentSettings(**{k: getattr(args, k) for k in asdict(GistExperimentSettings())})
     if settings.word_pool is not None and settings.word_pool <= 0:
         settings.word_pool = None
     from ..data import load_tokenizer
 
+    main_process = int(os.environ.get("RANK", "0")) == 0  # every process trains the same models; one writes
     load_before, start = os.getloadavg(), time.time()
-    rows = [run_family(family, load_tokenizer(), settings) for family in args.families]
-    for row in rows:
+    save_to = args.output_dir if args.save_models and main_process else None
+    results = [run_family(family, load_tokenizer(), settings, rows=rows, save_to=save_to) for family in args.families]
+    for row in results:
         row.update(settings=asdict(settings), load_average_before=load_before, load_average_after=os.getloadavg(),
-                   torch_threads=torch.get_num_threads())
-    # Rows of the other families already in the folder stay (one family per process can run side by side).
-    path = args.output_dir / "results.json"
-    kept = [row for row in (json.loads(path.read_text())["rows"] if path.exists() else [])
-            if row["family"] not in args.families]
-    rows = sorted(kept + rows, key=lambda row: FAMILIES.index(row["family"]))
-    results = {"rows": rows, "minutes_of_this_process": (time.time() - start) / 60}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "results.json").write_text(json.dumps(results, indent=1))
-    (args.output_dir / "results.md").write_text(results_table(rows) + "\n")
-    plot_curves(rows, args.output_dir / "gist_training.png")
-    print(results_table(rows))
-    return results
+                   torch_threads=torch.get_num_threads(), data=asdict(data))
+    if not main_process:
+        return {"rows": results}
+    return write_results(results, args.families, args.output_dir, (time.time() - start) / 60)
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()
