@@ -16,9 +16,13 @@ import torch
 
 from hfgen import HfGenDecoderConfig
 from hfgen.models.attention import HfGenAttention, eager_attention, sdpa_attention
+from hfgen.models.scoring import SCORING_TABLE
+from hfgen.models.softmax import SOFTMAX_TABLE
 
-SOFTMAXES = ["standard", "temperature", "adaptive_temperature", "off_by_one", "clipped"]
-SCORINGS = ["scaled_dot_product", "dot_product", "general", "additive"]
+# Every entry of the variant tables: a new entry is tested here, and fails until ref_probs / ref_attention below
+# spell its formula out.
+SOFTMAXES = list(SOFTMAX_TABLE)
+SCORINGS = list(SCORING_TABLE)
 
 # --------------------------------------------------------------------------------------------- reference
 
@@ -67,8 +71,10 @@ def ref_attention(q, k, v, allowed, cfg, bias=None, score_weight=None, score_vec
                         s = float(q[b, h, i] @ kh[j])
                     elif cfg.attention_scoring == "general":  # Q W_k K^T
                         s = float(q[b, h, i] @ score_weight[h].detach().double() @ kh[j])
-                    else:  # v^T tanh(W_q q + W_k k)
+                    elif cfg.attention_scoring == "additive":  # v^T tanh(W_q q + W_k k)
                         s = float(score_vector[h].detach().double() @ torch.tanh(q[b, h, i] + kh[j]))
+                    else:
+                        raise AssertionError(f"no reference for attention_scoring={cfg.attention_scoring!r}")
                     if bias is not None:
                         s += float(bias[h, i, j])
                     z.append(s)
@@ -293,26 +299,27 @@ def test_adaptive_temperature_sharpens_only_high_entropy_rows():
 def test_adaptive_temperature_fast_path_never_builds_full_score_matrix(monkeypatch):
     """The first pass (row entropies) takes one fused kernel call; with an additive position bias it falls back
     to query chunks of at most ``query_chunk_size`` rows -- never a [Q, K] score matrix."""
-    import hfgen.models.attention as attention
+    import hfgen.models.softmax as softmax
+    from hfgen.models.attention_utils import repeat_kv
 
     cfg = make_config(softmax_variant="adaptive_temperature", query_chunk_size=4)
     module = make_attention(cfg, "sdpa")
     q, k, v = random_qkv(cfg, 1, 16, 16, scale=1.5)
     allowed = causal_allowed(1, 16, 16)
-    fused = attention._fused_entropy(q, attention.repeat_kv(k, 2), None, module.scaling, causal=True)
-    chunked = attention._chunked_entropy(module, q, attention.repeat_kv(k, 2), None, None, module.scaling, True)
+    fused = softmax.fused_entropy(q, repeat_kv(k, 2), None, module.scaling, causal=True)
+    chunked = softmax.chunked_entropy(module, q, repeat_kv(k, 2), None, None, module.scaling, True)
     assert fused is not None  # CPU and CUDA have a fused kernel that returns the log-sum-exp
     torch.testing.assert_close(fused, chunked, atol=1e-5, rtol=1e-5)
 
     rows_seen = []
-    original = attention.query_chunks
+    original = softmax.query_chunks
 
     def spy(*args, **kwargs):
         for chunk in original(*args, **kwargs):
             rows_seen.append(chunk[1] - chunk[0])
             yield chunk
 
-    monkeypatch.setattr(attention, "query_chunks", spy)
+    monkeypatch.setattr(softmax, "query_chunks", spy)
     bias = torch.randn(1, cfg.num_attention_heads, 16, 16, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         out, _ = sdpa_attention(module, q, k, v, None, scaling=module.scaling, position_bias=bias)

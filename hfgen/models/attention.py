@@ -4,12 +4,10 @@ The math lives in the config (``attention_scoring``, ``softmax_variant``, ``posi
 is chosen with ``attn_implementation``:
 
 * ``eager``: scores, probabilities and output materialised (returns attention weights), straight from the formulas.
-* ``sdpa``: the fast path. Every variant that is mathematically a dot-product softmax runs in
-  ``torch.nn.functional.scaled_dot_product_attention``: temperature is SDPA's ``scale``, general scoring a
-  transformed query, off-by-one a prepended zero key and zero value (its logit is exactly 0). Adaptive temperature
-  takes two passes: the row entropies chunked over queries (memory O(n * chunk), never n x n), then SDPA on
-  queries scaled by each row's beta. Additive scoring and clipped softmax need the probabilities themselves:
-  eager, chunked over queries.
+* ``sdpa``: the fast path: the softmax variant's SDPA kernel from ``softmax.SOFTMAX_TABLE`` (temperature is SDPA's
+  ``scale``, off-by-one a prepended zero key and zero value, adaptive temperature two passes) when the scoring of
+  ``scoring.SCORING_TABLE`` is a dot product (general scoring: a transformed query). Variants that need the
+  probabilities themselves (additive scoring, clipped softmax): the reference formulas, chunked over queries.
 * any other name registered with ``transformers.AttentionInterface`` (flash attention, user kernels) for the
   variants that are a plain ``softmax(scale * QK^T + mask) V``.
 """
@@ -26,74 +24,24 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 
+from .attention_utils import allowed_positions, query_chunk_rows, query_chunks, repeat_kv
 from .positions import apply_rotary
-from .softmax import SOFTMAX_FUNCTIONS, beta_from_entropy
+from .scoring import SCORING_TABLE
+from .softmax import SOFTMAX_TABLE
 
-
-def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``[B, H_kv, S, D]`` -> ``[B, H_kv * groups, S, D]``: each key/value head serves ``groups`` query heads."""
-    if groups == 1:
-        return x
-    b, h, s, d = x.shape
-    return x[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
-
-
-def allowed_positions(attention_mask: torch.Tensor | None, q_len: int, k_len: int, is_causal: bool,
-                      device) -> torch.Tensor | None:
-    """Normalise whatever mask transformers built (``None``, boolean, or additive float) to a boolean
-    ``[B|1, 1|H, Q, K]`` mask of allowed positions, or ``None`` when everything is allowed.
-
-    ``None`` from ``create_causal_mask`` means "plain causal, aligned top-left" (query i sees keys 0..i): it is
-    returned when keys and queries coincide, or at prefill into a static cache whose later slots are still empty.
-    That is also SDPA's ``is_causal`` convention, which the fast path relies on.
-
-    Rows with no allowed key (queries at padding positions) are opened entirely: their outputs are never used,
-    and a row of -inf would turn into NaN that leaks into gradients.
-    """
-    if attention_mask is None:
-        if not is_causal or q_len == 1:
-            return None
-        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()[None, None]
-    elif attention_mask.dtype == torch.bool:
-        allowed = attention_mask
-    else:
-        allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-    if allowed.shape[-1] != k_len or allowed.shape[-2] not in (1, q_len):
-        raise ValueError(f"Attention mask of shape {tuple(allowed.shape)} does not fit {q_len} queries and {k_len} keys.")
-    return allowed | ~allowed.any(dim=-1, keepdim=True)
+__all__ = ["ATTENTION_KERNELS", "HfGenAttention", "allowed_positions", "eager_attention", "repeat_kv",
+           "sdpa_attention"]
 
 
 def attention_probabilities(module: HfGenAttention, query: torch.Tensor, key: torch.Tensor,
                             allowed: torch.Tensor | None, position_bias: torch.Tensor | None,
                             scaling: float) -> torch.Tensor:
-    """``[B, H, Q, K]`` probabilities of the configured scoring and softmax variant (keys already repeated)."""
-    if module.config.attention_scoring == "additive":
-        # Bahdanau: score_ij = v^T tanh(W_q q_i + W_k k_j); W_q, W_k are q_proj / k_proj. [B,H,Q,K,D] in fp32
-        # would be huge, so callers chunk queries before they get here.
-        hidden = torch.tanh(query.unsqueeze(3) + key.unsqueeze(2))
-        scores = torch.einsum("bhqkd,hd->bhqk", hidden, module.score_vector.to(hidden.dtype))
-    else:
-        scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    """``[B, H, Q, K]`` probabilities of the configured scoring and softmax variant (keys already repeated): the
+    reference formulas of both tables."""
+    scores = module.scoring_entry.scores(module, query, key, scaling)
     if position_bias is not None:
         scores = scores + position_bias.to(scores.dtype)
-    return SOFTMAX_FUNCTIONS[module.config.softmax_variant](scores, allowed, module.config)
-
-
-def _rows(t: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
-    """Query rows ``start:end`` of a mask or bias that may broadcast over queries."""
-    if t is None or t.shape[-2] == 1:
-        return t
-    return t[..., start:end, :]
-
-
-# Scores held at once by the chunked paths (16 MiB in fp32): bounds their memory whatever the batch and length.
-CHUNK_ELEMENTS = 2**22
-
-
-def query_chunk_rows(config, query: torch.Tensor, k_len: int, per_score: int = 1) -> int:
-    """Query rows per chunk: ``query_chunk_size`` at most, fewer when one chunk would exceed CHUNK_ELEMENTS."""
-    per_row = query.shape[0] * query.shape[1] * k_len * per_score
-    return max(1, min(config.query_chunk_size, CHUNK_ELEMENTS // per_row))
+    return module.softmax_entry.reference(scores, allowed, module.config)
 
 
 def _recomputed_in_backward(fn, *args):
@@ -102,20 +50,6 @@ def _recomputed_in_backward(fn, *args):
     if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
         return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
-
-
-def query_chunks(q_len: int, k_len: int, chunk_size: int, allowed, position_bias, causal: bool, device):
-    """``(start, end, key_end, allowed_rows, bias_rows)`` per chunk of query rows. With ``causal`` (and no mask:
-    top-left causal) a chunk needs only keys ``[:end]`` and a triangular mask of its own, never a [Q, K] one."""
-    for start in range(0, q_len, chunk_size):
-        end = min(start + chunk_size, q_len)
-        key_end = min(end, k_len) if causal else k_len
-        if causal:
-            rows = torch.ones(end - start, key_end, dtype=torch.bool, device=device).tril(diagonal=start)[None, None]
-        else:
-            rows = _rows(allowed, start, end)
-        bias = _rows(position_bias, start, end)
-        yield start, end, key_end, rows, (bias[..., :key_end] if bias is not None else None)
 
 
 def chunked_attention(module: HfGenAttention, query, key, value, allowed, position_bias, scaling: float,
@@ -151,154 +85,34 @@ def eager_attention(module: HfGenAttention, query, key, value, attention_mask, d
     key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
     q_len, k_len = query.shape[2], key.shape[2]
     allowed = allowed_positions(attention_mask, q_len, k_len, module.is_causal, query.device)
-    # Additive scoring builds a [Q, K, D] tanh per head: chunk it even here.
-    additive = module.config.attention_scoring == "additive"
-    chunk = query_chunk_rows(module.config, query, k_len, per_score=query.shape[-1]) if additive else q_len
+    # A scoring that is not a dot product (additive: a [Q, K, D] tanh per head) is chunked even here.
+    scoring = module.scoring_entry
+    chunk = q_len if scoring.dot_product else query_chunk_rows(module.config, query, k_len,
+                                                               scoring.per_score(query.shape[-1]))
     out, weights = chunked_attention(module, query, key, value, allowed, position_bias, scaling, dropout, chunk,
                                      return_weights=True)
     return out.transpose(1, 2).contiguous(), weights
 
 
-def _sdpa(query, key, value, allowed, position_bias, scaling, dropout, causal: bool, groups: int):
-    """One SDPA call. ``causal`` asks for causal masking when ``allowed`` is ``None``: SDPA's own causal flag
-    when nothing else is needed, otherwise a built mask combined with the additive ``position_bias``."""
-    q_len, k_len = query.shape[2], key.shape[2]
-    if allowed is None and causal and q_len > 1 and position_bias is not None:
-        allowed = allowed_positions(None, q_len, k_len, True, query.device)
-    attn_mask, is_causal = allowed, allowed is None and causal and q_len > 1
-    if position_bias is not None:
-        bias = position_bias.to(query.dtype)
-        attn_mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout,
-                                          is_causal=is_causal, scale=scaling, enable_gqa=groups > 1)
-
-
 def sdpa_attention(module: HfGenAttention, query, key, value, attention_mask, dropout: float = 0.0,
                    scaling: float | None = None, position_bias=None, **kwargs):
-    """Fast kernel: SDPA wherever the variant allows it, chunked eager elsewhere. Output ``[B, S, H, D]``."""
-    config = module.config
-    variant, groups = module.softmax_variant, module.num_key_value_groups
+    """Fast kernel: the softmax variant's SDPA kernel (:data:`softmax.SOFTMAX_TABLE`) where the scoring is a dot
+    product and the variant has one, the reference chunked over query rows elsewhere. Output ``[B, S, H, D]``."""
     dropout = dropout if module.training else 0.0
     q_len, k_len = query.shape[2], key.shape[2]
     plain_causal = attention_mask is None and module.is_causal
     allowed = None if plain_causal else allowed_positions(attention_mask, q_len, k_len, module.is_causal,
                                                           query.device)
-
-    if module.scoring == "additive" or variant == "clipped":
+    scoring, fast = module.scoring_entry, module.softmax_entry.fast
+    if scoring.dot_product and fast is not None:
+        out = fast(module, query, key, value, allowed, position_bias, scaling, dropout, plain_causal)
+    else:
+        groups = module.num_key_value_groups
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-        per_score = query.shape[-1] if module.scoring == "additive" else 1
-        chunk = query_chunk_rows(config, query, k_len, per_score)
+        chunk = query_chunk_rows(module.config, query, k_len, scoring.per_score(query.shape[-1]))
         out, _ = chunked_attention(module, query, key, value, allowed, position_bias, scaling, dropout, chunk,
                                    return_weights=False, causal=plain_causal and q_len > 1)
-    elif variant == "off_by_one":
-        out = _off_by_one_sdpa(query, key, value, allowed, position_bias, scaling, dropout, plain_causal, groups)
-    elif variant == "adaptive_temperature":
-        beta = _adaptive_beta(module, query, repeat_kv(key, groups), allowed, position_bias, scaling,
-                              causal=plain_causal and q_len > 1)
-        if position_bias is not None:
-            position_bias = position_bias * beta  # beta * (s q.k + b) = s (beta q).k + beta b
-        out = _sdpa(query * beta.to(query.dtype), key, value, allowed, position_bias, scaling, dropout,
-                    plain_causal, groups)
-    else:
-        if variant == "temperature":  # exp(z / theta), z = scale * q.k + bias
-            scaling = scaling / module.softmax_temperature
-            if position_bias is not None:
-                position_bias = position_bias / module.softmax_temperature
-        out = _sdpa(query, key, value, allowed, position_bias, scaling, dropout, plain_causal, groups)
     return out.transpose(1, 2).contiguous(), None
-
-
-def _off_by_one_sdpa(query, key, value, allowed, position_bias, scaling, dropout, plain_causal, groups):
-    """``exp(z_i) / (1 + sum_j exp(z_j))`` = standard softmax over the keys plus one extra key whose logit is
-    exactly 0 (a zero key, whatever the scale) and whose value is zero (it adds nothing to the output)."""
-    b, h_kv, _, d = key.shape
-    zeros = key.new_zeros(b, h_kv, 1, d)
-    key, value = torch.cat((zeros, key), dim=2), torch.cat((zeros, value), dim=2)
-    if plain_causal and position_bias is None and query.shape[2] > 1:
-        # Keep SDPA's causal fast path: with one dummy query in front, "query i sees keys 0..i" covers exactly
-        # the zero key plus real keys 0..i-1 of the real query i-1.
-        query = torch.cat((query.new_zeros(query.shape[0], query.shape[1], 1, d), query), dim=2)
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=True, scale=scaling,
-                                             enable_gqa=groups > 1)
-        return out[:, :, 1:]
-    q_len, k_len = query.shape[2], key.shape[2] - 1
-    if plain_causal and q_len > 1:
-        allowed = allowed_positions(None, q_len, k_len, True, query.device)
-    if allowed is not None:
-        allowed = F.pad(allowed, (1, 0), value=True)
-    if position_bias is not None:
-        position_bias = F.pad(position_bias, (1, 0), value=0.0)
-    return _sdpa(query, key, value, allowed, position_bias, scaling, dropout, False, groups)
-
-
-def _fused_entropy(query, key, allowed, scaling, causal: bool) -> torch.Tensor | None:
-    """Row entropies from ONE fused attention call whose values are the keys themselves:
-    ``H = logsumexp(z) - sum_j p_j z_j`` and ``sum_j p_j z_j = scale * q . (sum_j p_j k_j)``. The fused kernels
-    return the log-sum-exp beside the output, so nothing of size n x n is ever built. Returns ``None`` where no
-    such kernel is available (other devices, unsupported shapes): the caller then takes the chunked pass.
-
-    Differs from the seed's ``-sum p log(p + 1e-9)`` by less than ``K * 1e-9`` nats, far below what moves beta.
-    """
-    cuda = query.device.type == "cuda"
-    # On a CPU in fp32; on a GPU in the model's dtype (the kernels accumulate and return lse in fp32; the dot
-    # product below is taken in fp32).
-    q, k = (query, key) if cuda else (query.float(), key.float())
-    mask = None
-    if allowed is not None:
-        mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
-    try:
-        if q.device.type == "cpu":
-            expected_key, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, k, 0.0, causal, attn_mask=mask, scale=scaling)
-        elif cuda and mask is None and q.dtype in (torch.float16, torch.bfloat16):
-            expected_key, lse = torch.ops.aten._scaled_dot_product_flash_attention(
-                q, k, k, 0.0, causal, scale=scaling)[:2]
-        elif cuda:
-            if mask is not None:
-                mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-            expected_key, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-                q, k, k, mask, True, 0.0, causal, scale=scaling)[:2]
-        else:
-            return None
-    except (RuntimeError, NotImplementedError, AttributeError):
-        return None
-    lse = lse[:, :, : q.shape[2]].unsqueeze(-1).float()  # some kernels pad the query dimension of lse
-    return lse - scaling * (q.float() * expected_key.float()).sum(dim=-1, keepdim=True)
-
-
-def _chunked_entropy(module, query, key, allowed, position_bias, scaling, causal: bool) -> torch.Tensor:
-    """Row entropies a chunk of query rows at a time (memory O(n * chunk)), for position biases and devices
-    without a fused kernel that returns the log-sum-exp."""
-
-    def chunk_entropy(q, k, allowed_rows, bias_rows):
-        scores = torch.matmul(q, k.transpose(-1, -2)).float() * scaling
-        if bias_rows is not None:
-            scores = scores + bias_rows.float()
-        if allowed_rows is not None:  # large but finite: exp() gives 0, and 0 times it stays 0
-            scores = scores.masked_fill(~allowed_rows, -1e9)
-        peak = scores.amax(dim=-1, keepdim=True)
-        weights = torch.exp(scores - peak)
-        total = weights.sum(dim=-1, keepdim=True)
-        weighted = torch.matmul(weights.unsqueeze(-2), scores.unsqueeze(-1)).squeeze(-1)  # sum_j e_j z_j
-        return torch.log(total) + peak - weighted / total
-
-    chunk_size = query_chunk_rows(module.config, query, key.shape[2])
-    entropies = [chunk_entropy(query[:, :, start:end], key[:, :, :key_end], allowed_rows, bias_rows)
-                 for start, end, key_end, allowed_rows, bias_rows in query_chunks(
-                     query.shape[2], key.shape[2], chunk_size, allowed, position_bias, causal, query.device)]
-    return torch.cat(entropies, dim=2)
-
-
-@torch.no_grad()
-def _adaptive_beta(module, query, key, allowed, position_bias, scaling, causal: bool) -> torch.Tensor:
-    """First pass of adaptive temperature: beta per query row (``[B, H, Q, 1]``). A constant in backward, as in
-    the eager kernel (see ``adaptive_temperature_softmax``)."""
-    entropy = None
-    if position_bias is None:
-        entropy = _fused_entropy(query, key, allowed, scaling, causal)
-    if entropy is None:
-        entropy = _chunked_entropy(module, query, key, allowed, position_bias, scaling, causal)
-    return beta_from_entropy(entropy)
 
 
 ATTENTION_KERNELS: dict[str, Callable] = {"eager": eager_attention, "sdpa": sdpa_attention}
@@ -323,30 +137,27 @@ class HfGenAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_key_value_heads = config.num_key_value_heads
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
-        # Seed 003: "QK^T is divided by sqrt(d_k)" for scaled dot product; plain and general scoring are unscaled.
-        self.scaling = self.head_dim**-0.5 if config.attention_scoring == "scaled_dot_product" else 1.0
+        # The entries of the variant tables (scoring.py, softmax.py) this module computes.
+        self.scoring_entry = SCORING_TABLE[config.attention_scoring]
+        self.softmax_entry = SOFTMAX_TABLE[config.softmax_variant]
+        self.scaling = self.scoring_entry.scale(self.head_dim)
         self.attention_dropout = config.attention_dropout
         # Read on every call: plain attributes, not the config's __getattribute__ (measurable per decoded token).
-        self.scoring, self.softmax_variant = config.attention_scoring, config.softmax_variant
         self.softmax_temperature, self.gated_heads = config.softmax_temperature, bool(config.attention_gate)
         bias = config.attention_bias
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
-        if config.attention_scoring == "general":
-            self.score_weight = nn.Parameter(torch.empty(self.num_heads, self.head_dim, self.head_dim))
-        if config.attention_scoring == "additive":
-            self.score_vector = nn.Parameter(torch.empty(self.num_heads, self.head_dim))
+        self.scoring_entry.add_parameters(self)  # (general scoring: score_weight, additive: score_vector)
         if config.attention_gate:
             self.head_gate = nn.Linear(config.hidden_size, self.num_heads, bias=True)
 
     @property
     def is_plain_softmax(self) -> bool:
         """True when the math is ``softmax(scale * QK^T + mask) V``, which any attention backend can compute."""
-        c = self.config
-        return (c.softmax_variant in ("standard", "temperature") and c.attention_scoring != "additive"
-                and c.position_embedding not in ("relative_bias", "alibi"))
+        return (self.softmax_entry.any_backend and self.scoring_entry.dot_product
+                and self.config.position_embedding not in ("relative_bias", "alibi"))
 
     def _kernel(self) -> Callable:
         implementation = self.config._attn_implementation or "sdpa"
@@ -420,8 +231,8 @@ class HfGenAttention(nn.Module):
                 # kwargs=: continuous batching's PagedAttentionCache fills the paged kernel's arguments into
                 # kwargs in place (as Llama passes them); every other cache ignores them.
                 key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
-        if self.scoring == "general":
-            query = torch.einsum("bhqd,hde->bhqe", query, self.score_weight.to(query.dtype))
+        if self.scoring_entry.query is not None:
+            query = self.scoring_entry.query(self, query)
 
         bias = self.score_bias(position_bias, query, key)
         if kernel in ATTENTION_KERNELS.values():

@@ -128,10 +128,7 @@ class HfGenPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, HfGenAttention):
-            if hasattr(module, "score_weight"):  # general scoring starts as plain dot product
-                init.copy_(module.score_weight, torch.eye(module.head_dim).expand_as(module.score_weight))
-            if hasattr(module, "score_vector"):
-                init.normal_(module.score_vector, mean=0.0, std=std)
+            module.scoring_entry.init_parameters(module, std)  # (scoring.py: general W_k = identity, ...)
             if hasattr(module, "head_gate"):
                 init.normal_(module.head_gate.weight, mean=0.0, std=std)
                 init.zeros_(module.head_gate.bias)

@@ -20,8 +20,12 @@ from collections.abc import Callable, Iterable
 from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-ATTENTION_SCORINGS = ("scaled_dot_product", "dot_product", "general", "additive")
-SOFTMAX_VARIANTS = ("standard", "temperature", "adaptive_temperature", "off_by_one", "clipped")
+from .scoring import SCORING_TABLE
+from .softmax import SOFTMAX_TABLE
+
+# The valid names are the keys of the variant tables: a new entry there is a valid config value here.
+ATTENTION_SCORINGS = tuple(SCORING_TABLE)
+SOFTMAX_VARIANTS = tuple(SOFTMAX_TABLE)
 POSITION_EMBEDDINGS = ("rotary", "sinusoidal", "learned", "relative_bias", "alibi", "none")
 # Position kinds that only some families' layers implement (on top of POSITION_EMBEDDINGS), with those families'
 # model types. DeBERTa's disentangled attention (He et al. 2021) is defined for bidirectional self-attention.
