@@ -193,82 +193,122 @@ def inspect_saved_folder(folder: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{str(folder)!r} is not a folder: give the folder written by save_pretrained (or "
                          "pretrain's output_dir).")
     files = set(folder_files(folder))
-    problems: list[str] = []
-    if "adapter_config.json" in files:
-        kind, config = "adapter", _read_json(folder / "adapter_config.json")
-        if "adapter_model.safetensors" not in files:
-            problems.append("adapter_config.json is there but adapter_model.safetensors is not")
-        base = config.get("base_model_name_or_path")
-        if not base:
-            problems.append("adapter_config.json names no base_model_name_or_path, so nobody can load the adapter")
-    elif "model_index.json" in files:
-        kind, config = "pipeline", _read_json(folder / "model_index.json")
-        name = config.get("_class_name")
-        module, class_name = name if isinstance(name, list) else (None, name)
-        if not str(class_name).startswith("HfGen"):
-            raise ValueError(f"{folder} holds a {class_name} pipeline, not an hfgen one: push hfgen models only.")
-        if module is None:
-            problems.append("model_index.json names the pipeline class without its file, so it cannot load without "
-                            "hfgen (save it with HfGenDiffusionPipeline.save_pretrained)")
-        else:
-            problems += _check_auto_map(folder, {"pipeline": f"{module}.{class_name}"}, "model_index.json")
-        for component, entry in config.items():
-            if component.startswith("_") or not isinstance(entry, list) or entry[0] is None:
-                continue
-            library, class_name = entry
-            if library not in ("diffusers", "transformers") and not (folder / component).is_dir():
-                problems.append(f"model_index.json lists the component {component}, but {component}/ is missing")
-            elif library not in ("diffusers", "transformers"):
-                problems += _check_auto_map(folder / component, {component: f"{library}.{class_name}"},
-                                            f"model_index.json ({component})")
-    elif "config.json" in files:
-        kind, config = "model", _read_json(folder / "config.json")
-        model_type = str(config.get("model_type", ""))
-        class_name = str(config.get("_class_name", ""))
-        if not (model_type.startswith("hfgen") or class_name.startswith("HfGen")):
-            raise ValueError(f"{folder} is not a saved hfgen model: its config.json has model_type "
-                             f"{model_type or None!r}{f' and _class_name {class_name!r}' if class_name else ''}. "
-                             "Push a folder written by an hfgen model's save_pretrained.")
-        weights = [f for f in files if f.endswith(".safetensors") and "/" not in f]
-        if not weights:
-            problems.append("no safetensors weights (model.safetensors or its shards) in the folder")
-        if "model.safetensors.index.json" in files:
-            shards = set(_read_json(folder / "model.safetensors.index.json").get("weight_map", {}).values())
-            problems += [f"model.safetensors.index.json lists {shard}, which is missing"
-                         for shard in sorted(shards - files)]
-        auto_map = config.get("auto_map")
-        if not auto_map:
-            problems.append("config.json has no auto_map, so the model cannot load without hfgen installed (save it "
-                            "with an hfgen class: they register for the Auto classes and copy their code)")
-        else:
-            problems += _check_auto_map(folder, auto_map, "config.json")
-    else:
-        raise ValueError(f"{folder} is not a saved hfgen model: it has no config.json, adapter_config.json or "
-                         f"model_index.json (files: {', '.join(sorted(files)[:12]) or 'none'}).")
+    kind, config, problems = _inspect_kind(folder, files)
     for relative in sorted(f for f in files if f.endswith(".py")):
         problems += _module_problems(folder, relative)
-    if "tokenizer_config.json" in files:
-        tokenizer_config = _read_json(folder / "tokenizer_config.json")
-        auto_map = tokenizer_config.get("auto_map")
-        if auto_map:
-            problems += _check_auto_map(folder, auto_map if isinstance(auto_map, dict) else
-                                        {"AutoTokenizer": auto_map}, "tokenizer_config.json")
-    if "README.md" in files:
-        readme = (folder / "README.md").read_text()
-        promises = "AutoTokenizer.from_pretrained(" in readme or "AutoProcessor.from_pretrained(" in readme
-        has_tokenizer = "tokenizer_config.json" in files and any(
-            f in files for f in TOKENIZER_FILES) or (kind == "pipeline" and "tokenizer" in config)
-        if promises and not has_tokenizer:
-            problems.append("README.md loads a tokenizer (AutoTokenizer.from_pretrained) but the folder has none "
-                            "(tokenizer_config.json with tokenizer.json or a vocabulary): save the tokenizer into "
-                            "the folder, or rewrite the card with write_model_card(..., has_tokenizer=False)")
-        if "AutoProcessor.from_pretrained(" in readme and "processor_config.json" not in files:
-            problems.append("README.md loads a processor (AutoProcessor.from_pretrained) but the folder has no "
-                            "processor_config.json: save the processor into the folder (processor.save_pretrained), "
-                            "or rewrite the card with write_model_card(..., has_tokenizer=False)")
+    problems += _tokenizer_problems(folder, files)
+    problems += _card_problems(folder, files, kind, config)
     if problems:
         raise ValueError(f"{folder} cannot be pushed as code on the Hub:\n- " + "\n- ".join(problems))
     return {"kind": kind, "config": config}
+
+
+def _inspect_kind(folder: Path, files: set[str]) -> tuple[str, dict, list[str]]:
+    """The folder's kind (by the first of its config files found: adapter, pipeline, model), that config, and the
+    problems of that kind; a ``ValueError`` for a folder that is no hfgen save at all."""
+    for config_file, kind, kind_problems in _KINDS:
+        if config_file in files:
+            config = _read_json(folder / config_file)
+            return kind, config, kind_problems(folder, files, config)
+    raise ValueError(f"{folder} is not a saved hfgen model: it has no config.json, adapter_config.json or "
+                     f"model_index.json (files: {', '.join(sorted(files)[:12]) or 'none'}).")
+
+
+def _adapter_problems(folder: Path, files: set[str], config: Mapping[str, Any]) -> list[str]:
+    problems = []
+    if "adapter_model.safetensors" not in files:
+        problems.append("adapter_config.json is there but adapter_model.safetensors is not")
+    if not config.get("base_model_name_or_path"):
+        problems.append("adapter_config.json names no base_model_name_or_path, so nobody can load the adapter")
+    return problems
+
+
+def _pipeline_problems(folder: Path, files: set[str], config: Mapping[str, Any]) -> list[str]:
+    """The pipeline's own file, and each custom component's subfolder and file (library components load from
+    their library)."""
+    name = config.get("_class_name")
+    module, class_name = name if isinstance(name, list) else (None, name)
+    if not str(class_name).startswith("HfGen"):
+        raise ValueError(f"{folder} holds a {class_name} pipeline, not an hfgen one: push hfgen models only.")
+    if module is None:
+        problems = ["model_index.json names the pipeline class without its file, so it cannot load without hfgen "
+                    "(save it with HfGenDiffusionPipeline.save_pretrained)"]
+    else:
+        problems = _check_auto_map(folder, {"pipeline": f"{module}.{class_name}"}, "model_index.json")
+    for component, entry in config.items():
+        if component.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        library, class_name = entry
+        if library in ("diffusers", "transformers"):
+            continue
+        if not (folder / component).is_dir():
+            problems.append(f"model_index.json lists the component {component}, but {component}/ is missing")
+        else:
+            problems += _check_auto_map(folder / component, {component: f"{library}.{class_name}"},
+                                        f"model_index.json ({component})")
+    return problems
+
+
+def _model_problems(folder: Path, files: set[str], config: Mapping[str, Any]) -> list[str]:
+    """An hfgen model (transformers family or diffusers model): its safetensors weights and shards, and the
+    ``auto_map`` that lets it load without hfgen."""
+    model_type = str(config.get("model_type", ""))
+    class_name = str(config.get("_class_name", ""))
+    if not (model_type.startswith("hfgen") or class_name.startswith("HfGen")):
+        raise ValueError(f"{folder} is not a saved hfgen model: its config.json has model_type "
+                         f"{model_type or None!r}{f' and _class_name {class_name!r}' if class_name else ''}. "
+                         "Push a folder written by an hfgen model's save_pretrained.")
+    problems = []
+    if not any(f.endswith(".safetensors") and "/" not in f for f in files):
+        problems.append("no safetensors weights (model.safetensors or its shards) in the folder")
+    if "model.safetensors.index.json" in files:
+        shards = set(_read_json(folder / "model.safetensors.index.json").get("weight_map", {}).values())
+        problems += [f"model.safetensors.index.json lists {shard}, which is missing"
+                     for shard in sorted(shards - files)]
+    auto_map = config.get("auto_map")
+    if not auto_map:
+        problems.append("config.json has no auto_map, so the model cannot load without hfgen installed (save it "
+                        "with an hfgen class: they register for the Auto classes and copy their code)")
+    else:
+        problems += _check_auto_map(folder, auto_map, "config.json")
+    return problems
+
+
+# A folder's kind is that of the first of these config files it has.
+_KINDS = (("adapter_config.json", "adapter", _adapter_problems),
+          ("model_index.json", "pipeline", _pipeline_problems),
+          ("config.json", "model", _model_problems))
+
+
+def _tokenizer_problems(folder: Path, files: set[str]) -> list[str]:
+    """A tokenizer that is code on the Hub must have that code in the folder."""
+    if "tokenizer_config.json" not in files:
+        return []
+    auto_map = _read_json(folder / "tokenizer_config.json").get("auto_map")
+    if not auto_map:
+        return []
+    return _check_auto_map(folder, auto_map if isinstance(auto_map, dict) else {"AutoTokenizer": auto_map},
+                           "tokenizer_config.json")
+
+
+def _card_problems(folder: Path, files: set[str], kind: str, config: Mapping[str, Any]) -> list[str]:
+    """A model card whose usage snippet loads a tokenizer or a processor needs its files in the folder."""
+    if "README.md" not in files:
+        return []
+    readme = (folder / "README.md").read_text()
+    problems = []
+    promises = "AutoTokenizer.from_pretrained(" in readme or "AutoProcessor.from_pretrained(" in readme
+    has_tokenizer = "tokenizer_config.json" in files and any(
+        f in files for f in TOKENIZER_FILES) or (kind == "pipeline" and "tokenizer" in config)
+    if promises and not has_tokenizer:
+        problems.append("README.md loads a tokenizer (AutoTokenizer.from_pretrained) but the folder has none "
+                        "(tokenizer_config.json with tokenizer.json or a vocabulary): save the tokenizer into "
+                        "the folder, or rewrite the card with write_model_card(..., has_tokenizer=False)")
+    if "AutoProcessor.from_pretrained(" in readme and "processor_config.json" not in files:
+        problems.append("README.md loads a processor (AutoProcessor.from_pretrained) but the folder has no "
+                        "processor_config.json: save the processor into the folder (processor.save_pretrained), "
+                        "or rewrite the card with write_model_card(..., has_tokenizer=False)")
+    return problems
 
 
 def _card_for_folder(folder: Path, kind: str, config: Mapping[str, Any], repo_id: str) -> ModelCard:
@@ -310,8 +350,8 @@ def push_folder(
 
     Checks first (``inspect_saved_folder`` and ``check_repo_id``; a ``ValueError`` naming the problem before
     anything is sent), then creates the repository if needed (``private`` applies to a new one), creates the
-    branch ``revision`` from ``main`` if it does not exist, and commits the files ``folder_files`` lists (safetensors,
-JSON, code, cards, plots, tokenizer files; never a pickle: anything else is named in a warning). A folder
+    branch ``revision`` from ``main`` if it does not exist, and commits the files ``folder_files`` lists
+    (safetensors, JSON, code, cards, plots, tokenizer files; never a pickle: anything else is named in a warning). A folder
     without ``README.md`` gets a model card built from its config (and ``all_results.json``), added to the commit
     only: the folder is not changed.
 
@@ -328,26 +368,12 @@ JSON, code, cards, plots, tokenizer files; never a pickle: anything else is name
     Returns:
         huggingface_hub's ``CommitInfo`` (``.oid`` is the commit id, a revision to load).
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import HfApi
 
-    check_repo_id(repo_id)
-    if revision is not None and (not isinstance(revision, str) or not revision.strip() or revision.startswith(
-            "refs/pr/") and not create_pr):
-        raise ValueError(f"Invalid revision {revision!r}: give a branch name such as 'main' or 'v2'.")
-    if commit_message is not None and not commit_message.strip():
-        raise ValueError("The commit message is empty: give a one-line summary or leave it out for the default.")
+    _check_commit_arguments(repo_id, revision, commit_message, create_pr)
     folder = Path(folder)
     found = inspect_saved_folder(folder)
-    operations = [CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(folder / relative))
-                  for relative in folder_files(folder)]
-    left_out = sorted(set(_all_files(folder)) - set(folder_files(folder)))
-    if left_out:
-        logger.warning("not uploaded (only %s files are): %s", ", ".join(PUSH_SUFFIXES), ", ".join(left_out))
-    for path_in_repo, content in (extra_files or {}).items():
-        operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=content))
-    if not (folder / "README.md").is_file():
-        card = _card_for_folder(folder, found["kind"], found["config"], repo_id)
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
+    operations = _commit_operations(folder, found, repo_id, extra_files)
     # create_commit rather than upload_folder: the commit also carries files that are not in the folder (the
     # generated card, Trainer's arguments as JSON) and the folder must stay unchanged; upload_folder only sends
     # files on disk, so it would need a staged copy, and it creates neither the repository nor the branch.
@@ -364,6 +390,36 @@ JSON, code, cards, plots, tokenizer files; never a pickle: anything else is name
         if failure is None:
             raise
         raise failure from error
+
+
+def _check_commit_arguments(repo_id: str, revision: str | None, commit_message: str | None,
+                            create_pr: bool) -> None:
+    check_repo_id(repo_id)
+    if revision is not None and (not isinstance(revision, str) or not revision.strip() or revision.startswith(
+            "refs/pr/") and not create_pr):
+        raise ValueError(f"Invalid revision {revision!r}: give a branch name such as 'main' or 'v2'.")
+    if commit_message is not None and not commit_message.strip():
+        raise ValueError("The commit message is empty: give a one-line summary or leave it out for the default.")
+
+
+def _commit_operations(folder: Path, found: Mapping[str, Any], repo_id: str,
+                       extra_files: Mapping[str, bytes] | None) -> list:
+    """The files ``folder_files`` lists (what else is there is named in a warning), ``extra_files``, and a card
+    built from the config when the folder has none."""
+    from huggingface_hub import CommitOperationAdd
+
+    uploaded = folder_files(folder)
+    operations = [CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(folder / relative))
+                  for relative in uploaded]
+    left_out = sorted(set(_all_files(folder)) - set(uploaded))
+    if left_out:
+        logger.warning("not uploaded (only %s files are): %s", ", ".join(PUSH_SUFFIXES), ", ".join(left_out))
+    for path_in_repo, content in (extra_files or {}).items():
+        operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=content))
+    if not (folder / "README.md").is_file():
+        card = _card_for_folder(folder, found["kind"], found["config"], repo_id)
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
+    return operations
 
 
 class PushError(ValueError):

@@ -16,9 +16,10 @@ known image noised to the step's level, and with the known image itself at the e
 mask max-pooled to the latent grid, and after decoding the known pixels are pasted back.
 
 This file imports nothing of hfgen but its sibling ``export_hfgen`` and ``models/model_card`` (standard library
-and ``huggingface_hub`` only): ``save_pretrained`` writes it to the folder root with those inlined, and each custom component's file, with every file it imports inlined, into that
-component's subfolder: one self-contained file each, the layout ``DiffusionPipeline.from_pretrained(path_or_repo_id,
-trust_remote_code=True)`` loads without hfgen installed (from the Hub it downloads only those files).
+and ``huggingface_hub`` only): ``save_pretrained`` writes it to the folder root with those inlined, and each custom
+component's file, with every file it imports inlined, into that component's subfolder: one self-contained file
+each, the layout ``DiffusionPipeline.from_pretrained(path_or_repo_id, trust_remote_code=True)`` loads without hfgen
+installed (from the Hub it downloads only those files).
 """
 
 from __future__ import annotations
