@@ -48,6 +48,7 @@ from hfgen.data.captions import (  # noqa: E402
     vlm_tokenizer,
 )
 from hfgen.data.images import load_images  # noqa: E402
+from hfgen.diffusion.vq_hfgen import HfGenVQModel  # noqa: E402
 from hfgen.models import HfGenDecoderConfig, HfGenDecoderForCausalLM  # noqa: E402
 from hfgen.models.configuration_hfgen_vit import HfGenViTConfig  # noqa: E402
 from hfgen.models.configuration_hfgen_vlm import FUSIONS, HfGenVlmConfig  # noqa: E402
@@ -58,7 +59,8 @@ from hfgen.training.multimodal import (  # noqa: E402
     resume_checkpoint,
     stage_arguments,
 )
-from hfgen.training.recipe_common import parse_recipe_arguments  # noqa: E402
+from hfgen.training.recipe_common import check_model_folder, parse_recipe_arguments  # noqa: E402
+from hfgen.training.vqvae import ImageTokenCollator, ImageTokenProcessor, image_token_decoder  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,9 @@ class VlmArguments:
     plain_lm_text: bool = field(default=False, metadata={
         "help": "train the late fusions' language model on the text with the image placeholder removed instead of "
                 "replaced by the digit's name (text_only(describe_image=False))"})
+    vqvae: str | None = field(default=None, metadata={
+        "help": "a saved HfGenVQModel folder (recipes/train_vqvae.py, as many codes per image as patches): also "
+                "train early fusion with its codes as words of the vocabulary ('early_vq', Chameleon-style)"})
 
 
 def build_parser() -> HfArgumentParser:
@@ -197,8 +202,30 @@ def plot_losses(curves: dict[str, list[float]], path: str) -> str:
     return path
 
 
+def train_image_tokens(args, tokenizer, train, held_out, training_args) -> tuple[list[float], dict]:
+    """Early fusion with the VQ-VAE's codes as words: a plain decoder over the text and image-token vocabulary,
+    trained and measured as early fusion is."""
+    vq = HfGenVQModel.from_pretrained(args.vqvae).eval()
+    config = build_vlm(args, tokenizer, "early").config
+    processor = ImageTokenProcessor(vlm_processor(config, tokenizer), vq, config.image_token_id, len(tokenizer))
+    torch.manual_seed(training_args.seed)
+    model = image_token_decoder(text_config(args, tokenizer), vq)
+    steps = args.early_steps or args.lm_steps + args.bridge_steps
+    curve = train_stage(model, train, ImageTokenCollator(VlmCollator(processor.processor), processor), training_args,
+                        "early_vq", steps, training_args.learning_rate)
+    if training_args.process_index != 0:
+        return curve, {}
+    accuracy = vlm_accuracy(model, processor, held_out)
+    logger.info(f"early_vq: {accuracy}")
+    model.save_pretrained(os.path.join(training_args.output_dir, "early_vq"))
+    return curve, {**accuracy, "train_steps": steps, "image_tokens": vq.num_image_tokens,
+                   "trainable_parameters": sum(p.numel() for p in model.parameters())}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args, training_args, data = parse_recipe_arguments(build_parser(), sys.argv[1:] if argv is None else argv)
+    check_model_folder(args.vqvae, "--vqvae", "a folder with a saved HfGenVQModel (OUTPUT_DIR/vqvae of "
+                       "recipes/train_vqvae.py)", hub=False)
     os.makedirs(training_args.output_dir, exist_ok=True)
     seed = training_args.seed
     if data.dataset_name or data.train_data_dir:
@@ -242,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
         results[fusion] = {**accuracy, "train_steps": steps, "trainable_parameters": trainable,
                            "language_model_frozen": late, "identical_logits_after_reload": identical}
         logger.info(f"{fusion}: {accuracy} identical logits: {identical}")
+    if args.vqvae:
+        curves["early_vq"], results["early_vq"] = train_image_tokens(args, tokenizer, train, held_out, training_args)
     if main_process:
         plot_losses(curves, os.path.join(training_args.output_dir, "losses.png"))
         arguments = {**vars(args), **vars(data), "seed": seed,

@@ -226,3 +226,61 @@ def test_recipe_few_steps(tmp_path, classifier_dir):  # noqa: F811  (the importe
     vq = AutoModel.from_pretrained(str(tmp_path / "vqvae"), trust_remote_code=True)
     prior = AutoModelForCausalLM.from_pretrained(tmp_path / "prior")
     assert prior.config.vocab_size == vq.num_image_tokens + 10
+
+
+def test_image_tokens_round_trip_into_the_vlm_vocabulary(tmp_path):
+    """Early fusion with VQ codes as words: the processor writes each image's codes (shifted past the text
+    vocabulary) where the plain VLM processor writes its placeholders, the text ids stay as they were, the codes read
+    back from the ids decode to the VQ-VAE's reconstruction, and the decoder over text + image tokens trains on the
+    batch and never generates an image token."""
+    from hfgen.data.captions import CAPTION_PROMPT, VlmCollator, vlm_examples, vlm_processor, vlm_tokenizer
+    from hfgen.models import HfGenDecoderConfig
+    from hfgen.models.configuration_hfgen_vit import HfGenViTConfig
+    from hfgen.models.configuration_hfgen_vlm import HfGenVlmConfig
+    from hfgen.training.vqvae import ImageTokenCollator, ImageTokenProcessor, image_token_decoder
+
+    vq = model(1).eval()
+    tokenizer = vlm_tokenizer()
+    text = HfGenDecoderConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, pad_token_id=tokenizer.pad_token_id)
+    config = HfGenVlmConfig(text_config=text, vision_config=HfGenViTConfig(image_size=8, patch_size=2, hidden_size=16,
+                                                                         intermediate_size=32, num_attention_heads=2),
+                            fusion="early", image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    plain = vlm_processor(config, tokenizer)
+    processor = ImageTokenProcessor(plain, vq, config.image_token_id, len(tokenizer))
+    images = torch.rand(3, 1, 8, 8) * 2 - 1
+    prompts = [CAPTION_PROMPT, "<image> question: is it even? answer:", CAPTION_PROMPT]
+    reference = plain(images=list(images), text=prompts, padding=True)
+    inputs = processor(images=list(images), text=prompts, padding=True)
+    assert "pixel_values" not in inputs
+    slots = reference["input_ids"] == config.image_token_id
+    assert torch.equal(inputs["input_ids"][~slots], reference["input_ids"][~slots])
+    codes = inputs["input_ids"][slots].reshape(3, -1) - len(tokenizer)
+    torch.testing.assert_close(vq.detokenize(codes), vq(reference["pixel_values"]).sample)
+
+    decoder = image_token_decoder(text, vq)
+    batch = ImageTokenCollator(VlmCollator(plain), processor)(vlm_examples(images, torch.tensor([1, 2, 3]))[:4])
+    assert (batch["labels"][batch["input_ids"] >= len(tokenizer)] == -100).all()
+    decoder(**batch).loss.backward()
+    with torch.no_grad():
+        decoder.lm_head.weight[len(tokenizer):] += 100.0  # make image tokens the likeliest: still never generated
+    out = decoder.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert (out[:, inputs["input_ids"].shape[1]:] < len(tokenizer)).all()
+    with pytest.raises(ValueError, match="image placeholders, but the images have"):
+        ImageTokenProcessor(plain, model(2).eval(), config.image_token_id, len(tokenizer))(
+            images=list(images[:1]), text=[CAPTION_PROMPT])
+
+
+def test_vlm_recipe_with_image_tokens(tmp_path):
+    """recipes/train_vlm.py --vqvae: early fusion with the codes as words trains beside patch early fusion; a folder
+    that is not there fails before any training."""
+    model(1, latent_channels=8).save_pretrained(tmp_path / "vq")
+    flags = ["--output_dir", str(tmp_path / "vlm"), "--fusions", "early", "--lm_steps", "2", "--bridge_steps", "1",
+             "--eval_images", "4", "--per_device_train_batch_size", "4"]
+    with pytest.raises(ValueError, match="--vqvae"):
+        load_recipe("train_vlm").main(flags + ["--vqvae", str(tmp_path / "missing")])
+    assert not (tmp_path / "vlm").exists()
+    results = load_recipe("train_vlm").main(flags + ["--vqvae", str(tmp_path / "vq")])
+    assert {"early", "early_vq"} <= set(results) and results["early_vq"]["train_steps"] == 3
+    assert {"caption_accuracy", "question_accuracy"} <= set(results["early_vq"])
+    assert (tmp_path / "vlm" / "early_vq" / "config.json").exists()

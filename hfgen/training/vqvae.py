@@ -91,3 +91,61 @@ def prior_loss(prior: HfGenDecoderForCausalLM, sequences: torch.Tensor, batch_si
         total += prior(input_ids=batch, labels=batch).loss.item() * len(batch)
         count += len(batch)
     return total / count
+
+
+# Image tokens in a decoder's vocabulary (early fusion as in Chameleon: the VQ-VAE's codes are words)
+
+
+def fill_image_tokens(input_ids: torch.Tensor, image_token_id: int, tokens: torch.Tensor, offset: int) -> torch.Tensor:
+    """``input_ids`` with its image placeholders (each image's run, in reading order) replaced by that image's VQ
+    tokens ``[num_images, length]`` shifted by ``offset`` (the size of the text vocabulary)."""
+    slots = input_ids == image_token_id
+    if int(slots.sum()) != tokens.numel():
+        raise ValueError(f"The text holds {int(slots.sum())} image placeholders, but the images have {tokens.numel()} "
+                         f"image tokens ({tokens.shape[0]} image(s) x {tokens.shape[1]}): the processor must expand "
+                         f"each placeholder to as many tokens as the VQ-VAE writes.")
+    out = input_ids.clone()
+    out[slots] = tokens.flatten().to(out) + offset
+    return out
+
+
+class ImageTokenProcessor:
+    """A VLM processor whose images become VQ-VAE image tokens of the text: ``__call__`` returns ``input_ids`` (text
+    ids, then ``text_vocab_size + code``) and ``attention_mask``, no ``pixel_values``; everything else (tokenizer,
+    ``batch_decode``) is the wrapped processor's."""
+
+    def __init__(self, processor, vq: HfGenVQModel, image_token_id: int, text_vocab_size: int):
+        self.processor, self.vq = processor, vq
+        self.image_token_id, self.text_vocab_size = image_token_id, text_vocab_size
+
+    def encode_images(self, batch: dict) -> dict:
+        """``pixel_values`` of a processed batch -> image tokens inside its ``input_ids``."""
+        tokens = self.vq.tokenize(batch.pop("pixel_values").to(self.vq.device, self.vq.dtype))
+        batch["input_ids"] = fill_image_tokens(batch["input_ids"], self.image_token_id, tokens, self.text_vocab_size)
+        return batch
+
+    def __call__(self, *args, **kwargs):
+        return self.encode_images(self.processor(*args, **kwargs))
+
+    def __getattr__(self, name: str):
+        return getattr(self.processor, name)
+
+
+class ImageTokenCollator:
+    """Wraps a collator that writes ``pixel_values`` (e.g. ``hfgen.data.captions.VlmCollator``): the images become
+    image tokens in ``input_ids`` (labels stay -100 there: no loss on the image)."""
+
+    def __init__(self, collator, processor: ImageTokenProcessor):
+        self.collator, self.processor = collator, processor
+
+    def __call__(self, examples) -> dict:
+        return self.processor.encode_images(self.collator(examples))
+
+
+def image_token_decoder(text_config: HfGenDecoderConfig, vq: HfGenVQModel) -> HfGenDecoderForCausalLM:
+    """A decoder over the text vocabulary followed by ``vq``'s image tokens; ``generate`` never writes an image
+    token (its answers are text)."""
+    config = HfGenDecoderConfig(**{**text_config.to_dict(), "vocab_size": text_config.vocab_size + vq.num_image_tokens})
+    model = HfGenDecoderForCausalLM(config)
+    model.generation_config.suppress_tokens = list(range(text_config.vocab_size, config.vocab_size))
+    return model
