@@ -53,6 +53,7 @@ from transformers.activations import ACT2FN
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import ConversionOps, MergeModulelist, WeightConverter
 from transformers.integrations import use_experts_implementation
+from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -61,7 +62,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 from transformers.models.switch_transformers.modeling_switch_transformers import router_z_loss_func
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, is_torchdynamo_compiling, logging
 from transformers.utils.output_capturing import OutputRecorder
 
 logger = logging.get_logger(__name__)
@@ -191,7 +192,14 @@ class _ExpertWeights(nn.Module):
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
         """The ``"eager"`` implementation: the ``T x k`` assignments sorted by expert once, then one dense matmul
-        per expert over its contiguous slice of tokens (experts that receive none cost nothing)."""
+        per expert over its contiguous slice of tokens (experts that receive none cost nothing).
+
+        Under ``torch.compile`` the slices' sizes (a ``bincount`` read back to Python) would depend on the data and
+        break the graph (``fullgraph=True`` raises), as transformers' own eager experts (Mixtral's ``nonzero``) do;
+        while dynamo traces, the step goes through transformers' ``"grouped_mm"`` experts implementation instead,
+        whose CPU fallback is a custom op the graph keeps whole. Same routing formula, same numbers."""
+        if is_torchdynamo_compiling():
+            return ALL_EXPERTS_FUNCTIONS["grouped_mm"](self, hidden_states, top_k_index, top_k_weights)
         top_k = top_k_index.shape[-1]
         flat_experts = top_k_index.reshape(-1)
         order = torch.argsort(flat_experts, stable=True)
