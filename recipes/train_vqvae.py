@@ -41,8 +41,8 @@ from hfgen.training.vqvae import prior_config, prior_loss, prior_sequences, samp
 logger = logging.getLogger(__name__)
 
 # Wall time on the shared 2-core machine, OMP_NUM_THREADS=1, measured 2026-12-08: the README quotes the same.
-MAX_TRAIN_STEPS = 2000
-PRIOR_STEPS = 2000
+MAX_TRAIN_STEPS = 1000
+PRIOR_STEPS = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
