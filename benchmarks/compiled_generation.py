@@ -63,13 +63,18 @@ SECTIONS = ("llama", "long", "retnet")
 WAYS = ("Llama default", "Llama compiled", "hfgen default", "hfgen DynamicCache", "hfgen static", "hfgen compiled")
 
 
-def build_tiny(device: str, dtype: torch.dtype) -> tuple[LlamaForCausalLM, HfGenDecoderForCausalLM]:
+def build_random(keys: dict, device: str, dtype: torch.dtype) -> tuple[LlamaForCausalLM, HfGenDecoderForCausalLM]:
+    """Llama and hfgen's decoder of config ``keys``, random weights (seed 0), hfgen holding Llama's."""
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(**TINY))
-    hfgen = HfGenDecoderForCausalLM(HfGenDecoderConfig(**TINY))
+    llama = LlamaForCausalLM(LlamaConfig(**keys))
+    hfgen = HfGenDecoderForCausalLM(HfGenDecoderConfig(**keys))
     result = hfgen.load_state_dict(llama.state_dict(), strict=True)  # the decoder's names are Llama's
     assert not result.missing_keys and not result.unexpected_keys
     return llama.to(device, dtype).eval(), hfgen.to(device, dtype).eval()
+
+
+def build_tiny(device: str, dtype: torch.dtype) -> tuple[LlamaForCausalLM, HfGenDecoderForCausalLM]:
+    return build_random(TINY, device, dtype)
 
 
 def build_smollm2(device: str, dtype: torch.dtype) -> tuple[LlamaForCausalLM, HfGenDecoderForCausalLM]:
@@ -83,9 +88,12 @@ def build_smollm2(device: str, dtype: torch.dtype) -> tuple[LlamaForCausalLM, Hf
 SIZES = {"tiny": build_tiny, "smollm2": build_smollm2}
 
 
-def compile_config(device: str) -> CompileConfig:
+def compile_config(device: str, **options) -> CompileConfig:
+    """Whole-graph compilation for ``generate``; ``options``: inductor options (torch.compile takes them or a mode,
+    not both)."""
     # "reduce-overhead" (the default) means CUDA graphs; on a CPU inductor's plain mode.
-    config = CompileConfig(fullgraph=True, mode="reduce-overhead" if device == "cuda" else "default")
+    mode = None if options else "reduce-overhead" if device == "cuda" else "default"
+    config = CompileConfig(fullgraph=True, mode=mode, options=options or None)
     config._compile_all_devices = True
     return config
 
