@@ -37,6 +37,7 @@ from hfgen.data.corpus import load_corpus  # noqa: E402
 from hfgen.data.images import load_images  # noqa: E402
 from hfgen.data.lm import tokenize_for_causal_lm  # noqa: E402
 from hfgen.data.tokenizer import load_tokenizer  # noqa: E402
+from hfgen.diffusion.vq_hfgen import HfGenVQModel  # noqa: E402
 from hfgen.models.configuration_hfgen_gato import MODALITIES, HfGenGatoConfig  # noqa: E402
 from hfgen.models.modeling_hfgen_gato import HfGenGatoForCausalLM  # noqa: E402
 from hfgen.training.multimodal import (  # noqa: E402
@@ -46,7 +47,7 @@ from hfgen.training.multimodal import (  # noqa: E402
     resume_checkpoint,
     stage_arguments,
 )
-from hfgen.training.recipe_common import parse_recipe_arguments  # noqa: E402
+from hfgen.training.recipe_common import check_model_folder, parse_recipe_arguments  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class GatoArguments:
     eval_episodes: int = field(default=50, metadata={"help": "grid-world episodes played in the evaluation"})
     eval_images: int = field(default=100, metadata={"help": "held-out images captioned in the evaluation"})
     eval_text_blocks: int = field(default=64, metadata={"help": "held-out text blocks scored"})
+    vqvae: str | None = field(default=None, metadata={
+        "help": "a saved HfGenVQModel folder (recipes/train_vqvae.py): images enter as its codes, words of the "
+                "vocabulary, instead of patches"})
 
 
 def build_parser() -> HfArgumentParser:
@@ -85,7 +89,7 @@ class Domains:
     """The three domains' training data and held-out sets: text blocks of the embedded corpus, captioned images
     (the digits, or the user's ``--dataset_name`` / ``--train_data_dir``), and the scripted expert's episodes."""
 
-    def __init__(self, args: GatoArguments, data, tokenizer, config: HfGenGatoConfig, seed: int):
+    def __init__(self, args: GatoArguments, data, tokenizer, config: HfGenGatoConfig, seed: int, vq=None):
         self.tokenizer, self.config = tokenizer, config
         blocks = tokenize_for_causal_lm(load_corpus(), tokenizer, args.block_size)
         self.text_train = blocks["train"]["input_ids"]
@@ -102,6 +106,9 @@ class Domains:
             self.train_images, self.test_images = digits.train_images, digits.test_images[:args.eval_images]
             self.train_captions = [caption(int(d)) for d in digits.train_labels]
             self.test_captions = [caption(int(d)) for d in digits.test_labels[:args.eval_images]]
+        self.vq_tokens = None if vq is None else {  # the images as words (the VQ-VAE's codes) instead of patches
+            split: (vq.tokenize(images) + config.first_image_code_id).tolist()
+            for split, images in (("train", self.train_images), ("test", self.test_images))}
         self.caption_ids = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
                             for c in self.train_captions]
         env = GridWorld(seed=seed)
@@ -112,7 +119,9 @@ class Domains:
         """Indices of one epoch: the largest domain once, the others cycled."""
         return max(len(self.text_train), len(self.train_images), len(self.episodes))
 
-    def image_prompt(self) -> list[int]:
+    def image_prompt(self, index: int = 0, split: str = "train") -> list[int]:
+        if self.vq_tokens is not None:
+            return self.vq_tokens[split][index]
         return [self.config.image_token_id] * self.config.num_patches
 
 
@@ -128,23 +137,25 @@ class GatoCollator:
         d = self.domains
         text = [d.text_train[i % len(d.text_train)] for i in indices]
         image_index = [i % len(d.train_images) for i in indices]
-        prompt = d.image_prompt()
-        captions = [prompt + d.caption_ids[i] for i in image_index]
+        prompts = [d.image_prompt(i) for i in image_index]
+        captions = [p + d.caption_ids[i] for p, i in zip(prompts, image_index)]
         episodes = [d.episodes[i % len(d.episodes)] for i in indices]
         text_mode, image_mode = MODALITIES.index("text"), MODALITIES.index("image")
         ids = text + captions + [e[0] for e in episodes]
         modality = ([[text_mode] * len(r) for r in text] +
-                    [[image_mode] * len(prompt) + [text_mode] * (len(r) - len(prompt)) for r in captions] +
+                    [[image_mode] * len(p) + [text_mode] * (len(r) - len(p)) for p, r in zip(prompts, captions)] +
                     [e[1] for e in episodes])
-        labels = (text + [[-100] * len(prompt) + d.caption_ids[i] for i in image_index] +
+        labels = (text + [[-100] * len(p) + d.caption_ids[i] for p, i in zip(prompts, image_index)] +
                   [[i if t else -100 for i, t in zip(e[0], e[2])] for e in episodes])
         width, n = max(map(len, ids)), len(indices)
-        return {"input_ids": pad_rows(ids, d.tokenizer.pad_token_id, width),
-                "modality_ids": pad_rows(modality, text_mode, width),
-                "attention_mask": pad_rows([[1] * len(r) for r in ids], 0, width),
-                "pixel_values": d.train_images[image_index],
-                "labels": pad_rows(labels, -100, width),
-                "loss_groups": [slice(k * n, (k + 1) * n) for k in range(len(DOMAINS))]}
+        batch = {"input_ids": pad_rows(ids, d.tokenizer.pad_token_id, width),
+                 "modality_ids": pad_rows(modality, text_mode, width),
+                 "attention_mask": pad_rows([[1] * len(r) for r in ids], 0, width),
+                 "labels": pad_rows(labels, -100, width),
+                 "loss_groups": [slice(k * n, (k + 1) * n) for k in range(len(DOMAINS))]}
+        if d.vq_tokens is None:
+            batch["pixel_values"] = d.train_images[image_index]
+        return batch
 
 
 @torch.no_grad()
@@ -157,7 +168,8 @@ def perplexity(model, blocks: torch.Tensor) -> float:
 @torch.no_grad()
 def caption_accuracy(model, domains: Domains) -> float:
     images, captions = domains.test_images, domains.test_captions
-    prompt = torch.tensor([domains.image_prompt()] * len(images))
+    prompt = torch.tensor([domains.image_prompt(i, "test") for i in range(len(images))])
+    images = images if domains.vq_tokens is None else None
     longest = max(len(domains.tokenizer(" " + c, add_special_tokens=False)["input_ids"]) for c in captions)
     out = model.generate(input_ids=prompt, pixel_values=images, max_new_tokens=max(6, longest + 1), do_sample=False,
                          pad_token_id=domains.tokenizer.pad_token_id, eos_token_id=domains.tokenizer.eos_token_id)
@@ -167,15 +179,19 @@ def caption_accuracy(model, domains: Domains) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     args, training_args, data = parse_recipe_arguments(build_parser(), sys.argv[1:] if argv is None else argv)
+    check_model_folder(args.vqvae, "--vqvae", "a folder with a saved HfGenVQModel (OUTPUT_DIR/vqvae of "
+                       "recipes/train_vqvae.py)", hub=False)
     os.makedirs(training_args.output_dir, exist_ok=True)
+    vq = HfGenVQModel.from_pretrained(args.vqvae).eval() if args.vqvae else None
     torch.manual_seed(training_args.seed)
     tokenizer = load_tokenizer()
     config = HfGenGatoConfig(text_vocab_size=len(tokenizer), hidden_size=args.hidden_size,
                              intermediate_size=2 * args.hidden_size, num_hidden_layers=args.num_hidden_layers,
                              num_attention_heads=4, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, max_position_embeddings=512)
+                             eos_token_id=tokenizer.eos_token_id, max_position_embeddings=512,
+                             image_vocab_size=vq.num_image_tokens if vq else 0)
     model = HfGenGatoForCausalLM(config)
-    domains = Domains(args, data, tokenizer, config, training_args.seed)
+    domains = Domains(args, data, tokenizer, config, training_args.seed, vq)
     checkpoints = os.path.join(training_args.output_dir, "checkpoints")
     trainer = LabelledTokenTrainer(model=model, args=stage_arguments(training_args, output_dir=checkpoints),
                                    train_dataset=list(range(len(domains))), data_collator=GatoCollator(domains))

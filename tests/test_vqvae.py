@@ -284,3 +284,32 @@ def test_vlm_recipe_with_image_tokens(tmp_path):
     assert {"early", "early_vq"} <= set(results) and results["early_vq"]["train_steps"] == 3
     assert {"caption_accuracy", "question_accuracy"} <= set(results["early_vq"])
     assert (tmp_path / "vlm" / "early_vq" / "config.json").exists()
+
+
+def test_gato_image_tokens(tmp_path):
+    """Gato with image_vocab_size: the codes are words after the placeholder (image modality by default, never
+    generated); recipes/train_gato.py --vqvae feeds the images as codes, without pixel_values."""
+    from hfgen.models.configuration_hfgen_gato import MODALITIES, HfGenGatoConfig
+    from hfgen.models.modeling_hfgen_gato import HfGenGatoForCausalLM
+
+    small = dict(text_vocab_size=50, num_bins=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                 num_attention_heads=2)
+    config = HfGenGatoConfig(**small, image_vocab_size=16)
+    assert config.vocab_size == HfGenGatoConfig(**small).vocab_size + 16 == config.first_image_code_id + 16
+    gato = HfGenGatoForCausalLM(config).eval()
+    ids = torch.tensor([[3, config.first_bin_id, config.first_image_code_id, config.vocab_size - 1]])
+    assert gato.default_modality_ids(ids).tolist() == [[0, 2, 1, 1]] and MODALITIES[1] == "image"
+    with torch.no_grad():
+        gato.lm_head.weight[config.first_image_code_id:] += 100.0
+    out = gato.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert (out[:, ids.shape[1]:] < config.image_token_id).all()
+    with pytest.raises(ValueError, match="image_vocab_size must be an int >= 0"):
+        HfGenGatoConfig(**small, image_vocab_size=-1)
+
+    model(1, latent_channels=8).save_pretrained(tmp_path / "vq")
+    results = load_recipe("train_gato").main(["--output_dir", str(tmp_path / "gato"), "--max_steps", "2",
+                                              "--expert_episodes", "10", "--eval_episodes", "1", "--eval_images", "4",
+                                              "--eval_text_blocks", "4", "--vqvae", str(tmp_path / "vq")])
+    assert results["identical_logits_after_reload"] and 0 <= results["caption_accuracy"] <= 1
+    saved = HfGenGatoConfig.from_pretrained(tmp_path / "gato" / "model")
+    assert saved.image_vocab_size == 16

@@ -31,7 +31,10 @@ class HfGenGatoConfig(HfGenDecoderConfig):
         mu_law_mu (`float`, 100) / mu_law_max (`float`, 256): mu-law companding ``F(x) = sgn(x) log(|x| mu + 1) /
             log(M mu + 1)`` (Gato: mu = 100, M = 256); values must lie in ``[-M, M]``, which ``F`` maps onto [-1, 1].
         image_size / patch_size / num_channels: the images' geometry (patches embedded by one linear layer).
-    ``vocab_size`` is derived: ``text_vocab_size + num_bins + 2`` (separator, image placeholder).
+        image_vocab_size (`int`, 0): image tokens after the placeholder (a VQ-VAE's codes: images as words instead of
+            patches; 0: none).
+    ``vocab_size`` is derived: ``text_vocab_size + num_bins + 2 + image_vocab_size`` (separator, image placeholder,
+    image tokens).
     """
 
     model_type = "hfgen_gato"
@@ -40,12 +43,14 @@ class HfGenGatoConfig(HfGenDecoderConfig):
 
     def __init__(self, text_vocab_size: int = 8192, num_bins: int = 1024, mu_law_mu: float = 100.0,
                  mu_law_max: float = 256.0, image_size: int = 8, patch_size: int = 2, num_channels: int = 1,
-                 **kwargs):
+                 image_vocab_size: int = 0, **kwargs):
         # (checked before the vocabulary size and the patch count are derived from them)
         for key in ("text_vocab_size", "num_bins", "mu_law_mu", "mu_law_max", "image_size", "patch_size"):
             check_config_value(key, locals()[key])
         if image_size % patch_size:
             raise ValueError(f"image_size ({image_size}) is not divisible by patch_size ({patch_size}).")
+        if type(image_vocab_size) is not int or image_vocab_size < 0:
+            raise ValueError(f"image_vocab_size must be an int >= 0 (0: no image tokens), got {image_vocab_size!r}.")
         self.text_vocab_size = text_vocab_size
         self.num_bins = num_bins
         self.mu_law_mu = float(mu_law_mu) if is_number(mu_law_mu) else mu_law_mu
@@ -53,7 +58,8 @@ class HfGenGatoConfig(HfGenDecoderConfig):
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
-        kwargs["vocab_size"] = text_vocab_size + num_bins + 2
+        self.image_vocab_size = image_vocab_size
+        kwargs["vocab_size"] = text_vocab_size + num_bins + 2 + image_vocab_size
         super().__init__(**kwargs)
 
     @property
@@ -67,6 +73,10 @@ class HfGenGatoConfig(HfGenDecoderConfig):
     @property
     def image_token_id(self) -> int:
         return self.text_vocab_size + self.num_bins + 1
+
+    @property
+    def first_image_code_id(self) -> int:
+        return self.image_token_id + 1
 
     @property
     def num_patches(self) -> int:

@@ -61,7 +61,8 @@ def undiscretize(bins: torch.Tensor, num_bins: int = 1024, mu: float = 100.0, ma
 class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, HfGenGenerationMixin):
     """Gato-like decoder with a head over the whole token space. ``forward(input_ids, pixel_values=None,
     modality_ids=None, labels=None, ...)``: ``modality_ids`` (``[B, S]``, indices into :data:`MODALITIES`) default to
-    what the ids say (text below ``text_vocab_size``, image for the placeholder, continuous for the bins); pass
+    what the ids say (text below ``text_vocab_size``, image for the placeholder and image tokens, continuous for the
+    bins); pass
     them to mark bins as actions. Gato trains on text and action targets only: give ``labels`` -100 elsewhere."""
 
     config_class = HfGenGatoConfig
@@ -78,7 +79,8 @@ class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, HfGenGenerationMixin):
         self.post_init()
         # The image placeholder is an input-only token: a generated one would ask for an image that is not there.
         if self.generation_config is not None:
-            self.generation_config.suppress_tokens = [config.image_token_id]
+            self.generation_config.suppress_tokens = [config.image_token_id, *range(config.first_image_code_id,
+                                                                                    config.vocab_size)]
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -98,6 +100,7 @@ class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, HfGenGenerationMixin):
         modality[input_ids >= c.first_bin_id] = MODALITIES.index("continuous")
         modality[input_ids == c.separator_token_id] = MODALITIES.index("text")
         modality[input_ids == c.image_token_id] = MODALITIES.index("image")
+        modality[input_ids >= c.first_image_code_id] = MODALITIES.index("image")  # image tokens (VQ codes)
         return modality
 
     def check_modalities(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
