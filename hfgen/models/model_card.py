@@ -178,13 +178,25 @@ class CardTask:
 _CAUSAL_USAGE = """inputs = tokenizer("The with statement", return_tensors="pt")
 print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40, do_sample=True)[0]))"""
 
+_EXAMPLE_INPUTS = 'inputs = tokenizer("The with statement is used to wrap a block", return_tensors="pt")\n'
+_NEXT_TOKEN_NOTE = ("Perplexity is `exp` of the mean next-token cross-entropy over the validation split, whose "
+                    "documents are never\ntrained on.")
+# The headline metric of the supervised objectives, measured on a fixed test split.
+_TEST_ACCURACY = {"metric_key": "eval_accuracy", "metric_type": "accuracy", "metric_name": "Test accuracy",
+                  "dataset_split": "test"}
+
+
+def _accuracy_note(unit: str) -> str:
+    return (f"Accuracy is the share of test {unit} whose highest-scoring class is the true one; the test split is "
+            "fixed\nand never trained on.")
+
+
 # Objectives a saved hfgen folder can come from (``write_model_card(..., task=...)``).
 CARD_TASKS = {
     "causal-lm": CardTask(
         pipeline_tag="text-generation", auto_class="AutoModelForCausalLM",
         objective="causal language modelling (next-token prediction)", usage=_CAUSAL_USAGE,
-        metric_note="Perplexity is `exp` of the mean next-token cross-entropy over the validation split, whose "
-                    "documents are never\ntrained on."),
+        metric_note=_NEXT_TOKEN_NOTE),
     "masked-lm": CardTask(
         pipeline_tag="fill-mask", auto_class="AutoModelForMaskedLM",
         objective="masked language modelling (BERT's 15% of tokens, 80/10/10 mask/random/keep)",
@@ -210,35 +222,29 @@ CARD_TASKS = {
     "text-classification": CardTask(
         pipeline_tag="text-classification", auto_class="AutoModelForSequenceClassification",
         objective="supervised fine-tuning for sequence classification",
-        usage='inputs = tokenizer("The with statement is used to wrap a block", return_tensors="pt")\n'
-              'print(model.config.id2label[model(**inputs).logits.argmax(-1).item()])',
-        metric_note="Accuracy is the share of test examples whose highest-scoring class is the true one; the "
-                    "test split is fixed\nand never trained on.",
-        metric_key="eval_accuracy", metric_type="accuracy", metric_name="Test accuracy", dataset_split="test"),
+        usage=_EXAMPLE_INPUTS + 'print(model.config.id2label[model(**inputs).logits.argmax(-1).item()])',
+        metric_note=_accuracy_note("examples"), **_TEST_ACCURACY),
     "text2text-classification": CardTask(
         pipeline_tag="text2text-generation", auto_class="AutoModelForSeq2SeqLM",
         objective="supervised fine-tuning for classification as text-to-text (the target is one word naming "
                   "the class)",
-        usage='inputs = tokenizer("The with statement is used to wrap a block", return_tensors="pt")\n'
-              'print(tokenizer.decode(model.generate(**inputs, max_new_tokens=1)[0], skip_special_tokens=True))',
+        usage=_EXAMPLE_INPUTS + 'print(tokenizer.decode(model.generate(**inputs, max_new_tokens=1)[0], '
+                                'skip_special_tokens=True))',
         metric_note="Accuracy is the share of test examples whose highest-scoring class word (first decoder "
                     "step, class words only)\nis the true one; the test split is fixed and never trained on.",
-        metric_key="eval_accuracy", metric_type="accuracy", metric_name="Test accuracy", dataset_split="test"),
+        **_TEST_ACCURACY),
     "token-classification": CardTask(
         pipeline_tag="token-classification", auto_class="AutoModelForTokenClassification",
         objective="supervised fine-tuning for token classification",
-        usage='inputs = tokenizer("The with statement is used to wrap a block", return_tensors="pt")\n'
-              'print([model.config.id2label[i] for i in model(**inputs).logits.argmax(-1)[0].tolist()])',
-        metric_note="Accuracy is the share of test tokens whose highest-scoring class is the true one; the "
-                    "test split is fixed\nand never trained on.",
-        metric_key="eval_accuracy", metric_type="accuracy", metric_name="Test accuracy", dataset_split="test"),
+        usage=_EXAMPLE_INPUTS + 'print([model.config.id2label[i] for i in '
+                                'model(**inputs).logits.argmax(-1)[0].tolist()])',
+        metric_note=_accuracy_note("tokens"), **_TEST_ACCURACY),
     "feature-extraction": CardTask(
         pipeline_tag="feature-extraction", auto_class="AutoModel",
         objective="no head: the model returns hidden states",
         usage='inputs = tokenizer("The with statement", return_tensors="pt")\n'
               'print(model(**inputs).last_hidden_state.shape)',
-        metric_note="Perplexity is `exp` of the mean next-token cross-entropy over the validation split, whose "
-                    "documents are never\ntrained on."),
+        metric_note=_NEXT_TOKEN_NOTE),
     "image-text-to-text": CardTask(
         pipeline_tag="image-text-to-text", auto_class="AutoModelForImageTextToText",
         objective="captioning and question answering on images (next-token prediction on the text after the "
