@@ -43,6 +43,9 @@ from .modeling_hfgen_vlm import HfGenVlmForConditionalGeneration, HfGenVlmModel
 from .processing_hfgen_vlm import HfGenVlmImageProcessor, HfGenVlmProcessor
 from .configuration_hfgen_gato import HfGenGatoConfig
 from .modeling_hfgen_gato import HfGenGatoForCausalLM
+from .configuration_hfgen_clip import HfGenClipConfig
+from .modeling_hfgen_clip import HfGenClipModel
+from .processing_hfgen_clip import HfGenClipProcessor
 from .configuration_hfgen_tabular import HfGenTabularConfig
 from .modeling_hfgen_tabular import HfGenTabularForGeneration
 from .processing_hfgen_tabular import HfGenTabularProcessor
@@ -60,6 +63,9 @@ __all__ = [
     "HfGenTabularConfig",
     "HfGenTabularForGeneration",
     "HfGenTabularProcessor",
+    "HfGenClipConfig",
+    "HfGenClipModel",
+    "HfGenClipProcessor",
     "HfGenGatoConfig",
     "HfGenGatoForCausalLM",
     "HfGenViTConfig",

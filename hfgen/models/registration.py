@@ -23,6 +23,7 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
+    AutoModelForZeroShotImageClassification,
 )
 
 from .configuration_hfgen_decoder import HfGenDecoderConfig
@@ -33,14 +34,17 @@ from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig
 from .configuration_hfgen_vit import HfGenViTConfig
 from .configuration_hfgen_vlm import HfGenVlmConfig
 from .configuration_hfgen_tabular import HfGenTabularConfig
+from .configuration_hfgen_clip import HfGenClipConfig
+from .processing_hfgen_clip import HfGenClipProcessor
 from .processing_hfgen_vlm import HfGenVlmImageProcessor, HfGenVlmProcessor
 
 CONFIGS = (HfGenViTConfig, HfGenGatoConfig, HfGenVlmConfig, HfGenRetNetConfig, HfGenDecoderConfig,
-           HfGenSeq2SeqConfig, HfGenEncoderConfig)
+           HfGenSeq2SeqConfig, HfGenEncoderConfig, HfGenClipConfig)
 CONFIGS += (HfGenTabularConfig,)
 AUTO_CLASSES = {auto_class.__name__: auto_class for auto_class in (
     AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForMaskedLM, AutoModelForPreTraining,
-    AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoModelForTokenClassification)}
+    AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+    AutoModelForZeroShotImageClassification)}
 
 
 def family_models(config_class: type) -> list[tuple[type, type]]:
@@ -76,4 +80,8 @@ def register_auto_classes() -> None:
     AutoProcessor.register(HfGenVlmConfig, HfGenVlmProcessor, exist_ok=True)
     HfGenVlmImageProcessor.register_for_auto_class("AutoImageProcessor")
     HfGenVlmProcessor.register_for_auto_class("AutoProcessor")
+    # The contrastive model's processor: the same image processor with the text tower's tokenizer.
+    AutoImageProcessor.register(HfGenClipConfig, slow_image_processor_class=HfGenVlmImageProcessor, exist_ok=True)
+    AutoProcessor.register(HfGenClipConfig, HfGenClipProcessor, exist_ok=True)
+    HfGenClipProcessor.register_for_auto_class("AutoProcessor")
     _registered = True

@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Train a CLIP-style contrastive model (``hfgen_clip``: hfgen encoder + hfgen ViT) on the shipped digits and their
+captions, and report held-out retrieval, zero-shot and linear-probe accuracy.
+
+    python recipes/train_clip.py --output_dir outputs/clip
+    python recipes/train_clip.py --softmax_variant off_by_one --position_embedding alibi --max_steps 800
+    torchrun --nproc_per_node 2 recipes/train_clip.py --per_device_train_batch_size 64
+
+Training runs on ``Trainer`` with the model's own symmetric contrastive loss (``return_loss=True``), so every
+``TrainingArguments`` flag applies (schedules, ``--report_to``, checkpoints, ``--resume_from_checkpoint latest``).
+Under several processes each process contrasts its own batch (no gathering of the other processes' embeddings):
+N processes of batch B see N separate B x B problems, not one NB x NB one.
+
+Writes into ``--output_dir``: the model with its processor (``AutoModel`` / ``AutoProcessor`` /
+``pipeline("zero-shot-image-classification", model=OUTPUT_DIR)`` load it, also without hfgen with
+``trust_remote_code=True``), ``results.json`` and ``losses.png``.
+"""
+
+# No "from __future__ import annotations": the dataclass below must resolve its field types without looking its
+# module up in sys.modules (notebooks and tests load this file with importlib, unregistered).
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from hfgen.data.encoder_tokenizer import load_encoder_tokenizer
+from hfgen.data.images import DATASETS, load_images
+from hfgen.models import HfGenClipConfig, HfGenClipModel, HfGenClipProcessor
+from hfgen.models.processing_hfgen_clip import clip_image_processor
+from hfgen.models.variants import POSITION_EMBEDDINGS, SOFTMAX_VARIANTS
+from hfgen.training.clip import ClipCollator, clip_examples, evaluate_clip
+from hfgen.training.multimodal import plain_loop_defaults, resume_checkpoint
+from hfgen.training.recipe_common import loss_history, parse_recipe_arguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ClipArguments:
+    """The data and the two towers (the optimiser, batch size, steps, seed, logging and checkpoints are
+    ``TrainingArguments``)."""
+
+    dataset: str = field(default="digits", metadata={"help": "the shipped images", "choices": DATASETS})
+    image_size: int = field(default=8, metadata={"help": "images are resized to this size (grayscale)"})
+    patch_size: int = field(default=2, metadata={"help": "patch size of the ViT"})
+    hidden_size: int = field(default=64, metadata={"help": "width of both towers"})
+    num_hidden_layers: int = field(default=2, metadata={"help": "layers of each tower"})
+    projection_dim: int = field(default=64, metadata={"help": "size of the shared embedding space"})
+    softmax_variant: str = field(default="standard", metadata={"help": "softmax of the text tower's attention",
+                                                               "choices": SOFTMAX_VARIANTS})
+    position_embedding: str = field(default="learned", metadata={"help": "positions of the text tower",
+                                                                 "choices": POSITION_EMBEDDINGS})
+
+
+def build_parser() -> HfArgumentParser:
+    parser = HfArgumentParser((ClipArguments, TrainingArguments), description=__doc__.split("\n\n")[0])
+    parser.set_defaults(**{**plain_loop_defaults(), "lr_scheduler_type": "cosine", "weight_decay": 0.1},
+                        output_dir="outputs/clip", learning_rate=1e-3, max_steps=1500, per_device_train_batch_size=128,
+                        warmup_steps=50)
+    return parser
+
+
+def build_model(args: ClipArguments, tokenizer, seed: int) -> HfGenClipModel:
+    torch.manual_seed(seed)
+    width = args.hidden_size
+    text = dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                num_hidden_layers=args.num_hidden_layers, num_attention_heads=4, max_position_embeddings=32,
+                pad_token_id=tokenizer.pad_token_id, softmax_variant=args.softmax_variant,
+                position_embedding=args.position_embedding)
+    vision = dict(image_size=args.image_size, patch_size=args.patch_size, hidden_size=width,
+                  intermediate_size=2 * width, num_hidden_layers=args.num_hidden_layers, num_attention_heads=4)
+    return HfGenClipModel(HfGenClipConfig(text_config=text, vision_config=vision, projection_dim=args.projection_dim))
+
+
+def plot_losses(losses: list[tuple[int, float]], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(*zip(*losses))
+    ax.set_xlabel("step")
+    ax.set_ylabel("contrastive loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, training_args = parse_recipe_arguments(build_parser(), sys.argv[1:] if argv is None else argv)
+    seed = training_args.seed
+    data = load_images(args.dataset, image_size=args.image_size)
+    tokenizer = load_encoder_tokenizer()
+    model = build_model(args, tokenizer, seed)
+    processor = HfGenClipProcessor(clip_image_processor(model.config), tokenizer)
+    train = clip_examples(data.train_images, data.train_labels, seed=seed)
+    test = clip_examples(data.test_images, data.test_labels, seed=seed + 1)
+    before = evaluate_clip(model, processor, data.train_images, data.train_labels, test)
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=ClipCollator(processor))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args.resume_from_checkpoint,
+                                                           training_args.output_dir))
+    if training_args.process_index != 0:
+        return {}
+    results = {"before_training": before, "after_training": evaluate_clip(model, processor, data.train_images,
+                                                                          data.train_labels, test),
+               "logit_scale": model.logit_scale_value().item(), "train_pairs": len(train), "test_pairs": len(test),
+               "train_runtime_s": trainer.state.log_history[-1].get("train_runtime")}
+    model.save_pretrained(training_args.output_dir)
+    processor.save_pretrained(training_args.output_dir)
+    plot_losses(loss_history(trainer), os.path.join(training_args.output_dir, "losses.png"))
+    with open(os.path.join(training_args.output_dir, "results.json"), "w") as handle:
+        json.dump({"args": {**asdict(args), "seed": seed, "max_steps": training_args.max_steps,
+                            "per_device_train_batch_size": training_args.per_device_train_batch_size},
+                   "results": results}, handle, indent=2)
+    logger.info("held-out results: %s", json.dumps(results["after_training"]))
+    logger.info("saved to %s (model, processor, results.json, losses.png)", training_args.output_dir)
+    return results
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()
