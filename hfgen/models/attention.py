@@ -25,7 +25,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 
 from .attention_utils import allowed_positions, query_chunk_rows, query_chunks, repeat_kv
-from .positions import apply_rotary
+from .positions import POSITION_TABLE, apply_rotary
 from .scoring import SCORING_TABLE
 from .softmax import SOFTMAX_TABLE
 
@@ -157,7 +157,7 @@ class HfGenAttention(nn.Module):
     def is_plain_softmax(self) -> bool:
         """True when the math is ``softmax(scale * QK^T + mask) V``, which any attention backend can compute."""
         return (self.softmax_entry.any_backend and self.scoring_entry.dot_product
-                and self.config.position_embedding not in ("relative_bias", "alibi"))
+                and POSITION_TABLE[self.config.position_embedding].bias is None)
 
     def _kernel(self) -> Callable:
         implementation = self.config._attn_implementation or "sdpa"

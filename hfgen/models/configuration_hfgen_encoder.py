@@ -171,13 +171,5 @@ class HfGenEncoderConfig(ValidatedConfigMixin, PreTrainedConfig):
 def validate_encoder_config(config) -> None:
     """The shared variant checks plus the encoder's own (how its keys fit together; each value is checked where it
     is set)."""
-    validate_attention_config(config)
+    validate_attention_config(config)  # (position_embedding="disentangled": positions.check_disentangled)
     validate_moe_config(config)
-    if config.position_embedding == "disentangled":
-        if config.position_buckets < 4:
-            raise ValueError(f"position_buckets must be at least 4 (half of it are exact distances), got "
-                             f"{config.position_buckets}.")
-        if config.max_relative_distance <= config.position_buckets // 2 + 1:
-            raise ValueError(
-                f"max_relative_positions ({config.max_relative_distance}) must exceed position_buckets // 2 + 1 "
-                f"({config.position_buckets // 2 + 1}): the log buckets span the distances between them.")

@@ -45,7 +45,7 @@ def relative_embedding_index(q_len: int, k_len: int, span: int, max_position: in
     return torch.clamp(log_bucket_position(relative, span, max_position) + span, 0, 2 * span - 1)
 
 
-def add_disentangled_modules(stack: nn.Module, config) -> None:
+def add_disentangled_modules(stack: nn.Module, config, bidirectional: bool = True) -> None:
     """DeBERTa-v2's names on the encoder stack: ``rel_embeddings`` (the ``2 * span`` relative position embeddings
     ``P``, shared by every layer) and, with ``norm_relative_embeddings``, ``LayerNorm`` on them
     (``norm_rel_ebd="layer_norm"``)."""

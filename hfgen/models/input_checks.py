@@ -16,6 +16,8 @@ import weakref
 import torch
 from transformers import GenerationMixin
 
+from .positions import POSITION_TABLE
+
 IGNORE_INDEX = -100  # transformers' loss functions skip these label positions
 
 
@@ -202,7 +204,8 @@ def check_inputs(config, input_ids: torch.Tensor | None, inputs_embeds: torch.Te
         _CHECKED.add(embeds)
     if positions is not None:
         low, high, *read = read
-        limit = config.max_position_embeddings if getattr(config, "position_embedding", None) == "learned" else None
+        kind = POSITION_TABLE.get(getattr(config, "position_embedding", None))
+        limit = config.max_position_embeddings if kind is not None and not kind.extrapolates else None
         if low < 0 or (limit is not None and high >= limit):
             valid = f"lie in [0, {limit}) (max_position_embeddings, learned positions)" if limit else "be >= 0"
             raise ValueError(f"{prefix}position_ids must {valid}; got positions from {low} to {high}.")

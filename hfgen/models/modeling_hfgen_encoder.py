@@ -47,7 +47,7 @@ from transformers.utils import TransformersKwargs
 
 from .attention import HfGenAttention, repeat_kv
 from .configuration_hfgen_encoder import HfGenEncoderConfig, validate_encoder_config
-from .disentangled import add_disentangled_modules, disentangled_bias, relative_embeddings, relative_row_index
+from .disentangled import disentangled_bias, relative_row_index
 from .layers import HfGenLayerNorm, HfGenRMSNorm
 from .input_checks import check_classification_labels, check_head_inputs, check_lm_labels
 from .modeling_common import HfGenPreTrainedModel, check_inputs
@@ -61,11 +61,7 @@ from .moe import (
     moe_output,
 )
 from .position_inputs import add_position_modules, check_learned_positions, position_inputs
-from .positions import sinusoidal_position_embedding
-
-# Position kinds whose modules live in the encoder stack (position_inputs.py); learned and sinusoidal positions are
-# added in the embeddings, disentangled ones are read by each attention layer.
-STACK_POSITIONS = ("rotary", "relative_bias", "alibi")
+from .positions import POSITION_TABLE
 
 
 def encoder_norm(config: HfGenEncoderConfig) -> nn.Module:
@@ -108,16 +104,16 @@ class HfGenEncoderEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None,
                 position_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         embeddings = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        kind = self.config.position_embedding
-        if kind == "sinusoidal":  # Vaswani et al. scale the token embeddings by sqrt(d_model) first
-            embeddings = embeddings * self.config.hidden_size**0.5 + sinusoidal_position_embedding(
-                position_ids, self.config.hidden_size, embeddings.dtype)
+        kind = POSITION_TABLE[self.config.position_embedding]
+        table = getattr(self, "position_embeddings", None)
+        if kind.inputs is not None and kind.scales_inputs:  # (sinusoidal: scaled token embeddings first)
+            embeddings = kind.inputs(self.config, embeddings, position_ids, table)
         if hasattr(self, "token_type_embeddings"):
             if token_type_ids is None:
                 token_type_ids = torch.zeros(embeddings.shape[:2], dtype=torch.long, device=embeddings.device)
             embeddings = embeddings + self.token_type_embeddings(token_type_ids)
-        if kind == "learned":
-            embeddings = embeddings + self.position_embeddings(position_ids)
+        if kind.inputs is not None and not kind.scales_inputs:  # BERT: (words + types) + positions
+            embeddings = kind.inputs(self.config, embeddings, position_ids, table)
         return self.dropout(self.LayerNorm(embeddings))
 
 
@@ -140,12 +136,8 @@ class HfGenEncoderSelfAttention(HfGenAttention):
         del self._modules["o_proj"]
         self.o_proj = nn.Identity()
         self.disentangled = config.position_embedding == "disentangled"
-        if self.disentangled and config.attention_scoring == "scaled_dot_product":
+        if self.disentangled and self.scoring_entry.scaled:
             self.scaling = (3 * self.head_dim) ** -0.5  # c2c + c2p + p2c: three terms of variance d each
-
-    @property
-    def is_plain_softmax(self) -> bool:
-        return super().is_plain_softmax and not self.disentangled
 
     def score_bias(self, position_bias, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
         if not self.disentangled:
@@ -158,8 +150,8 @@ class HfGenEncoderSelfAttention(HfGenAttention):
         position_query = self.query(relative).view(rows, self.num_heads, self.head_dim).transpose(0, 1)
         position_key = self.key(relative).view(rows, self.num_key_value_heads, self.head_dim).transpose(0, 1)
         position_key = repeat_kv(position_key.unsqueeze(0), self.num_key_value_groups)[0]
-        if self.config.attention_scoring == "general":  # the query side of every term goes through W_k
-            position_query = torch.einsum("hrd,hde->hre", position_query, self.score_weight.to(position_query.dtype))
+        if self.scoring_entry.query is not None:  # the query side of every term goes through it (general: W_k)
+            position_query = self.scoring_entry.query(self, position_query.unsqueeze(0))[0]
         key = repeat_kv(key, self.num_key_value_groups)
         return disentangled_bias(query, key, position_query.to(query.dtype), position_key.to(query.dtype), index,
                                  self.scaling)
@@ -262,10 +254,8 @@ class HfGenEncoderStack(nn.Module):
     def __init__(self, config: HfGenEncoderConfig):
         super().__init__()
         self.config = config
-        if config.position_embedding in STACK_POSITIONS:
+        if POSITION_TABLE[config.position_embedding].inputs is None:  # (absolute positions: the embeddings')
             add_position_modules(self, config, bidirectional=True)
-        elif config.position_embedding == "disentangled":
-            add_disentangled_modules(self, config)
         self.layer = nn.ModuleList([HfGenEncoderLayer(config, i) for i in range(config.num_hidden_layers)])
         if config.norm_position == "pre":
             self.final_layer_norm = encoder_norm(config)
@@ -273,14 +263,10 @@ class HfGenEncoderStack(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask, position_ids: torch.Tensor,
                 **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
-        rotary = bias = None
-        length = hidden_states.shape[1]
         # The bias (disentangled: the rows of the relative embeddings) is computed here, once, outside every layer:
         # shared by all of them, and never inside a gradient-checkpointed region.
-        if self.config.position_embedding in STACK_POSITIONS:
-            hidden_states, rotary, bias = position_inputs(self, self.config, hidden_states, position_ids, 0)
-        elif self.config.position_embedding == "disentangled":
-            bias = relative_embeddings(self, self.config, length, length)
+        hidden_states, rotary, bias = position_inputs(self, self.config, hidden_states, position_ids, 0,
+                                                      absolute=False)
         for layer in self.layer:
             hidden_states = layer(hidden_states, bias, attention_mask=attention_mask, position_embeddings=rotary,
                                   **kwargs)

@@ -13,21 +13,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .positions import AlibiBias, RelativePositionBias, RotaryEmbedding, sinusoidal_position_embedding
+from .positions import POSITION_TABLE, check_learned_positions
+
+__all__ = ["add_position_modules", "check_learned_positions", "position_inputs", "positions_from_mask"]
 
 
 def add_position_modules(stack: nn.Module, config, bidirectional: bool) -> None:
-    """Give ``stack`` the module its ``config.position_embedding`` needs. ``bidirectional``: an encoder's buckets
-    and ALiBi distances count both directions (T5's encoder), a decoder's only the past."""
-    kind = config.position_embedding
-    if kind == "learned":
-        stack.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-    elif kind == "rotary":
-        stack.rotary_emb = RotaryEmbedding(config)
-    elif kind == "relative_bias":
-        stack.relative_position_bias = RelativePositionBias(config, bidirectional=bidirectional)
-    elif kind == "alibi":
-        stack.alibi = AlibiBias(config, bidirectional=bidirectional)
+    """Give ``stack`` the modules its ``config.position_embedding`` needs (:data:`positions.POSITION_TABLE`).
+    ``bidirectional``: an encoder's buckets and ALiBi distances count both directions (T5's encoder), a decoder's
+    only the past."""
+    POSITION_TABLE[config.position_embedding].add_modules(stack, config, bidirectional)
 
 
 def positions_from_mask(attention_mask: torch.Tensor | None, length: int, past_length: int,
@@ -40,21 +35,8 @@ def positions_from_mask(attention_mask: torch.Tensor | None, length: int, past_l
     return (torch.arange(length, device=device) + past_length).unsqueeze(0)
 
 
-def check_learned_positions(config, position_ids: torch.Tensor) -> None:
-    """Learned positions have a table of ``max_position_embeddings`` rows: say so instead of an index error."""
-    if config.position_embedding != "learned" or not position_ids.numel() or torch.compiler.is_compiling():
-        return
-    last = int(position_ids.max())
-    if last >= config.max_position_embeddings:
-        raise ValueError(
-            f"Position {last} is beyond max_position_embeddings={config.max_position_embeddings} of the learned "
-            f"position table: shorten the input to at most {config.max_position_embeddings} tokens, or use a "
-            f"position_embedding that extrapolates ('rotary', 'sinusoidal', 'relative_bias', 'alibi')."
-        )
-
-
 def position_inputs(stack: nn.Module, config, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
-                    q_offset: int, cached: bool = False
+                    q_offset: int, cached: bool = False, absolute: bool = True
                     ) -> tuple[torch.Tensor, tuple | None, torch.Tensor | Callable | None]:
     """``(hidden_states, rotary (cos, sin) or None, bias or None)`` for one forward pass of ``stack``.
 
@@ -64,19 +46,16 @@ def position_inputs(stack: nn.Module, config, inputs_embeds: torch.Tensor, posit
     ``[1, H, S, S]`` tensor itself, computed here before any layer: layers take it as a positional argument, which
     reentrant gradient checkpointing needs to carry its gradient out of each checkpointed layer. ``cached``: keys come
     from a cache, so their count is known only after the first layer's update; the bias is then a function of
-    ``(q_len, k_len)`` (inference only: checkpointing drops the cache).
+    ``(q_len, k_len)`` (inference only: checkpointing drops the cache). ``absolute=False``: the caller has added
+    absolute positions already (the encoder's embeddings, in BERT's order).
     """
-    kind = config.position_embedding
+    kind = POSITION_TABLE[config.position_embedding]
     hidden_states = inputs_embeds
-    if kind == "sinusoidal":
-        # Vaswani et al. scale the token embeddings by sqrt(d_model) before adding the unit-amplitude sinusoids.
-        hidden_states = hidden_states * config.hidden_size**0.5 + sinusoidal_position_embedding(
-            position_ids, config.hidden_size, hidden_states.dtype)
-    elif kind == "learned":
+    if absolute and kind.inputs is not None:
         check_learned_positions(config, position_ids)
-        hidden_states = hidden_states + stack.embed_positions(position_ids)
-    rotary = stack.rotary_emb(hidden_states, position_ids) if kind == "rotary" else None
-    if kind not in ("relative_bias", "alibi"):
+        hidden_states = kind.inputs(config, hidden_states, position_ids, getattr(stack, "embed_positions", None))
+    rotary = stack.rotary_emb(hidden_states, position_ids) if kind.rotary else None
+    if kind.bias is None:
         return hidden_states, rotary, None
     device, memo = hidden_states.device, {}
     if isinstance(q_offset, torch.Tensor):
@@ -86,10 +65,7 @@ def position_inputs(stack: nn.Module, config, inputs_embeds: torch.Tensor, posit
 
     def bias(q_len: int, k_len: int) -> torch.Tensor:
         if (q_len, k_len) not in memo:
-            if kind == "alibi":
-                memo[q_len, k_len] = stack.alibi(q_len, k_len, q_offset, device=device)
-            else:  # contiguous: CUDA's fused SDPA kernels take no bias with a strided last dimension
-                memo[q_len, k_len] = stack.relative_position_bias(q_len, k_len, q_offset).contiguous()
+            memo[q_len, k_len] = kind.bias(stack, q_len, k_len, q_offset, device)
         return memo[q_len, k_len]
 
     if not cached:

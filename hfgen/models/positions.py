@@ -1,5 +1,6 @@
 """Position information: absolute embeddings added to the input, rotary embeddings applied to queries and keys,
-and additive attention biases (T5 relative buckets, ALiBi).
+and additive attention biases (T5 relative buckets, ALiBi, DeBERTa's relative embeddings):
+:data:`POSITION_TABLE`, one entry per ``position_embedding``.
 
 Seed 003: "Because attention layers don't understand order by default, we encode the ordering of the tokens in an
 embedding": absolute (sinusoidal, learned), relative, rotary.
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+
+from .disentangled import add_disentangled_modules, relative_embeddings
 
 
 def sinusoidal_position_embedding(position_ids: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -172,3 +176,140 @@ class AlibiBias(nn.Module):
         distance = relative.abs() if self.bidirectional else (-relative).clamp(min=0)
         slopes = alibi_slopes(self.num_heads).to(device)
         return (-slopes[:, None, None] * distance).unsqueeze(0)
+
+
+def check_learned_positions(config, position_ids: torch.Tensor) -> None:
+    """Learned positions have a table of ``max_position_embeddings`` rows: say so instead of an index error."""
+    if config.position_embedding != "learned" or not position_ids.numel() or torch.compiler.is_compiling():
+        return
+    last = int(position_ids.max())
+    if last >= config.max_position_embeddings:
+        extrapolating = ", ".join(repr(name) for name, kind in POSITION_TABLE.items()
+                                  if kind.extrapolates and kind.families is None and name != "none")
+        raise ValueError(
+            f"Position {last} is beyond max_position_embeddings={config.max_position_embeddings} of the learned "
+            f"position table: shorten the input to at most {config.max_position_embeddings} tokens, or use a "
+            f"position_embedding that extrapolates ({extrapolating})."
+        )
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+
+def sinusoidal_inputs(config, hidden_states: torch.Tensor, position_ids: torch.Tensor, table) -> torch.Tensor:
+    """Vaswani et al. scale the token embeddings by ``sqrt(d_model)`` before adding the unit-amplitude sinusoids."""
+    return hidden_states * config.hidden_size**0.5 + sinusoidal_position_embedding(
+        position_ids, config.hidden_size, hidden_states.dtype)
+
+
+def learned_inputs(config, hidden_states: torch.Tensor, position_ids: torch.Tensor, table: nn.Embedding):
+    """One learned vector per position (BERT, GPT-2), from ``table``, added to the input."""
+    return hidden_states + table(position_ids)
+
+
+def add_learned_modules(stack: nn.Module, config, bidirectional: bool) -> None:
+    stack.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+
+
+def add_rotary_modules(stack: nn.Module, config, bidirectional: bool) -> None:
+    stack.rotary_emb = RotaryEmbedding(config)
+
+
+def add_relative_bias_modules(stack: nn.Module, config, bidirectional: bool) -> None:
+    stack.relative_position_bias = RelativePositionBias(config, bidirectional=bidirectional)
+
+
+def add_alibi_modules(stack: nn.Module, config, bidirectional: bool) -> None:
+    stack.alibi = AlibiBias(config, bidirectional=bidirectional)
+
+
+def relative_bias(stack: nn.Module, q_len: int, k_len: int, q_offset, device) -> torch.Tensor:
+    # contiguous: CUDA's fused SDPA kernels take no bias with a strided last dimension
+    return stack.relative_position_bias(q_len, k_len, q_offset).contiguous()
+
+
+def alibi_bias(stack: nn.Module, q_len: int, k_len: int, q_offset, device) -> torch.Tensor:
+    return stack.alibi(q_len, k_len, q_offset, device=device)
+
+
+def disentangled_rows(stack: nn.Module, q_len: int, k_len: int, q_offset, device) -> torch.Tensor:
+    """The rows of DeBERTa's relative embeddings that these lengths reach: each attention layer projects them and
+    builds its own bias from them and its content (``HfGenEncoderSelfAttention.score_bias``)."""
+    return relative_embeddings(stack, stack.config, q_len, k_len)
+
+
+def check_rotary(config) -> None:
+    if config.head_dim % 2 != 0:
+        raise ValueError(f"Rotary positions rotate pairs of channels: head_dim must be even, got {config.head_dim}.")
+
+
+def check_sinusoidal(config) -> None:
+    if config.hidden_size % 2 != 0:
+        raise ValueError(f"Sinusoidal positions pair sin/cos channels: hidden_size must be even, got {config.hidden_size}.")
+
+
+def check_relative_bias(config) -> None:
+    if config.relative_attention_max_distance <= config.relative_attention_num_buckets // 2:
+        raise ValueError(
+            f"relative_attention_max_distance ({config.relative_attention_max_distance}) must exceed "
+            f"relative_attention_num_buckets // 2 ({config.relative_attention_num_buckets // 2}): the logarithmic "
+            f"buckets span the distances between the exact ones and the maximum.")
+
+
+def check_disentangled(config) -> None:
+    if config.position_buckets < 4:
+        raise ValueError(f"position_buckets must be at least 4 (half of it are exact distances), got "
+                         f"{config.position_buckets}.")
+    if config.max_relative_distance <= config.position_buckets // 2 + 1:
+        raise ValueError(
+            f"max_relative_positions ({config.max_relative_distance}) must exceed position_buckets // 2 + 1 "
+            f"({config.position_buckets // 2 + 1}): the log buckets span the distances between them.")
+
+
+def nothing(*args) -> None:
+    """A position kind without modules (or without checks) of its own."""
+
+
+@dataclass(frozen=True)
+class PositionKind:
+    """One ``position_embedding``.
+
+    Attributes:
+        add_modules: ``(stack, config, bidirectional)`` gives a stack of layers the modules the kind needs, with the
+            decoder family's names (``embed_positions``, ``rotary_emb``, ``relative_position_bias``, ``alibi``;
+            DeBERTa's ``rel_embeddings``). ``bidirectional``: an encoder's buckets and distances count both
+            directions (T5's encoder), a decoder's only the past.
+        inputs: ``(config, hidden_states, position_ids, table) -> hidden_states`` adds absolute positions to the
+            input (``table``: the learned embedding), or ``None``.
+        scales_inputs: ``inputs`` rescales the token embeddings too, so it comes before anything else is added
+            (an encoder's token types).
+        rotary: queries and keys are rotated by ``(cos, sin)`` of the stack's ``rotary_emb``.
+        bias: ``(stack, q_len, k_len, q_offset, device) -> tensor`` what every layer adds to its scores (an additive
+            ``[1, H, Q, K]`` bias; DeBERTa: the relative embeddings its layers build one from), or ``None``. A kind
+            with a bias runs on hfgen's own kernels only, not on other attention backends or paged caches.
+        extrapolates: inputs may be longer than ``max_position_embeddings``.
+        families: the model types that implement the kind (``None``: every family built on hfgen's attention).
+        validate: ``(config)`` checks how the kind's keys fit the sizes (``ValueError``).
+    """
+
+    add_modules: Callable[[nn.Module, object, bool], None] = nothing
+    inputs: Callable[..., torch.Tensor] | None = None
+    scales_inputs: bool = False
+    rotary: bool = False
+    bias: Callable[..., torch.Tensor] | None = None
+    extrapolates: bool = True
+    families: tuple[str, ...] | None = None
+    validate: Callable[[object], None] = nothing
+
+
+POSITION_TABLE: dict[str, PositionKind] = {
+    "rotary": PositionKind(add_rotary_modules, rotary=True, validate=check_rotary),
+    "sinusoidal": PositionKind(inputs=sinusoidal_inputs, scales_inputs=True, validate=check_sinusoidal),
+    "learned": PositionKind(add_learned_modules, inputs=learned_inputs, extrapolates=False),
+    "relative_bias": PositionKind(add_relative_bias_modules, bias=relative_bias, validate=check_relative_bias),
+    "alibi": PositionKind(add_alibi_modules, bias=alibi_bias),
+    "none": PositionKind(),
+    # DeBERTa's disentangled attention (He et al. 2021) is defined for bidirectional self-attention.
+    "disentangled": PositionKind(add_disentangled_modules, bias=disentangled_rows, families=("hfgen_encoder",),
+                                 validate=check_disentangled),
+}

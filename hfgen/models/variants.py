@@ -20,16 +20,17 @@ from collections.abc import Callable, Iterable
 from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from .positions import POSITION_TABLE
 from .scoring import SCORING_TABLE
 from .softmax import SOFTMAX_TABLE
 
 # The valid names are the keys of the variant tables: a new entry there is a valid config value here.
 ATTENTION_SCORINGS = tuple(SCORING_TABLE)
 SOFTMAX_VARIANTS = tuple(SOFTMAX_TABLE)
-POSITION_EMBEDDINGS = ("rotary", "sinusoidal", "learned", "relative_bias", "alibi", "none")
+POSITION_EMBEDDINGS = tuple(name for name, kind in POSITION_TABLE.items() if kind.families is None)
 # Position kinds that only some families' layers implement (on top of POSITION_EMBEDDINGS), with those families'
-# model types. DeBERTa's disentangled attention (He et al. 2021) is defined for bidirectional self-attention.
-FAMILY_POSITION_EMBEDDINGS = {"disentangled": ("hfgen_encoder",)}
+# model types.
+FAMILY_POSITION_EMBEDDINGS = {name: kind.families for name, kind in POSITION_TABLE.items() if kind.families}
 NORM_TYPES = ("rmsnorm", "layernorm")
 NORM_POSITIONS = ("pre", "post")
 MLP_TYPES = ("gated", "standard")
@@ -378,16 +379,7 @@ def validate_attention_config(config) -> None:
         raise ValueError(f"rope_parameters={rope!r} scales rotary positions, but position_embedding="
                          f"{config.position_embedding!r}: set position_embedding='rotary', or leave rope_type "
                          f"'default' (its rope_theta is kept for switching rotary back on).")
-    if config.position_embedding == "rotary" and config.head_dim % 2 != 0:
-        raise ValueError(f"Rotary positions rotate pairs of channels: head_dim must be even, got {config.head_dim}.")
-    if config.position_embedding == "sinusoidal" and config.hidden_size % 2 != 0:
-        raise ValueError(f"Sinusoidal positions pair sin/cos channels: hidden_size must be even, got {config.hidden_size}.")
-    if config.position_embedding == "relative_bias" \
-            and config.relative_attention_max_distance <= config.relative_attention_num_buckets // 2:
-        raise ValueError(
-            f"relative_attention_max_distance ({config.relative_attention_max_distance}) must exceed "
-            f"relative_attention_num_buckets // 2 ({config.relative_attention_num_buckets // 2}): the logarithmic "
-            f"buckets span the distances between the exact ones and the maximum.")
+    POSITION_TABLE[config.position_embedding].validate(config)  # how the kind's keys fit the sizes
     temperature = config.softmax_temperature
     if config.softmax_variant != "temperature" and temperature != 1.0:
         raise ValueError(
