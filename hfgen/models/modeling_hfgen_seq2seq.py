@@ -199,6 +199,12 @@ class _HfGenSeq2SeqStack(HfGenSeq2SeqPreTrainedModel):
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.gradient_checkpointing = False
         self.post_init()
+        # post_init gave this stack the config's plans, which name modules of the whole model ("encoder.layers.*"):
+        # keep this stack's part, relative to it, so that the model's merged plan names each module once, correctly.
+        prefix = "decoder." if self.is_decoder else "encoder."
+        self._tp_plan = {name[len(prefix):]: style for name, style in (config.base_model_tp_plan or {}).items()
+                         if name.startswith(prefix)}
+        self._pp_plan = {}
 
     def _shape_reference(self, input_ids, inputs_embeds) -> torch.Tensor:
         """What transformers' mask builders read (batch, length, dtype, device), before any embedding is computed."""

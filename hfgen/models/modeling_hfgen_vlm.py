@@ -342,11 +342,14 @@ class HfGenVlmForConditionalGeneration(HfGenVlmPreTrainedModel, HfGenGenerationM
                                               hidden_states=outputs.hidden_states, attentions=outputs.attentions,
                                               image_hidden_states=outputs.image_hidden_states)
 
-    def prepare_inputs_for_generation(self, *args, pixel_values: torch.Tensor | None = None, **kwargs) -> dict:
+    def prepare_inputs_for_generation(self, *args, pixel_values: torch.Tensor | None = None,
+                                      inputs_embeds: torch.Tensor | None = None, **kwargs) -> dict:
         """generate() passes ``pixel_values`` at the first step only -- right for early fusion and projection,
         whose image vectors then live in the KV cache. Cross-attention reads the images at every step, so they are
-        passed again (the encoder runs once per step; cheap at this size, and exact)."""
-        inputs = super().prepare_inputs_for_generation(*args, pixel_values=pixel_values, **kwargs)
+        passed again (the encoder runs once per step; cheap at this size, and exact). ``inputs_embeds`` is named
+        here because generate() looks for it in this signature before it accepts ``generate(inputs_embeds=...)``."""
+        inputs = super().prepare_inputs_for_generation(*args, pixel_values=pixel_values, inputs_embeds=inputs_embeds,
+                                                       **kwargs)
         if self.config.fusion == "cross_attention":
             inputs["pixel_values"] = pixel_values
         return inputs

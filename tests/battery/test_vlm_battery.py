@@ -32,17 +32,26 @@ def vlm(fusion: str):
     return make
 
 
-VARIANTS = {"early": {}}
-# Text-only checks (padding, masks, kernels) and parallel plans: the decoder's battery covers the language model.
-NOT_APPLICABLE = ("tp_plan", "generate_from_inputs_embeds")
-CHECKS = {k: v for k, v in {**MODEL_CHECKS, **GENERATION_CHECKS}.items() if k not in NOT_APPLICABLE}
-FAMILIES = [(Family(f"vlm_{fusion}", vlm(fusion), HfGenVlmModel, HfGenVlmForConditionalGeneration, kind="vlm",
-                    extra_inputs=with_images), {"default": {}})
-            for fusion in ("early", "projection", "cross_attention")]
-
+# Checks that do not apply, per fusion (every other check of transformers' battery runs). Early fusion and projection
+# put the image vectors in place of the image placeholders they find in input_ids: generate(inputs_embeds=...) with
+# pixel values has no ids to find them in, and is refused with a clear error (transformers' own battery drops the pixel
+# values of such VLMs in this test, leaving only the language model's text path, which the decoder's battery checks).
+# Cross-attention reads the images beside the text, so it generates from embeddings with its images.
+NOT_APPLICABLE = {"early": ("generate_from_inputs_embeds",), "projection": ("generate_from_inputs_embeds",),
+                  "cross_attention": ()}
 EXPECTED_FAILURES = {}
 
 
-@pytest.mark.parametrize("family,variant,check", cases(FAMILIES, CHECKS, None, EXPECTED_FAILURES))
+def vlm_cases() -> list:
+    params = []
+    for fusion, skipped in NOT_APPLICABLE.items():
+        family = Family(f"vlm_{fusion}", vlm(fusion), HfGenVlmModel, HfGenVlmForConditionalGeneration, kind="vlm",
+                        extra_inputs=with_images)
+        checks = {k: v for k, v in {**MODEL_CHECKS, **GENERATION_CHECKS}.items() if k not in skipped}
+        params += cases([(family, {"default": {}})], checks, None, EXPECTED_FAILURES)
+    return params
+
+
+@pytest.mark.parametrize("family,variant,check", vlm_cases())
 def test_battery(family, variant, check, tmp_path):
     run(check, family, variant, tmp_path)

@@ -532,13 +532,14 @@ TP_STYLES = None
 
 
 def check_tp_plan(family: Family, variant: dict) -> None:
-    """A ``base_model_tp_plan`` (and ``base_model_pp_plan``) like Llama's, checked structurally: every pattern names
+    """A ``base_model_tp_plan`` (and ``base_model_pp_plan``) like Llama's, checked structurally on the plans
+    transformers applies: the model's ``tp_plan`` / ``_pp_plan``, which merge its config's plans with those of its
+    sub-models under their names (a VLM's language model: ``language_model.layers.*...``). Every pattern names
     modules of the base model, every style is one transformers knows. (A real tensor-parallel run needs GPUs.)"""
     from transformers.integrations.tensor_parallel import ALL_PARALLEL_STYLES
 
     model = family.build(family.base, variant)
-    config = model.config.get_text_config()
-    plan = getattr(config, "base_model_tp_plan", None)
+    plan = model.tp_plan
     if family.control and not plan:
         pytest.skip(f"transformers' {type(model).__name__} declares no tensor-parallel plan")
     assert plan, "no base_model_tp_plan"
@@ -547,10 +548,9 @@ def check_tp_plan(family: Family, variant: dict) -> None:
         assert style in ALL_PARALLEL_STYLES, (pattern, style, sorted(ALL_PARALLEL_STYLES))
         regex = re.compile("^" + re.escape(pattern).replace(r"\*", r"\d+") + "$")
         assert any(regex.match(n) for n in names), f"{pattern} names no module of {type(model).__name__}"
-    pp_plan = getattr(config, "base_model_pp_plan", None)
-    assert pp_plan, "no base_model_pp_plan"
-    for name in pp_plan:
-        assert hasattr(model, name), name
+    assert model._pp_plan, "no base_model_pp_plan"
+    for name in model._pp_plan:
+        model.get_submodule(name)  # raises AttributeError for a name that is no module
 
 
 # ------------------------------------------------------------------------------------------ generation
