@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(args.output_dir, exist_ok=True)
     for (images,) in loop.batches(loader):
         with accelerator.accumulate(model), accelerator.autocast():
-            out = model(images, generator=loop.generator)  # the posterior sample: saved with the checkpoints
+            # The posterior sample's noise: this process's rows of one draw for the global batch (the generator is
+            # saved with the checkpoints), so N processes train the weights of one.
+            latent = accelerator.unwrap_model(model).latent_shape(images.shape[0], *images.shape[-2:])
+            out = model(images, noise=loop.draw("randn", latent))
             accelerator.backward(out.loss)
             optimizer.step()
             schedule.step()

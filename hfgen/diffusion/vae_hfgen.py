@@ -126,10 +126,16 @@ class HfGenVAEModel(HubExportMixin, ModelMixin, ConfigMixin):
         return DecoderOutput(sample=image) if return_dict else (image,)
 
     def forward(self, sample: torch.Tensor, sample_posterior: bool = True,
-                generator: torch.Generator | None = None, return_dict: bool = True):
-        """Reconstruct ``sample`` and compute its single-sample ELBO estimate (see the module docstring)."""
+                generator: torch.Generator | None = None, return_dict: bool = True,
+                noise: torch.Tensor | None = None):
+        """Reconstruct ``sample`` and compute its single-sample ELBO estimate (see the module docstring).
+        ``noise``: the standard-normal draw of the posterior sample, shaped as the latent (``mean + std * noise``),
+        instead of one drawn with ``generator`` -- so that data-parallel processes can take their rows of one draw."""
         posterior = self.encode(sample).latent_dist
-        z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+        if noise is not None:
+            z = posterior.mean + posterior.std * noise.to(posterior.mean)
+        else:
+            z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         mean = self.decode(z).sample
         reconstruction = gaussian_log_likelihood(sample, mean, self.config.decoder_std)
         kl = posterior.kl()  # KL(q(z|x) || N(0, I)) in closed form, summed per image
