@@ -37,6 +37,19 @@ def last_token_indices(config, input_ids: torch.Tensor | None, attention_mask: t
     return torch.full((batch,), length - 1, device=logits.device)
 
 
+def causal_lm_logits_and_loss(model: PreTrainedModel, hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor,
+                              labels: torch.Tensor | None, vocab_size: int,
+                              **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``model.lm_head`` on the positions ``logits_to_keep`` selects (the last N, every one for 0, or a tensor of
+    indices) and, given ``labels``, ``model.loss_function`` on them (transformers' causal-LM loss: the labels are
+    shifted inside, -100 ignored)."""
+    keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+    logits = model.lm_head(hidden_states[:, keep, :])
+    if labels is None:
+        return logits, None
+    return logits, model.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
+
+
 # The keyword arguments of PreTrainedModel.from_pretrained (and what it forwards to the Hub client): never taken for a
 # misspelt config key.
 FROM_PRETRAINED_KEYS = frozenset(inspect.signature(PreTrainedModel.from_pretrained).parameters) | {

@@ -29,7 +29,7 @@ from .configuration_hfgen_decoder import HfGenDecoderConfig
 from .input_checks import HfGenGenerationMixin, check_classification_labels, check_head_inputs
 from .kv_cache import PreallocatedCacheMixin
 from .layers import HfGenMLP, build_norm
-from .modeling_common import HfGenPreTrainedModel, check_inputs, last_token_indices
+from .modeling_common import HfGenPreTrainedModel, causal_lm_logits_and_loss, check_inputs, last_token_indices
 # (transformers offers experts_implementation only if this file names `@use_experts_implementation`: moe.py's)
 from .moe import (
     ROUTER_LOGITS_RECORDER,
@@ -165,12 +165,6 @@ class HfGenDecoderForCausalLM(PreallocatedCacheMixin, HfGenDecoderPreTrainedMode
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers >= 5.24 calls it cache
     @can_return_tuple
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -189,11 +183,8 @@ class HfGenDecoderForCausalLM(PreallocatedCacheMixin, HfGenDecoderPreTrainedMode
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
         hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        logits, loss = causal_lm_logits_and_loss(self, hidden_states, logits_to_keep, labels, self.config.vocab_size,
+                                                 **kwargs)
         # With router logits: HfGenMoeCausalLMOutputWithPast, router losses added to the loss (moe.py).
         return moe_output(self.config, outputs, attention_mask, CausalLMOutputWithPast, loss=loss, logits=logits,
                           cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions)

@@ -22,7 +22,7 @@ from transformers.utils import TransformersKwargs
 
 from .configuration_hfgen_gato import MODALITIES, HfGenGatoConfig
 from .input_checks import HfGenGenerationMixin, check_finite, check_head_inputs, mark_checked
-from .modeling_common import check_inputs
+from .modeling_common import causal_lm_logits_and_loss, check_inputs
 from .modeling_hfgen_decoder import HfGenDecoderModel, HfGenDecoderPreTrainedModel
 from .modeling_hfgen_vit import patchify
 
@@ -81,18 +81,6 @@ class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, HfGenGenerationMixin):
         if self.generation_config is not None:
             self.generation_config.suppress_tokens = [config.image_token_id, *range(config.first_image_code_id,
                                                                                     config.vocab_size)]
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
 
     def default_modality_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -167,10 +155,7 @@ class HfGenGatoForCausalLM(HfGenDecoderPreTrainedModel, HfGenGenerationMixin):
                              attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                              use_cache=use_cache, **kwargs)
         hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        logits, loss = causal_lm_logits_and_loss(self, hidden_states, logits_to_keep, labels, self.config.vocab_size,
+                                                 **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)

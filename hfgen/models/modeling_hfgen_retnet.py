@@ -53,7 +53,7 @@ from .configuration_hfgen_retnet import HfGenRetNetConfig, validate_retnet_confi
 from .input_checks import HfGenGenerationMixin, check_head_inputs
 from .layers import HfGenMLP, build_norm
 from .model_card import HfGenHubCardMixin
-from .modeling_common import check_checkpoint_folder, check_inputs, check_pretrained_kwargs
+from .modeling_common import causal_lm_logits_and_loss, check_checkpoint_folder, check_inputs, check_pretrained_kwargs
 # (transformers offers experts_implementation only if this file names `@use_experts_implementation`: moe.py's)
 from .moe import (
     KEEP_IN_FP32,
@@ -450,12 +450,6 @@ class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, HfGenGenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, *args, **kwargs):
         if generation_mode == GenerationMode.ASSISTED_GENERATION:
             # Assisted decoding crops the cache after rejected drafts; a recurrent state cannot be un-updated.
@@ -495,10 +489,7 @@ class HfGenRetNetForCausalLM(HfGenRetNetPreTrainedModel, HfGenGenerationMixin):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=resolve_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
         hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        logits, loss = causal_lm_logits_and_loss(self, hidden_states, logits_to_keep, labels, self.config.vocab_size,
+                                                 **kwargs)
         return moe_output(self.config, outputs, attention_mask, CausalLMOutputWithPast, loss=loss, logits=logits,
                           cache=outputs.cache, hidden_states=outputs.hidden_states)

@@ -26,6 +26,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from .configuration_hfgen_decoder import HfGenDecoderConfig
 from .input_checks import HfGenGenerationMixin
 from .kv_cache import PreallocatedCacheMixin
+from .modeling_common import causal_lm_logits_and_loss
 from .modeling_hfgen_decoder import HfGenDecoderModel, HfGenDecoderPreTrainedModel
 # The trunk may hold experts: transformers offers experts_implementation only if this file names
 # `@use_experts_implementation` (as the decoder's file does; moe.py's decorator).
@@ -83,12 +84,6 @@ class HfGenDecoderForCausalLMWithValueHead(PreallocatedCacheMixin, HfGenDecoderP
         self.v_head = HfGenValueHead(config)
         self.post_init()
 
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -110,11 +105,8 @@ class HfGenDecoderForCausalLMWithValueHead(PreallocatedCacheMixin, HfGenDecoderP
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
         hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
+        logits, loss = causal_lm_logits_and_loss(self, hidden_states, logits_to_keep, labels, self.config.vocab_size,
+                                                 **kwargs)
         value = self.v_head(hidden_states)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithValue(loss=loss, logits=logits, value=value, cache=outputs.cache,
                                        hidden_states=outputs.hidden_states, attentions=outputs.attentions)

@@ -29,7 +29,7 @@ from .attention import HfGenAttention
 from .configuration_hfgen_vlm import HfGenVlmConfig
 from .input_checks import HfGenGenerationMixin, check_head_inputs, mark_checked
 from .layers import HfGenMLP, build_norm
-from .modeling_common import HfGenPreTrainedModel, check_inputs
+from .modeling_common import HfGenPreTrainedModel, causal_lm_logits_and_loss, check_inputs
 from .modeling_hfgen_decoder import HfGenDecoderLayer, HfGenDecoderModel
 from .modeling_hfgen_vit import HfGenViTModel, HfGenViTPatchEmbedding, check_pixel_values
 from .position_inputs import position_inputs
@@ -295,12 +295,6 @@ class HfGenVlmForConditionalGeneration(HfGenVlmPreTrainedModel, HfGenGenerationM
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.model.set_input_embeddings(value)
 
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
     def language_model_parameters(self) -> list[nn.Parameter]:
         """The decoder's own parameters (embeddings, layers, norm, head): what a late fusion keeps frozen."""
         return [*self.model.language_model.parameters(), *self.lm_head.parameters()]
@@ -332,12 +326,8 @@ class HfGenVlmForConditionalGeneration(HfGenVlmPreTrainedModel, HfGenGenerationM
                              position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
                              use_cache=use_cache, **kwargs)
         hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
-                                      **kwargs)
+        logits, loss = causal_lm_logits_and_loss(self, hidden_states, logits_to_keep, labels, self.config.text_config.vocab_size,
+                                                 **kwargs)
         return HfGenVlmCausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
                                               hidden_states=outputs.hidden_states, attentions=outputs.attentions,
                                               image_hidden_states=outputs.image_hidden_states)
