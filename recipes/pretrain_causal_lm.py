@@ -20,8 +20,9 @@ import sys
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from hfgen.training.pretrain import DataArguments, ModelArguments, cpu_training_defaults, pretrain
-from hfgen.training.recipe_common import check_model_folder, parse_recipe_arguments
+from hfgen.training.arguments import DataArguments, ModelArguments
+from hfgen.training.pretrain import pretrain
+from hfgen.training.recipe_common import build_recipe_parser, check_model_folder, parse_recipe_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +32,10 @@ VALID_MODEL_FOLDERS = ("a causal-LM folder written by an earlier run (e.g. outpu
 
 
 def build_parser() -> HfArgumentParser:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments),
-                              description=__doc__.split("\n\n")[0],
-                              epilog="Model fields left unset take HfGenDecoderConfig's defaults.")
-    parser.set_defaults(**cpu_training_defaults(), output_dir="outputs/pretrain")
-    return parser
+    return build_recipe_parser((ModelArguments, DataArguments, TrainingArguments),
+                               description=__doc__.split("\n\n")[0],
+                               epilog="Model fields left unset take HfGenDecoderConfig's defaults.",
+                               output_dir="outputs/pretrain")
 
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:

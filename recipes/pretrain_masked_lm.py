@@ -22,7 +22,8 @@ import sys
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from hfgen.training.masked_lm import EncoderModelArguments, MaskedLMDataArguments, pretrain_masked_lm
+from hfgen.training.arguments import EncoderModelArguments
+from hfgen.training.masked_lm import MaskedLMDataArguments, pretrain_masked_lm
 from hfgen.training.recipe_common import build_recipe_parser, check_model_folder, parse_recipe_arguments
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import sys
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from hfgen.training.pretrain import ModelArguments
+from hfgen.training.arguments import ModelArguments
 from hfgen.training.recipe_common import build_recipe_parser, check_model_folder, parse_recipe_arguments
 from hfgen.training.span_corruption import SpanCorruptionDataArguments, pretrain_span_corruption
 

@@ -28,10 +28,9 @@ Accuracy and macro-F1 come from ``evaluate`` with the metric module hfgen ships 
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -44,10 +43,9 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
-    set_seed,
 )
 
-from ..hub import check_push_arguments
+from ..data.user_data import TextDataArguments, first_rows, row_count
 from ..models import (
     HfGenDecoderConfig,
     HfGenDecoderForSequenceClassification,
@@ -57,14 +55,9 @@ from ..models import (
     HfGenSeq2SeqForConditionalGeneration,
     HfGenSeq2SeqForSequenceClassification,
 )
-from ..data.user_data import TextDataArguments, first_rows, row_count
-from .checkpoints import train_resumable
-from .masked_lm import EncoderModelArguments
-from .pretrain import build_config
-from .recipe_common import loss_history, save_run, variant_title
-from .start_evaluation import evaluate_then_train
-
-logger = logging.getLogger(__name__)
+from .arguments import EncoderModelArguments, build_config
+from .core import (TrainedRun, check_sequence_length, load_model, log_run_start, loss_history, prepare_run, save_run,
+                   train_and_evaluate, variant_title)
 
 # model_type -> (config class, model class fine-tuned for classification)
 FAMILIES: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
@@ -306,13 +299,51 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
     from ..metrics import load_metric
 
     _check_data_args(data_args)
-    data_args.check(training_args.max_steps)
-    user_splits = None
-    if data_args.uses_user_data:  # the classes come from the data, so it is opened before the model is built
-        with training_args.main_process_first(desc="read the labelled data"):
-            *user_splits, LABELS = load_user_labelled(data_args)  # noqa: N806  (the embedded task's, else these)
-    else:
+    prepare_run(training_args, data_args)
+    labels, user_splits = _classes_and_user_data(data_args, training_args)
+    classifier = _build_classifier(model_args, data_args.max_length, labels)
+    metric = load_metric("classification_report")
+    classifier.model = load_model(classifier.model_class, classifier.config, model_args.model_name_or_path)
+    if classifier.family == "hfgen_decoder" and classifier.config.pad_token_id is None:
+        raise ValueError("The decoder's config has no pad_token_id: the classifier pools the last non-pad token.")
+    with training_args.main_process_first(desc="tokenize the labelled task"):
+        train, test = load_labelled_splits(data_args, user_splits)
+        train, test = classifier.tokenize(train, test, data_args.preprocessing_num_workers)
+    trainer = Trainer(model=classifier.model, args=training_args, train_dataset=train, eval_dataset=test,
+                      processing_class=classifier.tokenizer, data_collator=classifier.collator(), callbacks=callbacks,
+                      compute_metrics=classifier.metrics_function(metric, len(labels)),
+                      preprocess_logits_for_metrics=classifier.class_scores)
+    origin = "from " + model_args.model_name_or_path if model_args.model_name_or_path else "from scratch"
+    log_run_start(training_args, f"fine-tuning {classifier.family} ({origin}) on {row_count(train) or 'streamed'} "
+                                 f"labelled examples, scored on {len(test)}")
+    run = train_and_evaluate(trainer)
+    metrics = _scored_metrics(run, data_args.validation_fraction)
+    if save:
+        save_run(trainer, classifier.config, metrics, title=variant_title(classifier.config, "classification"),
+                 task="text2text-classification" if classifier.text_to_text else "text-classification",
+                 base_model=model_args.model_name_or_path, eval_points=run.eval_points())
+    return ClassificationResult(
+        output_dir=str(training_args.output_dir), eval_accuracy_before=run.before["eval_accuracy"],
+        eval_accuracy=run.after["eval_accuracy"], eval_macro_f1=run.after["eval_macro_f1"],
+        train_examples=row_count(train), train_loss_history=loss_history(trainer), train_runtime=run.train_runtime,
+        metrics=metrics, model=trainer.model)
+
+
+def _classes_and_user_data(data_args: ClassificationDataArguments, training_args: TrainingArguments):
+    """``(class names, user splits or None)``: the user's data is opened before the model is built, since its
+    classes come from the data; the embedded task's classes are ``hfgen.data.labelled.LABELS``."""
+    if not data_args.uses_user_data:
         from ..data.labelled import LABELS
+
+        return LABELS, None
+    with training_args.main_process_first(desc="read the labelled data"):
+        *user_splits, labels = load_user_labelled(data_args)
+    return labels, user_splits
+
+
+def _build_classifier(model_args: ClassificationModelArguments, max_length: int,
+                      labels: tuple[str, ...]) -> _Classifier:
+    """The family, tokenizer and config (with the classes) to fine-tune, checked before any weight is made."""
     family = model_family(model_args)
     if model_args.seq2seq_head not in SEQ2SEQ_HEADS:
         raise ValueError(f"seq2seq_head must be one of {', '.join(SEQ2SEQ_HEADS)}, got {model_args.seq2seq_head!r}.")
@@ -320,106 +351,87 @@ def finetune_classification(model_args: ClassificationModelArguments, data_args:
     text_to_text = family == "hfgen_seq2seq" and model_args.seq2seq_head == "text_to_text"
     if family == "hfgen_seq2seq":
         model_class = SEQ2SEQ_HEADS[model_args.seq2seq_head]
-    check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
-    set_seed(training_args.seed)
     tokenizer = load_classification_tokenizer(family, model_args.model_name_or_path, model_args.trust_remote_code)
     config = build_config(model_args, tokenizer, config_class)
-    config.id2label = dict(enumerate(LABELS))
-    config.label2id = {name: index for index, name in enumerate(LABELS)}
-    if config.position_embedding == "learned" and data_args.max_length > config.max_position_embeddings:
-        raise ValueError(f"max_length ({data_args.max_length}) exceeds max_position_embeddings "
-                         f"({config.max_position_embeddings}) of learned positions.")
-    answer_ids = label_token_ids(tokenizer, LABELS) if text_to_text else None
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {name: index for index, name in enumerate(labels)}
+    check_sequence_length(config, max_length, "max_length")
+    answer_ids = None
     if text_to_text:
-        text_to_text_example(tokenizer, "", data_args.max_length)  # the sentinel exists: fails before any weight
-    metric = load_metric("classification_report")
-    if model_args.model_name_or_path is None:
-        model = model_class(config)
-    else:
-        model = model_class.from_pretrained(model_args.model_name_or_path, config=config)
-    if family == "hfgen_decoder" and config.pad_token_id is None:
-        raise ValueError("The decoder's config has no pad_token_id: the classifier pools the last non-pad token.")
+        answer_ids = label_token_ids(tokenizer, labels)
+        text_to_text_example(tokenizer, "", max_length)  # the sentinel exists: fails before any weight
+    return _Classifier(family, model_class, tokenizer, config, max_length, answer_ids)
 
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        if family == "hfgen_seq2seq" and not text_to_text:  # as the span-corruption encoder reads text: eos last
-            ids = tokenizer(batch["text"], truncation=True, max_length=data_args.max_length - 1,
+
+@dataclass
+class _Classifier:
+    """A classifier being fine-tuned: how it reads examples, pads them and scores the classes."""
+
+    family: str
+    model_class: type[PreTrainedModel]
+    tokenizer: PreTrainedTokenizerBase
+    config: PreTrainedConfig
+    max_length: int
+    answer_ids: list[int] | None = None  # text to text: the token answering each class
+    model: PreTrainedModel | None = None
+
+    @property
+    def text_to_text(self) -> bool:
+        return self.answer_ids is not None
+
+    def encode(self, batch: dict[str, list]) -> dict[str, list]:
+        """Tokenized examples of a batch of ``text`` and ``label``, with ``labels`` as the model trains on them."""
+        tokenizer, max_length = self.tokenizer, self.max_length
+        if self.text_to_text:  # as span-corruption examples: text, <extra_id_0>, eos -> <extra_id_0>, class word
+            examples = [text_to_text_example(tokenizer, text, max_length, self.answer_ids[label])
+                        for text, label in zip(batch["text"], batch["label"])]
+            return {key: [example[key] for example in examples] for key in ("input_ids", "attention_mask", "labels")}
+        if self.family == "hfgen_seq2seq":  # as the span-corruption encoder reads text: eos last
+            ids = tokenizer(batch["text"], truncation=True, max_length=max_length - 1,
                             add_special_tokens=False)["input_ids"]
             return {"input_ids": [row + [tokenizer.eos_token_id] for row in ids],
                     "attention_mask": [[1] * (len(row) + 1) for row in ids], "labels": batch["label"]}
-        if not text_to_text:
-            encoded = tokenizer(batch["text"], truncation=True, max_length=data_args.max_length)
-            return {**encoded, "labels": batch["label"]}
-        # As span-corruption examples: text, <extra_id_0>, eos -> <extra_id_0>, class word.
-        examples = [text_to_text_example(tokenizer, text, data_args.max_length, answer_ids[label])
-                    for text, label in zip(batch["text"], batch["label"])]
-        return {key: [example[key] for example in examples] for key in ("input_ids", "attention_mask", "labels")}
+        return {**tokenizer(batch["text"], truncation=True, max_length=max_length), "labels": batch["label"]}
 
-    with training_args.main_process_first(desc="tokenize the labelled task"):
-        train, test = load_labelled_splits(data_args, user_splits)
+    def tokenize(self, train, test, workers: int | None):
+        """``train`` (a dataset, or a stream) and ``test`` mapped through :meth:`encode`."""
         columns = train.column_names
-        workers = data_args.preprocessing_num_workers
         in_memory = {"num_proc": workers, "desc": "tokenize train"} if row_count(train) is not None else {}
-        train = train.map(encode, batched=True, remove_columns=columns, **in_memory)
-        test = test.map(encode, batched=True, remove_columns=columns, num_proc=workers, desc="tokenize test")
+        train = train.map(self.encode, batched=True, remove_columns=columns, **in_memory)
+        test = test.map(self.encode, batched=True, remove_columns=columns, num_proc=workers, desc="tokenize test")
+        return train, test
 
-    def class_scores(logits: Any, labels: torch.Tensor) -> torch.Tensor:
+    def collator(self) -> DataCollatorForSeq2Seq | DataCollatorWithPadding:
+        return DataCollatorForSeq2Seq(self.tokenizer) if self.text_to_text else DataCollatorWithPadding(self.tokenizer)
+
+    def class_scores(self, logits: Any, labels: torch.Tensor) -> torch.Tensor:
+        """The (batch, classes) scores of a model output: the class words' logits at the answer step for text to
+        text, else the logits."""
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-        return logits[:, TEXT_TO_TEXT_ANSWER_STEP, answer_ids] if text_to_text else logits  # (batch, classes)
+        return logits[:, TEXT_TO_TEXT_ANSWER_STEP, self.answer_ids] if self.text_to_text else logits
 
-    def compute_metrics(prediction) -> dict[str, float]:
-        references = np.asarray(prediction.label_ids)
-        if text_to_text:  # the class word's token id -> the class index
-            references = np.asarray([answer_ids.index(int(token))
-                                     for token in references[:, TEXT_TO_TEXT_ANSWER_STEP]])
-        scores = np.asarray(prediction.predictions)
-        result = metric.compute(predictions=scores.argmax(-1), references=references, num_labels=len(LABELS))
-        return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
+    def metrics_function(self, metric: Any, num_labels: int) -> Callable[[Any], dict[str, float]]:
+        """Trainer's ``compute_metrics``: accuracy and macro-F1 of the class scores."""
+        def compute_metrics(prediction) -> dict[str, float]:
+            references = np.asarray(prediction.label_ids)
+            if self.text_to_text:  # the class word's token id -> the class index
+                references = np.asarray([self.answer_ids.index(int(token))
+                                         for token in references[:, TEXT_TO_TEXT_ANSWER_STEP]])
+            scores = np.asarray(prediction.predictions)
+            result = metric.compute(predictions=scores.argmax(-1), references=references, num_labels=num_labels)
+            return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
 
-    collator = DataCollatorForSeq2Seq(tokenizer) if text_to_text else DataCollatorWithPadding(tokenizer)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=test,
-                      processing_class=tokenizer, data_collator=collator, callbacks=callbacks,
-                      compute_metrics=compute_metrics, preprocess_logits_for_metrics=class_scores)
-    origin = "from " + model_args.model_name_or_path if model_args.model_name_or_path else "from scratch"
-    logger.info("[hfgen] process %d of %d: fine-tuning %s (%s) on %s labelled examples, scored on %d",
-                training_args.process_index, training_args.world_size, family, origin,
-                row_count(train) or "streamed", len(test))
+        return compute_metrics
 
-    # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
-    # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
-    before, (train_output, totals) = evaluate_then_train(
-        trainer, lambda: train_resumable(trainer, training_args.resume_from_checkpoint))
-    after = trainer.evaluate()
-    trainer.log_metrics("train", train_output.metrics)
-    trainer.log_metrics("eval", after)
 
-    metrics = {
-        "eval_accuracy": after["eval_accuracy"],
-        "eval_macro_f1": after["eval_macro_f1"],
-        "eval_accuracy_before": before["eval_accuracy"],
-        "eval_loss": after["eval_loss"],
-        "train_loss": totals["train_loss"],
-        "train_runtime_s": totals["train_runtime_s"],
-        "resumed_from_step": totals.get("resumed_from_step"),
-        "global_step": trainer.state.global_step,
-        "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.world_size
-                                   * training_args.gradient_accumulation_steps),
-        "train_examples": row_count(train),
-        "eval_examples": len(test),
-        "learning_rate": training_args.learning_rate,
-        "world_size": training_args.world_size,
-        "num_parameters": model.num_parameters(),
-    }
-    metrics = {key: value for key, value in metrics.items() if value is not None}
-    if data_args.validation_fraction > 0:  # scored on validation: say so (the model card reports test accuracy only)
-        metrics = {(f"validation_{key.removeprefix('eval_')}" if key.startswith("eval_accuracy") or key in (
-            "eval_macro_f1", "eval_loss", "eval_examples") else key): value for key, value in metrics.items()}
-    if save:
-        save_run(trainer, config, metrics, task="text2text-classification" if text_to_text else "text-classification",
-                 title=variant_title(config, "classification"), base_model=model_args.model_name_or_path,
-                 eval_points=[(totals.get("resumed_from_step", 0), before["eval_loss"]),  # a resume: measured there
-                              (trainer.state.global_step, after["eval_loss"])])
-    return ClassificationResult(
-        output_dir=str(training_args.output_dir), eval_accuracy_before=before["eval_accuracy"],
-        eval_accuracy=after["eval_accuracy"], eval_macro_f1=after["eval_macro_f1"], train_examples=row_count(train),
-        train_loss_history=loss_history(trainer), train_runtime=float(totals["train_runtime_s"] or 0.0),
-        metrics=metrics, model=trainer.model)
+def _scored_metrics(run: TrainedRun, validation_fraction: float) -> dict[str, Any]:
+    """The metrics a fine-tuning run reports; scored on a validation split, its scores are named ``validation_*``
+    (the model card reports test accuracy only)."""
+    metrics = run.metrics({"eval_accuracy": run.after["eval_accuracy"], "eval_macro_f1": run.after["eval_macro_f1"],
+                           "eval_accuracy_before": run.before["eval_accuracy"], "eval_loss": run.after["eval_loss"]},
+                          unit="examples")
+    if validation_fraction <= 0:
+        return metrics
+    renamed = ("eval_macro_f1", "eval_loss", "eval_examples")
+    return {(f"validation_{key.removeprefix('eval_')}" if key.startswith("eval_accuracy") or key in renamed
+             else key): value for key, value in metrics.items()}

@@ -3,40 +3,28 @@
 
 Seed 003: "a fraction of the tokens are masked, and the task for the encoder is to predict those masked words".
 Blocks of the corpus become ``[CLS] tokens [SEP]``; :class:`hfgen.data.MaskedLMCollator` chooses 15% of the
-non-special tokens (80% mask, 10% random, 10% kept). Plain ``transformers.Trainer`` trains (progress bars, DDP
-under ``torchrun``); the output folder is Hub-ready like the causal-LM recipe's.
+non-special tokens (80% mask, 10% random, 10% kept). The training core (``hfgen.training.core``) trains with
+``transformers.Trainer`` (progress bars, DDP under ``torchrun``) and writes a Hub-ready output folder like the
+causal-LM recipe's.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from ..data.user_data import row_count, text_blocks
-from ..hub import check_push_arguments
 from ..models import HfGenEncoderConfig, HfGenEncoderForMaskedLM
 from ..models.modeling_hfgen_encoder import check_mlm_labels
-from ..models.variants import position_embeddings_of
-from .checkpoints import train_resumable
-from .pretrain import ModelArguments, PretrainResult, build_config, perplexity
-from .recipe_common import PretrainingDataArguments, loss_history, save_run, variant_title
-from .start_evaluation import evaluate_then_train
+from .arguments import ModelArguments, PretrainingDataArguments, build_config
+from .core import (PretrainResult, check_sequence_length, finish_pretraining, load_model,
+                   log_run_start, prepare_run, tokenized_splits, train_and_evaluate_with_noise, variant_title)
 
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EncoderModelArguments(ModelArguments):
-    """The causal-LM recipe's model fields; ``position_embedding`` also offers the encoder's own kinds (DeBERTa's
-    ``disentangled``). Fields left at None take ``HfGenEncoderConfig``'s (BERT-like) defaults."""
-
-    position_embedding: Literal[position_embeddings_of("hfgen_encoder")] | None = field(
-        default=None, metadata={"help": "How positions enter the model (disentangled: DeBERTa's attention)."})
+# Lived here before the training core (hfgen.training.arguments); stays importable from here.
+from .arguments import EncoderModelArguments  # noqa: F401
 
 
 @dataclass
@@ -143,75 +131,20 @@ def pretrain_masked_lm(model_args: ModelArguments, data_args: MaskedLMDataArgume
             ``max_position_embeddings`` -- before any data is tokenized or weight is made.
     """
     from ..data import MaskedLMCollator
-    from ..data.denoising import DenoisingEpochCallback
 
-    check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
-    data_args.check(training_args.max_steps)  # data flags that cannot work fail before anything is built
-    set_seed(training_args.seed)
+    prepare_run(training_args, data_args)
     tokenizer = _load_tokenizer(model_args)
     # Masks keyed by (seed, epoch, block): a resumed run and N processes mask each block as one process does.
     collator = MaskedLMCollator(tokenizer, mlm_probability=data_args.mlm_probability,
                                 seed=training_args.seed)  # checks the probability
     config = build_config(model_args, tokenizer, HfGenEncoderConfig)
-    if config.position_embedding == "learned" and data_args.block_size > config.max_position_embeddings:
-        raise ValueError(f"block_size ({data_args.block_size}) exceeds max_position_embeddings "
-                         f"({config.max_position_embeddings}) of learned positions; raise it with config_overrides.")
-    if model_args.model_name_or_path is None:
-        model = HfGenEncoderForMaskedLM(config)
-    else:
-        model = HfGenEncoderForMaskedLM.from_pretrained(model_args.model_name_or_path, config=config)
-
-    with training_args.main_process_first(desc="tokenize the corpus"):
-        blocks = mlm_blocks(data_args.load_text(), tokenizer, data_args.block_size,
-                            num_proc=data_args.preprocessing_num_workers, max_eval_samples=data_args.max_eval_samples)
-    train, validation = data_args.select(blocks["train"], blocks["validation"])
-    logger.info("[hfgen] process %d of %d on %s: %s training blocks of %d tokens, %s parameters",
-                training_args.process_index, training_args.world_size, training_args.device,
-                row_count(train) or "streamed", data_args.block_size, f"{model.num_parameters():,}")
-
-    trainer = MaskedPositionsTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
-                                     processing_class=tokenizer, data_collator=collator,
-                                     callbacks=[*(callbacks or []), DenoisingEpochCallback(collator)])
-
-    def evaluate() -> dict:
-        with collator.fixed_noise(training_args.seed + 1):  # the same masks before and after training
-            return trainer.evaluate()
-
-    # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
-    # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
-    before_metrics, (train_output, totals) = evaluate_then_train(
-        trainer, lambda: train_resumable(trainer, training_args.resume_from_checkpoint), evaluate)
-    before = before_metrics["eval_loss"]
-    start_step = totals.get("resumed_from_step", 0)  # where "before" was measured (a resume: the checkpoint)
-    after_metrics = evaluate()
-    after = after_metrics["eval_loss"]
-    trainer.log_metrics("train", train_output.metrics)
-    trainer.log_metrics("eval", after_metrics)
-
-    metrics = {
-        "eval_perplexity_before": perplexity(before),
-        "eval_perplexity": perplexity(after),
-        "eval_loss": after,
-        "train_loss": totals["train_loss"],
-        "train_runtime_s": totals["train_runtime_s"],
-        "resumed_from_step": totals.get("resumed_from_step"),
-        "global_step": trainer.state.global_step,
-        "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.world_size
-                                   * training_args.gradient_accumulation_steps),
-        "block_size": data_args.block_size,
-        "mlm_probability": data_args.mlm_probability,
-        "train_blocks": row_count(train),
-        "eval_blocks": len(validation),
-        "learning_rate": training_args.learning_rate,
-        "world_size": training_args.world_size,
-        "num_parameters": model.num_parameters(),
-    }
-    metrics = {key: value for key, value in metrics.items() if value is not None}
-    save_run(trainer, config, metrics, task="masked-lm", title=variant_title(config, "MLM"),
-             base_model=model_args.model_name_or_path,
-             eval_points=[(start_step, before), (trainer.state.global_step, after)])
-    return PretrainResult(
-        output_dir=str(training_args.output_dir), eval_perplexity_before=perplexity(before),
-        eval_perplexity_after=perplexity(after), train_loss_history=loss_history(trainer),
-        train_runtime=float(totals["train_runtime_s"] or 0.0), world_size=training_args.world_size,
-        metrics=metrics, model=trainer.model)
+    check_sequence_length(config, data_args.block_size, "block_size")
+    model = load_model(HfGenEncoderForMaskedLM, config, model_args.model_name_or_path)
+    train, validation = tokenized_splits(training_args, data_args, mlm_blocks, tokenizer, data_args.block_size)
+    log_run_start(training_args, f"{row_count(train) or 'streamed'} training blocks of {data_args.block_size} "
+                                 f"tokens, {model.num_parameters():,} parameters")
+    run = train_and_evaluate_with_noise(MaskedPositionsTrainer, collator, callbacks, model=model, args=training_args,
+                                        train_dataset=train, eval_dataset=validation, processing_class=tokenizer)
+    return finish_pretraining(run, config, model_args.model_name_or_path,
+                              {"block_size": data_args.block_size, "mlm_probability": data_args.mlm_probability},
+                              task="masked-lm", title=variant_title(config, "MLM"))

@@ -1,5 +1,7 @@
-"""What every training recipe shares: command line and YAML parsing into ``HfArgumentParser`` dataclasses with
-CPU-safe defaults, and the end of a run (metrics file, loss curve, Hub model card) written by the main process only.
+"""What every training recipe's command line shares: ``[config.yaml] [--flag value ...]`` parsed into
+``HfArgumentParser`` dataclasses (``hfgen.training.arguments``) with CPU-safe defaults, and a check of the model
+folder a flag names. The end of a run (metrics file, loss curve, Hub model card) is the training core's
+(``hfgen.training.core.save_run``).
 
 Used by ``recipes/pretrain_causal_lm.py``, ``recipes/pretrain_masked_lm.py``, ``recipes/pretrain_span_corruption.py``,
 ``recipes/finetune_classification.py`` and ``recipes/transfer_learning.py``.
@@ -9,46 +11,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser, Trainer
+from transformers import HfArgumentParser
 
-from ..data.user_data import first_rows
-from ..hub import push_training_output, write_model_card
-from .pretrain import LOSS_CURVE_FILE, DataArguments, cpu_training_defaults, write_loss_curve
+from .core import cpu_training_defaults
+
+# Names that lived here before the training core (hfgen.training.core, .arguments) and stay importable from here.
+from .arguments import PretrainingDataArguments  # noqa: F401
+from .core import loss_history, save_run, variant_title  # noqa: F401
 
 # Where every recipe writes by default (git-ignored): a path under it is always meant as a local folder.
 OUTPUT_ROOT = "outputs"
-
-
-@dataclass
-class PretrainingDataArguments(DataArguments):
-    """The causal-LM recipe's data fields, plus keeping the labelled task's test text out of pre-training."""
-
-    hold_out_task_test: bool = field(default=True, metadata={"help": (
-        "Cut the test paragraphs of the labelled task (hfgen.data.labelled) out of the embedded pre-training text, "
-        "so that a model fine-tuned on that task afterwards is scored on text it has never read.")})
-
-    def load_text(self):
-        """The training text as these fields ask: the user's data (``dataset_name`` / ``train_file``), else the
-        embedded corpus (``hfgen.data.load_corpus``); a ``DatasetDict``, or an ``IterableDatasetDict`` with
-        ``streaming``."""
-        from ..data import load_corpus
-        from ..data.labelled import drop_test_paragraphs
-
-        def embedded():
-            corpus = load_corpus(include_docstrings=self.include_docstrings,
-                                 validation_fraction=self.validation_fraction, seed=0)
-            return drop_test_paragraphs(corpus) if self.hold_out_task_test else corpus
-
-        return self.texts(embedded)
-
-    def select(self, train, validation):
-        """The first ``max_train_samples`` / ``max_eval_samples`` rows of each split, where set."""
-        return first_rows(train, self.max_train_samples), first_rows(validation, self.max_eval_samples)
 
 
 def build_recipe_parser(dataclass_types: Sequence[type], description: str, epilog: str | None = None,
@@ -79,40 +55,6 @@ def parse_recipe_arguments(parser: HfArgumentParser, argv: Sequence[str]) -> tup
         parser.set_defaults(**values)
         argv = argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)
-
-
-def loss_history(trainer: Trainer) -> list[tuple[int, float]]:
-    """(optimizer step, logged training loss) pairs of a finished ``Trainer`` run."""
-    return [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
-
-
-def save_run(trainer: Trainer, config: Any, metrics: dict[str, Any], *, task: str, title: str,
-             base_model: str | None = None, eval_points: Sequence[tuple[int, float]] = ()) -> None:
-    """Save the trained model and describe it: every process calls this, the main one writes the folder.
-
-    Writes ``training_args.output_dir``: weights, config with ``auto_map`` and the model code, tokenizer (the
-    trainer's ``processing_class``), ``all_results.json`` (``metrics``), ``loss_curve.png`` (training loss, and
-    ``eval_points`` as markers) and ``README.md`` (``hfgen.hub.write_model_card`` with ``task``). Every rank waits
-    for the main one before returning (ranks leaving early can abort a gloo group at exit).
-    """
-    # With --push_to_hub the finished folder is pushed below, card and loss curve included (a plain save_model()
-    # would upload at once, with Trainer's generic card).
-    trainer.save_model(_internal_call=True)
-    if trainer.is_world_process_zero():
-        trainer.save_metrics("all", metrics)
-        out = Path(trainer.args.output_dir)
-        write_loss_curve(loss_history(trainer), out / LOSS_CURVE_FILE, list(eval_points), title=title)
-        hub_id = getattr(trainer, "hub_model_id", None) if trainer.args.push_to_hub else None
-        write_model_card(out, config, metrics, base_model=base_model, task=task, model_name=hub_id)
-        if trainer.args.push_to_hub:
-            push_training_output(trainer, out, commit_message=f"End of training (hfgen {task})")
-    trainer.accelerator.wait_for_everyone()
-
-
-def variant_title(config: Any, objective: str) -> str:
-    """A plot title naming the family, the objective and the variant keys that matter most."""
-    keys = ("softmax_variant", "position_embedding")
-    return f"{config.model_type} {objective}: " + ", ".join(f"{k}={getattr(config, k, None)}" for k in keys)
 
 
 def check_model_folder(value: str | None, argument: str, valid: str, *, hub: bool = True) -> None:

@@ -11,28 +11,22 @@ is exactly ``block_size`` tokens (T5's ``random_spans_helper``), and
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
-from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
-from ..data.user_data import row_count, text_blocks
-from ..hub import check_push_arguments
 from ..data.denoising import (
     DataCollatorForBartDenoising,
     DataCollatorForSpanCorruption,
-    DenoisingEpochCallback,
     add_sentinel_tokens,
     sentinel_token_ids,
     span_corruption_lengths,
 )
+from ..data.user_data import row_count, text_blocks
 from ..models import HfGenSeq2SeqConfig, HfGenSeq2SeqForConditionalGeneration
-from .checkpoints import train_resumable
-from .pretrain import ModelArguments, PretrainResult, build_config, perplexity
-from .recipe_common import PretrainingDataArguments, loss_history, save_run, variant_title
-from .start_evaluation import evaluate_then_train
-
-logger = logging.getLogger(__name__)
+from .arguments import ModelArguments, PretrainingDataArguments, build_config
+from .core import (PretrainResult, check_sequence_length, finish_pretraining, load_model,
+                   log_run_start, prepare_run, tokenized_splits, train_and_evaluate_with_noise, variant_title)
 
 DEFAULT_SENTINELS = 100  # T5's count
 OBJECTIVES = ("span_corruption", "bart_denoising")
@@ -171,99 +165,53 @@ def pretrain_span_corruption(model_args: ModelArguments, data_args: SpanCorrupti
             -- before any data is tokenized or weight is made.
     """
     check_noise_settings(data_args)
-    check_push_arguments(training_args)  # a bad repo id fails now, not after training; no pickle is uploaded
-    data_args.check(training_args.max_steps)  # data flags that cannot work fail before anything is built
-    set_seed(training_args.seed)
+    prepare_run(training_args, data_args)
     denoising = data_args.objective == "bart_denoising"
     tokenizer = load_span_corruption_tokenizer(model_args.model_name_or_path, data_args.num_sentinel_tokens,
                                                model_args.trust_remote_code)
-    if denoising:
-        if tokenizer.mask_token is None and model_args.model_name_or_path is None:  # a fresh tokenizer: add it
-            tokenizer.add_special_tokens({"mask_token": BART_MASK_TOKEN})
-        collator = DataCollatorForBartDenoising(tokenizer, permute_sentences=data_args.permute_sentences,
-                                                infilling_probability=data_args.infilling_probability,
-                                                seed=training_args.seed)  # no mask token: a clear error
-        raw_length, target_length = data_args.block_size, data_args.block_size + 1  # target: the block, then eos
-    else:
-        collator = DataCollatorForSpanCorruption(tokenizer, data_args.noise_density,
-                                                 data_args.mean_noise_span_length,
-                                                 seed=training_args.seed)  # checks the noise settings
-        raw_length, target_length = check_sentinels(data_args, tokenizer)
+    collator, raw_length, target_length = _denoising_collator(data_args, tokenizer, training_args.seed,
+                                                              fresh_tokenizer=model_args.model_name_or_path is None)
     config = build_config(model_args, tokenizer, HfGenSeq2SeqConfig)
-    longest = max(data_args.block_size, target_length)
-    if config.position_embedding == "learned" and longest > config.max_position_embeddings:
-        raise ValueError(f"Sequences of {longest} tokens exceed max_position_embeddings "
-                         f"({config.max_position_embeddings}) of learned positions; raise it with config_overrides.")
-    if model_args.model_name_or_path is None:
-        model = HfGenSeq2SeqForConditionalGeneration(config)
-    else:
-        model = HfGenSeq2SeqForConditionalGeneration.from_pretrained(model_args.model_name_or_path, config=config)
-
-    with training_args.main_process_first(desc="tokenize the corpus"):
-        blocks = text_blocks(data_args.load_text(), tokenizer, raw_length,
-                             num_proc=data_args.preprocessing_num_workers, max_eval_samples=data_args.max_eval_samples)
-    train, validation = data_args.select(blocks["train"], blocks["validation"])
+    check_sequence_length(config, max(data_args.block_size, target_length), "the longest sequence")
+    model = load_model(HfGenSeq2SeqForConditionalGeneration, config, model_args.model_name_or_path)
+    train, validation = tokenized_splits(training_args, data_args, text_blocks, tokenizer, raw_length)
     shape = ("targets are the blocks" if denoising else
              f"{data_args.block_size} after corruption, targets of {target_length}")
-    logger.info("[hfgen] process %d of %d on %s: %s training blocks of %d tokens (%s: %s), %s parameters",
-                training_args.process_index, training_args.world_size, training_args.device,
-                row_count(train) or "streamed", raw_length, data_args.objective, shape,
-                f"{model.num_parameters():,}")
-
-    # Each block's noise is keyed by (seed, epoch, its tokens): a resumed run and N processes corrupt it as one
-    # uninterrupted process does; the callback moves the epoch on.
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
-                      processing_class=tokenizer, data_collator=collator,
-                      callbacks=[*(callbacks or []), DenoisingEpochCallback(collator)])
-
-    def evaluate() -> dict:
-        with collator.fixed_noise(training_args.seed + 1):  # the same corruption before and after
-            return trainer.evaluate()
-
-    # "before" is measured once train() has wrapped the model: trainer.evaluate() first would leave DDP off.
-    # --resume_from_checkpoint last/true: the newest complete checkpoint; totals cover the steps before it too.
-    before_metrics, (train_output, totals) = evaluate_then_train(
-        trainer, lambda: train_resumable(trainer, training_args.resume_from_checkpoint), evaluate)
-    before = before_metrics["eval_loss"]
-    start_step = totals.get("resumed_from_step", 0)  # where "before" was measured (a resume: the checkpoint)
-    after_metrics = evaluate()
-    after = after_metrics["eval_loss"]
-    gap = encoder_use_gap(trainer.model, collator, validation, training_args.per_device_eval_batch_size,
+    log_run_start(training_args, f"{row_count(train) or 'streamed'} training blocks of {raw_length} tokens "
+                                 f"({data_args.objective}: {shape}), {model.num_parameters():,} parameters")
+    run = train_and_evaluate_with_noise(Trainer, collator, callbacks, model=model, args=training_args,
+                                        train_dataset=train, eval_dataset=validation, processing_class=tokenizer)
+    # Does the decoder read its encoder (about 0 when it does not).
+    gap = encoder_use_gap(run.trainer.model, collator, validation, training_args.per_device_eval_batch_size,
                           seed=training_args.seed + 1) if len(validation) >= 2 else {}
-    trainer.log_metrics("train", train_output.metrics)
-    trainer.log_metrics("eval", after_metrics)
+    return finish_pretraining(run, config, model_args.model_name_or_path,
+                              _noise_settings(data_args, raw_length, target_length), scores=gap,
+                              task="denoising" if denoising else "span-corruption",
+                              title=variant_title(config, "BART denoising" if denoising else "span corruption"))
 
-    metrics = {
-        "eval_perplexity_before": perplexity(before),
-        "eval_perplexity": perplexity(after),
-        "eval_loss": after,
-        "train_loss": totals["train_loss"],
-        **gap,  # does the decoder read its encoder (about 0 when it does not)
-        "train_runtime_s": totals["train_runtime_s"],
-        "resumed_from_step": totals.get("resumed_from_step"),
-        "global_step": trainer.state.global_step,
-        "total_train_batch_size": (training_args.per_device_train_batch_size * training_args.world_size
-                                   * training_args.gradient_accumulation_steps),
-        "block_size": data_args.block_size,
-        "raw_block_size": raw_length,
-        "target_length": target_length,
-        "objective": data_args.objective,
-        **({"infilling_probability": data_args.infilling_probability,
-            "permute_sentences": data_args.permute_sentences} if denoising else
-           {"noise_density": data_args.noise_density, "mean_noise_span_length": data_args.mean_noise_span_length}),
-        "train_blocks": row_count(train),
-        "eval_blocks": len(validation),
-        "learning_rate": training_args.learning_rate,
-        "world_size": training_args.world_size,
-        "num_parameters": model.num_parameters(),
-    }
-    metrics = {key: value for key, value in metrics.items() if value is not None}
-    save_run(trainer, config, metrics, task="denoising" if denoising else "span-corruption",
-             title=variant_title(config, "BART denoising" if denoising else "span corruption"),
-             base_model=model_args.model_name_or_path,
-             eval_points=[(start_step, before), (trainer.state.global_step, after)])
-    return PretrainResult(
-        output_dir=str(training_args.output_dir), eval_perplexity_before=perplexity(before),
-        eval_perplexity_after=perplexity(after), train_loss_history=loss_history(trainer),
-        train_runtime=float(totals["train_runtime_s"] or 0.0), world_size=training_args.world_size,
-        metrics=metrics, model=trainer.model)
+
+def _denoising_collator(data_args: SpanCorruptionDataArguments, tokenizer: PreTrainedTokenizerBase, seed: int,
+                        fresh_tokenizer: bool) -> tuple[DataCollatorForSpanCorruption | DataCollatorForBartDenoising,
+                                                        int, int]:
+    """``(collator, raw tokens per block, target length)`` of ``data_args.objective``; BART's ``<mask>`` is added to
+    a fresh tokenizer. The collator checks the noise settings (and, for BART, that a mask token exists)."""
+    if data_args.objective == "bart_denoising":
+        if tokenizer.mask_token is None and fresh_tokenizer:
+            tokenizer.add_special_tokens({"mask_token": BART_MASK_TOKEN})
+        collator = DataCollatorForBartDenoising(tokenizer, permute_sentences=data_args.permute_sentences,
+                                                infilling_probability=data_args.infilling_probability, seed=seed)
+        return collator, data_args.block_size, data_args.block_size + 1  # target: the block, then eos
+    collator = DataCollatorForSpanCorruption(tokenizer, data_args.noise_density, data_args.mean_noise_span_length,
+                                             seed=seed)
+    return (collator, *check_sentinels(data_args, tokenizer))
+
+
+def _noise_settings(data_args: SpanCorruptionDataArguments, raw_length: int, target_length: int) -> dict:
+    """The lengths and noise settings a span-corruption or denoising run reports."""
+    if data_args.objective == "bart_denoising":
+        noise = {"infilling_probability": data_args.infilling_probability,
+                 "permute_sentences": data_args.permute_sentences}
+    else:
+        noise = {"noise_density": data_args.noise_density, "mean_noise_span_length": data_args.mean_noise_span_length}
+    return {"block_size": data_args.block_size, "raw_block_size": raw_length, "target_length": target_length,
+            "objective": data_args.objective, **noise}
