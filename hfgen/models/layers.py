@@ -32,6 +32,14 @@ class HfGenLayerNorm(nn.LayerNorm):
     """Seed 003: "subtracting the mean and dividing by the standard deviation of the inputs for each sample"."""
 
 
+def residual(hidden_states: torch.Tensor, norm: nn.Module, pre_norm: bool, sublayer) -> torch.Tensor:
+    """One residual connection around ``sublayer``: ``x + f(norm(x))`` normalised before (``pre``: Llama, ViT) or
+    ``norm(x + f(x))`` after (``post``: the original Transformer, BERT)."""
+    if pre_norm:
+        return hidden_states + sublayer(norm(hidden_states))
+    return norm(hidden_states + sublayer(hidden_states))
+
+
 def build_norm(config) -> nn.Module:
     if config.norm_type == "rmsnorm":
         return HfGenRMSNorm(config.hidden_size, eps=config.rms_norm_eps)

@@ -28,7 +28,7 @@ from .attention import HfGenAttention
 from .configuration_hfgen_decoder import HfGenDecoderConfig
 from .input_checks import HfGenGenerationMixin, check_classification_labels, check_head_inputs
 from .kv_cache import PreallocatedCacheMixin
-from .layers import HfGenMLP, build_norm
+from .layers import HfGenMLP, build_norm, residual
 from .modeling_common import HfGenPreTrainedModel, causal_lm_logits_and_loss, check_inputs, last_token_indices
 # (transformers offers experts_implementation only if this file names `@use_experts_implementation`: moe.py's)
 from .moe import (
@@ -63,25 +63,14 @@ class HfGenDecoderLayer(GradientCheckpointingLayer):
         """``position_bias`` (the additive bias tensor, or a function of the lengths with a cache) comes second and
         is passed positionally: reentrant gradient checkpointing carries gradients only out of positional tensors
         (``GradientCheckpointingLayer``), and a relative-position bias is trained."""
-        residual = hidden_states
-        if self.pre_norm:
-            hidden_states = self.input_layernorm(hidden_states)
-        hidden_states, _ = self.self_attn(hidden_states, attention_mask=attention_mask,
-                                          position_embeddings=position_embeddings, position_bias=position_bias,
-                                          cache=cache, **kwargs)
-        hidden_states = residual + hidden_states
-        if not self.pre_norm:
-            hidden_states = self.input_layernorm(hidden_states)
+        def attend(states: torch.Tensor) -> torch.Tensor:
+            return self.self_attn(states, attention_mask=attention_mask, position_embeddings=position_embeddings,
+                                  position_bias=position_bias, cache=cache, **kwargs)[0]
 
-        residual = hidden_states
-        if self.pre_norm:
-            hidden_states = self.post_attention_layernorm(hidden_states)
+        hidden_states = residual(hidden_states, self.input_layernorm, self.pre_norm, attend)
         # (a flag, not hasattr: a missing nn.Module attribute costs a raised exception on every token)
         feed_forward = self.block_sparse_moe if self.is_moe else self.mlp
-        hidden_states = residual + feed_forward(hidden_states)
-        if not self.pre_norm:
-            hidden_states = self.post_attention_layernorm(hidden_states)
-        return hidden_states
+        return residual(hidden_states, self.post_attention_layernorm, self.pre_norm, feed_forward)
 
 
 class HfGenDecoderPreTrainedModel(HfGenPreTrainedModel):

@@ -19,7 +19,7 @@ from transformers.utils import TransformersKwargs
 from .attention import HfGenAttention
 from .configuration_hfgen_vit import HfGenViTConfig, validate_vision_config
 from .input_checks import check_finite
-from .layers import HfGenMLP, build_norm
+from .layers import HfGenMLP, build_norm, residual
 from .modeling_common import HfGenPreTrainedModel
 from .position_inputs import add_position_modules, position_inputs
 
@@ -81,21 +81,12 @@ class HfGenViTLayer(GradientCheckpointingLayer):
                 **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         """``position_bias`` second and positional: reentrant gradient checkpointing carries gradients only out of
         positional tensors, and a relative-position bias is trained."""
-        residual = hidden_states
-        if self.pre_norm:
-            hidden_states = self.input_layernorm(hidden_states)
-        hidden_states, _ = self.self_attn(hidden_states, attention_mask=None, position_embeddings=position_embeddings,
-                                          position_bias=position_bias, **kwargs)
-        hidden_states = residual + hidden_states
-        if not self.pre_norm:
-            hidden_states = self.input_layernorm(hidden_states)
-        residual = hidden_states
-        if self.pre_norm:
-            hidden_states = self.post_attention_layernorm(hidden_states)
-        hidden_states = residual + self.mlp(hidden_states)
-        if not self.pre_norm:
-            hidden_states = self.post_attention_layernorm(hidden_states)
-        return hidden_states
+        def attend(states: torch.Tensor) -> torch.Tensor:
+            return self.self_attn(states, attention_mask=None, position_embeddings=position_embeddings,
+                                  position_bias=position_bias, **kwargs)[0]
+
+        hidden_states = residual(hidden_states, self.input_layernorm, self.pre_norm, attend)
+        return residual(hidden_states, self.post_attention_layernorm, self.pre_norm, self.mlp)
 
 
 class HfGenViTPreTrainedModel(HfGenPreTrainedModel):
