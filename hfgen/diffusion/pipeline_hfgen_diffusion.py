@@ -219,7 +219,7 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
                  prompt_attention_mask: torch.Tensor | None = None, guidance_scale: float | None = None,
                  image=None, mask_image=None, height: int | None = None, width: int | None = None,
                  eta: float = 0.0, use_clipped_model_output: bool | None = None, output_type: str = "pil",
-                 return_dict: bool = True):
+                 return_dict: bool = True, guidance_callback=None):
         """Generate images.
 
         Args:
@@ -243,6 +243,8 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
                 way; without re-deriving 0.615 at scale 3 and 0.100 at scale 5, with it 1.000 at 1.5, 3 and 5).
             output_type: ``"pil"``, ``"np"`` (``[B, H, W, C]`` in ``[0, 1]``), ``"pt"`` (``[B, C, H, W]`` in
                 ``[0, 1]``) or ``"latent"``.
+            guidance_callback: ``(pipe, latents, t, noise_pred) -> noise_pred``, applied to the noise prediction
+                of every step before the scheduler's (e.g. CLIP guidance: ``hfgen.diffusion.clip_guidance``).
         """
         self.check_inputs(num_inference_steps, output_type)
         device = self._execution_device
@@ -259,7 +261,7 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
         if inpaint is not None:
             inpaint["noise"] = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = self._denoise(latents, cond, guidance_scale, inpaint, step_kwargs)
+        latents = self._denoise(latents, cond, guidance_scale, inpaint, step_kwargs, guidance_callback)
         images = latents if output_type == "latent" else self._postprocess(self._decode(latents, inpaint), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -303,13 +305,15 @@ class HfGenDiffusionPipeline(DiffusionPipeline):
                              f"factor{' times the VAE factor' if factor > 1 else ''} ({multiple}).")
         return (batch_size, self.unet.config.in_channels, height // factor, width // factor)
 
-    def _denoise(self, latents, cond, guidance_scale, inpaint, step_kwargs) -> torch.Tensor:
+    def _denoise(self, latents, cond, guidance_scale, inpaint, step_kwargs, guidance_callback=None) -> torch.Tensor:
         """The scheduler loop from pure noise to the sample, with the known part replaced after every step when
         inpainting."""
         timesteps = self.scheduler.timesteps
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = self.scheduler.scale_model_input(latents, t)
             noise_pred = self._predict(model_input, t, cond, guidance_scale)
+            if guidance_callback is not None:
+                noise_pred = guidance_callback(self, model_input, t, noise_pred)
             latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
             if inpaint is not None:
                 next_t = timesteps[i + 1].reshape(1) if i + 1 < len(timesteps) else None
