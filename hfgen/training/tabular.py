@@ -11,6 +11,7 @@ model (SmolLM2 through ``hfgen.pretrained``, LoRA adapters) is fine-tuned on the
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -143,18 +144,21 @@ def serialize_rows(frame: pd.DataFrame, seed: int | None = 0) -> list[str]:
     return texts
 
 
+@functools.lru_cache(maxsize=8)
+def _cell_pattern(names: tuple[str, ...]) -> re.Pattern:
+    longest_first = sorted(names, key=len, reverse=True)  # "mean radius" before "radius"
+    return re.compile(r"(?:^|, )(" + "|".join(map(re.escape, longest_first)) + r") is ")
+
+
 def parse_row(text: str, processor: HfGenTabularProcessor) -> dict | None:
     """One generated line back into ``{column: value}``, or None when a column is missing, repeated or holds a
     value the schema refuses (unknown category, not a number, outside the fitted range)."""
-    names = sorted(processor.names, key=len, reverse=True)  # longest first: "mean radius" before "radius"
-    pattern = re.compile(r"(?:^|, )(" + "|".join(map(re.escape, names)) + r") is ")
-    matches = list(pattern.finditer(text))
+    matches = list(_cell_pattern(tuple(processor.names)).finditer(text))
     row = {}
     for match, following in zip(matches, [*matches[1:], None]):
-        value = text[match.end():following.start() if following else len(text)].strip()
         if match.group(1) in row:
             return None
-        row[match.group(1)] = value
+        row[match.group(1)] = text[match.end():following.start() if following else len(text)].strip()
     if set(row) != set(processor.names):
         return None
     return _typed_row(row, processor)
@@ -164,17 +168,20 @@ def _typed_row(row: dict, processor: HfGenTabularProcessor) -> dict | None:
     typed = {}
     for column in processor.columns:
         text = row[column["name"]]
-        if column["type"] == "numerical":
-            try:
-                typed[column["name"]] = float(text)
-            except ValueError:
-                return None
-        else:
+        if column["type"] == "categorical":
             lookup = {format_value(c): c for c in column["categories"]}
             if text not in lookup:
                 return None
             typed[column["name"]] = lookup[text]
-    return typed if _encodes(processor, typed) else None
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        if not column["edges"][0] <= value <= column["edges"][-1]:  # (NaN fails too)
+            return None
+        typed[column["name"]] = value
+    return typed
 
 
 def great_model(max_length: int = 512, lora_rank: int = 16):
