@@ -43,7 +43,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from transformers import TrainingArguments
 
@@ -525,50 +525,25 @@ def merge_results(args: TransferArguments) -> dict[str, Any]:
             (family, init, size, seed) measured twice.
     """
     folders = [f.strip() for f in (args.merge_from or "").split(",") if f.strip()]
-    payloads = []
-    for folder in folders:
-        path = Path(folder) / RESULTS_JSON
-        if not path.exists():
-            raise ValueError(f"merge_from: {folder!r} has no {RESULTS_JSON}.")
-        payloads.append(json.loads(path.read_text()))
-    if not payloads:
-        raise ValueError("merge_from names no folder.")
-    budget = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "config_overrides",
-              "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate", "pretrain_include_docstrings",
-              "block_size", "max_length",
-              "finetune_steps", "finetune_batch_size", "finetune_learning_rate", "max_eval_samples",
-              "finetune_learning_rates", "learning_rate_per_size", "selection_validation_fraction")
-    # for keys that runs made before they existed do not record: today's defaults, except where the behaviour
-    # then was another (runs before learning_rate_per_size chose one rate for all sizes)
-    defaults = {**asdict(TransferArguments()), "learning_rate_per_size": False, "seq2seq_head": "classification"}
-
-    def setting(payload: dict, key: str) -> Any:
-        return payload["arguments"].get(key, defaults[key])
-
-    first = payloads[0]["arguments"]
-    for folder, payload in zip(folders, payloads):
-        differ = [k for k in budget if setting(payload, k) != setting(payloads[0], k)]
-        if differ:
-            raise ValueError(f"merge_from: {folder!r} used other settings than {folders[0]!r}: {differ}.")
+    payloads = _read_results(folders)
+    _check_same_budget(folders, payloads)
     # The seq2seq head matters only to runs with seq2seq rows (an encoder-only run merges with any), and must be
     # one for all of them.
-    heads = {setting(payload, "seq2seq_head") for payload in payloads
-             if any(row["family"] == "seq2seq" for row in payload["results"])}
-    if len(heads) > 1:
-        raise ValueError(f"merge_from: the seq2seq rows come from different seq2seq_head settings: {sorted(heads)}.")
+    heads = _merged_setting(payloads, "seq2seq_head", lambda row: row["family"] == "seq2seq",
+                            "the seq2seq rows come from different seq2seq_head settings")
     # The seq2seq objective matters only to runs with pre-trained seq2seq rows (scratch rows do not depend on it,
     # so one scratch run serves several objectives), and must be one for all of them.
-    objectives = {setting(payload, "seq2seq_objective") for payload in payloads
-                  if any(row["family"] == "seq2seq" and row["init"] == "pretrained" for row in payload["results"])}
-    if len(objectives) > 1:
-        raise ValueError(f"merge_from: the seq2seq rows come from different objectives: {sorted(objectives)}.")
+    objectives = _merged_setting(payloads, "seq2seq_objective",
+                                 lambda row: row["family"] == "seq2seq" and row["init"] == "pretrained",
+                                 "the seq2seq rows come from different objectives")
     results = [row for payload in payloads for row in payload["results"]]
     keys = [(r["family"], r["init"], r["train_examples"], r.get("seed", 0)) for r in results]
     if len(set(keys)) != len(keys):
         raise ValueError("merge_from: the folders measured the same (family, init, size, seed) more than once.")
-    merged = TransferArguments(**{**first, "learning_rate_per_size": setting(payloads[0], "learning_rate_per_size"),
-                                  "seq2seq_head": next(iter(heads), defaults["seq2seq_head"]),
-                                  "seq2seq_objective": next(iter(objectives), defaults["seq2seq_objective"]),
+    merged = TransferArguments(**{**payloads[0]["arguments"],
+                                  "learning_rate_per_size": _setting(payloads[0], "learning_rate_per_size"),
+                                  "seq2seq_head": next(iter(heads), _setting({}, "seq2seq_head")),
+                                  "seq2seq_objective": next(iter(objectives), _setting({}, "seq2seq_objective")),
                                   "output_dir": args.output_dir, "merge_from": args.merge_from,
                                   "families": ",".join(dict.fromkeys(r["family"] for r in results)),
                                   "finetune_seeds": ",".join(map(str, sorted({k[3] for k in keys})))})
@@ -578,6 +553,50 @@ def merge_results(args: TransferArguments) -> dict[str, Any]:
         for family, chosen in payload.get("learning_rate_selection", {}).items():
             selection.setdefault(family, {}).update(chosen)
     return write_outputs(merged, results, pretrained_dirs, max(p["wall_time_s"] for p in payloads), selection)
+
+
+# What every merged run must share: the budget and the model size.
+_MERGE_BUDGET = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "config_overrides",
+                 "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate", "pretrain_include_docstrings",
+                 "block_size", "max_length",
+                 "finetune_steps", "finetune_batch_size", "finetune_learning_rate", "max_eval_samples",
+                 "finetune_learning_rates", "learning_rate_per_size", "selection_validation_fraction")
+
+
+def _read_results(folders: list[str]) -> list[dict[str, Any]]:
+    payloads = []
+    for folder in folders:
+        path = Path(folder) / RESULTS_JSON
+        if not path.exists():
+            raise ValueError(f"merge_from: {folder!r} has no {RESULTS_JSON}.")
+        payloads.append(json.loads(path.read_text()))
+    if not payloads:
+        raise ValueError("merge_from names no folder.")
+    return payloads
+
+
+def _setting(payload: dict[str, Any], key: str) -> Any:
+    """A run's argument ``key``; for keys that runs made before they existed do not record, today's default, except
+    where the behaviour then was another (runs before learning_rate_per_size chose one rate for all sizes)."""
+    if key in payload.get("arguments", {}):
+        return payload["arguments"][key]
+    return {**asdict(TransferArguments()), "learning_rate_per_size": False, "seq2seq_head": "classification"}[key]
+
+
+def _check_same_budget(folders: list[str], payloads: list[dict[str, Any]]) -> None:
+    for folder, payload in zip(folders, payloads):
+        differ = [k for k in _MERGE_BUDGET if _setting(payload, k) != _setting(payloads[0], k)]
+        if differ:
+            raise ValueError(f"merge_from: {folder!r} used other settings than {folders[0]!r}: {differ}.")
+
+
+def _merged_setting(payloads: list[dict[str, Any]], key: str, concerns: Callable[[dict], bool],
+                    conflict: str) -> set[Any]:
+    """The values of ``key`` among the runs with a row it ``concerns``; more than one is a ``conflict``."""
+    values = {_setting(payload, key) for payload in payloads if any(concerns(row) for row in payload["results"])}
+    if len(values) > 1:
+        raise ValueError(f"merge_from: {conflict}: {sorted(values)}.")
+    return values
 
 
 def _finetune(family: str, init: str, n: int | None, seed: int, learning_rate: float, args: TransferArguments,
