@@ -43,12 +43,15 @@ class RewardScriptArguments:
 
 def pairwise_accuracy(model, tokenizer, pairs) -> float:
     """Share of pairs whose chosen conversation scores above the rejected one (each rendered by the chat template,
-    as RewardTrainer renders them)."""
+    as RewardTrainer renders them): the accuracy of "chosen wins" (prediction 1) against the label 1 of every pair,
+    by the shipped evaluate module (``hfgen.metrics``' classification_report)."""
+    from hfgen.metrics import load_metric
     from hfgen.training.rlhf_feedback import score_conversations
 
     chosen = score_conversations(model, tokenizer, pairs["prompt"], pairs["chosen"])
     rejected = score_conversations(model, tokenizer, pairs["prompt"], pairs["rejected"])
-    return sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
+    return load_metric("classification_report").compute(predictions=[int(c > r) for c, r in zip(chosen, rejected)],
+                                                        references=[1] * len(pairs))["accuracy"]
 
 
 def split_by_topic(pairs, eval_fraction: float, seed: int, exclusive_answers: bool = True) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from hfgen.data.images import load_images  # noqa: E402
 from hfgen.data.lm import tokenize_for_causal_lm  # noqa: E402
 from hfgen.data.tokenizer import load_tokenizer  # noqa: E402
 from hfgen.diffusion.vq_hfgen import HfGenVQModel  # noqa: E402
+from hfgen.metrics import load_metric  # noqa: E402
 from hfgen.models.configuration_hfgen_gato import MODALITIES, HfGenGatoConfig  # noqa: E402
 from hfgen.models.modeling_hfgen_gato import HfGenGatoForCausalLM  # noqa: E402
 from hfgen.training.multimodal import (  # noqa: E402
@@ -174,7 +175,8 @@ def caption_accuracy(model, domains: Domains) -> float:
     out = model.generate(input_ids=prompt, pixel_values=images, max_new_tokens=max(6, longest + 1), do_sample=False,
                          pad_token_id=domains.tokenizer.pad_token_id, eos_token_id=domains.tokenizer.eos_token_id)
     texts = domains.tokenizer.batch_decode(out[:, prompt.shape[1]:], skip_special_tokens=True)
-    return sum(t.strip() == c for t, c in zip(texts, captions)) / len(captions)
+    return load_metric("exact_match").compute(predictions=[t.strip() for t in texts],
+                                              references=list(captions))["exact_match"]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -136,15 +136,22 @@ def vlm_generate(model, processor: HfGenVlmProcessor, images, prompts: list[str]
 
 def vlm_accuracy(model, processor: HfGenVlmProcessor, examples: list[VlmExample], batch_size: int = 64,
                  max_new_tokens: int = 6, progress: bool = False) -> dict[str, float]:
-    """Exact-match accuracy of greedy generation, per kind (``caption_accuracy``, ``question_accuracy``)."""
+    """Exact-match accuracy of greedy generation, per kind (``caption_accuracy``, ``question_accuracy``), scored by
+    the ``exact_match`` evaluate module (``hfgen.metrics``)."""
+    from ..metrics import load_metric
+
     model.eval()
-    hits: dict[str, list[bool]] = {}
+    pairs: dict[str, tuple[list[str], list[str]]] = {}
     for start in tqdm(range(0, len(examples), batch_size), disable=not progress, desc="evaluate"):
         batch = examples[start:start + batch_size]
         answers = vlm_generate(model, processor, [e.image for e in batch], [e.prompt for e in batch], max_new_tokens)
         for example, answer in zip(batch, answers):
-            hits.setdefault(example.kind, []).append(answer == example.target.strip())
-    return {f"{kind}_accuracy": sum(h) / len(h) for kind, h in hits.items()}
+            predictions, references = pairs.setdefault(example.kind, ([], []))
+            predictions.append(answer)
+            references.append(example.target.strip())
+    metric = load_metric("exact_match")
+    return {f"{kind}_accuracy": metric.compute(predictions=predictions, references=references)["exact_match"]
+            for kind, (predictions, references) in pairs.items()}
 
 
 def majority_baseline(train: list[VlmExample], held_out: list[VlmExample]) -> dict[str, float]:

@@ -69,7 +69,12 @@ def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, steps: in
 
 @torch.no_grad()
 def classifier_accuracy(model: HfGenDigitClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
-    return (model(images).argmax(-1) == labels).float().mean().item()
+    """Share of ``images`` the classifier labels as ``labels``, by the shipped evaluate module
+    (``hfgen.metrics``' classification_report)."""
+    from ..metrics import load_metric
+
+    return load_metric("classification_report").compute(predictions=model(images).argmax(-1).tolist(),
+                                                         references=labels.tolist())["accuracy"]
 
 
 def _sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:

@@ -78,12 +78,18 @@ def train_with_gist_mask(initial: torch.nn.Module, train: list[dict], validation
 
 def exact_match(logits: torch.Tensor, labels: torch.Tensor, shifted: bool) -> float:
     """Share of rows whose every labelled token (label != -100) is the argmax of its logits under teacher forcing --
-    the same as greedy decoding writing exactly the target. ``shifted``: a causal LM (logits at ``t`` predict the
-    label at ``t + 1``); else an encoder-decoder (aligned)."""
+    the same as greedy decoding writing exactly the target -- scored by the ``exact_match`` evaluate module
+    (``hfgen.metrics``) on each row's labelled token ids written as text. ``shifted``: a causal LM (logits at ``t``
+    predict the label at ``t + 1``); else an encoder-decoder (aligned)."""
+    from ..metrics import load_metric
+
     if shifted:
         logits, labels = logits[:, :-1], labels[:, 1:]
-    correct = (logits.argmax(-1) == labels) | (labels == -100)
-    return correct.all(-1).float().mean().item()
+    labelled = labels != -100
+    as_text = lambda ids, keep: " ".join(map(str, ids[keep].tolist()))  # noqa: E731
+    return load_metric("exact_match").compute(
+        predictions=[as_text(ids, keep) for ids, keep in zip(logits.argmax(-1), labelled)],
+        references=[as_text(ids, keep) for ids, keep in zip(labels, labelled)])["exact_match"]
 
 
 def compare_with_controls(initial, train, validation, gist_token_ids, pad_token_id, **kwargs) -> dict[str, GistRun]:
