@@ -9,7 +9,8 @@ synthetic table, and report held-out likelihood, machine-learning efficacy and d
 The table is split 80/20 into training and test rows (seed ``--seed``); 15 % of the training rows are held out
 for early stopping. Trained on Trainer with a new random column order per row and batch. Writes OUTPUT_DIR/model
 (``AutoModel.from_pretrained(..., trust_remote_code=True)`` loads it without hfgen), synthetic.csv (as many rows
-as the training split), metrics.json. Defaults take about 1-3 minutes per table on 2 cores.
+as the training split), metrics.json. Defaults (800 steps of 64 rows): one torch thread's CPU time per step is about
+0.55 s for breast cancer (61 cells per row; about 7.5 minutes in all) and 0.06 s for iris (9 cells; under a minute).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--num_hidden_layers", type=int, default=4, help="decoder layers")
     model.add_argument("--embedding_dropout", type=float, default=0.1, help="dropout on the cell embeddings")
     train = parser.add_argument_group("training")
-    train.add_argument("--max_steps", type=int, default=1500, help="optimizer steps")
+    train.add_argument("--max_steps", type=int, default=800, help="optimizer steps")
     train.add_argument("--batch_size", type=int, default=64, help="rows per batch")
     train.add_argument("--learning_rate", type=float, default=1e-3, help="peak learning rate (cosine decay)")
     train.add_argument("--eval_steps", type=int, default=100, help="held-out loss every this many steps")
