@@ -25,6 +25,7 @@ from transformers import (
     AutoModelForTokenClassification,
     AutoModelForZeroShotImageClassification,
 )
+from transformers import AutoModelForAudioClassification
 
 from .configuration_hfgen_decoder import HfGenDecoderConfig
 from .configuration_hfgen_encoder import HfGenEncoderConfig
@@ -35,16 +36,19 @@ from .configuration_hfgen_vit import HfGenViTConfig
 from .configuration_hfgen_vlm import HfGenVlmConfig
 from .configuration_hfgen_tabular import HfGenTabularConfig
 from .configuration_hfgen_clip import HfGenClipConfig
+from .configuration_hfgen_speech import HfGenSpeechConfig
 from .processing_hfgen_clip import HfGenClipProcessor
 from .processing_hfgen_vlm import HfGenVlmImageProcessor, HfGenVlmProcessor
 
 CONFIGS = (HfGenViTConfig, HfGenGatoConfig, HfGenVlmConfig, HfGenRetNetConfig, HfGenDecoderConfig,
            HfGenSeq2SeqConfig, HfGenEncoderConfig, HfGenClipConfig)
 CONFIGS += (HfGenTabularConfig,)
+CONFIGS += (HfGenSpeechConfig,)
 AUTO_CLASSES = {auto_class.__name__: auto_class for auto_class in (
     AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForMaskedLM, AutoModelForPreTraining,
     AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoModelForTokenClassification,
     AutoModelForZeroShotImageClassification)}
+AUTO_CLASSES["AutoModelForAudioClassification"] = AutoModelForAudioClassification
 
 
 def family_models(config_class: type) -> list[tuple[type, type]]:
