@@ -440,6 +440,21 @@ class PPOTrainer(Trainer):
                         stats[key].append(value.detach())
         return {key: torch.stack(values).mean() for key, values in stats.items()}
 
+    def _begin_training(self, max_steps: int, batches_per_epoch: int):
+        """Optimizer, schedule and the model prepared by the accelerator (DDP under several processes), a fresh
+        ``TrainerState``, and the callbacks' ``on_train_begin``. Returns the prepared model."""
+        args = self.args
+        self.create_optimizer_and_scheduler(num_training_steps=max_steps * args.num_ppo_epochs *
+                                            args.num_mini_batches)
+        model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.model_wrapped = model
+        self.state = TrainerState(max_steps=max_steps, logging_steps=args.logging_steps, save_steps=args.save_steps,
+                                  num_train_epochs=math.ceil(max_steps / batches_per_epoch))
+        self.state.is_local_process_zero = self.is_local_process_zero()
+        self.state.is_world_process_zero = self.is_world_process_zero()
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        return model
+
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Run ``max_steps`` PPO steps (or ``num_train_epochs`` passes over the prompts when ``max_steps`` is not
         set). Returns ``state.log_history``'s last entry as a dict."""
@@ -451,15 +466,7 @@ class PPOTrainer(Trainer):
             raise ValueError(f"train_dataset has {len(self.train_dataset)} prompts, fewer than one batch of "
                              f"{args.per_device_train_batch_size * args.world_size}.")
         max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * len(dataloader))
-        self.create_optimizer_and_scheduler(num_training_steps=max_steps * args.num_ppo_epochs *
-                                            args.num_mini_batches)
-        model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        self.model_wrapped = model
-        self.state = TrainerState(max_steps=max_steps, logging_steps=args.logging_steps,
-                                  save_steps=args.save_steps, num_train_epochs=math.ceil(max_steps / len(dataloader)))
-        self.state.is_local_process_zero = self.is_local_process_zero()
-        self.state.is_world_process_zero = self.is_world_process_zero()
-        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        model = self._begin_training(max_steps, len(dataloader))
         model.train()
         start = time.time()
         batches = iter(dataloader)
@@ -487,13 +494,9 @@ class PPOTrainer(Trainer):
             self.state.global_step = step
             self.state.epoch = step / len(dataloader)
             if step % max(1, int(args.logging_steps)) == 0 or step == max_steps:
-                logs = {f"objective/{k}" if k in ("kl", "non_score_reward", "rlhf_reward", "entropy") else
-                        f"loss/{k}" if k.endswith("_loss") else f"policy/{k}" if k in ("clipfrac", "approxkl")
-                        else k: v for k, v in mean.items()}
-                logs.update({"objective/kl_coef": kl_coef, "episode": episodes,
-                             "learning_rate": self.lr_scheduler.get_last_lr()[0], **self.timings,
-                             "time/rollout_s": t1 - t0, "time/optimise_s": t2 - t1})
-                self.log(logs)
+                self.log({**_step_logs(mean), "objective/kl_coef": kl_coef, "episode": episodes,
+                          "learning_rate": self.lr_scheduler.get_last_lr()[0], **self.timings,
+                          "time/rollout_s": t1 - t0, "time/optimise_s": t2 - t1})
             self.control = self.callback_handler.on_step_end(args, self.state, self.control)
             if self.control.should_training_stop:
                 break
@@ -503,3 +506,15 @@ class PPOTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_train_end(args, self.state, self.control)
         return metrics
+
+
+def _step_logs(mean: dict[str, float]) -> dict[str, float]:
+    """A PPO step's means, grouped by name (objective/, loss/, policy/) as TRL's former PPO trainer grouped its logs."""
+    def name(key: str) -> str:
+        if key in ("kl", "non_score_reward", "rlhf_reward", "entropy"):
+            return f"objective/{key}"
+        if key.endswith("_loss"):
+            return f"loss/{key}"
+        return f"policy/{key}" if key in ("clipfrac", "approxkl") else key
+
+    return {name(key): value for key, value in mean.items()}
