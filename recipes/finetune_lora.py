@@ -190,17 +190,22 @@ def finetune(args: FinetuneArguments, training_args, data_args: "TextDataArgumen
                "trainable_parameters": trainable, "total_parameters": total, "peft_method": args.peft_method,
                **{k: v for k, v in train_metrics.items() if isinstance(v, (int, float))}}
     if training_args.process_index == 0:
-        output = Path(training_args.output_dir)
-        model.save_pretrained(output)
-        tokenizer.save_pretrained(output)
-        if args.merge:
-            if args.peft_method not in ("lora", "ia3"):
-                raise ValueError(f"--merge applies to lora and ia3, not {args.peft_method} (nothing to fold in).")
-            merged = model.merge_and_unload()
-            merged.save_pretrained(output / "merged")
-            tokenizer.save_pretrained(output / "merged")
-        (output / "finetune_results.json").write_text(json.dumps(metrics, indent=2))
+        _save_outputs(Path(training_args.output_dir), model, tokenizer, args, metrics)
     return metrics
+
+
+def _save_outputs(output: Path, model, tokenizer, args: FinetuneArguments, metrics: dict[str, Any]) -> None:
+    """The adapter and the tokenizer; with ``--merge`` the base model with the adapter folded in (``merged/``);
+    ``finetune_results.json``."""
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    if args.merge:
+        if args.peft_method not in ("lora", "ia3"):
+            raise ValueError(f"--merge applies to lora and ia3, not {args.peft_method} (nothing to fold in).")
+        merged = model.merge_and_unload()
+        merged.save_pretrained(output / "merged")
+        tokenizer.save_pretrained(output / "merged")
+    (output / "finetune_results.json").write_text(json.dumps(metrics, indent=2))
 
 
 def build_parser():
@@ -208,7 +213,7 @@ def build_parser():
     from transformers import HfArgumentParser, TrainingArguments
 
     from hfgen.data.user_data import TextDataArguments
-    from hfgen.training.pretrain import cpu_training_defaults
+    from hfgen.training.core import cpu_training_defaults
 
     parser = HfArgumentParser((FinetuneArguments, TextDataArguments, TrainingArguments),
                               description=__doc__.split("\n\n")[0])

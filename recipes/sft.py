@@ -89,21 +89,10 @@ def run(script_args: SFTScriptArguments, sft_config, data_args: "UserDataArgumen
     """Instruction-tune and save the model; return the metrics. ``data_args`` with ``--dataset_name`` /
     ``--train_file``: the user's rows instead of the embedded pairs, measured by validation loss before and after
     (the embedded task's rule does not apply to them)."""
-    from transformers import AutoModelForCausalLM, set_seed
-    from trl import SFTTrainer
-
     import hfgen  # noqa: F401
-    from hfgen.data import load_tokenizer
-    from hfgen.data.instructions import (
-        instruction_dataset,
-        mentions_keyword,
-        one_sentence,
-        prompt_dataset,
-    )
-    from hfgen.models import HfGenDecoderForCausalLM
-    from hfgen.training.recipe_common import save_run
-    from hfgen.training.rlhf import chat_decoder_config, evaluate_policy
     from hfgen.compat import use_plain_trl_logprobs
+    from hfgen.data import load_tokenizer
+    from hfgen.data.instructions import instruction_dataset
     from hfgen.data.user_data import UserDataArguments
 
     data_args = data_args or UserDataArguments()
@@ -116,6 +105,19 @@ def run(script_args: SFTScriptArguments, sft_config, data_args: "UserDataArgumen
     else:
         dataset = instruction_dataset(script_args.instruction_source, script_args.max_response_chars,
                                       sft_config.seed)
+    model = _load_or_build_model(script_args, sft_config, tokenizer)
+    if data_args.uses_user_data:
+        return _run_on_user_data(script_args, sft_config, model, tokenizer, dataset, validation)
+    return _run_on_embedded_pairs(script_args, sft_config, model, tokenizer, dataset)
+
+
+def _load_or_build_model(script_args: SFTScriptArguments, sft_config, tokenizer):
+    """The model to instruction-tune: a saved folder or Hub id, or a fresh chat decoder of the script's size."""
+    from transformers import AutoModelForCausalLM, set_seed
+
+    from hfgen.models import HfGenDecoderForCausalLM
+    from hfgen.training.rlhf import chat_decoder_config
+
     # Seeded here, not only by the Trainer: a fresh model's weights are drawn before the Trainer exists.
     set_seed(sft_config.seed)
     if script_args.model_name_or_path:
@@ -123,14 +125,22 @@ def run(script_args: SFTScriptArguments, sft_config, data_args: "UserDataArgumen
 
         check_model_folder(script_args.model_name_or_path, "--model_name_or_path",
                            "a causal-LM folder written by an earlier run (e.g. outputs/pretrain_tiny) or a Hub id")
-        model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path,
-                                                     trust_remote_code=sft_config.trust_remote_code)
-    else:
-        model = HfGenDecoderForCausalLM(chat_decoder_config(
-            tokenizer, hidden_size=script_args.hidden_size, intermediate_size=2 * script_args.hidden_size,
-            num_hidden_layers=script_args.num_hidden_layers, softmax_variant=script_args.softmax_variant))
-    if data_args.uses_user_data:
-        return _run_on_user_data(script_args, sft_config, model, tokenizer, dataset, validation)
+        return AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path,
+                                                    trust_remote_code=sft_config.trust_remote_code)
+    return HfGenDecoderForCausalLM(chat_decoder_config(
+        tokenizer, hidden_size=script_args.hidden_size, intermediate_size=2 * script_args.hidden_size,
+        num_hidden_layers=script_args.num_hidden_layers, softmax_variant=script_args.softmax_variant))
+
+
+def _run_on_embedded_pairs(script_args: SFTScriptArguments, sft_config, model, tokenizer, dataset) -> dict[str, Any]:
+    """Train on the embedded instruction pairs, measured by the share of answers that keep the task's rule before
+    and after (sampled from the recipe's prompts); save the model and ``sft_results.json``."""
+    from trl import SFTTrainer
+
+    from hfgen.data.instructions import mentions_keyword, one_sentence, prompt_dataset
+    from hfgen.training.core import save_run
+    from hfgen.training.rlhf import evaluate_policy
+
     rule = one_sentence if script_args.instruction_source == "lengths" else mentions_keyword
     prompts = prompt_dataset()
     is_main = sft_config.process_index == 0
@@ -170,7 +180,7 @@ def _run_on_user_data(script_args, sft_config, model, tokenizer, train, validati
     from trl import SFTTrainer
 
     from hfgen.data.user_data import row_count
-    from hfgen.training.recipe_common import save_run
+    from hfgen.training.core import save_run
     from hfgen.training.start_evaluation import evaluate_then_train
 
     trainer = SFTTrainer(model=model, args=sft_config, train_dataset=train, eval_dataset=validation,
