@@ -190,7 +190,8 @@ def continue_training(model, blocks, distributions, method: str, args, seed: int
                              load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=False,
                              per_device_eval_batch_size=16, prediction_loss_only=True)
     trainer = FuseLLMTrainer(model=model, args=run, train_dataset=block_rows(blocks),
-                             eval_dataset=block_rows(dev), data_collator=FuseLLMCollator(distributions),
+                             eval_dataset=[{"input_ids": block} for block in dev],  # no source distributions
+                             data_collator=FuseLLMCollator(distributions),
                              method=method, lam=args.lam)
     trainer.train()
     curve += [(entry["step"], math.exp(entry["eval_loss"])) for entry in trainer.state.log_history
@@ -318,22 +319,25 @@ def save_target(model, tokenizer, path: str, blocks: torch.Tensor) -> bool:
 
 def main(argv: list[str] | None = None) -> dict:
     data, args = parse_arguments(argv)
-    os.makedirs(args.output_dir, exist_ok=True)
     documents, validation_documents = load_documents(data, args)
     parts = len(args.source_vocab_sizes) + 2  # sources, target pre-training, continued training
     slices = [documents[i::parts] for i in range(parts)]
     target_tokenizer = load_tokenizer()
     validation = blocks_of(validation_documents, target_tokenizer, args.block_size)
     dev, test = validation[0::2][:args.eval_blocks], validation[1::2][:args.eval_blocks]
-    report = {}
-    sources = train_sources(args, slices, [target_tokenizer.decode(block) for block in test], report)
     pretrain_blocks = blocks_of(slices[-2], target_tokenizer, args.block_size)
     continue_blocks = blocks_of(slices[-1], target_tokenizer, args.block_size)
     steps = args.continue_steps or len(continue_blocks) // args.batch_size
-    if steps * args.batch_size > len(continue_blocks):
-        raise ValueError(f"--continue_steps {steps} x --batch_size {args.batch_size} needs {steps * args.batch_size} "
-                         f"blocks; the continued-training slice has {len(continue_blocks)} (one epoch, no repeats).")
+    if not 0 < steps * args.batch_size <= len(continue_blocks) or not len(pretrain_blocks) or not len(test):
+        raise ValueError(f"Too little text: the continued-training slice has {len(continue_blocks)} blocks of "
+                         f"--block_size {args.block_size} tokens (--continue_steps {args.continue_steps} x "
+                         f"--batch_size {args.batch_size} need {max(steps, 1) * args.batch_size}: one epoch, no "
+                         f"repeats), the target's pre-training slice {len(pretrain_blocks)}, the test half of "
+                         f"validation {len(test)}. Give more text, or a smaller --batch_size or --block_size.")
     continue_blocks = continue_blocks[:steps * args.batch_size]
+    os.makedirs(args.output_dir, exist_ok=True)
+    report = {}
+    sources = train_sources(args, slices, [target_tokenizer.decode(block) for block in test], report)
     report.update(continued_training_steps=steps, continued_training_tokens=continue_blocks.numel(),
                   tokens_per_step=args.batch_size * args.block_size)
     distributions = source_distributions(sources, target_tokenizer, continue_blocks, args.top_k)

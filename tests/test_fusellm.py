@@ -143,6 +143,9 @@ def test_fusellm_trainer_loss_reduces_to_the_models_own_loss(tmp_path):
         trainer = FuseLLMTrainer(model=model, args=args, method="avg_ce", lam=0.0)
         expected = -F.log_softmax(model(input_ids=blocks).logits[:, :-1].float(), -1).mean()
         torch.testing.assert_close(trainer.compute_loss(model, FuseLLMCollator([uniform])(rows)), expected)
+    # Evaluation rows carry no index (more of them than training rows once broke the collator): ids and labels only.
+    evaluation = FuseLLMCollator([uniform])([{"input_ids": b} for b in torch.cat((blocks, blocks))])
+    assert set(evaluation) == {"input_ids", "labels"} and evaluation["input_ids"].shape == (6, 7)
 
 
 # --- The recipe on the user's own text (recipes/fusellm.py through hfgen.data.user_data) ---
@@ -184,10 +187,13 @@ def test_fusellm_reads_the_users_documents_in_order(corpus_files):
      "--streaming is not supported by FuseLLM"),
     (["--batch_size", "4"], "3", "--batch_size 4 .* multiple of the 3 processes"),
     (["--validation_file", "{train}"], "1", "--validation_file .* needs --train_file"),
+    (["--train_file", "{tiny}", "--validation_file", "{tiny}"], "1", "Too little text: the continued-training slice "
+                                                                    "has 0 blocks"),
 ])
 def test_fusellm_refuses_bad_data_flags_before_any_work(flags, world, message, corpus_files, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", world)
-    flags = [flag.format(train=corpus_files / "train.jsonl") for flag in flags]
+    (tmp_path / "tiny.jsonl").write_text('{"text": "a few words"}\n' * 8)
+    flags = [flag.format(train=corpus_files / "train.jsonl", tiny=tmp_path / "tiny.jsonl") for flag in flags]
     with pytest.raises(ValueError, match=message):
         fusellm_recipe().main([*flags, "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()

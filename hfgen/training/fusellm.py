@@ -181,7 +181,8 @@ class FuseLLMCollator:
     """Rows ``{"input_ids": [T], "index": i}`` -> ``input_ids`` and ``labels`` (the same ids: the model shifts them)
     ``[B, T]`` and, where ``distributions`` is given
     (per source, per row index, the aligned ``[T - 1, V]`` distributions, dense or sparse), ``source_distributions``
-    ``[K, B, T - 1, V]``."""
+    ``[K, B, T - 1, V]``. Rows without ``"index"`` (evaluation blocks, which have no source distributions) get
+    ``input_ids`` and ``labels`` only."""
 
     def __init__(self, distributions: list[list[torch.Tensor]] | None = None):
         self.distributions = distributions
@@ -189,7 +190,7 @@ class FuseLLMCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         input_ids = torch.stack([torch.as_tensor(r["input_ids"]) for r in rows])
         batch = {"input_ids": input_ids, "labels": input_ids}
-        if self.distributions:
+        if self.distributions and all("index" in r for r in rows):
             index = [int(r["index"]) for r in rows]
             batch["source_distributions"] = torch.stack([torch.stack([per_row[i].to_dense() for i in index])
                                                          for per_row in self.distributions])
