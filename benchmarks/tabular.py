@@ -189,6 +189,26 @@ def plot(results: list[dict], path: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def markdown_table(results: list[dict]) -> str:
+    """The RESULTS.md table: one row per table and generator, best generated value of each table in bold."""
+    columns = ("quality", "column_shapes", "column_pair_trends", "efficacy", "dcr", "cpu_seconds")
+    lines = ["| table | generator | " + " | ".join(columns) + " |", "| --- | --- |" + " ---: |" * len(columns)]
+    for row in results:
+        if "error" in row:
+            lines.append(f"| {row['dataset']} | {row['generator']} | failed: {row['error'][:80]} |")
+            continue
+        generated = [r for r in results if r["dataset"] == row["dataset"] and "error" not in r
+                     and not r["generator"].startswith("real")]
+        cells = []
+        for column in columns:
+            value = row.get(column, float("nan"))
+            best = column in ("quality", "column_shapes", "column_pair_trends", "efficacy") and \
+                not row["generator"].startswith("real") and value == max(r.get(column, float("nan")) for r in generated)
+            cells.append(f"**{value:.3f}**" if best else f"{value:.3f}" if column != "cpu_seconds" else f"{value:.0f}")
+        lines.append(f"| {row['dataset']} | {row['generator']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -199,7 +219,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2)
     plot(results, os.path.join(args.output_dir, "tabular.png"))
-    print(pd.DataFrame(results).to_string(index=False, float_format="%.3f"))
+    with open(os.path.join(args.output_dir, "results.md"), "w") as handle:
+        handle.write(markdown_table(results) + "\n")
+    print(markdown_table(results))
     return results
 
 
