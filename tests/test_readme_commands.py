@@ -78,6 +78,9 @@ TINY_FLAGS: dict[str, tuple[str, ...]] = {
     "recipes/reward_model.py": ("--max_steps", "2", "--logging_steps", "1"),
     "recipes/rlhf/run.py": ("--sft_steps", "2", "--samples_per_prompt", "2", "--reward_steps", "2", "--rl_steps",
                             "2", "--eval_prompts", "4", "--max_new_tokens", "4"),
+    # (--quick, where the README gives it, sets its own small sizes after these)
+    "recipes/fusellm.py": ("--source_vocab_sizes", "300", "400", "--source_steps", "2", "--target_pretrain_steps", "2",
+                           "--continue_steps", "2", "--eval_every", "1", "--eval_blocks", "4", "--hidden_size", "16"),
 }
 # The chains of the default (fast) run: pre-training and the fine-tuning that starts from its folder.
 FAST_SCRIPTS = ("hfgen demo", "recipes/pretrain_causal_lm.py", "recipes/finetune_lora.py",
