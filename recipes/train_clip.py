@@ -25,7 +25,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import AutoProcessor, HfArgumentParser, Trainer, TrainingArguments
 
 from hfgen.data.encoder_tokenizer import load_encoder_tokenizer
 from hfgen.data.images import DATASETS, load_images
@@ -54,6 +54,16 @@ class ClipArguments:
                                                                "choices": SOFTMAX_VARIANTS})
     position_embedding: str = field(default="learned", metadata={"help": "positions of the text tower",
                                                                  "choices": POSITION_EMBEDDINGS})
+    clip_model: str | None = field(default=None, metadata={
+        "help": "a saved hfgen_clip folder to measure instead of training one (OUTPUT_DIR gets only results.json)"})
+    guide_diffusion_dir: str | None = field(default=None, metadata={
+        "help": "after training, measure CLIP guidance on this recipes/train_diffusion.py output folder (its "
+                "pipeline/, unconditional or text-conditional, and its measuring classifier/): prompted-digit "
+                "accuracy per guidance scale"})
+    guidance_scales: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0], metadata={
+        "help": "CLIP guidance scales measured with --guide_diffusion_dir (beside no guidance)"})
+    guide_samples_per_digit: int = field(default=20, metadata={"help": "samples per digit and scale"})
+    guide_inference_steps: int = field(default=25, metadata={"help": "DDIM steps per sample"})
 
 
 def build_parser() -> HfArgumentParser:
@@ -76,6 +86,42 @@ def build_model(args: ClipArguments, tokenizer, seed: int) -> HfGenClipModel:
     return HfGenClipModel(HfGenClipConfig(text_config=text, vision_config=vision, projection_dim=args.projection_dim))
 
 
+def load_hfgen_pipeline(path: str):
+    """An hfgen diffusion pipeline folder (``model_index.json`` + one subfolder per component) loaded with the
+    installed hfgen's classes, not with the code saved in the folder (which may predate ``guidance_callback``)."""
+    import diffusers
+    from transformers import AutoModel, AutoTokenizer
+
+    import hfgen.diffusion
+    from hfgen.diffusion import HfGenDiffusionPipeline
+
+    with open(os.path.join(path, "model_index.json")) as handle:
+        index = json.load(handle)
+    loaders = {"scheduler": lambda name: getattr(diffusers, name), "text_encoder": lambda name: AutoModel,
+               "tokenizer": lambda name: AutoTokenizer}
+    components = {}
+    for key, (_, class_name) in ((k, v) for k, v in index.items() if not k.startswith("_") and v[1]):
+        loader = loaders.get(key, lambda name: getattr(hfgen.diffusion, name))(class_name)
+        components[key] = loader.from_pretrained(os.path.join(path, key))
+    pipe = HfGenDiffusionPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def measure_guidance(args: ClipArguments, model, processor, data) -> dict:
+    """Prompted-digit accuracy of the ``--guide_diffusion_dir`` pipeline without and with CLIP guidance, measured by
+    the folder's classifier (or, where the diffusion run saved none, one trained here as image_common does)."""
+    from hfgen.diffusion import HfGenDigitClassifier, train_digit_classifier
+    from hfgen.diffusion.clip_guidance import guided_digit_accuracy
+
+    pipe = load_hfgen_pipeline(os.path.join(args.guide_diffusion_dir, "pipeline"))
+    path = os.path.join(args.guide_diffusion_dir, "classifier")
+    classifier = HfGenDigitClassifier.from_pretrained(path).eval() if os.path.isdir(path) else \
+        train_digit_classifier(data.train_images, data.train_labels, steps=600)
+    return guided_digit_accuracy(pipe, classifier, model.eval(), processor, [None, *args.guidance_scales],
+                                 args.guide_samples_per_digit, args.guide_inference_steps)
+
+
 def plot_losses(losses: list[tuple[int, float]], path: str) -> str:
     import matplotlib
 
@@ -92,33 +138,46 @@ def plot_losses(losses: list[tuple[int, float]], path: str) -> str:
     return path
 
 
+def train_clip(args: ClipArguments, training_args: TrainingArguments, data, train) -> tuple:
+    """Build and train the model with ``Trainer``: ``(model, processor, logged losses, training seconds)``."""
+    tokenizer = load_encoder_tokenizer()
+    model = build_model(args, tokenizer, training_args.seed)
+    processor = HfGenClipProcessor(clip_image_processor(model.config), tokenizer)
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=ClipCollator(processor))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args.resume_from_checkpoint,
+                                                           training_args.output_dir))
+    return model, processor, loss_history(trainer), trainer.state.log_history[-1].get("train_runtime")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args, training_args = parse_recipe_arguments(build_parser(), sys.argv[1:] if argv is None else argv)
     seed = training_args.seed
     data = load_images(args.dataset, image_size=args.image_size)
-    tokenizer = load_encoder_tokenizer()
-    model = build_model(args, tokenizer, seed)
-    processor = HfGenClipProcessor(clip_image_processor(model.config), tokenizer)
     train = clip_examples(data.train_images, data.train_labels, seed=seed)
     test = clip_examples(data.test_images, data.test_labels, seed=seed + 1)
-    before = evaluate_clip(model, processor, data.train_images, data.train_labels, test)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=ClipCollator(processor))
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args.resume_from_checkpoint,
-                                                           training_args.output_dir))
+    if args.clip_model:  # measure a trained model
+        model = HfGenClipModel.from_pretrained(args.clip_model)
+        processor, losses, runtime = AutoProcessor.from_pretrained(args.clip_model), [], None
+    else:
+        model, processor, losses, runtime = train_clip(args, training_args, data, train)
     if training_args.process_index != 0:
         return {}
-    results = {"before_training": before, "after_training": evaluate_clip(model, processor, data.train_images,
-                                                                          data.train_labels, test),
+    results = {"held_out": evaluate_clip(model, processor, data.train_images, data.train_labels, test),
                "logit_scale": model.logit_scale_value().item(), "train_pairs": len(train), "test_pairs": len(test),
-               "train_runtime_s": trainer.state.log_history[-1].get("train_runtime")}
-    model.save_pretrained(training_args.output_dir)
-    processor.save_pretrained(training_args.output_dir)
-    plot_losses(loss_history(trainer), os.path.join(training_args.output_dir, "losses.png"))
+               "train_runtime_s": runtime}
+    logger.info("held-out results: %s", json.dumps(results["held_out"]))
+    if args.guide_diffusion_dir:
+        results["guided_digit_accuracy"] = measure_guidance(args, model, processor, data)
+        logger.info("prompted-digit accuracy by CLIP guidance scale: %s", results["guided_digit_accuracy"])
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    if not args.clip_model:
+        model.save_pretrained(training_args.output_dir)
+        processor.save_pretrained(training_args.output_dir)
+        plot_losses(losses, os.path.join(training_args.output_dir, "losses.png"))
     with open(os.path.join(training_args.output_dir, "results.json"), "w") as handle:
         json.dump({"args": {**asdict(args), "seed": seed, "max_steps": training_args.max_steps,
                             "per_device_train_batch_size": training_args.per_device_train_batch_size},
                    "results": results}, handle, indent=2)
-    logger.info("held-out results: %s", json.dumps(results["after_training"]))
     logger.info("saved to %s (model, processor, results.json, losses.png)", training_args.output_dir)
     return results
 

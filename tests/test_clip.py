@@ -283,3 +283,29 @@ def test_loss_needs_one_text_per_image(tokenizer):
     assert out.logits_per_image.shape == (2, 3)
     with pytest.raises(ValueError, match="one text per image .* got 3 texts and 2 images"):
         model(**inputs, return_loss=True)
+
+
+# --- the recipe -------------------------------------------------------------------------------------------------
+
+def test_recipe_trains_evaluates_and_saves_a_pipeline_ready_folder(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from transformers import pipeline
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "train_clip.py"
+    spec = importlib.util.spec_from_file_location("recipe_train_clip", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    results = recipe.main(["--output_dir", str(tmp_path), "--max_steps", "3", "--hidden_size", "16",
+                           "--num_hidden_layers", "1", "--projection_dim", "8", "--per_device_train_batch_size", "16",
+                           "--warmup_steps", "0", "--save_steps", "0", "--save_strategy", "no"])
+    held_out = results["held_out"]
+    for key in ("image_to_text_top1", "text_to_image_top5", "zero_shot_training_templates",
+                "zero_shot_pipeline_template", "linear_probe_image_tower", "linear_probe_pixels"):
+        assert 0.0 <= held_out[key] <= 1.0, key
+    assert held_out["chance_top1"] < held_out["chance_top5"] < 1.0
+    assert json.loads((tmp_path / "results.json").read_text())["results"]["train_pairs"] == results["train_pairs"]
+    classifier = pipeline("zero-shot-image-classification", model=str(tmp_path))
+    scores = classifier(digit_images(1)[0], candidate_labels=["one", "two"])
+    assert sum(s["score"] for s in scores) == pytest.approx(1.0)

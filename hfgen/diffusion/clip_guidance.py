@@ -73,3 +73,27 @@ class ClipGuidance:
             x0 = ((latents - noise_scale * noise_pred) / alpha_bar.sqrt()).clamp(-1, 1).detach().requires_grad_()
             gradient = torch.autograd.grad(self.score(x0).sum(), x0)[0]
         return noise_pred - self.scale * noise_scale * gradient.to(noise_pred.dtype)
+
+
+@torch.no_grad()
+def guided_digit_accuracy(pipe, classifier, clip_model, processor, scales, samples_per_digit: int = 20,
+                          num_inference_steps: int = 25, seed: int = 0) -> dict[str, float]:
+    """Prompted-digit accuracy of CLIP-guided samples: for each ``scale`` (``None``: no guidance),
+    ``samples_per_digit`` images per digit prompted with its caption ("a handwritten seven"), the share that the
+    measuring ``classifier`` (an :class:`HfGenDigitClassifier`, trained apart from CLIP) labels as that digit.
+    Every scale samples from the same seeded noise. A text-conditional pipeline (with a ``text_encoder``) also gets
+    the caption as its prompt; an unconditional one only the guidance (unguided: chance, about 0.1)."""
+    from ..data.captions import caption
+
+    labels = torch.arange(10).repeat_interleave(samples_per_digit)
+    prompts = [caption(int(label)) for label in labels]
+    condition = {"prompt": prompts} if getattr(pipe, "text_encoder", None) is not None else {}
+    accuracy = {}
+    for scale in scales:
+        guidance = None if scale is None else ClipGuidance(clip_model, processor, prompts, scale)
+        images = pipe(batch_size=len(labels), num_inference_steps=num_inference_steps, output_type="pt",
+                      generator=torch.Generator().manual_seed(seed), guidance_callback=guidance,
+                      **condition).images * 2 - 1
+        predicted = classifier(images.to(next(classifier.parameters()).device)).argmax(-1).cpu()
+        accuracy["none" if scale is None else str(scale)] = (predicted == labels).float().mean().item()
+    return accuracy
