@@ -23,7 +23,7 @@ Sizes: ``tiny`` and ``small`` (benchmarks/decoder.py's configs, random weights; 
 validation text). The quantized rows are compared with Llama default's tokens too: int8 and Q4_1 arithmetic may
 choose another token somewhere, and the column says where the first difference is.
 
-Each run writes its own RESULTS.md section (one per set of --sizes) and plot.
+Each run writes its own RESULTS.md section and plot (one per set of --sizes and --batches).
 
 Timing: one torch thread by default and the CPU time of the process (llama.cpp's worker times itself with the same
 clock); every repetition runs each way once in a rotating order, the ratio is the median of per-repetition ratios.
@@ -255,10 +255,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--llama-cpp-python", default=os.environ.get("LLAMA_CPP_PYTHON", DEFAULT_LLAMA_CPP_PYTHON),
                         help="interpreter with llama_cpp installed ($LLAMA_CPP_PYTHON; default: %(default)s)")
     parser.add_argument("--plot", type=Path, default=None,
-                        help="PNG of the ratios (default: benchmarks/generation-SIZES.png)")
+                        help="PNG of the ratios (default: benchmarks/generation-SIZES-batch-BATCHES.png)")
     common.add_run_arguments(parser)
     args = parser.parse_args(argv)
-    args.plot = args.plot or Path(__file__).with_name(f"generation-{'-'.join(args.sizes)}.png")
+    runs = "-".join(args.sizes) + "-batch-" + "-".join(map(str, args.batches))
+    args.plot = args.plot or Path(__file__).with_name(f"generation-{runs}.png")
     for name, value in (("--batches", min(args.batches)), ("--prompt", args.prompt),
                         ("--new-tokens", args.new_tokens), ("--repeats", args.repeats)):
         if value < 1:
@@ -304,7 +305,7 @@ def write(args, lines: list[str], started: float, load_before) -> None:
     print(text)
     if args.write:
         heading = (f"## Generation against transformers and llama.cpp (`benchmarks/generation.py`), {args.device}, "
-                   f"{' '.join(args.sizes)}")
+                   f"{' '.join(args.sizes)}, batch {' '.join(map(str, args.batches))}")
         common.write_section(common.RESULTS, heading + "\n\n" + text)
         logger.info("wrote %s", common.RESULTS)
 
