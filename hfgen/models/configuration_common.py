@@ -1,8 +1,7 @@
-"""What every hfgen family config does with the keys they share (sizes, heads, positions, the variant keys):
-derive ``head_dim`` and ``num_key_value_heads``, build ``rope_parameters`` with rotary positions only, set them all;
-and how every family config checks its values where they are set (:class:`ValidatedConfigMixin`).
-
-A family's ``__init__`` keeps its explicit, documented signature and hands this its keyword arguments."""
+"""What every hfgen family config shares: the typed fields of the attention families (sizes, heads, the variant keys)
+with their derivations (``head_dim``, ``num_key_value_heads``, ``rope_parameters`` with rotary positions only) in
+:class:`HfGenAttentionConfig`, and how every family config checks its values where they are set
+(:class:`ValidatedConfigMixin`)."""
 
 from __future__ import annotations
 
@@ -10,76 +9,15 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Iterable
+from typing import ClassVar
 
 from transformers import PreTrainedConfig
 
 from .variants import (SPECIAL_TOKEN_ID_KEYS, check_config_value, check_token_id, close_match,
-                       standard_rope_parameters)
-
-# Passed to PreTrainedConfig.__init__ rather than set here.
-SPECIAL_TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
-
-# The variant keys every family shares (DESIGN.md, "Public contract"), with their defaults: one table, so a family
-# cannot drift from the others. Their meaning is documented in HfGenDecoderConfig.
-VARIANT_DEFAULTS = dict(
-    attention_bias=False,
-    attention_dropout=0.0,
-    mlp_bias=False,
-    attention_scoring="scaled_dot_product",
-    softmax_variant="standard",
-    softmax_temperature=1.0,
-    clipped_softmax_gamma=-0.03,
-    clipped_softmax_zeta=1.0,
-    attention_gate=False,
-    position_embedding="rotary",
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-    norm_type="rmsnorm",
-    norm_position="pre",
-    mlp_type="gated",
-    query_chunk_size=1024,
-)
+                       standard_rope_parameters, validate_attention_config)
 
 
-def init_model_keys(config, keys: dict, kwargs: dict, rope_theta: float | None = None) -> None:
-    """Set ``keys`` (a family ``__init__``'s arguments, see :func:`init_arguments`) and the variant keys -- popped
-    from the ``__init__``'s ``kwargs``, :data:`VARIANT_DEFAULTS` where absent -- on ``config``.
-    ``head_dim=None``: ``hidden_size // num_attention_heads``; ``num_key_value_heads=None``: multi-head. Without
-    rotary positions ``rope_parameters`` stays unset: transformers validates it on every config and would reject
-    an odd ``head_dim`` that ALiBi or relative bias handle fine."""
-    keys = {**{k: kwargs.pop(k, v) for k, v in VARIANT_DEFAULTS.items()}, **keys}
-    keys["rope_parameters"] = kwargs.pop("rope_parameters", keys.get("rope_parameters"))
-    # config.json files written before transformers 5 (Llama 3.x's among them) hold rope_scaling; as in
-    # transformers' convert_rope_params_to_dict it wins over rope_parameters, and rope_theta completes it.
-    keys["rope_parameters"] = kwargs.pop("rope_scaling", None) or keys["rope_parameters"]
-    if rope_theta is None:  # (left in kwargs, transformers' __post_init__ would drop it for the dict's default)
-        rope_theta = kwargs.pop("rope_theta", None)
-    hidden_size, heads = keys["hidden_size"], keys["num_attention_heads"]
-    if keys.get("head_dim") is None:
-        if not isinstance(heads, int) or heads <= 0 or hidden_size % heads != 0:
-            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({heads}) "
-                             f"(or give head_dim explicitly).")
-        keys["head_dim"] = hidden_size // heads
-    if keys.get("num_key_value_heads") is None:
-        keys["num_key_value_heads"] = heads
-    rope = keys.pop("rope_parameters", None)
-    for key, value in keys.items():
-        setattr(config, key, value)
-    if rope is not None or rope_theta is not None or keys["position_embedding"] == "rotary":
-        check_config_value("rope_parameters", rope, getattr(type(config), "model_type", None))  # (not a dict)
-        rope = dict(rope or {})
-        rope.setdefault("rope_type", rope.get("type", "default"))  # ("type": before transformers 4.45)
-        rope.setdefault("rope_theta", float(rope_theta) if rope_theta is not None else 10000.0)
-        config.rope_parameters = rope  # last: transformers' rope validation reads the sizes set above
-
-
-def init_arguments(local_variables: dict) -> dict:
-    """A family ``__init__``'s own arguments from its ``locals()``: without ``self``, ``kwargs``, ``__class__`` (the
-    cell ``super()`` adds) and the special-token ids."""
-    skip = ("self", "kwargs", "__class__", *SPECIAL_TOKEN_KEYS)
-    return {k: v for k, v in local_variables.items() if k not in skip}
-
-
+PRETRAINED_FIELDS = frozenset(field.name for field in dataclasses.fields(PreTrainedConfig))
 # Attributes any transformers config may carry (from config.json, from transformers or from the libraries around it):
 # never taken for a misspelling of a family key, however close.
 PRETRAINED_CONFIG_KEYS = frozenset(
@@ -96,9 +34,10 @@ PRETRAINED_CONFIG_KEYS = frozenset(
 
 @functools.cache
 def family_keys(config_class: type) -> frozenset[str]:
-    """The keys a family's config documents: the ``__init__`` arguments of the class and its hfgen bases, the shared
-    variant keys and the mixture-of-experts keys."""
+    """The keys a family's config documents: its fields, the ``__init__`` arguments of the class and its hfgen bases,
+    the shared variant keys and the mixture-of-experts keys."""
     keys = set(VARIANT_DEFAULTS) | set(getattr(config_class, "extra_config_keys", ()))
+    keys |= {field.name for field in dataclasses.fields(config_class)} - PRETRAINED_FIELDS
     for klass in config_class.__mro__:
         if klass is PreTrainedConfig:
             break
@@ -139,6 +78,10 @@ class ValidatedConfigMixin:
     builds its weights (an assignment cannot be checked against keys that may be changed next)."""
 
     def __setattr__(self, key: str, value: object) -> None:
+        key = type(self).attribute_map.get(key, key)  # (transformers' alias of a key: the key it stands for)
+        if value is None and key in getattr(type(self), "derived_keys", ()) and not self.__dict__.get("_post_init_done"):
+            super().__setattr__(key, value)  # a field whose None __post_init__ replaces with the derived value
+            return
         check_config_value(key, value, getattr(type(self), "model_type", None))
         if key in SPECIAL_TOKEN_ID_KEYS:
             check_token_id(key, value, getattr(self, "vocab_size", None))
@@ -164,3 +107,111 @@ class ValidatedConfigMixin:
         if key not in self.__dict__ and not hasattr(type(self), key):
             check_misspelt_keys(type(self), (key,), known=self.__dict__)
         super().__setattr__(key, value)
+
+
+class HfGenConfig(ValidatedConfigMixin, PreTrainedConfig):
+    """Base of the hfgen family configs, in transformers' dataclass style: a family declares its keys as typed
+    fields, each value is checked where it is set (:class:`ValidatedConfigMixin`), ``__post_init__`` derives what
+    depends on several keys and reads the legacy keys of older config.json files, and how the keys fit together is
+    :meth:`validate_architecture`, run at the end of ``__post_init__`` and again before a model builds its weights
+    (``from_pretrained(path, key=value)`` sets keys after the config is built)."""
+
+    def __post_init__(self, **kwargs):
+        # Every Auto class this folder serves, so a saved checkpoint loads through any of them with
+        # trust_remote_code (save_pretrained alone would list only the class that was saved).
+        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        super().__post_init__(**kwargs)
+        self.validate()  # transformers' own class validators, as its dataclass configs run them after __init__
+        self.validate_architecture()
+
+
+class HfGenAttentionConfig(HfGenConfig):
+    r"""The keys every family built on hfgen's attention layer shares, as typed fields with their defaults (the
+    variant keys: DESIGN.md, "Public contract"; their meaning is documented in :class:`HfGenDecoderConfig`). A family
+    declares its own keys as fields too, and re-declares a shared one to change its default (the encoder's
+    ``position_embedding: str = "learned"``). ``__post_init__`` derives ``head_dim``, ``num_key_value_heads`` and
+    ``rope_parameters`` (also from the legacy ``rope_theta`` / ``rope_scaling``).
+
+    ``head_dim=None``: ``hidden_size // num_attention_heads``; ``num_key_value_heads=None``: multi-head. Without
+    rotary positions ``rope_parameters`` stays unset: transformers validates it on every config and would reject
+    an odd ``head_dim`` that ALiBi or relative bias handle fine.
+    """
+
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 8
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    initializer_range: float = 0.02
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    mlp_bias: bool = False
+    attention_scoring: str = "scaled_dot_product"
+    softmax_variant: str = "standard"
+    softmax_temperature: float = 1.0
+    clipped_softmax_gamma: float = -0.03
+    clipped_softmax_zeta: float = 1.0
+    attention_gate: bool = False
+    position_embedding: str = "rotary"
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    norm_type: str = "rmsnorm"
+    norm_position: str = "pre"
+    mlp_type: str = "gated"
+    query_chunk_size: int = 1024
+
+    # Fields whose None __post_init__ replaces by a value derived from the others.
+    derived_keys: ClassVar[tuple[str, ...]] = ("head_dim", "num_key_value_heads")
+
+    def __post_init__(self, **kwargs):
+        rope_theta = kwargs.pop("rope_theta", None)  # (left in kwargs, transformers would drop it for its default)
+        # config.json files written before transformers 5 (Llama 3.x's among them) hold rope_scaling; as in
+        # transformers' convert_rope_params_to_dict it wins over rope_parameters, and rope_theta completes it.
+        rope = kwargs.pop("rope_scaling", None) or kwargs.pop("rope_parameters", None)
+        derive_heads(self)
+        if rope is not None or rope_theta is not None or self.position_embedding == "rotary":
+            check_config_value("rope_parameters", rope, self.model_type)  # (not a dict)
+            rope = dict(rope or {})
+            rope.setdefault("rope_type", rope.get("type", "default"))  # ("type": before transformers 4.45)
+            rope.setdefault("rope_theta", float(rope_theta) if rope_theta is not None else 10000.0)
+            self.rope_parameters = rope  # last: transformers' rope validation reads the sizes set above
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        """How the attention keys fit together (:func:`variants.validate_attention_config`); a family adds its own."""
+        validate_attention_config(self)
+
+
+def derive_heads(config) -> None:
+    """``head_dim`` (``None``: ``hidden_size // num_attention_heads``) and ``num_key_value_heads`` (``None``:
+    multi-head)."""
+    hidden_size, heads = config.hidden_size, config.num_attention_heads
+    if config.head_dim is None:
+        if not isinstance(heads, int) or heads <= 0 or hidden_size % heads != 0:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({heads}) "
+                             f"(or give head_dim explicitly).")
+        config.head_dim = hidden_size // heads
+    if config.num_key_value_heads is None:
+        config.num_key_value_heads = heads
+
+
+# The variant keys every family shares, with their defaults: the fields of HfGenAttentionConfig from
+# attention_bias on (one table, so a family cannot drift from the others).
+_SHARED = [field.name for field in dataclasses.fields(HfGenAttentionConfig)]
+VARIANT_DEFAULTS = {field.name: field.default for field in dataclasses.fields(HfGenAttentionConfig)
+                    if _SHARED.index(field.name) >= _SHARED.index("attention_bias")}
+
+
+class HfGenTextConfig(HfGenAttentionConfig):
+    """The keys of a family that reads and writes tokens (the decoder, the encoder-decoder): a vocabulary, its
+    special tokens and a cache."""
+
+    vocab_size: int = 8192
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from transformers import PreTrainedConfig
-
-from .configuration_common import ValidatedConfigMixin, init_arguments, init_model_keys
+from .configuration_common import HfGenTextConfig
 from .parallel_plans import DECODER_PP_PLAN, decoder_tp_plan
-from .moe import MOE_DEFAULTS, MOE_OUTPUT_KEYS, init_moe_config
-from .variants import validate_attention_config
+from .moe import MOE_DEFAULTS, MOE_OUTPUT_KEYS, init_moe_config, validate_moe_config
 
 DECODER_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_decoder.HfGenDecoderConfig",
@@ -17,7 +14,7 @@ DECODER_AUTO_MAP = {
 }
 
 
-class HfGenDecoderConfig(ValidatedConfigMixin, PreTrainedConfig):
+class HfGenDecoderConfig(HfGenTextConfig):
     r"""Configuration of :class:`HfGenDecoderModel` and its heads.
 
     With the default variant keys the model is Llama: the Llama keys below have Llama's names and meaning, so a
@@ -68,54 +65,18 @@ class HfGenDecoderConfig(ValidatedConfigMixin, PreTrainedConfig):
     base_model_pp_plan = DECODER_PP_PLAN
     keys_to_ignore_at_inference = ["cache", *MOE_OUTPUT_KEYS]
 
-    def __init__(
-        self,
-        vocab_size: int = 8192,
-        hidden_size: int = 256,
-        intermediate_size: int = 688,
-        num_hidden_layers: int = 6,
-        num_attention_heads: int = 8,
-        num_key_value_heads: int | None = None,
-        head_dim: int | None = None,
-        hidden_act: str = "silu",
-        max_position_embeddings: int = 2048,
-        initializer_range: float = 0.02,
-        rms_norm_eps: float = 1e-6,
-        use_cache: bool = True,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | list[int] | None = None,
-        tie_word_embeddings: bool = False,
-        rope_parameters: dict | None = None,
-        attention_bias: bool = False,
-        attention_dropout: float = 0.0,
-        mlp_bias: bool = False,
-        attention_scoring: str = "scaled_dot_product",
-        softmax_variant: str = "standard",
-        softmax_temperature: float = 1.0,
-        clipped_softmax_gamma: float = -0.03,
-        clipped_softmax_zeta: float = 1.0,
-        attention_gate: bool = False,
-        position_embedding: str = "rotary",
-        relative_attention_num_buckets: int = 32,
-        relative_attention_max_distance: int = 128,
-        norm_type: str = "rmsnorm",
-        norm_position: str = "pre",
-        mlp_type: str = "gated",
-        query_chunk_size: int = 1024,
-        **kwargs,
-    ):
+    # (sizes, heads, vocabulary and the variant keys: HfGenTextConfig's fields, with the defaults documented above)
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
         kwargs.pop("pretraining_tp", None)  # Llama-1 era key with no effect here
         # A Llama config.json carries model_type="llama"; kept, it would shadow the class attribute and the loaded
         # model would report itself as Llama in memory (config.json is written from the class attribute anyway).
         kwargs.pop("model_type", None)
-        # Sizes, heads, rope_parameters (rotary only) and every variant key, as each family sets them; rope_theta:
-        # Llama configs written before rope_parameters existed.
-        init_model_keys(self, init_arguments(locals()), kwargs, rope_theta=kwargs.pop("rope_theta", None))
         init_moe_config(self, kwargs)  # num_experts / num_experts_per_tok / router_*: see moe.py (0: plain MLP)
-        validate_attention_config(self)
-        # Every Auto class this folder serves, so a saved checkpoint loads through any of them with
-        # trust_remote_code (save_pretrained alone would list only the class that was saved).
-        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+        super().__post_init__(**kwargs)  # head_dim, rope_parameters (also from rope_theta / rope_scaling), checks
 
+    def validate_architecture(self) -> None:
+        """How the keys fit together: the attention keys and the mixture-of-experts keys."""
+        super().validate_architecture()
+        validate_moe_config(self)

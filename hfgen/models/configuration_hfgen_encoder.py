@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from transformers import PreTrainedConfig
-
-from .configuration_common import ValidatedConfigMixin, init_arguments, init_model_keys
+from .configuration_common import HfGenAttentionConfig
 from .parallel_plans import ENCODER_PP_PLAN, encoder_tp_plan
 from .moe import MOE_DEFAULTS, MOE_OUTPUT_KEYS, init_moe_config, validate_moe_config
 from .variants import validate_attention_config
@@ -45,7 +43,7 @@ BERT_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_atten
                     "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id")
 
 
-class HfGenEncoderConfig(ValidatedConfigMixin, PreTrainedConfig):
+class HfGenEncoderConfig(HfGenAttentionConfig):
     r"""Configuration of :class:`HfGenEncoderModel` and its heads (masked LM, pre-training = MLM + next sentence
     prediction, sequence and token classification).
 
@@ -106,49 +104,49 @@ class HfGenEncoderConfig(ValidatedConfigMixin, PreTrainedConfig):
     base_model_pp_plan = ENCODER_PP_PLAN
     keys_to_ignore_at_inference = list(MOE_OUTPUT_KEYS)  # Trainer's predictions: the logits alone
 
-    def __init__(
-        self,
-        vocab_size: int = 8192,
-        hidden_size: int = 256,
-        intermediate_size: int = 1024,
-        num_hidden_layers: int = 4,
-        num_attention_heads: int = 8,
-        num_key_value_heads: int | None = None,
-        head_dim: int | None = None,
-        hidden_act: str = "gelu",
-        max_position_embeddings: int = 512,
-        type_vocab_size: int = 2,
-        initializer_range: float = 0.02,
-        layer_norm_eps: float = 1e-12,
-        hidden_dropout_prob: float = 0.1,
-        classifier_dropout: float | None = None,
-        pad_token_id: int | None = 0,
-        bos_token_id: int | None = None,
-        eos_token_id: int | list[int] | None = None,
-        tie_word_embeddings: bool = True,
-        position_buckets: int | None = None,
-        max_relative_positions: int = -1,
-        norm_relative_embeddings: bool = True,
-        **kwargs,
-    ):
-        # A BERT config.json loads as it is: its dropout name, and its position type where it means learned positions.
-        if "attention_probs_dropout_prob" in kwargs:
-            kwargs.setdefault("attention_dropout", kwargs.pop("attention_probs_dropout_prob"))
+    # BERT's attention_probs_dropout_prob (config.json files of BERT) is this family's attention_dropout.
+    attribute_map = {"attention_probs_dropout_prob": "attention_dropout"}
+    derived_keys = ("head_dim", "num_key_value_heads", "position_buckets")
+
+    # BERT's sizes and choices (BERT_LIKE_KEYS) where they differ from the shared defaults
+    vocab_size: int = 8192
+    intermediate_size: int = 1024
+    num_hidden_layers: int = 4
+    hidden_act: str = "gelu"
+    attention_bias: bool = True
+    attention_dropout: float = 0.1
+    mlp_bias: bool = True
+    position_embedding: str = "learned"
+    norm_type: str = "layernorm"
+    norm_position: str = "post"
+    mlp_type: str = "standard"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    classifier_dropout: float | None = None
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_word_embeddings: bool = True
+    position_buckets: int | None = None
+    max_relative_positions: int = -1
+    norm_relative_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        # A BERT config.json loads as it is: its position type where it means learned positions.
         position_type = kwargs.pop("position_embedding_type", None)
         if position_type not in (None, "absolute"):
             raise ValueError(f"BERT's position_embedding_type={position_type!r} has no counterpart here; only "
                              f"'absolute' (position_embedding='learned') converts.")
-        for key in ("position_embedding", "norm_type", "norm_position", "mlp_type", "attention_bias", "mlp_bias"):
-            kwargs.setdefault(key, BERT_LIKE_KEYS[key])
-        kwargs.setdefault("attention_dropout", 0.1)
-        if position_buckets is None:  # DeBERTa-v3's 256 for its 512 positions; fewer for shorter inputs
-            limit = max_relative_positions if max_relative_positions > 0 else max_position_embeddings
-            position_buckets = min(256, max(4, limit // 2)) if isinstance(limit, int) else 256
-        init_model_keys(self, init_arguments(locals()), kwargs)
+        if self.position_buckets is None:  # DeBERTa-v3's 256 for its 512 positions; fewer for shorter inputs
+            limit = self.max_relative_positions if self.max_relative_positions > 0 else self.max_position_embeddings
+            self.position_buckets = min(256, max(4, limit // 2)) if isinstance(limit, int) else 256
         init_moe_config(self, kwargs)  # num_experts / num_experts_per_tok / router_*: see moe.py (0: plain MLP)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
         validate_encoder_config(self)
-        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
 
     @property
     def relative_span(self) -> int:

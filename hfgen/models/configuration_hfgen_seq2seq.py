@@ -6,7 +6,7 @@ import copy
 
 from transformers import PreTrainedConfig
 
-from .configuration_common import ValidatedConfigMixin, init_arguments, init_model_keys
+from .configuration_common import HfGenTextConfig
 from .parallel_plans import SEQ2SEQ_PP_PLAN, seq2seq_tp_plan
 from .variants import INITIALIZER_SCHEMES, validate_attention_config  # noqa: F401  (re-exported)
 
@@ -33,7 +33,7 @@ T5_LIKE_KEYS = dict(
 
 
 
-class HfGenSeq2SeqConfig(ValidatedConfigMixin, PreTrainedConfig):
+class HfGenSeq2SeqConfig(HfGenTextConfig):
     r"""Configuration of :class:`HfGenSeq2SeqModel` and :class:`HfGenSeq2SeqForConditionalGeneration`.
 
     An encoder (bidirectional self-attention) and a decoder (causal self-attention, then cross-attention over the
@@ -69,8 +69,8 @@ class HfGenSeq2SeqConfig(ValidatedConfigMixin, PreTrainedConfig):
             ``"t5"`` (transformers' ``T5ForConditionalGeneration`` of that size: 3.8); in the gist experiment the
             positive control went from 5% to 96% exact match.
 
-    Variant keys, shared by every family (meaning: :class:`HfGenDecoderConfig`; defaults:
-    ``configuration_common.VARIANT_DEFAULTS``): ``attention_scoring``, ``softmax_variant``, ``softmax_temperature``,
+    Variant keys, shared by every family (meaning: :class:`HfGenDecoderConfig`; defaults: the fields of
+    ``configuration_common.HfGenAttentionConfig``): ``attention_scoring``, ``softmax_variant``, ``softmax_temperature``,
     ``clipped_softmax_gamma`` / ``clipped_softmax_zeta``, ``attention_gate``, ``position_embedding``,
     ``relative_attention_num_buckets`` / ``relative_attention_max_distance``, ``rope_parameters``, ``norm_type``,
     ``norm_position``, ``mlp_type``, ``attention_bias``, ``mlp_bias``, ``attention_dropout``,
@@ -85,43 +85,30 @@ class HfGenSeq2SeqConfig(ValidatedConfigMixin, PreTrainedConfig):
     base_model_pp_plan = SEQ2SEQ_PP_PLAN
     keys_to_ignore_at_inference = ["cache", "encoder_last_hidden_state"]
 
-    def __init__(
-        self,
-        vocab_size: int = 8192,
-        hidden_size: int = 256,
-        intermediate_size: int = 688,
-        num_hidden_layers: int = 4,
-        num_decoder_layers: int | None = None,
-        num_attention_heads: int = 8,
-        num_key_value_heads: int | None = None,
-        head_dim: int | None = None,
-        hidden_act: str = "silu",
-        max_position_embeddings: int = 2048,
-        initializer_range: float = 0.02,
-        rms_norm_eps: float = 1e-6,
-        use_cache: bool = True,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | list[int] | None = None,
-        decoder_start_token_id: int | None = None,
-        tie_word_embeddings: bool = True,
-        scale_decoder_outputs: bool | None = None,
-        hidden_dropout: float = 0.0,
-        initializer_scheme: str = "t5",
-        **kwargs,
-    ):
+    derived_keys = ("head_dim", "num_key_value_heads", "num_decoder_layers", "scale_decoder_outputs")
+
+    # (the shared sizes, heads, vocabulary and variant keys: HfGenTextConfig's fields)
+    num_hidden_layers: int = 4
+    num_decoder_layers: int | None = None
+    decoder_start_token_id: int | None = None
+    tie_word_embeddings: bool = True
+    scale_decoder_outputs: bool | None = None
+    hidden_dropout: float = 0.0
+    initializer_scheme: str = "t5"
+
+    def __post_init__(self, **kwargs):
         kwargs.pop("is_encoder_decoder", None)  # always True here
-        if num_decoder_layers is None:
-            num_decoder_layers = num_hidden_layers
-        if scale_decoder_outputs is None:
-            scale_decoder_outputs = tie_word_embeddings
-        init_model_keys(self, init_arguments(locals()), kwargs)
+        self.is_encoder_decoder = True
+        if self.num_decoder_layers is None:
+            self.num_decoder_layers = self.num_hidden_layers
+        if self.scale_decoder_outputs is None:
+            self.scale_decoder_outputs = self.tie_word_embeddings
+        if self.decoder_start_token_id is None:
+            self.decoder_start_token_id = self.pad_token_id
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
         validate_seq2seq_config(self)
-        if decoder_start_token_id is None:
-            decoder_start_token_id = pad_token_id
-        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         decoder_start_token_id=decoder_start_token_id, is_encoder_decoder=True, **kwargs)
 
     def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PreTrainedConfig:
         """The decoder's view when ``decoder=True`` (what transformers' caches are built from): as many layers as the

@@ -7,10 +7,8 @@ attend to; here the image is cut into ``patch_size`` x ``patch_size`` squares, e
 
 from __future__ import annotations
 
-from transformers import PreTrainedConfig
-
-from .configuration_common import ValidatedConfigMixin, init_arguments, init_model_keys
-from .variants import check_config_value, validate_attention_config
+from .configuration_common import HfGenAttentionConfig
+from .variants import validate_attention_config
 
 VIT_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_vit.HfGenViTConfig",
@@ -22,7 +20,7 @@ VIT_DEFAULT_KEYS = dict(position_embedding="learned", norm_type="layernorm", mlp
                         mlp_bias=True)
 
 
-class HfGenViTConfig(ValidatedConfigMixin, PreTrainedConfig):
+class HfGenViTConfig(HfGenAttentionConfig):
     r"""Configuration of :class:`HfGenViTModel`.
 
     Args:
@@ -44,33 +42,29 @@ class HfGenViTConfig(ValidatedConfigMixin, PreTrainedConfig):
     base_config_key = "vision_config"
     extra_config_keys = ("max_position_embeddings",)  # derived: the patch count
 
-    def __init__(
-        self,
-        image_size: int = 16,
-        patch_size: int = 4,
-        num_channels: int = 1,
-        hidden_size: int = 64,
-        intermediate_size: int = 128,
-        num_hidden_layers: int = 2,
-        num_attention_heads: int = 4,
-        num_key_value_heads: int | None = None,
-        head_dim: int | None = None,
-        hidden_act: str = "gelu",
-        rms_norm_eps: float = 1e-6,
-        initializer_range: float = 0.02,
-        **kwargs,
-    ):
-        kwargs = {**VIT_DEFAULT_KEYS, **kwargs}
-        # (checked before the patch count is derived from them; no loop: init_arguments reads locals())
-        check_config_value("image_size", image_size)
-        check_config_value("patch_size", patch_size)
-        check_config_value("num_channels", num_channels)
-        max_position_embeddings = (image_size // patch_size) ** 2
-        kwargs.pop("max_position_embeddings", None)
-        init_model_keys(self, init_arguments(locals()), kwargs)
+    image_size: int = 16
+    patch_size: int = 4
+    num_channels: int = 1
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    hidden_act: str = "gelu"
+    rms_norm_eps: float = 1e-6
+    # ViT's choices among the shared variant keys (VIT_DEFAULT_KEYS)
+    attention_bias: bool = True
+    mlp_bias: bool = True
+    position_embedding: str = "learned"
+    norm_type: str = "layernorm"
+    mlp_type: str = "standard"
+
+    def __post_init__(self, **kwargs):
+        kwargs.pop("max_position_embeddings", None)  # derived: the patch count
+        self.max_position_embeddings = (self.image_size // self.patch_size) ** 2
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
         validate_vision_config(self)
-        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
-        super().__init__(**kwargs)
 
     @property
     def num_patches(self) -> int:

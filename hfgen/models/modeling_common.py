@@ -19,7 +19,6 @@ from .input_checks import check_inputs  # noqa: F401  (where the families import
 from .model_card import HfGenHubCardMixin
 from .moe import KEEP_IN_FP32, init_moe_weights
 from .positions import RotaryEmbedding
-from .variants import validate_attention_config
 
 
 def last_token_indices(config, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
@@ -125,8 +124,8 @@ class HfGenPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
 
     def __init__(self, config, *inputs, **kwargs):
         # from_pretrained(path, softmax_variant=...) sets config attributes after the config's own checks ran:
-        # check again before any layer is built, or a misspelt variant would silently run the default math.
-        validate_attention_config(config)
+        # check how the keys fit together again before any layer is built (each family's own checks).
+        config.validate_architecture()
         super().__init__(config, *inputs, **kwargs)
 
     @classmethod

@@ -46,7 +46,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 
 from .attention import HfGenAttention, repeat_kv
-from .configuration_hfgen_encoder import HfGenEncoderConfig, validate_encoder_config
+from .configuration_hfgen_encoder import HfGenEncoderConfig
 from .disentangled import disentangled_bias, relative_row_index
 from .layers import HfGenLayerNorm, HfGenRMSNorm
 from .input_checks import check_classification_labels, check_head_inputs, check_lm_labels
@@ -338,10 +338,6 @@ class HfGenEncoderPreTrainedModel(HfGenPreTrainedModel):
                            "router_logits": ROUTER_LOGITS_RECORDER}
     # Checkpoints written by transformers 4.x hold BERT's position-id buffer; it is recomputed here.
     _keys_to_ignore_on_load_unexpected = [r"embeddings\.position_ids"]
-
-    def __init__(self, config: HfGenEncoderConfig, *inputs, **kwargs):
-        validate_encoder_config(config)  # again: from_pretrained(path, key=value) bypasses the config's own checks
-        super().__init__(config, *inputs, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

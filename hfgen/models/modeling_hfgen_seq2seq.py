@@ -39,7 +39,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 
 from .attention import HfGenAttention
-from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig, validate_seq2seq_config
+from .configuration_hfgen_seq2seq import HfGenSeq2SeqConfig
 from .layers import HfGenMLP, build_norm
 from .input_checks import (HfGenGenerationMixin, check_classification_labels, check_encoder_output,
                            check_lm_labels, check_logits_to_keep)
@@ -125,10 +125,6 @@ class HfGenSeq2SeqPreTrainedModel(HfGenPreTrainedModel):
     config_class = HfGenSeq2SeqConfig
     config: HfGenSeq2SeqConfig
     _no_split_modules = ["HfGenSeq2SeqLayer"]
-
-    def __init__(self, config: HfGenSeq2SeqConfig, *inputs, **kwargs):
-        validate_seq2seq_config(config)  # again: from_pretrained(path, key=value) bypasses the config's own checks
-        super().__init__(config, *inputs, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
