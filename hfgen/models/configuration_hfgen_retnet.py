@@ -3,10 +3,8 @@ Transformer for Large Language Models", named by seed 004 as more scalable than 
 
 from __future__ import annotations
 
-from transformers import PreTrainedConfig
-
-from .configuration_common import ValidatedConfigMixin
-from .moe import MOE_DEFAULTS, init_moe_config
+from .configuration_common import HfGenConfig
+from .moe import MOE_DEFAULTS, init_moe_config, validate_moe_config
 from .variants import RETENTION_MODES  # noqa: F401  (re-exported)
 
 RETNET_AUTO_MAP = {
@@ -16,7 +14,7 @@ RETNET_AUTO_MAP = {
 }
 
 
-class HfGenRetNetConfig(ValidatedConfigMixin, PreTrainedConfig):
+class HfGenRetNetConfig(HfGenConfig):
     r"""Configuration of :class:`HfGenRetNetModel` and :class:`HfGenRetNetForCausalLM`.
 
     A RetNet layer is ``Y = MSR(LN(X)) + X``, ``X' = FFN(LN(Y)) + Y`` (the paper's eq. 9). Multi-scale retention
@@ -57,56 +55,37 @@ class HfGenRetNetConfig(ValidatedConfigMixin, PreTrainedConfig):
     AUTO_MAP = RETNET_AUTO_MAP
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
-    def __init__(
-        self,
-        vocab_size: int = 8192,
-        hidden_size: int = 256,
-        intermediate_size: int = 512,
-        num_hidden_layers: int = 6,
-        num_attention_heads: int = 4,
-        value_factor: int = 2,
-        hidden_act: str = "gelu",
-        mlp_type: str = "standard",
-        mlp_bias: bool = False,
-        norm_type: str = "layernorm",
-        rms_norm_eps: float = 1e-6,
-        rope_theta: float = 10000.0,
-        retention_mode: str = "chunkwise",
-        retention_chunk_size: int = 64,
-        max_position_embeddings: int = 2048,
-        initializer_range: float = 0.02,
-        use_cache: bool = True,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | list[int] | None = None,
-        tie_word_embeddings: bool = False,
-        decoding_weight_copies: bool = False,
-        **kwargs,
-    ):
+    vocab_size: int = 8192
+    hidden_size: int = 256
+    intermediate_size: int = 512
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 4
+    value_factor: int = 2
+    hidden_act: str = "gelu"
+    mlp_type: str = "standard"
+    mlp_bias: bool = False
+    norm_type: str = "layernorm"
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    retention_mode: str = "chunkwise"
+    retention_chunk_size: int = 64
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_word_embeddings: bool = False
+    decoding_weight_copies: bool = False
+
+    def __post_init__(self, **kwargs):
         kwargs.pop("model_type", None)
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.value_factor = value_factor
-        self.hidden_act = hidden_act
-        self.mlp_type = mlp_type
-        self.mlp_bias = mlp_bias
-        self.norm_type = norm_type
-        self.rms_norm_eps = rms_norm_eps
-        self.rope_theta = rope_theta
-        self.retention_mode = retention_mode
-        self.retention_chunk_size = retention_chunk_size
-        self.max_position_embeddings = max_position_embeddings
-        self.initializer_range = initializer_range
-        self.use_cache = use_cache
-        self.tie_word_embeddings = tie_word_embeddings
-        self.decoding_weight_copies = decoding_weight_copies
         init_moe_config(self, kwargs)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
         validate_retnet_config(self)
-        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+        validate_moe_config(self)
 
     @property
     def head_dim(self) -> int:
