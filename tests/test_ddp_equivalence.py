@@ -333,40 +333,61 @@ def test_image_generators_two_processes_train_the_weights_of_one(recipe, tmp_pat
 TP_IDS = torch.arange(2 * 12).remainder(200).view(2, 12) + 3  # token ids below the tiny vocabulary's size
 
 
+def tp_logits(model) -> torch.Tensor:
+    """The logits of TP_IDS (an encoder-decoder: TP_IDS into the encoder, their first 5 tokens into the decoder)."""
+    ids = TP_IDS.to(model.device)
+    extra = {"decoder_input_ids": ids[:, :5]} if model.config.is_encoder_decoder else {}
+    with torch.no_grad():
+        return model(input_ids=ids, **extra).logits.float().cpu()
+
+
 def tensor_parallel_worker(folder: str) -> None:
     """One process of the tensor-parallel test (``torchrun --nproc_per_node 2 tests/test_ddp_equivalence.py tp
-    FOLDER``): the folder's model loaded with ``tp_plan="auto"``, checked to hold 1/N of each query projection;
-    process 0 writes the logits of TP_IDS."""
+    FOLDER``): the folder's model loaded with ``tp_plan="auto"``, checked to hold 1/N of its first layer's query
+    projection(s); process 0 writes the logits of TP_IDS."""
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     import hfgen  # noqa: F401  (the Auto classes)
 
     processes = int(os.environ["WORLD_SIZE"])
-    model = AutoModelForCausalLM.from_pretrained(folder, tp_plan="auto", dtype=torch.float32).eval()
+    auto = AutoModelForSeq2SeqLM if AutoConfig.from_pretrained(folder).is_encoder_decoder else AutoModelForCausalLM
+    model = auto.from_pretrained(folder, tp_plan="auto", dtype=torch.float32).eval()
     assert model.tp_size == processes, model.tp_size
-    query = model.model.layers[0].self_attn.q_proj.weight
-    assert query.to_local().shape[0] * processes == query.shape[0], (query.shape, query.to_local().shape)
-    with torch.no_grad():
-        logits = model(input_ids=TP_IDS.to(model.device)).logits.float().cpu()
+    queries = [module.weight for name, module in model.named_modules() if name.endswith("layers.0.self_attn.q_proj")
+               or name.endswith("layers.0.cross_attn.q_proj")]
+    assert queries and all(q.to_local().shape[0] * processes == q.shape[0] for q in queries), \
+        [(q.shape, q.to_local().shape) for q in queries]
+    logits = tp_logits(model)
     if int(os.environ["RANK"]) == 0:
         save_file({"logits": logits.contiguous()}, str(Path(folder) / "tp_logits.safetensors"))
 
 
 @pytest.mark.slow
-def test_tensor_parallel_auto_plan_gives_the_logits_of_one_process(tmp_path, request):
-    """A saved tiny decoder (test_peft_recipe's base: rotary, grouped-query attention) loaded with tp_plan="auto" by
-    2 processes (each holding half of every sharded weight) gives the logits of the unsharded model, up to float
-    noise (measured on CPU: 1.5e-7 of logits up to 0.54). On a machine with 2 GPUs the same run shards over them."""
+@pytest.mark.parametrize("family", ["decoder", "seq2seq"])
+def test_tensor_parallel_auto_plan_gives_the_logits_of_one_process(family, tmp_path, request):
+    """A saved tiny model -- the decoder of test_peft_recipe's base (rotary, grouped-query attention), or an
+    encoder-decoder (both stacks' self-attention and the decoder's cross-attention sharded) -- loaded with
+    tp_plan="auto" by 2 processes, each holding half of every sharded weight, gives the logits of the unsharded
+    model, up to float noise (measured on CPU: decoder 1.5e-7 of logits up to 0.54, encoder-decoder 1.2e-6 of 4.6).
+    On a machine with 2 GPUs the same run shards over them."""
     import shutil
 
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    from hfgen import HfGenSeq2SeqConfig, HfGenSeq2SeqForConditionalGeneration
 
     folder = tmp_path / "model"
-    shutil.copytree(request.getfixturevalue("base"), folder)
+    if family == "decoder":
+        shutil.copytree(request.getfixturevalue("base"), folder)
+    else:
+        torch.manual_seed(0)
+        HfGenSeq2SeqForConditionalGeneration(HfGenSeq2SeqConfig(
+            vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            pad_token_id=0, decoder_start_token_id=0)).save_pretrained(folder)
     launch(Path(__file__).resolve(), ["tp", str(folder)], processes=2)
-    with torch.no_grad():
-        expected = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()(input_ids=TP_IDS).logits
+    auto = AutoModelForCausalLM if family == "decoder" else AutoModelForSeq2SeqLM
+    expected = tp_logits(auto.from_pretrained(folder, dtype=torch.float32).eval())
     torch.testing.assert_close(load_file(folder / "tp_logits.safetensors")["logits"], expected, atol=1e-5, rtol=1e-5)
 
 
