@@ -11,7 +11,7 @@ placeholder token (replaced by one patch embedding each).
 from __future__ import annotations
 
 from .configuration_hfgen_decoder import HfGenDecoderConfig
-from .variants import check_config_value, is_number
+from .variants import SPECIAL_TOKEN_ID_KEYS, check_token_id
 
 GATO_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_gato.HfGenGatoConfig",
@@ -41,26 +41,36 @@ class HfGenGatoConfig(HfGenDecoderConfig):
     # Every Auto class a saved folder serves (written to config.json; registration.py registers the same).
     AUTO_MAP = GATO_AUTO_MAP
 
-    def __init__(self, text_vocab_size: int = 8192, num_bins: int = 1024, mu_law_mu: float = 100.0,
-                 mu_law_max: float = 256.0, image_size: int = 8, patch_size: int = 2, num_channels: int = 1,
-                 image_vocab_size: int = 0, **kwargs):
-        # (checked before the vocabulary size and the patch count are derived from them)
-        for key in ("text_vocab_size", "num_bins", "mu_law_mu", "mu_law_max", "image_size", "patch_size"):
-            check_config_value(key, locals()[key])
-        if image_size % patch_size:
-            raise ValueError(f"image_size ({image_size}) is not divisible by patch_size ({patch_size}).")
-        if type(image_vocab_size) is not int or image_vocab_size < 0:
-            raise ValueError(f"image_vocab_size must be an int >= 0 (0: no image tokens), got {image_vocab_size!r}.")
-        self.text_vocab_size = text_vocab_size
-        self.num_bins = num_bins
-        self.mu_law_mu = float(mu_law_mu) if is_number(mu_law_mu) else mu_law_mu
-        self.mu_law_max = float(mu_law_max) if is_number(mu_law_max) else mu_law_max
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.num_channels = num_channels
-        self.image_vocab_size = image_vocab_size
-        kwargs["vocab_size"] = text_vocab_size + num_bins + 2 + image_vocab_size
-        super().__init__(**kwargs)
+    derived_keys = ("head_dim", "num_key_value_heads", "vocab_size")
+
+    text_vocab_size: int = 8192
+    num_bins: int = 1024
+    mu_law_mu: float = 100.0
+    mu_law_max: float = 256.0
+    image_size: int = 8
+    patch_size: int = 2
+    num_channels: int = 1
+    image_vocab_size: int = 0
+    vocab_size: int | None = None  # derived: text_vocab_size + num_bins + 2 + image_vocab_size
+
+    def __post_init__(self, **kwargs):
+        if type(self.image_vocab_size) is not int or self.image_vocab_size < 0:
+            raise ValueError(f"image_vocab_size must be an int >= 0 (0: no image tokens), got "
+                             f"{self.image_vocab_size!r}.")
+        if isinstance(self.mu_law_mu, int):
+            self.mu_law_mu = float(self.mu_law_mu)
+        if isinstance(self.mu_law_max, int):
+            self.mu_law_max = float(self.mu_law_max)
+        vocab_size = self.text_vocab_size + self.num_bins + 2 + self.image_vocab_size
+        for key in SPECIAL_TOKEN_ID_KEYS:  # (set before the vocabulary they index was derived)
+            check_token_id(key, getattr(self, key, None), vocab_size)
+        self.vocab_size = vocab_size
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        super().validate_architecture()
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) is not divisible by patch_size ({self.patch_size}).")
 
     @property
     def first_bin_id(self) -> int:
