@@ -171,8 +171,16 @@ def check_inputs(config, input_ids: torch.Tensor | None, inputs_embeds: torch.Te
         and attention_mask not in _CHECKED else None
     positions = position_ids if position_ids is not None and position_ids not in _CHECKED else None
     embeds = inputs_embeds if input_ids is None and inputs_embeds not in _CHECKED else None
-    # Everything read back in one transfer: the id and position ranges (whole-tensor reductions, the cheapest), the
-    # count of non-finite embedding values and the mask's per-row ranges (empty rows need them).
+    read, batch_rows = _read_back(input_ids, embeds, positions, mask)
+    if read is None:
+        return None
+    return _check_read_values(config, read, batch_rows, input_ids, embeds, positions, mask, prefix)
+
+
+def _read_back(input_ids, embeds, positions, mask) -> tuple[list | None, int]:
+    """Everything :func:`check_inputs` needs, read back in one transfer: the id and position ranges (whole-tensor
+    reductions, the cheapest), the count of non-finite embedding values and the mask's per-row ranges (empty rows
+    need them); and the mask's row count. ``(None, 0)``: nothing to read."""
     scalars = [*torch.aminmax(input_ids)] if input_ids is not None else []
     if embeds is not None:
         scalars.append((~torch.isfinite(embeds)).sum())
@@ -180,13 +188,18 @@ def check_inputs(config, input_ids: torch.Tensor | None, inputs_embeds: torch.Te
         scalars += torch.aminmax(positions)
     rows = list(mask_row_range(mask)) if mask is not None else []
     if not scalars and not rows:
-        return None
+        return None, 0
     if not rows and len({x.dtype for x in scalars}) == 1:  # (the common decoding step: ids alone, as before)
         read = torch.stack(scalars).tolist()  # the one device sync
     else:
         pieces = ([torch.stack([int64(x) for x in scalars])] if scalars else []) + [int64(x) for x in rows]
         read = (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).tolist()  # the one device sync
-    batch_rows = len(rows[0]) if rows else 0
+    return read, (len(rows[0]) if rows else 0)
+
+
+def _check_read_values(config, read: list, batch_rows: int, input_ids, embeds, positions, mask,
+                       prefix: str) -> tuple[int, int] | None:
+    """The value checks of :func:`check_inputs` on what :func:`_read_back` read, in its order."""
     id_range = None
     if input_ids is not None:
         low, high, *read = read
