@@ -255,6 +255,17 @@ CARD_TASKS = {
         metric_note="Perplexity is `exp` of the mean next-token cross-entropy on the answer text of the validation "
                     "split, whose\nimages are never trained on.",
         preprocessor="AutoProcessor", preprocessor_name="processor"),
+    "zero-shot-image-classification": CardTask(
+        pipeline_tag="zero-shot-image-classification", auto_class="AutoModelForZeroShotImageClassification",
+        objective="contrastive image-text training (CLIP's symmetric cross-entropy over a batch's image-caption "
+                  "pairs)",
+        usage='from PIL import Image\n\n'
+              'inputs = processor(text=["a handwritten seven", "a handwritten one"], images=[Image.open("digit.png")])\n'
+              'print(model(**inputs).logits_per_image.softmax(-1))',
+        metric_note="Zero-shot accuracy is the share of test images whose closest caption names their digit; the "
+                    "test images are\nnever trained on.",
+        metric_key="zero_shot_accuracy", metric_type="accuracy", metric_name="Zero-shot accuracy",
+        dataset_split="test", preprocessor="AutoProcessor", preprocessor_name="processor"),
 }
 
 
@@ -533,7 +544,7 @@ ARCHITECTURE_TASKS = {
     "ForTokenClassification": "token-classification",
 }
 # Families whose task is fixed by the model type rather than the head.
-MODEL_TYPE_TASKS = {"hfgen_vlm": "image-text-to-text"}
+MODEL_TYPE_TASKS = {"hfgen_vlm": "image-text-to-text", "hfgen_clip": "zero-shot-image-classification"}
 
 # The sentence of transformers' (🤗) and diffusers' (🧨) generic card, written when a repository has no card yet.
 GENERIC_CARD = re.compile(r"This is the model card of a .{1,40} that has been pushed on the Hub\. "
