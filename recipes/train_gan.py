@@ -15,6 +15,7 @@ import os
 import sys
 
 import torch
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from image_common import (  # noqa: E402
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     split = load_split(args)
     generator = HfGenGANGenerator(latent_dim=args.latent_dim, image_size=args.image_size,
                                   base_channels=args.base_channels)
+    if accelerator.num_processes > 1:
+        generator = global_batch_norm(generator)
     discriminator = HfGenGANDiscriminator(image_size=args.image_size, base_channels=args.base_channels,
                                           spectral_norm=not args.no_spectral_norm)
     betas = (0.5, 0.999)  # DCGAN's Adam settings
@@ -124,6 +127,52 @@ def main(argv: list[str] | None = None) -> dict:
     loop.end()
     logger.info("saved to %s (generator/, discriminator/, samples.png, metrics.json)", args.output_dir)
     return metrics
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training statistics are those of the global batch: the per-channel sums are added
+    over the processes (``torch.distributed.nn.functional.all_reduce``, which carries the gradient back to every
+    process's rows), so N processes normalise as one process with their batches joined and keep its running
+    statistics (torch's ``SyncBatchNorm`` does the same on GPUs only). Mean first, then the centred squares, as
+    ``nn.BatchNorm2d``'s two-pass variance. Without a process group it is ``nn.BatchNorm2d``; in eval mode it uses
+    the running statistics and communicates nothing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not torch.distributed.is_initialized():
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims, shape = (0, 2, 3), (1, -1, 1, 1)
+        count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
+        torch.distributed.all_reduce(count)
+        mean = all_reduce(x.sum(dims)) / count
+        centred = x - mean.view(shape)
+        variance = all_reduce(centred.square().sum(dims)) / count
+        with torch.no_grad():
+            self._track(mean, variance * count / (count - 1))
+        out = centred * torch.rsqrt(variance + self.eps).view(shape)
+        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+
+    def _track(self, mean: torch.Tensor, unbiased_variance: torch.Tensor) -> None:
+        if self.track_running_stats:
+            self.num_batches_tracked += 1
+            momentum = 1 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
+            self.running_mean.lerp_(mean, momentum)
+            self.running_var.lerp_(unbiased_variance, momentum)
+
+
+def global_batch_norm(module: nn.Module) -> nn.Module:
+    """``module`` with every ``nn.BatchNorm2d`` replaced by a :class:`GlobalBatchNorm2d` holding the same
+    parameters and buffers (the state dict's names and values are unchanged)."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                            child.track_running_stats)
+            replacement.load_state_dict(child.state_dict())
+            setattr(module, name, replacement.train(child.training))
+        else:
+            global_batch_norm(child)
+    return module
 
 
 def save_gan(generator: HfGenGANGenerator, discriminator: HfGenGANDiscriminator, args: argparse.Namespace,

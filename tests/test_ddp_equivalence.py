@@ -309,10 +309,8 @@ def vae_zero_gradient_parameters() -> set[str]:
     "train_vae",
     # The flow's 1,080 weights: 0.1% of them is one element; its largest difference is 1.9e-6 (measured).
     "train_flow",
-    pytest.param("train_gan", marks=pytest.mark.xfail(strict=True, reason=(
-        "the DCGAN's BatchNorm normalises each process's half batch with that half's statistics (and keeps its own "
-        "running statistics): not the full batch's. torch's SyncBatchNorm would make it exact but takes GPU "
-        "tensors only. Measured: generator 0.12 of a tensor's scale apart (a running mean), discriminator 4.7e-3")))])
+    # The generator's BatchNorm normalises the global batch under DDP (recipes/train_gan.py's GlobalBatchNorm2d).
+    "train_gan"])
 def test_image_generators_two_processes_train_the_weights_of_one(recipe, tmp_path):
     """torchrun x2 with a per-process batch of 16 against one process with 32: the saved training checkpoints hold
     the weights of one process (the GAN's two networks each), up to the order of float sums."""

@@ -168,3 +168,38 @@ def test_other_generators_resume_to_the_uninterrupted_weights(tmp_path, name):
     for path in saved:
         whole, resumed = load_file(path), load_file(tmp_path / "resumed" / "checkpoint-6" / path.name)
         assert all(torch.equal(whole[k], resumed[k]) for k in whole), path.name
+
+
+def test_gan_global_batch_norm_is_batch_norm_in_one_process(tmp_path):
+    """The GAN's batch norm under DDP (recipes/train_gan.py) with a real one-process gloo group, so its
+    all-reduce path runs: the outputs, gradients (input, weight, bias) and running statistics of nn.BatchNorm2d over
+    two training steps, the same state-dict names, and eval mode on the running statistics."""
+    import copy
+
+    import torch.distributed as dist
+
+    recipe = load_recipe("train_gan")
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3, momentum=0.3))
+    with torch.no_grad():
+        plain[1].weight.uniform_(0.5, 1.5), plain[1].bias.uniform_(-1, 1)
+    converted = recipe.global_batch_norm(copy.deepcopy(plain))
+    assert isinstance(converted[1], recipe.GlobalBatchNorm2d)
+    assert converted.state_dict().keys() == plain.state_dict().keys()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        for step in range(2):
+            x = (torch.randn(5, 2, 4, 4) * 3 + step).requires_grad_(True)
+            outputs = [model(x) for model in (plain, converted)]
+            weights = torch.randn_like(outputs[0])
+            grads = [torch.autograd.grad((out * weights).sum(), [x, *model[1].parameters()])
+                     for out, model in zip(outputs, (plain, converted))]
+            torch.testing.assert_close(outputs[1], outputs[0])
+            for ours, theirs in zip(*reversed(grads)):
+                torch.testing.assert_close(ours, theirs)
+    finally:
+        dist.destroy_process_group()
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(converted.state_dict()[name], value, msg=name)
+    x = torch.randn(3, 2, 4, 4)
+    torch.testing.assert_close(converted.eval()(x), plain.eval()(x))
