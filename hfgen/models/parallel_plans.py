@@ -12,6 +12,9 @@ then refuses them instead of sharding them wrongly.
 
 from __future__ import annotations
 
+from .positions import POSITION_TABLE
+from .scoring import SCORING_TABLE, no_parameters
+
 # Pipeline stages of a decoder-only base model (Llama's plan, same module names).
 DECODER_PP_PLAN = {
     "embed_tokens": (["input_ids"], ["inputs_embeds"]),
@@ -31,9 +34,10 @@ SEQ2SEQ_PP_PLAN = {
 
 def supports_tensor_parallel(config) -> bool:
     """Whether the Llama-style head split computes this variant exactly (see the module docstring)."""
-    return (config.attention_scoring in ("scaled_dot_product", "dot_product") and not config.attention_gate
-            and config.position_embedding not in ("relative_bias", "alibi", "disentangled")
-            and not getattr(config, "num_experts", 0))
+    # A scoring with parameters of its own (general, additive) and a position kind with a score bias (relative
+    # bias, ALiBi, disentangled) hold something per head that the split would have to shard with the heads.
+    return (SCORING_TABLE[config.attention_scoring].add_parameters is no_parameters and not config.attention_gate
+            and POSITION_TABLE[config.position_embedding].bias is None and not getattr(config, "num_experts", 0))
 
 
 def _block_plan(config, prefix: str, attention: dict[str, str], mlp: dict[str, str]) -> dict[str, str]:

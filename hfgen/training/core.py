@@ -23,6 +23,7 @@ from transformers.trainer_utils import TrainOutput
 
 from ..data.user_data import row_count
 from ..hub import check_push_arguments, push_training_output, write_model_card
+from ..models.positions import POSITION_TABLE
 from .checkpoints import train_resumable
 from .start_evaluation import evaluate_then_train
 
@@ -116,8 +117,9 @@ def prepare_run(training_args: TrainingArguments, data_args: Any = None) -> None
 
 def check_sequence_length(config: PreTrainedConfig, length: int, name: str, *, learned_only: bool = True) -> None:
     """Raise ``ValueError`` where sequences of ``length`` tokens (the flag ``name``) exceed the config's
-    ``max_position_embeddings`` -- with ``learned_only``, only for learned positions (the others extrapolate)."""
-    if learned_only and config.position_embedding != "learned":
+    ``max_position_embeddings`` -- with ``learned_only``, only for positions that do not extrapolate (learned ones:
+    the trait ``extrapolates`` of :data:`hfgen.models.positions.POSITION_TABLE`)."""
+    if learned_only and POSITION_TABLE[config.position_embedding].extrapolates:
         return
     if length > config.max_position_embeddings:
         kind = " of learned positions" if learned_only else ""
