@@ -74,6 +74,8 @@ TINY_FLAGS: dict[str, tuple[str, ...]] = {
     "recipes/train_gan.py": _TINY_IMAGES,
     "recipes/train_flow.py": _TINY_IMAGES,
     "recipes/train_diffusion.py": (*_TINY_IMAGES, "--num_inference_steps", "2"),
+    "recipes/train_vqvae.py": ("--max_train_steps", "2", "--prior_steps", "2", "--classifier_steps", "2",
+                               "--num_eval_samples", "8", "--save_steps", "1"),
     "recipes/sft.py": ("--max_steps", "2", "--logging_steps", "1"),
     "recipes/reward_model.py": ("--max_steps", "2", "--logging_steps", "1"),
     "recipes/rlhf/run.py": ("--sft_steps", "2", "--samples_per_prompt", "2", "--reward_steps", "2", "--rl_steps",
