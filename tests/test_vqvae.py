@@ -313,3 +313,20 @@ def test_gato_image_tokens(tmp_path):
     assert results["identical_logits_after_reload"] and 0 <= results["caption_accuracy"] <= 1
     saved = HfGenGatoConfig.from_pretrained(tmp_path / "gato" / "model")
     assert saved.image_vocab_size == 16
+
+
+def test_recipe_on_an_image_folder(tmp_path):
+    """recipes/train_vqvae.py on the user's images (datasets' imagefolder, --train_data_dir), class-conditional
+    prior with the folder's labels."""
+    from image_folders import digit_image_folder
+
+    digit_image_folder(tmp_path / "images", count=40)
+    metrics = load_recipe("train_vqvae").main(
+        ["--output_dir", str(tmp_path / "out"), "--train_data_dir", str(tmp_path / "images"), "--max_train_steps", "2",
+         "--prior_steps", "2", "--num_eval_samples", "0", "--train_batch_size", "8", "--class_conditional",
+         "--block_out_channels", "8", "16", "--num_vq_embeddings", "16", "--prior_hidden_size", "16",
+         "--prior_layers", "1"])
+    assert 0 < metrics["reconstruction_mse"] and metrics["prior_loss_per_token"] > 0
+    prior = HfGenDecoderForCausalLM.from_pretrained(tmp_path / "out" / "prior")
+    vq = HfGenVQModel.from_pretrained(tmp_path / "out" / "vqvae")
+    assert prior.config.vocab_size == vq.num_image_tokens + 10
