@@ -173,17 +173,16 @@ def test_accelerate_launch_with_shipped_config_trains_the_weights_of_one(config,
         assert not partitions
 
 
-# RLHF's PPO (hfgen.training.ppo). Its rollouts cannot equal one process's: each process samples its prompts'
-# responses from its own generator (seeded alike, so the two halves even draw the same random numbers), where one
-# process samples the whole batch in one call. What must hold is that the same rollouts give the same update: this
-# worker builds one rollout of the global batch (identical in every process: same weights, same seed), hands each
-# process its half, and runs PPO's advantages and optimisation on it.
+# RLHF's PPO (hfgen.training.ppo): a whole step -- rollout, advantages, optimisation. Each process rolls out only
+# its half of the global batch (other padding, other batch), and the responses are still one process's: their
+# sampling noise is keyed by (seed, prompt index, step) (hfgen.training.ppo_sampling), not drawn from each process's
+# generator. The two mini-batches are cut from one permutation of the global batch, so a process may hold any number
+# of a mini-batch's rows (none included).
 PPO_GLOBAL_BATCH = 8
 
 
 def ppo_update_worker(output_dir: str) -> None:
     """One process of the PPO test (``python tests/test_ddp_equivalence.py OUTPUT_DIR``, under torchrun or alone)."""
-    import dataclasses
     import os
 
     from safetensors.torch import save_file
@@ -193,23 +192,19 @@ def ppo_update_worker(output_dir: str) -> None:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     torch.manual_seed(0)
-    args = ppo_args(Path(output_dir), per_device_train_batch_size=PPO_GLOBAL_BATCH // world, num_mini_batches=1,
+    args = ppo_args(Path(output_dir), per_device_train_batch_size=PPO_GLOBAL_BATCH // world, num_mini_batches=2,
                     num_ppo_epochs=2, whiten_rewards=True, **({"ddp_backend": "gloo"} if world > 1 else {}))
     trainer = PPOTrainer(args=args, processing_class=word_tokenizer(),
                          model=HfGenDecoderForCausalLMWithValueHead(tiny_config()), train_dataset=prompts(),
                          reward_funcs=target_share)
-    batch = trainer._collate([trainer.train_dataset[i] for i in range(PPO_GLOBAL_BATCH)])
-    torch.manual_seed(1)
-    rollout = trainer._rollout(trainer.model, batch)
-    rows = slice(args.process_index * args.per_device_train_batch_size,
+    rows = range(args.process_index * args.per_device_train_batch_size,
                  (args.process_index + 1) * args.per_device_train_batch_size)
-    half = dataclasses.replace(rollout, **{field.name: getattr(rollout, field.name)[rows]
-                                           for field in dataclasses.fields(rollout)
-                                           if isinstance(getattr(rollout, field.name), torch.Tensor)})
+    torch.manual_seed(1 + args.process_index)  # the processes' random streams differ: the rollouts must not care
     trainer.create_optimizer_and_scheduler(num_training_steps=args.num_ppo_epochs)
     model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
-    trainer._advantages(half)
-    trainer._optimise(model, half)
+    rollout = trainer._rollout(model, trainer._collate([trainer.train_dataset[i] for i in rows]))
+    trainer._advantages(rollout)
+    trainer._optimise(model, rollout)
     if args.process_index == 0:
         weights = trainer.accelerator.unwrap_model(model).state_dict()
         save_file({name: tensor.contiguous() for name, tensor in weights.items()},
@@ -218,7 +213,7 @@ def ppo_update_worker(output_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_ppo_update_from_the_same_rollouts_is_that_of_one_process(tmp_path):
+def test_ppo_step_of_two_processes_is_that_of_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     script = str(Path(__file__).resolve())
     for name, launcher in (("one", [sys.executable]), ("two", [sys.executable, "-m", "torch.distributed.run",
@@ -228,7 +223,7 @@ def test_ppo_update_from_the_same_rollouts_is_that_of_one_process(tmp_path):
                                 timeout=300, cwd=REPO, env=env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert_same_weights(load_file(tmp_path / "one" / "model.safetensors"),
-                        load_file(tmp_path / "two" / "model.safetensors"), "PPO update, 2 processes")
+                        load_file(tmp_path / "two" / "model.safetensors"), "PPO step, 2 processes")
 
 
 # FuseLLM (recipes/fusellm.py): two sources, the target's pre-training and its continued training under each

@@ -17,8 +17,9 @@ Accelerate (DDP under ``torchrun`` / ``accelerate launch``), callbacks, logging 
    policy loss plus ``vf_coef`` times the clipped value loss.
 
 Under DDP the whitening statistics and the losses' token means cover every process's rows, so the same rollouts
-give the update of one process (tests/test_ddp_equivalence.py); the rollouts themselves differ, each process
-sampling its prompts' responses from its own generator, and so do mini-batches (shuffled within each process).
+give the update of one process (tests/test_ddp_equivalence.py). The rollouts are the same too: responses are sampled by
+Gumbel-max with noise keyed by (seed, the prompt's index, step) (:mod:`hfgen.training.ppo_sampling`), not by a
+process's random stream, and the mini-batches are cut from one permutation of the global batch.
 
 The policy is an actor-critic model with a value head: :class:`hfgen.models.HfGenDecoderForCausalLMWithValueHead`
 (load any hfgen or Llama causal-LM checkpoint into it), optionally wrapped by PEFT with ``modules_to_save=
@@ -35,12 +36,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import (
     GenerationConfig,
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -49,6 +52,7 @@ from transformers import (
 )
 from transformers.trainer_callback import TrainerState
 
+from .ppo_sampling import KeyedGumbelNoise
 from .ppo_core import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -68,6 +72,8 @@ from .ppo_core import (
 step_clock: Callable[[], float] = time.perf_counter
 
 RewardFunction = Callable[..., Sequence[float]]
+# The dataset column holding each prompt's index: the key of its rollouts' sampling noise.
+PROMPT_INDEX = "ppo_prompt_index"
 
 
 def _help(text: str) -> dict[str, Any]:
@@ -279,7 +285,9 @@ class PPOTrainer(Trainer):
                 f"Prompt {index} has {lengths[index]} tokens; with response_length={args.response_length} the "
                 f"limit is {limit} (the model's context is {context} tokens). Shorten or filter the prompts, or "
                 f"lower response_length.")
-        return dataset
+        if PROMPT_INDEX in dataset.column_names:
+            dataset = dataset.remove_columns(PROMPT_INDEX)
+        return dataset.add_column(PROMPT_INDEX, list(range(len(dataset))))
 
     # ------------------------------------------------------------------------------------------- data
     def _collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -288,8 +296,10 @@ class PPOTrainer(Trainer):
         pad = tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(r["input_ids"])) + list(r["input_ids"]) for r in rows])
         mask = torch.tensor([[0] * (width - len(r["input_ids"])) + [1] * len(r["input_ids"]) for r in rows])
-        extra = {key: [row[key] for row in rows] for key in rows[0] if key not in ("input_ids", "attention_mask")}
-        return {"input_ids": ids, "attention_mask": mask, "columns": extra}
+        extra = {key: [row[key] for row in rows] for key in rows[0]
+                 if key not in ("input_ids", "attention_mask", PROMPT_INDEX)}
+        return {"input_ids": ids, "attention_mask": mask, "columns": extra,
+                "prompt_index": torch.tensor([row[PROMPT_INDEX] for row in rows])}
 
     def get_train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.args.seed)
@@ -355,13 +365,17 @@ class PPOTrainer(Trainer):
         unwrapped.eval()
         prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
         context_length = prompt_ids.shape[1]
+        # Gumbel-max with noise keyed by (seed, prompt index, step): softmax(logits / temperature) sampling whose
+        # draws do not depend on which process holds the prompt (hfgen.training.ppo_sampling).
+        noise = KeyedGumbelNoise(args.seed, batch["prompt_index"].tolist(), self.state.global_step, context_length,
+                                 args.temperature)
         generation_config = GenerationConfig(
-            max_new_tokens=args.response_length, do_sample=True,
-            temperature=args.temperature, top_k=0, top_p=1.0, pad_token_id=self.processing_class.pad_token_id,
+            max_new_tokens=args.response_length, do_sample=False, pad_token_id=self.processing_class.pad_token_id,
             eos_token_id=None)  # fixed length; the stop token is applied below, identically on every process
         start = step_clock()
         query_response = unwrapped.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                            generation_config=generation_config)
+                                            generation_config=generation_config,
+                                            logits_processor=LogitsProcessorList([noise]))
         generated = step_clock()
         responses = query_response[:, context_length:]
         response_mask, has_stop = self._response_mask(responses)
@@ -408,14 +422,11 @@ class PPOTrainer(Trainer):
     # ------------------------------------------------------------------------------------------- training
     def _optimise(self, model, rollout: Rollout) -> dict[str, float]:
         args = self.args
-        batch_size = rollout.query_response.shape[0]
-        mini = batch_size // args.num_mini_batches
         stats = defaultdict(list)
-        for _ in range(args.num_ppo_epochs):
-            order = torch.randperm(batch_size, device=rollout.query_response.device)
-            for start in range(0, batch_size, mini):
-                index = order[start : start + mini]
-                mask = rollout.response_mask[index]
+        for epoch in range(args.num_ppo_epochs):
+            for index, weight in self._mini_batches(rollout.query_response.shape[0], epoch):
+                index = index.to(rollout.query_response.device)
+                mask = rollout.response_mask[index] * weight
                 logprobs, values, logits = self._forward(model, rollout.query_response[index],
                                                          rollout.attention_mask[index], rollout.context_length)
                 # The token means of the losses are over the tokens of every process's mini-batch: DDP averages
@@ -439,6 +450,21 @@ class PPOTrainer(Trainer):
                     for key, value in {**pg_stats, **vf_stats}.items():
                         stats[key].append(value.detach())
         return {key: torch.stack(values).mean() for key, values in stats.items()}
+
+    def _mini_batches(self, batch_size: int, epoch: int):
+        """This process's rows of each mini-batch, and a weight (1; 0 for a stand-in row): one permutation of the
+        global batch (``batch_size`` rows per process, process ``r`` holding rows ``r * batch_size ...``), keyed by
+        (seed, step, epoch), cut into ``num_mini_batches``, so N processes optimise on the mini-batches of one
+        process. A process holding no row of a mini-batch still runs one row with a zero mask: DDP needs every
+        process's backward."""
+        processes, first = self.accelerator.num_processes, self.accelerator.process_index * batch_size
+        seed = np.random.default_rng([self.args.seed, self.state.global_step, epoch]).integers(2**62)
+        order = torch.randperm(batch_size * processes, generator=torch.Generator().manual_seed(int(seed)))
+        mini = batch_size * processes // self.args.num_mini_batches
+        for start in range(0, batch_size * processes, mini):
+            rows = order[start:start + mini]
+            rows = rows[(rows >= first) & (rows < first + batch_size)] - first
+            yield (rows, 1.0) if len(rows) else (torch.zeros(1, dtype=torch.long), 0.0)
 
     def _begin_training(self, max_steps: int, batches_per_epoch: int):
         """Optimizer, schedule and the model prepared by the accelerator (DDP under several processes), a fresh
