@@ -28,7 +28,7 @@ def test_exact_match_is_the_share_of_identical_texts():
 
 
 def test_classifier_accuracy_is_the_share_of_argmax_hits():
-    from hfgen.diffusion.quality import classifier_accuracy
+    from hfgen.diffusion import classifier_accuracy
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))

@@ -17,10 +17,10 @@ from .gan_hfgen import (
     r1_penalty,
 )
 from .pipeline_hfgen_diffusion import SCHEDULERS, HfGenDiffusionPipeline
+from .accuracy import classifier_accuracy
 from .quality import (
     HfGenDigitClassifier,
     class_spread,
-    classifier_accuracy,
     evaluate_samples,
     frechet_distance,
     train_digit_classifier,

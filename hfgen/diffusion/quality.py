@@ -67,16 +67,6 @@ def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, steps: in
     return model.eval()
 
 
-@torch.no_grad()
-def classifier_accuracy(model: HfGenDigitClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of ``images`` the classifier labels as ``labels``, by the shipped evaluate module
-    (``hfgen.metrics``' classification_report)."""
-    from ..metrics import load_metric
-
-    return load_metric("classification_report").compute(predictions=model(images).argmax(-1).tolist(),
-                                                         references=labels.tolist())["accuracy"]
-
-
 def _sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(matrix)
     return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
