@@ -49,6 +49,13 @@ from .processing_hfgen_clip import HfGenClipProcessor
 from .configuration_hfgen_tabular import HfGenTabularConfig
 from .modeling_hfgen_tabular import HfGenTabularForGeneration
 from .processing_hfgen_tabular import HfGenTabularProcessor
+from .configuration_hfgen_speech import HfGenSpeechConfig
+from .modeling_hfgen_speech import (
+    HfGenSpeechForPreTraining,
+    HfGenSpeechForSequenceClassification,
+    HfGenSpeechModel,
+    HfGenSpeechPreTrainedModel,
+)
 from .registration import register_auto_classes
 from .variants import (
     ATTENTION_SCORINGS,
@@ -60,6 +67,11 @@ from .variants import (
 )
 
 __all__ = [
+    "HfGenSpeechConfig",
+    "HfGenSpeechForPreTraining",
+    "HfGenSpeechForSequenceClassification",
+    "HfGenSpeechModel",
+    "HfGenSpeechPreTrainedModel",
     "HfGenTabularConfig",
     "HfGenTabularForGeneration",
     "HfGenTabularProcessor",

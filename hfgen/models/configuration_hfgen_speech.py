@@ -33,8 +33,10 @@ class HfGenSpeechConfig(HfGenAttentionConfig):
         conv_dim / conv_kernel / conv_stride (`tuple[int]`): channels, widths and strides of the 1-D convolutions
             over the waveform. The defaults keep HuBERT's kernels and strides (a frame every 320 samples, 400
             samples wide) with 64 channels instead of 512.
-        conv_bias (`bool`, False), feat_extract_norm (`"group"` | `"layer"`, "group": GroupNorm after the first
-            convolution only, or LayerNorm after each), feat_extract_activation (`str`, "gelu").
+        conv_bias (`bool`, False), feat_extract_activation (`str`, "gelu").
+        feat_extract_norm (`"layer"` | `"group"`, "layer"): LayerNorm over the channels after each convolution (each
+            frame on its own, so a padded clip gives the frames it gives alone), or HuBERT base's GroupNorm after the
+            first convolution only (statistics over the whole padded clip: padding changes the outputs).
         feat_proj_layer_norm (`bool`, True), feat_proj_dropout (`float`, 0.0).
         num_conv_pos_embeddings (`int`, 16) / num_conv_pos_embedding_groups (`int`, 4): the positional convolution
             (HuBERT: 128 / 16 for clips of many seconds; the keyword clips here are about 50 frames).
