@@ -302,3 +302,19 @@ def test_bad_config_is_a_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny(**kwargs)
 
+
+
+@pytest.mark.parametrize("model_class, task, auto_class", [
+    (HfGenSpeechForSequenceClassification, "audio-classification", "AutoModelForAudioClassification"),
+    (HfGenSpeechForPreTraining, "hidden-unit-prediction", "AutoModelForPreTraining"),
+])
+def test_model_card_names_the_audio_task_and_its_usage_runs(model_class, task, auto_class, capsys):
+    from hfgen.models.model_card import CARD_TASKS, build_model_card, task_for
+
+    assert task_for("hfgen_speech", model_class.__name__) == task
+    config = tiny(num_labels=3, id2label={0: "yes", 1: "no", 2: "up"}, label2id={"yes": 0, "no": 1, "up": 2})
+    card = build_model_card(config, {"eval_accuracy": 0.5}, "user/m", task=task)
+    assert card.data.pipeline_tag == CARD_TASKS[task].pipeline_tag
+    assert f'{auto_class}.from_pretrained("user/m"' in card.text and "AutoFeatureExtractor" in card.text
+    exec(CARD_TASKS[task].usage, {"model": build(model_class, config), "feature_extractor": speech_feature_extractor()})
+    assert capsys.readouterr().out.strip()

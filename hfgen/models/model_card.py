@@ -186,6 +186,14 @@ _TEST_ACCURACY = {"metric_key": "eval_accuracy", "metric_type": "accuracy", "met
                   "dataset_split": "test"}
 
 
+# Speech: one second of 16 kHz mono audio through the saved feature extractor.
+_AUDIO_INPUTS = ('import numpy as np\n\ninputs = feature_extractor(np.zeros(16000, dtype=np.float32), sampling_rate=16000, '
+                 'return_tensors="pt")\n')
+_FEATURE_EXTRACTOR = {"preprocessor": "AutoFeatureExtractor", "preprocessor_name": "feature_extractor"}
+# hfgen_speech's tasks by head (its heads read audio, not text).
+SPEECH_TASKS = {"ForSequenceClassification": "audio-classification", "ForPreTraining": "hidden-unit-prediction"}
+
+
 def _accuracy_note(unit: str) -> str:
     return (f"Accuracy is the share of test {unit} whose highest-scoring class is the true one; the test split is "
             "fixed\nand never trained on.")
@@ -266,6 +274,17 @@ CARD_TASKS = {
                     "test images are\nnever trained on.",
         metric_key="zero_shot_accuracy", metric_type="accuracy", metric_name="Zero-shot accuracy",
         dataset_split="test", preprocessor="AutoProcessor", preprocessor_name="processor"),
+    "audio-classification": CardTask(
+        pipeline_tag="audio-classification", auto_class="AutoModelForAudioClassification",
+        objective="keyword classification, fine-tuned after HuBERT-style pre-training (masked prediction of "
+                  "k-means cluster ids)", usage=_AUDIO_INPUTS + 'print(model.config.id2label[model(**inputs).logits'
+                                                                '.argmax(-1).item()])',
+        metric_note=_accuracy_note("clips"), **_TEST_ACCURACY, **_FEATURE_EXTRACTOR),
+    "hidden-unit-prediction": CardTask(
+        pipeline_tag="feature-extraction", auto_class="AutoModelForPreTraining",
+        objective="HuBERT's masked prediction of hidden units (k-means cluster ids of MFCCs or of the model's own "
+                  "features, at masked frames)", usage=_AUDIO_INPUTS + 'print(model(**inputs).logits.shape)',
+        metric_note="The loss is the cross-entropy of the cluster ids at the masked frames.", **_FEATURE_EXTRACTOR),
 }
 
 
@@ -557,6 +576,9 @@ def task_for(model_type: str, architecture: str) -> str:
     """The ``CARD_TASKS`` key of a model: by family (``MODEL_TYPE_TASKS``), else by the head's class name."""
     if model_type in MODEL_TYPE_TASKS:
         return MODEL_TYPE_TASKS[model_type]
+    if model_type == "hfgen_speech":
+        return next((task for head, task in SPEECH_TASKS.items() if architecture.endswith(head)),
+                    "hidden-unit-prediction")
     matches = [suffix for suffix in ARCHITECTURE_TASKS if architecture.endswith(suffix)]
     if matches:
         return ARCHITECTURE_TASKS[max(matches, key=len)]
@@ -615,6 +637,8 @@ def _config_from_repo(repo_id: str, revision: str | None, token: Any) -> Any:
 
 
 def _preprocessor_files(task: CardTask) -> tuple[str, ...]:
+    if task.preprocessor == "AutoFeatureExtractor":
+        return ("preprocessor_config.json",)
     return ("processor_config.json",) if task.preprocessor == "AutoProcessor" else ("tokenizer_config.json",)
 
 
