@@ -267,12 +267,14 @@ def machine_learning_efficacy(train: pd.DataFrame, test: pd.DataFrame, target: s
 
 
 def distance_to_closest_record(synthetic: pd.DataFrame, real: pd.DataFrame) -> float:
-    """Median over ``synthetic`` rows of the Euclidean distance to the closest ``real`` row, numbers scaled to
-    [0, 1] by the real rows' range and categories one-hot (sdmetrics' DCR convention)."""
+    """Median over ``synthetic`` rows of the Euclidean distance to the closest ``real`` row, every numeric column
+    scaled to [0, 1] by the real rows' range, other columns one-hot (sdmetrics' DCR convention). (A two-valued
+    numeric column such as diabetes' ``sex`` stays numeric: a generator that models it as a number is not charged
+    a whole one-hot mismatch for a value next to a real one.)"""
     from sklearn.neighbors import NearestNeighbors
 
     synthetic, real = synthetic[list(real.columns)], real.copy()
-    numeric = [c for c in real.columns if pd.api.types.is_numeric_dtype(real[c]) and real[c].nunique() > 10]
+    numeric = [c for c in real.columns if pd.api.types.is_numeric_dtype(real[c])]
     low, span = real[numeric].min(), (real[numeric].max() - real[numeric].min()).replace(0, 1)
     frames = [f.assign(**{c: (f[c].astype(float) - low[c]) / span[c] for c in numeric}).astype(
         {c: str for c in real.columns if c not in numeric}) for f in (synthetic, real)]
