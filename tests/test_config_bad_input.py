@@ -7,7 +7,9 @@ misspelt close to a family key is refused with the key it was probably meant to 
 from __future__ import annotations
 
 import copy
+import json
 import math
+from pathlib import Path
 
 import pytest
 import transformers
@@ -239,3 +241,29 @@ def test_real_bert_and_t5_configs_still_load():
     assert HfGenEncoderConfig.from_bert_config(bert).hidden_act == "gelu"
     t5 = transformers.T5Config(num_layers=1, d_model=64, d_ff=128, num_heads=4, d_kv=16, vocab_size=100)
     assert t5_config_to_hfgen(t5, tied=True).relative_attention_num_buckets == t5.relative_attention_num_buckets
+
+
+def test_vlm_sub_configs_and_vocabulary_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="text_config must be a HfGenDecoderConfig or its dict, got LlamaConfig"):
+        HfGenVlmConfig(text_config=transformers.LlamaConfig())
+    with pytest.raises(ValueError, match=r"vocab_size \(50\) is text_config.vocab_size \(64\)"):
+        make("vlm", vocab_size=50)
+    # An image token set through from_pretrained is checked with the other keys before any weight is built.
+    model_class = FAMILIES["vlm"][2]
+    model_class(make("vlm")).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"image_token_id must be a token id in \[0, 64\) .*got 64"):
+        model_class.from_pretrained(tmp_path, image_token_id=64)
+
+
+def test_vlm_config_json_written_before_the_typed_fields_loads_and_saves_unchanged(tmp_path):
+    """A config.json of the untyped HfGenVlmConfig (top-level vocab_size and special ids, sub-configs with their
+    model_type): loaded, it gives the same file back, and a model builds from it."""
+    fixture = Path(__file__).parent / "fixtures" / "vlm_config_before_typed_fields.json"
+    written = json.loads(fixture.read_text())
+    config = HfGenVlmConfig.from_json_file(fixture)
+    assert isinstance(config.text_config, HfGenDecoderConfig) and isinstance(config.vision_config, HfGenViTConfig)
+    config.to_json_file(tmp_path / "config.json")
+    again = json.loads((tmp_path / "config.json").read_text())
+    assert {k: v for k, v in again.items() if k != "transformers_version"} == \
+        {k: v for k, v in written.items() if k != "transformers_version"}
+    HfGenVlmForConditionalGeneration(config)

@@ -184,6 +184,18 @@ class HfGenAttentionConfig(HfGenConfig):
         validate_attention_config(self)
 
 
+def sub_config(name: str, value: PreTrainedConfig | dict | None, config_class: type) -> PreTrainedConfig:
+    """A composite config's sub-config ``name`` as a ``config_class``: built from its dict (a saved config.json's,
+    whose ``model_type`` the class already knows) or with the defaults (``None``)."""
+    if value is None:
+        return config_class()
+    if isinstance(value, dict):
+        return config_class(**{key: item for key, item in value.items() if key != "model_type"})
+    if not isinstance(value, config_class):
+        raise ValueError(f"{name} must be a {config_class.__name__} or its dict, got {type(value).__name__}.")
+    return value
+
+
 def derive_heads(config) -> None:
     """``head_dim`` (``None``: ``hidden_size // num_attention_heads``) and ``num_key_value_heads`` (``None``:
     multi-head)."""

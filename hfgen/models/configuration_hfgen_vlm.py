@@ -17,10 +17,10 @@ In both late fusions the language model can be frozen while the bridge trains
 
 from __future__ import annotations
 
-from transformers import PreTrainedConfig
+from typing import ClassVar
 
+from .configuration_common import HfGenConfig, sub_config
 from .configuration_hfgen_decoder import HfGenDecoderConfig
-from .configuration_common import ValidatedConfigMixin
 from .configuration_hfgen_vit import HfGenViTConfig
 from .variants import FUSIONS, is_number  # noqa: F401  (FUSIONS re-exported)
 
@@ -32,17 +32,19 @@ VLM_AUTO_MAP = {
 }
 
 
-class HfGenVlmConfig(ValidatedConfigMixin, PreTrainedConfig):
-    r"""Configuration of :class:`HfGenVlmForConditionalGeneration`.
+class HfGenVlmConfig(HfGenConfig):
+    r"""Configuration of :class:`HfGenVlmForConditionalGeneration`: a composite config, typed as transformers'
+    ``LlavaConfig`` (sub-configs as fields, ``sub_configs_defaults``), checked as every hfgen config is.
 
     Args:
         text_config (`HfGenDecoderConfig` or `dict`): the decoder (any hfgen attention variant).
         vision_config (`HfGenViTConfig` or `dict`): the image geometry (``image_size``, ``patch_size``,
             ``num_channels``) and, for the late fusions, the vision encoder.
         fusion (`str`, "projection"): ``"early"``, ``"projection"`` or ``"cross_attention"`` (module docstring).
-        image_token_id (`int`): the id of the image placeholder token in the decoder's vocabulary. Early fusion and
-            projection: the processor repeats it once per patch (``num_image_tokens``) and each copy's embedding is
-            replaced by one patch vector. Cross-attention: one marker per image, embedded as a word.
+        image_token_id (`int`, ``text_config.vocab_size - 1``): the id of the image placeholder token in the
+            decoder's vocabulary. Early fusion and projection: the processor repeats it once per patch
+            (``num_image_tokens``) and each copy's embedding is replaced by one patch vector. Cross-attention: one
+            marker per image, embedded as a word.
         cross_attention_interval (`int`, 1): a gated cross-attention block before decoder layers 0, k, 2k, ...
         cross_attention_gate_init (`float`, 0.0): the starting value of every tanh gate. 0 is Flamingo's choice (the
             untrained bridge leaves the language model exactly as it was). At the sizes of the CPU recipes the
@@ -54,6 +56,10 @@ class HfGenVlmConfig(ValidatedConfigMixin, PreTrainedConfig):
             learning rates >= 3e-3. ``recipes/train_vlm.py`` starts them at 1.0.
         projector_hidden_act (`str`, "gelu"): activation of the projection MLP.
         initializer_range (`float`, 0.02).
+        tie_word_embeddings (`bool`, ``text_config.tie_word_embeddings``).
+
+    What ``generate()`` and the loss read from the top-level config is the decoder's: ``vocab_size`` (always
+    ``text_config.vocab_size``) and, unless given, the special-token ids.
     """
 
     model_type = "hfgen_vlm"
@@ -61,44 +67,47 @@ class HfGenVlmConfig(ValidatedConfigMixin, PreTrainedConfig):
     AUTO_MAP = VLM_AUTO_MAP
     sub_configs_defaults = {"text_config": HfGenDecoderConfig, "vision_config": HfGenViTConfig}
 
-    def __init__(
-        self,
-        text_config: HfGenDecoderConfig | dict | None = None,
-        vision_config: HfGenViTConfig | dict | None = None,
-        fusion: str = "projection",
-        image_token_id: int | None = None,
-        cross_attention_interval: int = 1,
-        cross_attention_gate_init: float = 0.0,
-        projector_hidden_act: str = "gelu",
-        initializer_range: float = 0.02,
-        **kwargs,
-    ):
-        self.fusion = fusion  # (checked where set, first: it decides what the sub-configs are for)
-        if isinstance(text_config, dict):
-            text_config = HfGenDecoderConfig(**{k: v for k, v in text_config.items() if k != "model_type"})
-        if isinstance(vision_config, dict):
-            vision_config = HfGenViTConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
-        self.text_config = text_config if text_config is not None else HfGenDecoderConfig()
-        self.vision_config = vision_config if vision_config is not None else HfGenViTConfig()
-        vocab = self.text_config.vocab_size
-        if image_token_id is None:
-            image_token_id = vocab - 1
-        if isinstance(image_token_id, bool) or not isinstance(image_token_id, int) or not 0 <= image_token_id < vocab:
-            raise ValueError(f"image_token_id must be a token id in [0, {vocab}) (text_config.vocab_size), got "
-                             f"{image_token_id!r}.")
-        self.image_token_id = image_token_id
-        self.cross_attention_interval = cross_attention_interval
-        self.cross_attention_gate_init = float(cross_attention_gate_init) if is_number(cross_attention_gate_init) \
-            else cross_attention_gate_init
-        self.projector_hidden_act = projector_hidden_act
-        self.initializer_range = initializer_range
-        # What generate() and the loss read from the top-level config: the decoder's.
-        self.vocab_size = vocab
-        self.tie_word_embeddings = self.text_config.tie_word_embeddings
+    text_config: HfGenDecoderConfig | dict | None = None
+    vision_config: HfGenViTConfig | dict | None = None
+    fusion: str = "projection"
+    image_token_id: int | None = None
+    cross_attention_interval: int = 1
+    cross_attention_gate_init: float = 0.0
+    projector_hidden_act: str = "gelu"
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool | None = None
+
+    # Fields whose None __post_init__ replaces by the decoder's value.
+    derived_keys: ClassVar[tuple[str, ...]] = ("tie_word_embeddings",)
+
+    def __post_init__(self, **kwargs):
+        # The sub-configs first (transformers' own loop then finds them built): the decoder's vocabulary is what
+        # the special-token ids among kwargs are checked against when they are set.
+        self.text_config = sub_config("text_config", self.text_config, HfGenDecoderConfig)
+        self.vision_config = sub_config("vision_config", self.vision_config, HfGenViTConfig)
+        vocab_size = kwargs.pop("vocab_size", self.text_config.vocab_size)
+        if vocab_size != self.text_config.vocab_size:
+            raise ValueError(f"vocab_size ({vocab_size!r}) is text_config.vocab_size ({self.text_config.vocab_size}) "
+                             f"in hfgen_vlm: set it on text_config.")
+        self.vocab_size = vocab_size
+        if self.image_token_id is None:
+            self.image_token_id = vocab_size - 1
+        if is_number(self.cross_attention_gate_init):
+            self.cross_attention_gate_init = float(self.cross_attention_gate_init)
+        if self.tie_word_embeddings is None:
+            self.tie_word_embeddings = self.text_config.tie_word_embeddings
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             kwargs.setdefault(key, getattr(self.text_config, key, None))
-        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
-        super().__init__(**kwargs)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        """The sub-configs' own checks, and the image token inside the decoder's vocabulary."""
+        self.text_config.validate_architecture()
+        self.vision_config.validate_architecture()
+        vocab, token = self.text_config.vocab_size, self.image_token_id
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab:
+            raise ValueError(f"image_token_id must be a token id in [0, {vocab}) (text_config.vocab_size), got "
+                             f"{token!r}.")
 
     @property
     def num_image_tokens(self) -> int:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
@@ -33,7 +32,6 @@ from .modeling_common import HfGenPreTrainedModel, causal_lm_logits_and_loss, ch
 from .modeling_hfgen_decoder import HfGenDecoderLayer, HfGenDecoderModel
 from .modeling_hfgen_vit import HfGenViTModel, HfGenViTPatchEmbedding, check_pixel_values
 from .position_inputs import position_inputs
-from .variants import validate_attention_config
 
 
 @dataclass
@@ -121,11 +119,6 @@ class HfGenVlmPreTrainedModel(HfGenPreTrainedModel):
     # (the language model records its own layers; "self_attn" keeps the gated cross-attention blocks out)
     _can_record_outputs = {"hidden_states": HfGenDecoderLayer,
                            "attentions": OutputRecorder(HfGenAttention, index=1, layer_name="self_attn")}
-
-    def __init__(self, config: HfGenVlmConfig, *inputs, **kwargs):
-        # The attention keys live in the sub-configs; each sub-model checks its own again when it is built.
-        validate_attention_config(config.text_config)
-        PreTrainedModel.__init__(self, config, *inputs, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
