@@ -93,7 +93,8 @@ def finetune(args, training_args, start: str | None, data: dict, extractor) -> t
     """Fine-tune from the pre-trained folder ``start`` (None: random weights) on the few labels; test accuracy."""
     torch.manual_seed(training_args.seed)
     words = WORDS[:args.num_words]
-    labels = dict(num_labels=len(words), id2label=dict(enumerate(words)), label2id={w: i for i, w in enumerate(words)})
+    labels = dict(num_labels=len(words), id2label=dict(enumerate(words)),
+                  label2id={word: i for i, word in enumerate(words)})
     model = (HfGenSpeechForSequenceClassification.from_pretrained(start, **labels) if start else
              HfGenSpeechForSequenceClassification(speech_config(args, args.mfcc_clusters, **labels)))
     model.freeze_feature_encoder()
@@ -114,21 +115,29 @@ def load_data(args: SpeechArguments, seed: int, extractor) -> dict:
             "few_labels": [train["label"][i] for i in few]}
 
 
+def pretrain_two_iterations(args, training_args, data: dict, extractor) -> tuple[tuple[str, str], dict]:
+    """Iteration 1 on k-means of MFCCs, iteration 2 (a new model) on k-means of iteration 1's ``feature_layer``:
+    the two saved folders and their logged losses."""
+    config = speech_config(args, args.mfcc_clusters)
+    mfccs = [mfcc_frames(a["array"], config) for a in data["train"]["audio"]]
+    _, targets = cluster_targets(mfccs, args.mfcc_clusters, training_args.seed)
+    first, first_losses = pretrain(args, training_args, "iteration1", data["train_inputs"], targets,
+                                   args.mfcc_clusters, extractor)
+    features = layer_frames(HfGenSpeechForPreTraining.from_pretrained(first), data["train_inputs"],
+                            args.feature_layer)
+    _, targets = cluster_targets(features, args.feature_clusters, training_args.seed)
+    second, second_losses = pretrain(args, training_args, "iteration2", data["train_inputs"], targets,
+                                     args.feature_clusters, extractor)
+    return (first, second), {"iteration1": first_losses, "iteration2": second_losses}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args, training_args = parse_recipe_arguments(build_parser(), sys.argv[1:] if argv is None else argv)
     register_auto_classes()
     start = time.perf_counter()
     extractor = speech_feature_extractor()
     data = load_data(args, training_args.seed, extractor)
-    config = speech_config(args, args.mfcc_clusters)
-    mfccs = [mfcc_frames(a["array"], config) for a in data["train"]["audio"]]
-    _, targets = cluster_targets(mfccs, args.mfcc_clusters, training_args.seed)
-    first, first_losses = pretrain(args, training_args, "iteration1", data["train_inputs"], targets, args.mfcc_clusters, extractor)
-    features = layer_frames(HfGenSpeechForPreTraining.from_pretrained(first), data["train_inputs"],
-                            args.feature_layer)
-    _, targets = cluster_targets(features, args.feature_clusters, training_args.seed)
-    second, second_losses = pretrain(args, training_args, "iteration2", data["train_inputs"], targets, args.feature_clusters,
-                      extractor)
+    (first, second), losses = pretrain_two_iterations(args, training_args, data, extractor)
     accuracy = {}
     for name, folder in (("scratch", None), ("iteration1", first), ("iteration2", second)):
         accuracy[name], model = finetune(args, training_args, folder, data, extractor)
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"held_out_accuracy": accuracy, "chance": 1 / args.num_words, "train_clips": len(data["train_inputs"]),
                "labelled_clips": len(data["few_inputs"]), "test_clips": len(data["test_inputs"]),
                "runtime_s": round(time.perf_counter() - start, 1),
-               "pretraining_losses": {"iteration1": first_losses, "iteration2": second_losses}}
+               "pretraining_losses": losses}
     with open(os.path.join(training_args.output_dir, "results.json"), "w") as handle:
         json.dump({"args": {**asdict(args), "seed": training_args.seed, "max_steps": training_args.max_steps},
                    "results": results}, handle, indent=2)

@@ -26,8 +26,8 @@ from hfgen.data.speech import (
     trim_silence,
 )
 
-needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (apt-get install -y "
-                                                                  "espeak-ng): the speech corpus is synthesised with it")
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (apt-get install "
+                                  "-y espeak-ng): the speech corpus is synthesised with it")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain_speech.py"
 
 

@@ -187,7 +187,8 @@ _TEST_ACCURACY = {"metric_key": "eval_accuracy", "metric_type": "accuracy", "met
 
 
 # Speech: one second of 16 kHz mono audio through the saved feature extractor.
-_AUDIO_INPUTS = ('import numpy as np\n\ninputs = feature_extractor(np.zeros(16000, dtype=np.float32), sampling_rate=16000, '
+_AUDIO_INPUTS = ('import numpy as np\n\n'
+                 'inputs = feature_extractor(np.zeros(16000, dtype=np.float32), sampling_rate=16000, '
                  'return_tensors="pt")\n')
 _FEATURE_EXTRACTOR = {"preprocessor": "AutoFeatureExtractor", "preprocessor_name": "feature_extractor"}
 # hfgen_speech's tasks by head (its heads read audio, not text).

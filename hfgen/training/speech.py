@@ -2,8 +2,9 @@
 
 Iteration 1 predicts k-means clusters of MFCCs (13 coefficients with their first and second differences, one
 vector per model frame: 25 ms windows every 20 ms); iteration 2 predicts k-means clusters of the iteration-1
-model's own features (a middle layer, as HuBERT takes layer 6 of 12). Each iteration trains ``HfGenSpeechForPreTraining``
-with ``Trainer`` on the model's own loss (cross-entropy of the cluster ids at masked frames).
+model's own features (a middle layer, as HuBERT takes layer 6 of 12). Each iteration trains
+``HfGenSpeechForPreTraining`` with ``Trainer`` on the model's own loss (cross-entropy of the cluster ids at masked
+frames).
 """
 
 from __future__ import annotations
