@@ -3,7 +3,7 @@
 held-out retrieval, zero-shot and linear-probe accuracy, and the CPU time of one training step (forward + backward
 on the same batch, interleaved).
 
-    python benchmarks/clip.py --max_steps 600 --write
+    python benchmarks/clip.py --write
 
 Both use ``recipes/train_clip.py``'s sizes and ``TrainingArguments`` defaults (``--max_steps`` here), the same
 pairs in the same order, the same tokenizer (hfgen's, with ``[CLS] ... [SEP]``; CLIP's text tower pools at its
@@ -79,7 +79,7 @@ def step_seconds(models: dict, batch_of: dict, repeats: int) -> dict[str, list[f
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--max_steps", type=int, default=600, help="training steps of each model")
+    parser.add_argument("--max_steps", type=int, default=1500, help="training steps of each model (the recipe's)")
     common.add_run_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
