@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
     if args.merge is not None:
-        results = [row for folder in args.merge for row in json.load(open(os.path.join(folder, "results.json")))]
+        rows = [row for folder in args.merge for row in json.load(open(os.path.join(folder, "results.json")))]
+        # One row per table and generator (a table's real reference row from the first folder that has it).
+        results = list({(r["dataset"], r["generator"]): r for r in reversed(rows)}.values())[::-1]
     else:
         results = [row for name in args.datasets for row in run_table(name, args)]
     with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
