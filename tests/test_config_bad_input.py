@@ -33,7 +33,7 @@ def vit(**keys) -> HfGenViTConfig:
 
 
 # family -> (config class, its small keyword arguments, a model class to save and reload)
-FAMILIES = {
+SMALL_CONFIGS = {
     "decoder": (HfGenDecoderConfig, TEXT, HfGenDecoderForCausalLM),
     "encoder": (HfGenEncoderConfig, TEXT, HfGenEncoderForMaskedLM),
     "seq2seq": (HfGenSeq2SeqConfig, TEXT, HfGenSeq2SeqForConditionalGeneration),
@@ -81,7 +81,7 @@ BAD_VALUES = [
       for v in (1000, -1, 2.0, True)],
     (TOKENS, "eos_token_id", [1, 1000], {}),
     # switches are bools: "yes" (or "no") is truthy
-    *[(tuple(FAMILIES), "tie_word_embeddings", v, {}) for v in ("yes", 1)],
+    *[(tuple(SMALL_CONFIGS), "tie_word_embeddings", v, {}) for v in ("yes", 1)],
 ]
 CASES = [(family, key, value, extra) for families, key, value, extra in BAD_VALUES for family in families]
 # Gato derives vocab_size and the patch count from these before setting them: checked in its __init__ only.
@@ -94,7 +94,7 @@ def case_id(case) -> str:
 
 
 def make(family: str, **keys):
-    config_class, base, _ = FAMILIES[family]
+    config_class, base, _ = SMALL_CONFIGS[family]
     return config_class(**{**copy.deepcopy(base), **keys})
 
 
@@ -150,7 +150,7 @@ def test_special_token_ids_must_lie_in_the_vocabulary(family):
     vocab = make(family).vocab_size
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         config = make(family, **{key: vocab - 1})
-        FAMILIES[family][2](config)  # (pad: nn.Embedding's padding_idx)
+        SMALL_CONFIGS[family][2](config)  # (pad: nn.Embedding's padding_idx)
         with pytest.raises(ValueError) as error:
             make(family, **{key: vocab})
         assert_names(error, key, vocab)
@@ -174,7 +174,7 @@ def test_special_token_id_through_from_pretrained(tmp_path):
 @pytest.mark.parametrize("family", list(FROM_PRETRAINED))
 def test_bad_value_through_from_pretrained(family, tmp_path):
     key, value = FROM_PRETRAINED[family]
-    model_class = FAMILIES[family][2]
+    model_class = SMALL_CONFIGS[family][2]
     model_class(make(family)).save_pretrained(tmp_path)
     with pytest.raises(ValueError) as error:
         model_class.from_pretrained(tmp_path, **{key: value})
@@ -209,7 +209,7 @@ def test_misspelt_key_names_the_key_meant(family, key, meant):
 @pytest.mark.parametrize("family, key, meant", [("decoder", "softmax_varient", "softmax_variant"),
                                                 ("retnet", "retention_mod", "retention_mode")])
 def test_misspelt_key_through_from_pretrained(family, key, meant, tmp_path):
-    model_class = FAMILIES[family][2]
+    model_class = SMALL_CONFIGS[family][2]
     model_class(make(family)).save_pretrained(tmp_path)
     with pytest.raises(ValueError) as error:
         model_class.from_pretrained(tmp_path, **{key: "x"})
@@ -220,7 +220,7 @@ def test_misspelt_key_through_from_pretrained(family, key, meant, tmp_path):
                                  "finetuning_task", "my_own_note", "rope_scaling", "_name_or_path"])
 def test_keys_transformers_passes_are_not_taken_for_misspellings(key):
     value = {"0": "a", "1": "b"} if key == "id2label" else ({} if key == "auto_map" else None)
-    for family in FAMILIES:
+    for family in SMALL_CONFIGS:
         make(family, **{key: value})
 
 
@@ -249,7 +249,7 @@ def test_vlm_sub_configs_and_vocabulary_are_checked(tmp_path):
     with pytest.raises(ValueError, match=r"vocab_size \(50\) is text_config.vocab_size \(64\)"):
         make("vlm", vocab_size=50)
     # An image token set through from_pretrained is checked with the other keys before any weight is built.
-    model_class = FAMILIES["vlm"][2]
+    model_class = SMALL_CONFIGS["vlm"][2]
     model_class(make("vlm")).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"image_token_id must be a token id in \[0, 64\) .*got 64"):
         model_class.from_pretrained(tmp_path, image_token_id=64)

@@ -195,7 +195,7 @@ def test_gist_experiment_reads_the_users_rows_as_the_embedded_task(embedded_task
     settings = experiment.GistExperimentSettings(**{k: getattr(args, k) for k in
                                                     vars(experiment.GistExperimentSettings())})
     rows = experiment.user_rows(data)
-    for family in experiment.FAMILIES:
+    for family in experiment.GIST_FAMILIES:
         tokenizer = load_hfgen_tokenizer()
         experiment.add_gist_tokens(tokenizer, settings.num_gist_tokens)
         assert experiment.family_examples(family, tokenizer, settings, rows) == \

@@ -59,8 +59,8 @@ from .arguments import EncoderModelArguments, build_config
 from .core import (TrainedRun, check_sequence_length, load_model, log_run_start, loss_history, prepare_run, save_run,
                    train_and_evaluate, variant_title)
 
-# model_type -> (config class, model class fine-tuned for classification)
-FAMILIES: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
+# model_type -> (config class, its sequence-classification model class): the families this objective fine-tunes
+CLASSIFIER_CLASSES: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
     "hfgen_encoder": (HfGenEncoderConfig, HfGenEncoderForSequenceClassification),
     "hfgen_decoder": (HfGenDecoderConfig, HfGenDecoderForSequenceClassification),
     "hfgen_seq2seq": (HfGenSeq2SeqConfig, HfGenSeq2SeqForSequenceClassification),
@@ -79,7 +79,7 @@ class ClassificationModelArguments(EncoderModelArguments):
 
     NOT_CONFIG_KEYS = ("model_type", "seq2seq_head")  # class attribute: the fields that are not config keys
 
-    model_type: Literal[tuple(FAMILIES)] = field(default="hfgen_encoder", metadata={"help": (
+    model_type: Literal[tuple(CLASSIFIER_CLASSES)] = field(default="hfgen_encoder", metadata={"help": (
         "Family of a model trained from scratch; with model_name_or_path the folder's config decides.")})
     seq2seq_head: Literal[tuple(SEQ2SEQ_HEADS)] = field(default="classification", metadata={"help": (
         "How hfgen_seq2seq is fine-tuned: 'classification' (HfGenSeq2SeqForSequenceClassification: the decoder's "
@@ -183,9 +183,9 @@ def model_family(model_args: ClassificationModelArguments) -> str:
         family = model_args.model_type
     else:
         family = PreTrainedConfig.get_config_dict(model_args.model_name_or_path)[0].get("model_type")
-    if family not in FAMILIES:
+    if family not in CLASSIFIER_CLASSES:
         raise ValueError(f"Cannot fine-tune model_type {family!r} for classification; valid choices: "
-                         f"{', '.join(FAMILIES)}.")
+                         f"{', '.join(CLASSIFIER_CLASSES)}.")
     return family
 
 
@@ -347,7 +347,7 @@ def _build_classifier(model_args: ClassificationModelArguments, max_length: int,
     family = model_family(model_args)
     if model_args.seq2seq_head not in SEQ2SEQ_HEADS:
         raise ValueError(f"seq2seq_head must be one of {', '.join(SEQ2SEQ_HEADS)}, got {model_args.seq2seq_head!r}.")
-    config_class, model_class = FAMILIES[family]
+    config_class, model_class = CLASSIFIER_CLASSES[family]
     text_to_text = family == "hfgen_seq2seq" and model_args.seq2seq_head == "text_to_text"
     if family == "hfgen_seq2seq":
         model_class = SEQ2SEQ_HEADS[model_args.seq2seq_head]

@@ -48,7 +48,7 @@ from ..data.gist import add_gist_tokens, gist_examples, gist_instruction_example
 from ..data.user_data import UserDataArguments
 from .gist import compare_with_controls, recovered_gap
 
-FAMILIES = ("decoder", "seq2seq")
+GIST_FAMILIES = ("decoder", "seq2seq")  # the model families the experiment compresses prompts with
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "notebooks" / "gist_results"
 # The user's rows: Alpaca's layout, the input optional.
 ROW_LAYOUTS = (("instruction", "input", "output"), ("instruction", "output"))
@@ -146,8 +146,8 @@ def run_family(family: str, tokenizer, settings: GistExperimentSettings, progres
     """Train the gist model and both controls of ``family`` (on the embedded task, or on ``rows``: the user's train
     and validation rows); the summary row (losses, exact match, gap recovered, compression, FLOPs, training curves,
     minutes). ``save_to``: each trained model and the tokenizer go to ``save_to/<family>_<mask>/``."""
-    if family not in FAMILIES:
-        raise ValueError(f"Unknown family={family!r}; valid choices are: {', '.join(map(repr, FAMILIES))}.")
+    if family not in GIST_FAMILIES:
+        raise ValueError(f"Unknown family={family!r}; valid choices are: {', '.join(map(repr, GIST_FAMILIES))}.")
     gist_ids = add_gist_tokens(tokenizer, settings.num_gist_tokens)
     train, valid = family_examples(family, tokenizer, settings, rows)
     model = initial_model(family, tokenizer, settings)
@@ -224,7 +224,7 @@ def build_parser() -> HfArgumentParser:
     for name, value in asdict(defaults).items():
         kind = int if name == "word_pool" else type(value)
         parser.add_argument(f"--{name}", type=kind, default=value, help=f"(default {value})")
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--families", nargs="+", default=list(GIST_FAMILIES), choices=GIST_FAMILIES)
     parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--save_models", action="store_true",
                         help="write each trained model and its tokenizer to OUTPUT_DIR/<family>_<mask>/")
@@ -251,7 +251,7 @@ def write_results(rows: list[dict], families: list[str], output_dir: Path, minut
     path = output_dir / "results.json"
     kept = [row for row in (json.loads(path.read_text())["rows"] if path.exists() else [])
             if row["family"] not in families]
-    rows = sorted(kept + rows, key=lambda row: FAMILIES.index(row["family"]))
+    rows = sorted(kept + rows, key=lambda row: GIST_FAMILIES.index(row["family"]))
     results = {"rows": rows, "minutes_of_this_process": minutes}
     output_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
