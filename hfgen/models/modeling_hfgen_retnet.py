@@ -49,7 +49,7 @@ from transformers.utils.output_capturing import capture_outputs
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 
-from .configuration_hfgen_retnet import HfGenRetNetConfig, validate_retnet_config
+from .configuration_hfgen_retnet import HfGenRetNetConfig
 from .input_checks import HfGenGenerationMixin, check_head_inputs
 from .layers import HfGenMLP, build_norm
 from .model_card import HfGenHubCardMixin
@@ -64,7 +64,6 @@ from .moe import (
     check_router_request,
     init_moe_weights,
     moe_output,
-    validate_moe_config,
 )
 from .retention import (  # (the arithmetic, importable from here as before)
     retention_chunkwise,
@@ -265,8 +264,7 @@ class HfGenRetNetPreTrainedModel(HfGenHubCardMixin, PreTrainedModel):
 
     def __init__(self, config, *inputs, **kwargs):
         # from_pretrained(path, key=value) sets attributes after the config's own checks: check again.
-        validate_retnet_config(config)
-        validate_moe_config(config)
+        config.validate_architecture()
         super().__init__(config, *inputs, **kwargs)
 
     @torch.no_grad()

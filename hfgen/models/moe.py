@@ -95,8 +95,10 @@ EXPERT_TYPES = ("gated", "standard")
 
 
 def init_moe_config(config, kwargs: dict) -> None:
-    """Pop the MoE keys from a config ``__init__``'s ``kwargs`` (defaults from :data:`MOE_DEFAULTS`), set and check
-    them. Mixtral's ``num_local_experts`` is read as ``num_experts`` so a Mixtral ``config.json`` loads."""
+    """Pop the MoE keys from a config ``__init__``'s ``kwargs`` (defaults from :data:`MOE_DEFAULTS`) and set them
+    (each value checked where it is set; how they fit the rest: :func:`validate_moe_config`, part of each family's
+    ``validate_architecture``). Mixtral's ``num_local_experts`` is read as ``num_experts`` so a Mixtral
+    ``config.json`` loads."""
     local = kwargs.pop("num_local_experts", None)
     values = {key: kwargs.pop(key, default) for key, default in MOE_DEFAULTS.items()}
     if local is not None and not values["num_experts"]:
@@ -111,7 +113,6 @@ def init_moe_config(config, kwargs: dict) -> None:
                          f"hfgen: every token attends to the whole context. Load with sliding_window=None only if "
                          f"the model never sees more than that many tokens.")
     kwargs.pop("sliding_window", None)
-    validate_moe_config(config)
 
 
 def validate_moe_config(config) -> None:
@@ -260,9 +261,8 @@ KEEP_IN_FP32 = ["block_sparse_moe.gate"]
 
 def build_feed_forward(config, dense_factory) -> nn.Module:
     """The feed-forward block of a layer: ``HfGenSparseMoeBlock`` when ``config.num_experts > 0``, otherwise
-    ``dense_factory()`` (the family's own MLP, untouched). Checks the MoE keys again first: ``from_pretrained(path,
-    num_experts_per_tok=...)`` sets them after the config's own checks ran."""
-    validate_moe_config(config)
+    ``dense_factory()`` (the family's own MLP, untouched). The MoE keys were checked with the others before the model
+    built its layers (its config's ``validate_architecture``, also after ``from_pretrained(path, key=value)``)."""
     if getattr(config, "num_experts", 0):
         return HfGenSparseMoeBlock(config)
     return dense_factory()
