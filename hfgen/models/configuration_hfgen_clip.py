@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import math
 
-from transformers import PreTrainedConfig
-
-from .configuration_common import ValidatedConfigMixin
+from .configuration_common import HfGenConfig
 from .configuration_hfgen_encoder import HfGenEncoderConfig
 from .configuration_hfgen_vit import HfGenViTConfig
 from .variants import check_positive_int
@@ -41,15 +39,16 @@ def tower_config(name: str, value, config_class: type, projection_dim: int):
         value = config_class(**value)
     if not isinstance(value, config_class):
         raise ValueError(f"{name} must be a {config_class.__name__} or its dict, got {type(value).__name__}.")
-    own = getattr(value, "projection_dim", None)
+    own = getattr(value, "projection_dim", None)  # (a key the tower's config stores but never reads)
     if own is not None and own != projection_dim:
         raise ValueError(f"{name}.projection_dim ({own}) differs from projection_dim ({projection_dim}): both towers "
                          f"project into the one shared space of projection_dim dimensions.")
     return value
 
 
-class HfGenClipConfig(ValidatedConfigMixin, PreTrainedConfig):
-    r"""Configuration of :class:`HfGenClipModel` (a composite config, as transformers' ``CLIPConfig``).
+class HfGenClipConfig(HfGenConfig):
+    r"""Configuration of :class:`HfGenClipModel`: a composite config, typed as transformers' ``CLIPConfig`` (the
+    towers' configs as fields, ``sub_configs_defaults``), checked as every hfgen config is.
 
     Args:
         text_config (`HfGenEncoderConfig` or `dict`): the text tower, any hfgen encoder variant (attention scoring,
@@ -73,31 +72,31 @@ class HfGenClipConfig(ValidatedConfigMixin, PreTrainedConfig):
     AUTO_MAP = CLIP_AUTO_MAP
     sub_configs_defaults = {"text_config": HfGenEncoderConfig, "vision_config": HfGenViTConfig}
 
-    def __init__(
-        self,
-        text_config: HfGenEncoderConfig | dict | None = None,
-        vision_config: HfGenViTConfig | dict | None = None,
-        projection_dim: int = 64,
-        logit_scale_init_value: float = CLIP_LOGIT_SCALE_INIT,
-        max_logit_scale: float = 100.0,
-        initializer_range: float = 0.02,
-        **kwargs,
-    ):
-        check_positive_int("projection_dim", projection_dim)
-        for name, value in (("logit_scale_init_value", logit_scale_init_value), ("max_logit_scale", max_logit_scale)):
+    text_config: HfGenEncoderConfig | dict | None = None
+    vision_config: HfGenViTConfig | dict | None = None
+    projection_dim: int = 64
+    logit_scale_init_value: float = CLIP_LOGIT_SCALE_INIT
+    max_logit_scale: float = 100.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        check_positive_int("projection_dim", self.projection_dim)  # first: the towers' copies are compared with it
+        self.text_config = tower_config("text_config", self.text_config, HfGenEncoderConfig, self.projection_dim)
+        self.vision_config = tower_config("vision_config", self.vision_config, HfGenViTConfig, self.projection_dim)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        """The towers' own checks, the projection size and the logit scale."""
+        self.text_config.validate_architecture()
+        self.vision_config.validate_architecture()
+        check_positive_int("projection_dim", self.projection_dim)
+        for name in ("logit_scale_init_value", "max_logit_scale"):
+            value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}.")
-        if max_logit_scale <= 0:
+        if self.max_logit_scale <= 0:
             raise ValueError(f"max_logit_scale must be positive (the largest factor on the cosines), got "
-                             f"{max_logit_scale}.")
-        self.text_config = tower_config("text_config", text_config, HfGenEncoderConfig, projection_dim)
-        self.vision_config = tower_config("vision_config", vision_config, HfGenViTConfig, projection_dim)
-        self.projection_dim = projection_dim
-        self.logit_scale_init_value = float(logit_scale_init_value)
-        self.max_logit_scale = float(max_logit_scale)
-        self.initializer_range = initializer_range
-        kwargs["auto_map"] = {**self.AUTO_MAP, **(kwargs.get("auto_map") or {})}
-        super().__init__(**kwargs)
+                             f"{self.max_logit_scale}.")
 
     def get_text_config(self, *args, **kwargs) -> HfGenEncoderConfig:
         return self.text_config

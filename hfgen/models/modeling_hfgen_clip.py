@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
@@ -27,7 +26,6 @@ from .configuration_hfgen_clip import HfGenClipConfig
 from .modeling_common import HfGenPreTrainedModel
 from .modeling_hfgen_encoder import HfGenEncoderModel
 from .modeling_hfgen_vit import HfGenViTModel
-from .variants import validate_attention_config
 
 
 def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -54,12 +52,6 @@ class HfGenClipPreTrainedModel(HfGenPreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
     _no_split_modules = ["HfGenEncoderLayer", "HfGenViTLayer"]
-
-    def __init__(self, config: HfGenClipConfig, *inputs, **kwargs):
-        # The attention keys live in the towers' configs; each tower checks its own again when it is built.
-        validate_attention_config(config.text_config)
-        validate_attention_config(config.vision_config)
-        PreTrainedModel.__init__(self, config, *inputs, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
