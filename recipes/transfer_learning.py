@@ -25,12 +25,17 @@ from hfgen.training.recipe_common import check_model_folder, parse_recipe_argume
 from hfgen.training.transfer import TransferArguments, run_transfer_experiment
 
 logger = logging.getLogger(__name__)
+EPILOG = ("A one-process measurement on the embedded labelled task (its test paragraphs are kept out of pre-training): "
+          "run it with python (its runs under torchrun are not checked against one process); families or seeds may "
+          "run as separate processes. To start from your own text, pre-train with recipes/pretrain_masked_lm.py or "
+          "recipes/pretrain_span_corruption.py --train_file / --dataset_name and pass the folder with "
+          "--pretrained_dirs encoder=FOLDER (or seq2seq=FOLDER).")
 
 
 def build_parser():
     from transformers import HfArgumentParser
 
-    return HfArgumentParser((TransferArguments,), description=__doc__.split("\n\n")[0])
+    return HfArgumentParser((TransferArguments,), description=__doc__.split("\n\n")[0], epilog=EPILOG)
 
 
 def parse_arguments(argv: list[str]) -> TransferArguments:

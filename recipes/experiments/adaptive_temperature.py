@@ -10,6 +10,9 @@ items; evaluate on 16, 32, ..., 4096 items with the standard softmax and with se
     python recipes/experiments/adaptive_temperature.py --seeds 0 1 2 --steps 3000   # longer
 
 Writes results.md / results.json / config.json / adaptive_temperature.png into --output_dir.
+
+A one-process measurement of small models: run it with python, not torchrun (each process would run the whole
+experiment); run seeds or settings as separate processes.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ the training length): those cells are reported as n/a with the model's own error
     python recipes/experiments/position_embeddings.py --families clm mlm --steps 1000    # longer, both
 
 Writes results.md / results.json / config.json / position_embeddings.png into --output_dir.
+
+A one-process measurement of small models: run it with python, not torchrun (each process would run the whole
+experiment); run seeds or settings as separate processes.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ calibrated on a few training batches; hfgen.experiments.quantization).
     python recipes/experiments/quantization_outliers.py --steps 2000 --hidden_size 128 --num_hidden_layers 4
 
 Writes results.md / results.json / config.json / quantization_outliers.png into --output_dir.
+
+A one-process measurement of small models: run it with python, not torchrun (each process would run the whole
+experiment); run seeds or settings as separate processes.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ transformers' own logits warpers (the ones ``generate`` uses):
     OMP_NUM_THREADS=1 python recipes/experiments/sampling_temperature.py
 
 Writes results.md / results.json / config.json / sampling_temperature.png into --output_dir.
+
+A one-process measurement of small models: run it with python, not torchrun (each process would run the whole
+experiment); run seeds or settings as separate processes.
 """
 
 from __future__ import annotations
