@@ -89,7 +89,10 @@ and, for seed 2, ``--rl_learning_rate 5e-4`` with ``--sft_model`` / ``--reward_m
 Copies of the outputs are in ``recipes/rlhf/results/`` (``summary_ppo.json``, ``summary_ppo_seeds0-4.json``,
 ``summary_ppo_lr5e-4.json``, ``results_ppo_seed<N>.json``, seed 0's plot and responses, ``sft_results_seed<N>.json``,
 ``reward_results_seed<N>.json``). DPO, GRPO and ``--reward rule`` were measured once in November 2026 under earlier
-library versions and have not been re-measured since; no number is quoted for them.
+library versions and have not been re-measured since; no number is quoted for them. The PPO numbers above were
+measured while each process sampled rollouts from its own random stream; PPO now samples by Gumbel-max with noise
+keyed by (seed, prompt, step) (``hfgen.training.ppo_sampling``: the same distribution, other draws, and the same
+rollouts under N processes), so a run today reproduces them in distribution, not digit for digit.
 
 The text itself stays poor: a 64-wide model trained for minutes on 186 answers half-memorises them, and sampling at
 temperature 1 drifts into fragments; what the feedback changes is where the answers stop.
