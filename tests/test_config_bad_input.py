@@ -18,8 +18,10 @@ from hfgen import (HfGenDecoderConfig, HfGenDecoderForCausalLM, HfGenEncoderConf
                    HfGenRetNetConfig, HfGenRetNetForCausalLM, HfGenSeq2SeqConfig,
                    HfGenSeq2SeqForConditionalGeneration, HfGenVlmConfig, HfGenVlmForConditionalGeneration)
 from hfgen.models.configuration_hfgen_gato import HfGenGatoConfig
+from hfgen.models.configuration_hfgen_tabular import HfGenTabularConfig
 from hfgen.models.configuration_hfgen_vit import HfGenViTConfig
 from hfgen.models.modeling_hfgen_gato import HfGenGatoForCausalLM
+from hfgen.models.modeling_hfgen_tabular import HfGenTabularForGeneration
 from hfgen.models.modeling_hfgen_vit import HfGenViTModel
 from hfgen.models.t5_conversion import t5_config_to_hfgen
 
@@ -43,6 +45,8 @@ SMALL_CONFIGS = {
              HfGenGatoForCausalLM),
     "vlm": (HfGenVlmConfig, dict(text_config=HfGenDecoderConfig(**TEXT), vision_config=vit(), image_token_id=63),
             HfGenVlmForConditionalGeneration),
+    "tabular": (HfGenTabularConfig, dict(SIZES, columns=[{"name": "colour", "type": "categorical",
+                                                          "categories": ["red", "blue"]}]), HfGenTabularForGeneration),
 }
 ATTENTION = ("decoder", "encoder", "seq2seq", "vit", "gato")  # the families built on hfgen's attention layer
 RMS_EPS = ("decoder", "seq2seq", "retnet", "vit", "gato")  # epsilon named rms_norm_eps (the encoder: layer_norm_eps)
@@ -71,6 +75,8 @@ BAD_VALUES = [
     *[(("vlm",), "cross_attention_gate_init", v, dict(fusion="cross_attention")) for v in (NAN, INF)],
     (("vlm",), "projector_hidden_act", "gelu2", {}),
     (("vlm",), "fusion", "late", {}),
+    *[(("tabular",), "num_fine_bins", v, {}) for v in (0, -1, 2.5)],
+    *[(("tabular",), "embedding_dropout", v, {}) for v in (1.0, -0.1, NAN)],
     (("retnet",), "retention_mode", "fast", {}),
     (("encoder",), "hidden_dropout_prob", NAN, {}),
     *[(("encoder",), "max_relative_positions", v, dict(position_embedding="disentangled")) for v in (0, -2, 1.5)],
@@ -130,7 +136,7 @@ def test_bad_value_assigned_later_is_refused_and_not_stored(case):
 FROM_PRETRAINED = {
     "decoder": ("rms_norm_eps", -1.0), "encoder": ("layer_norm_eps", NAN), "seq2seq": ("hidden_act", "swish2"),
     "retnet": ("rope_theta", INF), "vit": ("initializer_range", -0.5), "gato": ("num_channels", 0),
-    "vlm": ("projector_hidden_act", "swish2"),
+    "vlm": ("projector_hidden_act", "swish2"), "tabular": ("embedding_dropout", 1.5),
 }
 
 
@@ -191,6 +197,7 @@ MISSPELT = [
     ("vit", "patch_sise", "patch_size"), ("vit", "position_embeddings", "position_embedding"),
     ("gato", "mu_law_maximum", "mu_law_max"), ("gato", "num_kv_heads", "num_key_value_heads"),
     ("vlm", "fusoin", "fusion"), ("vlm", "cross_attention_intervall", "cross_attention_interval"),
+    ("tabular", "num_fine_bin", "num_fine_bins"),
 ]
 
 

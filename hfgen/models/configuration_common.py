@@ -196,6 +196,14 @@ def sub_config(name: str, value: PreTrainedConfig | dict | None, config_class: t
     return value
 
 
+def set_derived_vocab_size(config, vocab_size: int) -> None:
+    """Set a ``vocab_size`` that ``__post_init__`` derives from other keys, after checking the special-token ids
+    against it: they were set (and checked) before the vocabulary they index was known."""
+    for key in SPECIAL_TOKEN_ID_KEYS:
+        check_token_id(key, getattr(config, key, None), vocab_size)
+    config.vocab_size = vocab_size
+
+
 def derive_heads(config) -> None:
     """``head_dim`` (``None``: ``hidden_size // num_attention_heads``) and ``num_key_value_heads`` (``None``:
     multi-head)."""

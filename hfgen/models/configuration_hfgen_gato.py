@@ -10,8 +10,8 @@ placeholder token (replaced by one patch embedding each).
 
 from __future__ import annotations
 
+from .configuration_common import set_derived_vocab_size
 from .configuration_hfgen_decoder import HfGenDecoderConfig
-from .variants import SPECIAL_TOKEN_ID_KEYS, check_token_id
 
 GATO_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_gato.HfGenGatoConfig",
@@ -61,10 +61,7 @@ class HfGenGatoConfig(HfGenDecoderConfig):
             self.mu_law_mu = float(self.mu_law_mu)
         if isinstance(self.mu_law_max, int):
             self.mu_law_max = float(self.mu_law_max)
-        vocab_size = self.text_vocab_size + self.num_bins + 2 + self.image_vocab_size
-        for key in SPECIAL_TOKEN_ID_KEYS:  # (set before the vocabulary they index was derived)
-            check_token_id(key, getattr(self, key, None), vocab_size)
-        self.vocab_size = vocab_size
+        set_derived_vocab_size(self, self.text_vocab_size + self.num_bins + 2 + self.image_vocab_size)
         super().__post_init__(**kwargs)
 
     def validate_architecture(self) -> None:

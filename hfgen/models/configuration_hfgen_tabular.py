@@ -3,16 +3,14 @@ generated column by column in any order (seed 000, "Tabular Models")."""
 
 from __future__ import annotations
 
+from .configuration_common import set_derived_vocab_size
 from .configuration_hfgen_decoder import HfGenDecoderConfig
 from .processing_hfgen_tabular import cell_layout, check_columns, vocabulary_size
-from .variants import check_number, check_positive_int
 
 TABULAR_AUTO_MAP = {
     "AutoConfig": "configuration_hfgen_tabular.HfGenTabularConfig",
     "AutoModel": "modeling_hfgen_tabular.HfGenTabularForGeneration",
 }
-# A small decoder: the tables this is made for have hundreds to thousands of rows.
-TABULAR_DEFAULTS = dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4)
 
 
 class HfGenTabularConfig(HfGenDecoderConfig):
@@ -30,19 +28,29 @@ class HfGenTabularConfig(HfGenDecoderConfig):
     model_type = "hfgen_tabular"
     AUTO_MAP = TABULAR_AUTO_MAP
 
-    def __init__(self, columns: list[dict] | None = None, num_fine_bins: int = 16, embedding_dropout: float = 0.1,
-                 **kwargs):
-        columns = [dict(c) for c in (columns or [])]
-        check_columns(columns)
-        check_positive_int("num_fine_bins", num_fine_bins)
-        check_number("embedding_dropout", embedding_dropout, 0.0, 1.0, high_open=True)
-        self.columns = columns
-        self.num_fine_bins = num_fine_bins
-        self.embedding_dropout = float(embedding_dropout)
-        for key, value in TABULAR_DEFAULTS.items():
-            kwargs.setdefault(key, value)
-        kwargs["vocab_size"] = vocabulary_size(columns, num_fine_bins)
-        super().__init__(**kwargs)
+    derived_keys = ("head_dim", "num_key_value_heads", "vocab_size")
+
+    columns: list[dict] | None = None
+    num_fine_bins: int = 16
+    embedding_dropout: float = 0.1
+    # A small decoder: the tables this is made for have hundreds to thousands of rows.
+    hidden_size: int = 128
+    intermediate_size: int = 344
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    vocab_size: int | None = None  # derived from columns and num_fine_bins
+
+    def __post_init__(self, **kwargs):
+        self.columns = [dict(column) for column in (self.columns or [])]
+        check_columns(self.columns)
+        self.embedding_dropout = float(self.embedding_dropout)
+        set_derived_vocab_size(self, vocabulary_size(self.columns, self.num_fine_bins))
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        """The decoder's checks and the schema (``from_pretrained(path, columns=...)`` sets it after ``__init__``)."""
+        super().validate_architecture()
+        check_columns(self.columns)
 
     @property
     def num_cells(self) -> int:

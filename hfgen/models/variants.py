@@ -272,7 +272,7 @@ VALUE_CHECKS: dict[str, Callable[[str, object], None]] = {
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_decoder_layers",
         "num_attention_heads", "num_key_value_heads", "head_dim", "query_chunk_size", "max_position_embeddings",
         "relative_attention_max_distance", "image_size", "patch_size", "num_channels", "text_vocab_size",
-        "value_factor", "retention_chunk_size", "cross_attention_interval", "position_buckets")},
+        "value_factor", "retention_chunk_size", "cross_attention_interval", "position_buckets", "num_fine_bins")},
     # (num_experts_per_tok: between 1 and num_experts, checked with it in moe.validate_moe_config)
     # T5 buckets: half of them (of each direction's half, bidirectionally) are exact distances, the rest logarithmic;
     # fewer than 4 leaves no exact bucket and the log buckets divide by zero.
@@ -307,6 +307,7 @@ VALUE_CHECKS: dict[str, Callable[[str, object], None]] = {
     "attention_dropout": check_probability,
     "hidden_dropout": check_probability,
     "hidden_dropout_prob": check_probability,
+    "embedding_dropout": check_probability,
     "classifier_dropout": check_optional_probability,
     # activations
     "hidden_act": check_activation,
