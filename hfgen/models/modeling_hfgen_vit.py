@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.output_capturing import capture_outputs
@@ -17,7 +16,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 
 from .attention import HfGenAttention
-from .configuration_hfgen_vit import HfGenViTConfig, validate_vision_config
+from .configuration_hfgen_vit import HfGenViTConfig
 from .input_checks import check_finite
 from .layers import HfGenMLP, build_norm, residual
 from .modeling_common import HfGenPreTrainedModel
@@ -96,10 +95,6 @@ class HfGenViTPreTrainedModel(HfGenPreTrainedModel):
     main_input_name = "pixel_values"
     _no_split_modules = ["HfGenViTLayer"]
     _can_record_outputs = {"hidden_states": HfGenViTLayer, "attentions": HfGenAttention}
-
-    def __init__(self, config: HfGenViTConfig, *inputs, **kwargs):
-        validate_vision_config(config)  # the shared checks, without the vocabulary a vision encoder lacks
-        PreTrainedModel.__init__(self, config, *inputs, **kwargs)
 
 
 class HfGenViTModel(HfGenViTPreTrainedModel):
