@@ -282,20 +282,30 @@ IMAGE_FLAGS = ["--max_train_steps", "3", "--checkpointing_steps", "3", "--save_i
                "--num_eval_samples", "0", "--lr_warmup_steps", "0"]
 IMAGE_RECIPES = {"train_vae": ["--block_out_channels", "8", "16", "--latent_channels", "2"],
                  "train_flow": ["--num_steps", "2", "--hidden_channels", "8"],
-                 "train_gan": ["--base_channels", "8", "--latent_dim", "8"]}
+                 "train_gan": ["--base_channels", "8", "--latent_dim", "8"],
+                 # dead codes restarted after 2 steps: the restart draws from the encoder outputs of every process.
+                 "train_vqvae": ["--block_out_channels", "8", "16", "--latent_channels", "2", "--num_vq_embeddings",
+                                 "8", "--dead_code_steps", "2", "--prior_steps", "0"]}
 
 
-def vae_zero_gradient_parameters() -> set[str]:
-    """The tiny VAE's parameters whose exact gradient is zero: a per-channel bias right before a GroupNorm of one
-    channel per group (the norm subtracts it again). Float noise moves them (AdamW's sqrt(v) scaling), nothing
-    else does. Found in float64 on random images, not listed by hand."""
+def zero_gradient_parameters(recipe: str) -> set[str]:
+    """The tiny VAE's or VQ-VAE's parameters whose exact gradient is zero: a per-channel bias right before a
+    GroupNorm of one channel per group (the norm subtracts it again), an attention key bias (softmax ignores a shift
+    shared by every key). Float noise moves them (Adam's sqrt(v) scaling), nothing else does. Found in float64 on
+    random images, not listed by hand."""
     from hfgen.diffusion.vae_hfgen import HfGenVAEModel
+    from hfgen.diffusion.vq_hfgen import HfGenVQModel
 
     torch.manual_seed(0)
-    model = HfGenVAEModel(in_channels=1, latent_channels=2, block_out_channels=(8, 16), sample_size=8,
-                          norm_num_groups=8).double()
     images = torch.rand(8, 1, 8, 8, dtype=torch.float64) * 2 - 1
-    model(images, noise=torch.randn(model.latent_shape(8), dtype=torch.float64)).loss.backward()
+    if recipe == "train_vae":
+        model = HfGenVAEModel(in_channels=1, latent_channels=2, block_out_channels=(8, 16), sample_size=8,
+                              norm_num_groups=8).double()
+        model(images, noise=torch.randn(model.latent_shape(8), dtype=torch.float64)).loss.backward()
+    else:
+        model = HfGenVQModel(latent_channels=2, block_out_channels=(8, 16), num_vq_embeddings=8,
+                             dead_code_steps=0).double()
+        model(images).loss.backward()
     return {name for name, p in model.named_parameters() if p.grad is None or p.grad.abs().max() < 1e-12}
 
 
@@ -305,15 +315,18 @@ def vae_zero_gradient_parameters() -> set[str]:
     # The flow's 1,080 weights: 0.1% of them is one element; its largest difference is 1.9e-6 (measured).
     "train_flow",
     # The generator's BatchNorm normalises the global batch under DDP (recipes/train_gan.py's GlobalBatchNorm2d).
-    "train_gan"])
+    "train_gan",
+    "train_vqvae"])
 def test_image_generators_two_processes_train_the_weights_of_one(recipe, tmp_path):
     """torchrun x2 with a per-process batch of 16 against one process with 32: the saved training checkpoints hold
     the weights of one process (the GAN's two networks each), up to the order of float sums."""
     for processes, batch in ((1, "32"), (2, "16")):
-        launch(REPO / "recipes" / f"{recipe}.py", [*IMAGE_FLAGS, *IMAGE_RECIPES[recipe], "--train_batch_size", batch,
+        # train_vqvae saves no sample grids during training (it has no --save_images_steps).
+        flags = IMAGE_FLAGS[:4] + IMAGE_FLAGS[6:] if recipe == "train_vqvae" else IMAGE_FLAGS
+        launch(REPO / "recipes" / f"{recipe}.py", [*flags, *IMAGE_RECIPES[recipe], "--train_batch_size", batch,
                                                    "--output_dir", str(tmp_path / str(processes))], processes)
-    zero_gradient = vae_zero_gradient_parameters() if recipe == "train_vae" else set()
-    assert len(zero_gradient) < 8, zero_gradient
+    zero_gradient = zero_gradient_parameters(recipe) if recipe in ("train_vae", "train_vqvae") else set()
+    assert len(zero_gradient) < 10, zero_gradient
     for path in sorted((tmp_path / "1" / "checkpoint-3").glob("model*.safetensors")):
         one, two = load_file(path), load_file(tmp_path / "2" / "checkpoint-3" / path.name)
         assert_same_weights({k: v for k, v in one.items() if k not in zero_gradient},

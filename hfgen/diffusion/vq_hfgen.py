@@ -76,6 +76,16 @@ def _broadcast(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's ``tensor`` concatenated in rank order (DDP): the rows of the global batch, as one process
+    with the whole batch sees them."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
 class HfGenVectorQuantizer(VectorQuantizer):
     """diffusers' ``VectorQuantizer`` (codebook ``embedding``, nearest code by ``torch.cdist`` argmin,
     straight-through estimator) with the paper's loss (``legacy=False``), code-usage statistics and dead-code
@@ -100,12 +110,13 @@ class HfGenVectorQuantizer(VectorQuantizer):
     @torch.no_grad()
     def restart_dead_codes(self, z: torch.Tensor, counts: torch.Tensor) -> None:
         """Codes unused for ``dead_code_steps`` forwards move to encoder outputs of this batch (drawn with
-        replacement; process 0's draw on every process)."""
+        replacement from every process's outputs, so that N processes restart as one process does; process 0's
+        draw on every process)."""
         self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
         dead = (self.unused_steps >= self.dead_code_steps).nonzero().flatten()
         if not len(dead):
             return
-        vectors = z.detach().permute(0, 2, 3, 1).reshape(-1, self.vq_embed_dim)
+        vectors = _all_gather(z.detach()).permute(0, 2, 3, 1).reshape(-1, self.vq_embed_dim)
         chosen = vectors[torch.randint(len(vectors), (len(dead),), device=vectors.device)]
         self.embedding.weight.data[dead] = _broadcast(chosen.contiguous()).to(self.embedding.weight.dtype)
         self.unused_steps[dead] = 0
