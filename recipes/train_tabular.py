@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
                 config.num_cells, config.vocab_size, model.num_parameters() / 1e6)
     trainer = train_tabular(model, fit, validation, os.path.join(args.output_dir, "checkpoints"), args.max_steps,
                             args.batch_size, args.learning_rate, args.eval_steps, args.seed, args.report_to)
+    if not trainer.is_world_process_zero():  # under torchrun, one process samples, evaluates and writes the model
+        return {"best_eval_loss": trainer.state.best_metric}
     model = trainer.model.eval()
     synthetic = sample_table(model, len(train), seed=args.seed)
     synthetic.to_csv(os.path.join(args.output_dir, "synthetic.csv"), index=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -284,3 +285,51 @@ def test_rows_as_text_parse_back_exactly(name):
     column = processor.columns[0]["name"]
     assert parse_row(", ".join(f"{column} is many" if p.startswith(f"{column} is") else p for p in first),
                      processor) is None
+
+
+def collated_orders(collator, indices, ids) -> list[tuple[int, ...]]:
+    return [tuple(o) for o in collator([{"input_ids": ids, "index": torch.tensor(i)} for i in indices])["order"]
+            .tolist()]
+
+
+def test_random_orders_are_uniform_and_keyed_by_seed_epoch_and_row_index():
+    """Three one-cell (string) columns: each of the 3! orders is equally likely over 6,000 row indices
+    (chi-square, 5 degrees of freedom, p = 1e-4), and a row's order depends on (seed, epoch, index) only."""
+    from scipy.stats import chi2
+
+    from hfgen.training.tabular import RandomOrderCollator
+
+    frame = pd.DataFrame({"a": ["x", "y"] * 4, "b": ["u", "v", "w", "u"] * 2, "c": ["p", "q"] * 4})
+    processor = build_model(frame).processor
+    ids = processor.encode(frame)["input_ids"][0]
+    collator = RandomOrderCollator(processor, seed=3)
+    orders = collated_orders(collator, range(6000), ids)
+    counts = torch.tensor([orders.count(p) for p in set(orders)], dtype=torch.float64)
+    assert len(counts) == 6 and sorted(orders[0]) == [0, 1, 2]
+    statistic = ((counts - 1000) ** 2 / 1000).sum().item()
+    assert statistic < chi2.ppf(1 - 1e-4, 5), counts
+    # the batch a row lands in does not matter (2 processes see other batches than 1), the epoch and seed do
+    assert collated_orders(collator, [7, 11], ids) == [orders[7], orders[11]]
+    assert collated_orders(collator, range(100, 110), ids) == orders[100:110]
+    collator.epoch = 1
+    assert collated_orders(collator, range(60), ids) != orders[:60]
+    assert collated_orders(RandomOrderCollator(processor, seed=4), range(60), ids) != orders[:60]
+
+
+@pytest.mark.slow
+def test_recipe_two_processes_train_the_weights_of_one(tmp_path):
+    """recipes/train_tabular.py under torchrun x2 (batch 16 each) and one process (batch 32): the same checkpoint
+    weights, since every row's column order is keyed by its index, not drawn per process. Three steps: iris's 102
+    training rows fill three global batches of 32; the fourth is 6 rows in one process but 16 + 16 (wrapped
+    around) in two (Accelerate's even_batches), which trains other weights by design."""
+    from safetensors.torch import load_file
+
+    from test_ddp_equivalence import REPO, assert_same_weights, launch
+
+    flags = ["--dataset", "iris", "--max_steps", "3", "--eval_steps", "3", "--hidden_size", "32",
+             "--num_hidden_layers", "2", "--num_bins", "8", "--num_fine_bins", "4", "--embedding_dropout", "0"]
+    for processes, batch in ((1, "32"), (2, "16")):
+        launch(REPO / "recipes" / "train_tabular.py",
+               [*flags, "--batch_size", batch, "--output_dir", str(tmp_path / str(processes))], processes)
+    path = Path("checkpoints") / "checkpoint-3" / "model.safetensors"
+    assert_same_weights(load_file(tmp_path / "1" / path), load_file(tmp_path / "2" / path), "tabular")

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
+from hfgen.data.denoising import DenoisingEpochCallback, ExampleKeyedNoise
 from hfgen.models import HfGenTabularConfig, HfGenTabularForGeneration
 from hfgen.models.processing_hfgen_tabular import HfGenTabularProcessor, fit_columns, is_missing
 
@@ -34,29 +35,35 @@ def tabular_config(frame: pd.DataFrame, num_bins: int = 32, num_fine_bins: int =
     return HfGenTabularConfig(columns=columns, num_fine_bins=num_fine_bins, **decoder_keys)
 
 
-class RandomOrderCollator:
+class RandomOrderCollator(ExampleKeyedNoise):
     """Stacks encoded rows and draws a random column order for each (a numerical column's bin before its fine
-    cell), unless the row carries its own ``order``; every cell is a label."""
+    cell), unless the row carries its own ``order``; every cell is a label. A row's order is a function of
+    ``(seed, epoch, the row's index)`` (its ``index``, else its tokens): the same under any number of processes
+    and after a resume (:class:`~hfgen.data.denoising.DenoisingEpochCallback` keeps ``epoch``)."""
 
-    def __init__(self, processor: HfGenTabularProcessor):
+    def __init__(self, processor: HfGenTabularProcessor, seed: int | None = None):
         self.processor = processor
+        self.seed = self.resolve_seed(seed)
 
     def __call__(self, features: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         input_ids = torch.stack([f["input_ids"] for f in features])
         if "order" in features[0]:
             order = torch.stack([f["order"] for f in features])
         else:
-            columns = torch.rand(len(features), len(self.processor.columns)).argsort(dim=1)
+            keys = [[int(f["index"])] if "index" in f else f["input_ids"].tolist() for f in features]
+            columns = torch.stack([torch.from_numpy(self.example_rng(key).permutation(len(self.processor.columns)))
+                                   for key in keys])
             order = self.processor.cells_in_column_order(columns)
         return {"input_ids": input_ids, "order": order, "labels": input_ids.clone()}
 
 
 def encoded_rows(processor: HfGenTabularProcessor, frame: pd.DataFrame,
                  order_seed: int | None = None) -> list[dict[str, torch.Tensor]]:
-    """One ``{"input_ids"}`` per row (a list: Trainer batches any sequence); with ``order_seed`` also a fixed
-    random ``order`` per row, so that a held-out loss compares from one evaluation to the next."""
+    """One ``{"input_ids", "index"}`` per row (a list: Trainer batches any sequence; the index keys the row's
+    random order); with ``order_seed`` also a fixed random ``order`` per row, so that a held-out loss compares
+    from one evaluation to the next."""
     input_ids = processor.encode(frame)["input_ids"]
-    rows = [{"input_ids": row} for row in input_ids]
+    rows = [{"input_ids": row, "index": torch.tensor(i)} for i, row in enumerate(input_ids)]
     if order_seed is not None:
         generator = torch.Generator().manual_seed(order_seed)
         columns = torch.rand(len(rows), len(processor.columns), generator=generator).argsort(dim=1)
@@ -77,10 +84,11 @@ def train_tabular(model: HfGenTabularForGeneration, train: pd.DataFrame, evaluat
         save_steps=eval_steps, save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="eval_loss",
         logging_steps=max(1, eval_steps // 2), report_to=report_to, use_cpu=True, seed=seed,
         remove_unused_columns=False, dataloader_num_workers=0)
+    collator = RandomOrderCollator(model.processor, seed=seed)
     trainer = Trainer(model=model, args=args, train_dataset=encoded_rows(model.processor, train),
                       eval_dataset=encoded_rows(model.processor, encodable_rows(model.processor, evaluation),
                                                order_seed=seed),
-                      data_collator=RandomOrderCollator(model.processor))
+                      data_collator=collator, callbacks=[DenoisingEpochCallback(collator)])
     trainer.train()
     return trainer
 
