@@ -8,8 +8,9 @@ captions, and report held-out retrieval, zero-shot and linear-probe accuracy.
 
 Training runs on ``Trainer`` with the model's own symmetric contrastive loss (``return_loss=True``), so every
 ``TrainingArguments`` flag applies (schedules, ``--report_to``, checkpoints, ``--resume_from_checkpoint latest``).
-Under several processes each process contrasts its own batch (no gathering of the other processes' embeddings):
-N processes of batch B see N separate B x B problems, not one NB x NB one.
+Under several processes (``torchrun``) the loss is the same symmetric loss over the global batch: each process's
+pairs against the embeddings gathered from every process (``hfgen.training.clip.ClipTrainer``), so N processes of
+batch B train the weights of one process of batch NB (``--text_dropout 0`` for a deterministic comparison).
 
 Writes into ``--output_dir``: the model with its processor (``AutoModel`` / ``AutoProcessor`` /
 ``pipeline("zero-shot-image-classification", model=OUTPUT_DIR)`` load it, also without hfgen with
@@ -25,14 +26,14 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 import torch
-from transformers import AutoProcessor, HfArgumentParser, Trainer, TrainingArguments
+from transformers import AutoProcessor, HfArgumentParser, TrainingArguments
 
 from hfgen.data.encoder_tokenizer import load_encoder_tokenizer
 from hfgen.data.images import DATASETS, load_images
 from hfgen.models import HfGenClipConfig, HfGenClipModel, HfGenClipProcessor
 from hfgen.models.processing_hfgen_clip import clip_image_processor
 from hfgen.models.variants import POSITION_EMBEDDINGS, SOFTMAX_VARIANTS
-from hfgen.training.clip import ClipCollator, clip_examples, evaluate_clip
+from hfgen.training.clip import ClipCollator, ClipTrainer, clip_examples, evaluate_clip
 from hfgen.training.multimodal import plain_loop_defaults, resume_checkpoint
 from hfgen.training.recipe_common import loss_history, parse_recipe_arguments
 
@@ -50,6 +51,8 @@ class ClipArguments:
     hidden_size: int = field(default=64, metadata={"help": "width of both towers"})
     num_hidden_layers: int = field(default=2, metadata={"help": "layers of each tower"})
     projection_dim: int = field(default=64, metadata={"help": "size of the shared embedding space"})
+    text_dropout: float = field(default=0.1, metadata={
+        "help": "dropout of the text tower (hidden states and attention; BERT's 0.1); 0 makes a step deterministic"})
     softmax_variant: str = field(default="standard", metadata={"help": "softmax of the text tower's attention",
                                                                "choices": SOFTMAX_VARIANTS})
     position_embedding: str = field(default="learned", metadata={"help": "positions of the text tower",
@@ -80,7 +83,8 @@ def build_model(args: ClipArguments, tokenizer, seed: int) -> HfGenClipModel:
     text = dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
                 num_hidden_layers=args.num_hidden_layers, num_attention_heads=4, max_position_embeddings=32,
                 pad_token_id=tokenizer.pad_token_id, softmax_variant=args.softmax_variant,
-                position_embedding=args.position_embedding)
+                position_embedding=args.position_embedding, hidden_dropout_prob=args.text_dropout,
+                attention_dropout=args.text_dropout)
     vision = dict(image_size=args.image_size, patch_size=args.patch_size, hidden_size=width,
                   intermediate_size=2 * width, num_hidden_layers=args.num_hidden_layers, num_attention_heads=4)
     return HfGenClipModel(HfGenClipConfig(text_config=text, vision_config=vision, projection_dim=args.projection_dim))
@@ -143,7 +147,8 @@ def train_clip(args: ClipArguments, training_args: TrainingArguments, data, trai
     tokenizer = load_encoder_tokenizer()
     model = build_model(args, tokenizer, training_args.seed)
     processor = HfGenClipProcessor(clip_image_processor(model.config), tokenizer)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=ClipCollator(processor))
+    trainer = ClipTrainer(model=model, args=training_args, train_dataset=train,
+                          data_collator=ClipCollator(processor))
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args.resume_from_checkpoint,
                                                            training_args.output_dir))
     return model, processor, loss_history(trainer), trainer.state.log_history[-1].get("train_runtime")

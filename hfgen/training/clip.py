@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.nn.functional import all_gather
+from transformers import Trainer
 
 from ..data.captions import NUMBER_WORDS
 
@@ -63,6 +66,49 @@ class ClipCollator:
                                     images=torch.stack([e.image for e in examples])))
         batch["return_loss"] = True
         return batch
+
+
+def gathered_contrastive_loss(text_embeds: torch.Tensor, image_embeds: torch.Tensor,
+                              logit_scale: torch.Tensor) -> torch.Tensor:
+    """This process's share of CLIP's symmetric loss over the global batch of every process in the default group.
+
+    ``text_embeds`` / ``image_embeds``: this process's ``[B, D]`` unit embeddings (pair i: text i, image i), the same
+    ``B`` on every process; ``logit_scale``: ``exp(logit_scale)`` as the model applies it. The embeddings of all
+    processes are gathered with autograd; this process scores its own texts against every image and its own images
+    against every text (the rows of the global logits that are its examples), the targets being its examples'
+    global positions.
+
+    Scaling: with ``W`` processes and ``N = W * B`` pairs, the global loss is ``L = 1/(2N) * sum over all N rows of
+    both cross-entropies``, and this process returns ``l_r = 1/(2B) * sum over its own rows``, so ``L = mean_r l_r``.
+    The gather's backward sums every process's gradient with respect to this process's embeddings (they are columns
+    of the other processes' rows), so each process's backward yields ``d(sum_s l_s)`` through its own examples, and
+    DDP's average over the ``W`` processes gives ``d(sum_s l_s) / W = dL``: the one-process gradient of ``L``. The
+    logit scale is a replicated parameter used locally: its gradient ``d l_r`` averages to ``dL`` as well. The
+    returned loss, averaged over the processes as the Trainer logs it, is ``L``."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    all_texts = torch.cat(all_gather(text_embeds))
+    all_images = torch.cat(all_gather(image_embeds))
+    if all_texts.shape[0] != world * text_embeds.shape[0] or all_images.shape[0] != all_texts.shape[0]:
+        raise ValueError(f"gathered_contrastive_loss needs the same number of pairs on every process; process {rank} "
+                         f"has {text_embeds.shape[0]} texts and {image_embeds.shape[0]} images.")
+    targets = torch.arange(text_embeds.shape[0], device=text_embeds.device) + rank * text_embeds.shape[0]
+    text_loss = F.cross_entropy(logit_scale * text_embeds @ all_images.t(), targets)
+    image_loss = F.cross_entropy(logit_scale * image_embeds @ all_texts.t(), targets)
+    return (text_loss + image_loss) / 2
+
+
+class ClipTrainer(Trainer):
+    """``Trainer`` whose loss under several processes is CLIP's loss over the global batch
+    (:func:`gathered_contrastive_loss`), so data-parallel training trains the weights of one process on the same
+    global batches; in one process the loss is the model's own (``return_loss=True``), unchanged."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.world_size == 1:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        outputs = model(**{**inputs, "return_loss": False})
+        scale = self.accelerator.unwrap_model(model).logit_scale_value()
+        loss = gathered_contrastive_loss(outputs.text_embeds, outputs.image_embeds, scale)
+        return (loss, outputs) if return_outputs else loss
 
 
 @torch.no_grad()
